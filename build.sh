@@ -1,0 +1,462 @@
+#!/usr/bin/env bash
+# anoscope build driver.
+#
+#   ./build.sh [build]           build the wasm crate and assemble the static site in www/dist/
+#   ./build.sh serve [--port N]  build, then serve www/dist on http://127.0.0.1:N/ (default 8080)
+#   ./build.sh test              fmt, clippy, cargo test, wasm build, wasm-vs-native parity test
+#   ./build.sh weights [...]     download + verify the checkpoints in weights/manifest.json
+#   ./build.sh help
+#
+# Environment: CARGO_TARGET_DIR is honoured. ANOSCOPE_WASM_OPT=0 skips wasm-opt.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")"
+ROOT="$(pwd)"
+
+WASM_TARGET=wasm32-unknown-unknown
+WASM_BINDGEN_VERSION=0.2.130
+# Flags for the wasm target only (target-scoped, so host builds, build scripts and
+# proc-macros keep their cache). Keep them identical for `build` and `test`.
+WASM_RUSTFLAGS="-C target-feature=+simd128"
+# Features rustc enables for wasm32-unknown-unknown by default, plus SIMD; wasm-opt
+# must be allowed to keep using them.
+WASM_OPT_FEATURES=(--enable-simd --enable-bulk-memory --enable-nontrapping-float-to-int
+    --enable-sign-ext --enable-mutable-globals --enable-reference-types --enable-multivalue)
+GZIP_GOAL_BYTES=4000000
+
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+DIST="$ROOT/www/dist"
+PKG="$DIST/pkg"
+PARITY_DIR="$TARGET_DIR/wasm-parity"
+LAYOUTS=(hf_tiny openclip_tiny)
+PROMPTS=("a photo of a flawless bottle." "a photo of a damaged bottle.")
+
+log() { printf '\n==> %s\n' "$*"; }
+warn() { printf 'warning: %s\n' "$*" >&2; }
+die() {
+    printf 'error: %s\n' "$*" >&2
+    exit 1
+}
+
+usage() {
+    sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
+}
+
+# ---------------------------------------------------------------------------
+# wasm build + site assembly
+# ---------------------------------------------------------------------------
+
+check_wasm_tools() {
+    if command -v rustup >/dev/null 2>&1; then
+        rustup target list --installed | grep -qx "$WASM_TARGET" ||
+            die "Rust target $WASM_TARGET missing: rustup target add $WASM_TARGET"
+    fi
+    local v
+    v="$(wasm-bindgen --version 2>/dev/null || true)"
+    [[ "$v" == "wasm-bindgen $WASM_BINDGEN_VERSION" ]] ||
+        die "wasm-bindgen $WASM_BINDGEN_VERSION is required (found: ${v:-none}); install it with:
+    cargo install wasm-bindgen-cli --version $WASM_BINDGEN_VERSION"
+}
+
+cargo_wasm() {
+    if [[ -n "${RUSTFLAGS:-}${CARGO_ENCODED_RUSTFLAGS:-}" ]]; then
+        warn "ignoring RUSTFLAGS/CARGO_ENCODED_RUSTFLAGS for the wasm build (they would override $WASM_RUSTFLAGS)"
+    fi
+    env -u RUSTFLAGS -u CARGO_ENCODED_RUSTFLAGS \
+        CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS="$WASM_RUSTFLAGS" \
+        cargo "$@"
+}
+
+# Copies (hard-links where possible) $1 to $2, creating parent directories.
+link_or_copy() {
+    mkdir -p "$(dirname "$2")"
+    ln -f "$1" "$2" 2>/dev/null || cp -f "$1" "$2"
+}
+
+size_report() {
+    local wasm="$1" raw gz
+    raw=$(wc -c <"$wasm")
+    gz=$(gzip -9 -c "$wasm" | wc -c)
+    raw=${raw//[[:space:]]/}
+    gz=${gz//[[:space:]]/}
+    printf 'wasm size: %s bytes raw, %s bytes gzip -9 (%s)\n' "$raw" "$gz" \
+        "$(awk -v r="$raw" -v g="$gz" 'BEGIN { printf "%.2f MB raw, %.2f MB gzip", r/1e6, g/1e6 }')"
+    if ((gz > GZIP_GOAL_BYTES)); then
+        warn "gzip size $gz exceeds the goal of $GZIP_GOAL_BYTES bytes"
+    else
+        echo "gzip size is within the goal of $GZIP_GOAL_BYTES bytes"
+    fi
+}
+
+build_site() {
+    check_wasm_tools
+    log "cargo build (wasm32, release, $WASM_RUSTFLAGS)"
+    cargo_wasm build -p anoscope --lib --release --target "$WASM_TARGET"
+    local wasm_in="$TARGET_DIR/$WASM_TARGET/release/anoscope.wasm"
+    [[ -f "$wasm_in" ]] || die "expected $wasm_in after the build"
+
+    log "wasm-bindgen --target web -> www/dist/pkg"
+    rm -rf "$DIST"
+    mkdir -p "$PKG"
+    wasm-bindgen --target web --typescript --out-dir "$PKG" "$wasm_in"
+    local wasm_out="$PKG/anoscope_bg.wasm"
+
+    # Only npm's binaryen: Debian's wasm-opt 108 corrupts wasm-bindgen output.
+    local wasm_opt="$ROOT/node_modules/.bin/wasm-opt"
+    if [[ "${ANOSCOPE_WASM_OPT:-1}" == 0 ]]; then
+        echo "wasm-opt: skipped (ANOSCOPE_WASM_OPT=0)"
+    elif [[ -x "$wasm_opt" ]]; then
+        log "wasm-opt -O3 ($("$wasm_opt" --version))"
+        "$wasm_opt" -O3 "${WASM_OPT_FEATURES[@]}" "$wasm_out" -o "$wasm_out.opt"
+        mv -f "$wasm_out.opt" "$wasm_out"
+    else
+        echo "wasm-opt: not installed (run 'npm ci' for npm's binaryen); shipping wasm-bindgen output as is"
+    fi
+
+    log "assembling www/dist"
+    local f
+    for f in www/*; do
+        [[ "$f" == www/dist ]] && continue
+        cp -R "$f" "$DIST/"
+    done
+    if [[ -f weights/manifest.json ]]; then
+        mkdir -p "$DIST/weights"
+        cp -f weights/manifest.json "$DIST/weights/manifest.json"
+    fi
+    if [[ -d weights/checkpoints ]]; then
+        # Finished, verified files only (downloads in progress end in .part/.unverified).
+        while IFS= read -r -d '' f; do
+            link_or_copy "$f" "$DIST/$f"
+        done < <(find weights/checkpoints -type f \( -name '*.json' -o -name '*.safetensors' \) -print0)
+    fi
+    size_report "$wasm_out"
+    echo "site: $DIST"
+}
+
+# ---------------------------------------------------------------------------
+# serve
+# ---------------------------------------------------------------------------
+
+cmd_serve() {
+    local port=8080
+    while (($#)); do
+        case "$1" in
+        --port)
+            [[ $# -ge 2 ]] || die "--port needs a value"
+            port="$2"
+            shift 2
+            ;;
+        --port=*)
+            port="${1#--port=}"
+            shift
+            ;;
+        *) die "serve: unknown argument '$1' (usage: ./build.sh serve [--port N])" ;;
+        esac
+    done
+    if ! [[ "$port" =~ ^[0-9]{1,5}$ ]] || ((10#$port > 65535)); then
+        die "invalid port '$port'"
+    fi
+    build_site
+    log "serving www/dist on http://127.0.0.1:$port/"
+    exec cargo run --release -p anoscope -- serve --dir "$DIST" --port "$port"
+}
+
+# ---------------------------------------------------------------------------
+# test
+# ---------------------------------------------------------------------------
+
+PHASE_NAMES=()
+PHASE_RESULTS=()
+PHASE_TIMES=()
+
+# run_phase NAME FUNCTION: runs FUNCTION in a subshell with errexit active and
+# records PASS/FAIL and its duration. Must not be called from a condition.
+run_phase() {
+    local name="$1" fn="$2" start rc
+    log "[$name]"
+    start=$SECONDS
+    set +e
+    (
+        set -e
+        "$fn"
+    )
+    rc=$?
+    set -e
+    PHASE_NAMES+=("$name")
+    PHASE_TIMES+=("$((SECONDS - start))")
+    if ((rc == 0)); then PHASE_RESULTS+=(PASS); else PHASE_RESULTS+=("FAIL (exit $rc)"); fi
+    return 0
+}
+
+skip_phase() {
+    PHASE_NAMES+=("$1")
+    PHASE_TIMES+=(0)
+    PHASE_RESULTS+=("SKIP ($2)")
+}
+
+phase_ok() {
+    local i
+    for i in "${!PHASE_NAMES[@]}"; do
+        [[ "${PHASE_NAMES[$i]}" == "$1" ]] && [[ "${PHASE_RESULTS[$i]}" == PASS ]] && return 0
+    done
+    return 1
+}
+
+t_fmt() { cargo fmt --all --check; }
+t_clippy() { cargo clippy --workspace --all-targets -- -D warnings; }
+t_cargo_test() {
+    cargo test --workspace
+    # The native CLI for the parity test: same (dev) profile, so it reuses the
+    # dependencies cargo test just built.
+    cargo build -p anoscope --bin anoscope
+}
+t_wasm_build() { build_site; }
+
+t_parity() {
+    local exe="$TARGET_DIR/debug/anoscope" layout i model
+    [[ -x "$exe" ]] || die "native CLI $exe missing"
+    for layout in "${LAYOUTS[@]}"; do
+        [[ -d "tests/fixtures/$layout" ]] || die "fixture tests/fixtures/$layout missing"
+        [[ -f "tests/fixtures/${layout}_expected.safetensors" ]] ||
+            die "fixture tests/fixtures/${layout}_expected.safetensors missing"
+    done
+    rm -rf "$PARITY_DIR"
+    mkdir -p "$PARITY_DIR"
+    echo "writing per-image pixel files to $PARITY_DIR"
+    node tests/wasm/prepare.mjs "$PARITY_DIR"
+    for layout in "${LAYOUTS[@]}"; do
+        model="tests/fixtures/$layout"
+        for i in img0 img1 img48; do
+            echo "native: anoscope embed --model $model --pixels ${layout}_$i.safetensors"
+            "$exe" embed --model "$model" --pixels "$PARITY_DIR/${layout}_${i}.pixels.safetensors" \
+                --surgery-layers 2 --out "$PARITY_DIR/${layout}_${i}.safetensors"
+        done
+        echo "native: anoscope embed-text --model $model"
+        "$exe" embed-text --model "$model" --text "${PROMPTS[0]}" --text "${PROMPTS[1]}" \
+            --out "$PARITY_DIR/${layout}_text.safetensors"
+    done
+    # Explicit file list: node >= 21 treats --test arguments as globs, not directories.
+    ANOSCOPE_PARITY_DIR="$PARITY_DIR" node --test tests/wasm/*.test.mjs
+    if [[ -f "$PARITY_DIR/summary.txt" ]]; then
+        log "wasm parity: max|Δ| per output"
+        cat "$PARITY_DIR/summary.txt"
+    fi
+}
+
+cmd_test() {
+    local total_start=$SECONDS
+    command -v node >/dev/null 2>&1 || die "node (>= 20) is required for the wasm parity test"
+
+    run_phase "cargo fmt --check" t_fmt
+    run_phase "cargo clippy -D warnings" t_clippy
+    run_phase "cargo test (native)" t_cargo_test
+    run_phase "wasm build + site" t_wasm_build
+    if phase_ok "cargo test (native)" && phase_ok "wasm build + site"; then
+        run_phase "wasm parity (node --test)" t_parity
+    else
+        skip_phase "wasm parity (node --test)" "needs the native CLI and the wasm build"
+    fi
+
+    local i failed=0
+    printf '\n==================== anoscope test summary ====================\n'
+    for i in "${!PHASE_NAMES[@]}"; do
+        printf '  %-30s %-22s %5ss\n' "${PHASE_NAMES[$i]}" "${PHASE_RESULTS[$i]}" "${PHASE_TIMES[$i]}"
+        [[ "${PHASE_RESULTS[$i]}" == PASS ]] || failed=1
+    done
+    printf '  %-30s %-22s %5ss\n' "total" "" "$((SECONDS - total_start))"
+    if ((failed)); then
+        printf 'RESULT: FAILED\n'
+        exit 1
+    fi
+    printf 'RESULT: ALL PASSED\n'
+}
+
+# ---------------------------------------------------------------------------
+# weights
+# ---------------------------------------------------------------------------
+
+sha256_of() {
+    if command -v sha256sum >/dev/null 2>&1; then
+        sha256sum "$1" | cut -d' ' -f1
+    else
+        shasum -a 256 "$1" | cut -d' ' -f1
+    fi
+}
+
+offline_help() {
+    cat >&2 <<'EOF'
+
+The checkpoint download did not complete. Alternatives:
+  * On a machine with network access run ./build.sh weights there (or fetch the
+    files listed in weights/manifest.json by hand), then copy the folder into
+    weights/checkpoints/<name>/ here (see weights/README.md).
+  * The native CLI takes any checkpoint folder directly:
+        anoscope embed --model /path/to/checkpoint --image IMG --out OUT.safetensors
+  * The page accepts a checkpoint picked from disk: choose the config
+    (config.json or open_clip_config.json) and the .safetensors file.
+EOF
+}
+
+# Prints "model<TAB>file<TAB>url<TAB>size<TAB>sha256" per manifest file (null -> "-").
+manifest_rows() {
+    node -e '
+const m = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"));
+for (const model of m.models) for (const f of model.files)
+  console.log([model.name, f.name, f.url, f.size ?? "-", f.sha256 ?? "-"].join("\t"));
+' weights/manifest.json
+}
+
+cmd_weights() {
+    local tofu=0 convert=1 only=() a
+    for a in "$@"; do
+        case "$a" in
+        --trust-on-first-use) tofu=1 ;;
+        --no-convert) convert=0 ;;
+        -h | --help)
+            cat <<'EOF'
+usage: ./build.sh weights [--trust-on-first-use] [--no-convert] [MODEL ...]
+Downloads the checkpoints in weights/manifest.json to weights/checkpoints/<MODEL>/,
+checks size and sha256, then converts them to f16 for the browser.
+Files whose sha256 is not pinned in the manifest are refused unless
+--trust-on-first-use is given (the computed sha256 is printed so it can be pinned).
+EOF
+            return 0
+            ;;
+        -*) die "weights: unknown option $a" ;;
+        *) only+=("$a") ;;
+        esac
+    done
+    command -v node >/dev/null 2>&1 || die "node is required to read weights/manifest.json"
+    command -v curl >/dev/null 2>&1 || die "curl is required to download checkpoints"
+
+    local rows
+    rows="$(manifest_rows)"
+    local model file url size sha dest have got origin refused=0 failed=0 offline=0
+    while IFS=$'\t' read -r model file url size sha; do
+        if ((${#only[@]})) && [[ " ${only[*]} " != *" $model "* ]]; then continue; fi
+        dest="weights/checkpoints/$model/$file"
+        mkdir -p "weights/checkpoints/$model"
+        if [[ -f "$dest" ]]; then
+            origin=existing
+            log "verifying existing $dest"
+            mv -f "$dest" "$dest.part"
+        elif [[ -f "$dest.unverified" ]]; then
+            origin=existing
+            log "re-checking earlier unverified download $dest.unverified"
+            mv -f "$dest.unverified" "$dest.part"
+        else
+            origin=download
+            log "downloading $model/$file"
+            echo "  $url"
+            if ! curl -fL --retry 3 --connect-timeout 20 --progress-bar -o "$dest.part" "$url"; then
+                rm -f "$dest.part"
+                printf 'error: download failed (offline or blocked?): %s\n' "$url" >&2
+                offline=1
+                break
+            fi
+        fi
+        have=$(wc -c <"$dest.part")
+        have=${have//[[:space:]]/}
+        got=$(sha256_of "$dest.part")
+        if [[ "$size" != - && "$have" != "$size" ]] || [[ "$sha" != - && "$got" != "$sha" ]]; then
+            echo "error: $model/$file does not match weights/manifest.json" >&2
+            echo "  got size $have sha256 $got; expected size $size sha256 $sha" >&2
+            if [[ $origin == download ]]; then
+                rm -f "$dest.part"
+                echo "  the download was deleted" >&2
+            else
+                mv -f "$dest.part" "$dest.rejected"
+                echo "  your file was moved to $dest.rejected" >&2
+            fi
+            failed=1
+            continue
+        fi
+        if [[ "$sha" != - ]]; then
+            mv -f "$dest.part" "$dest"
+            echo "ok: $dest ($have bytes, sha256 verified)"
+        elif ((tofu)); then
+            mv -f "$dest.part" "$dest"
+            echo "accepted on first use (--trust-on-first-use): $dest"
+            echo "  size $have, sha256 $got  <- pin these in weights/manifest.json"
+        else
+            mv -f "$dest.part" "$dest.unverified"
+            echo "refused: $model/$file has no pinned sha256 in weights/manifest.json" >&2
+            echo "  file kept as $dest.unverified (size $have, sha256 $got)" >&2
+            echo "  check it against the publisher, then pin it in the manifest or rerun with --trust-on-first-use" >&2
+            refused=1
+        fi
+    done <<<"$rows"
+
+    if ((offline)); then
+        offline_help
+        exit 1
+    fi
+    if ((failed)); then
+        echo "error: some files failed verification (see above); nothing was converted" >&2
+        exit 1
+    fi
+
+    # Models whose every manifest file is now in place.
+    local complete=() m f
+    while IFS=$'\t' read -r model file _; do
+        if ((${#only[@]})) && [[ " ${only[*]} " != *" $model "* ]]; then continue; fi
+        [[ " ${complete[*]} " == *" $model "* ]] || complete+=("$model")
+    done <<<"$rows"
+    for m in "${!complete[@]}"; do
+        while IFS=$'\t' read -r model file _; do
+            [[ "$model" == "${complete[$m]}" && ! -f "weights/checkpoints/$model/$file" ]] && unset "complete[$m]" && break
+        done <<<"$rows"
+    done
+
+    if ((convert)) && ((${#complete[@]})); then
+        log "converting to f16 for the browser"
+        local help_out
+        help_out="$(cargo run --release -q -p anoscope -- convert --help 2>&1)" || true
+        if grep -q -- '--dtype' <<<"$help_out"; then
+            for m in "${complete[@]}"; do
+                cargo run --release -q -p anoscope -- convert --model "weights/checkpoints/$m" \
+                    --dtype f16 --out "weights/checkpoints/$m-f16"
+                echo "ok: weights/checkpoints/$m-f16 (f16, for the page)"
+            done
+        elif grep -qi 'unrecognized subcommand' <<<"$help_out"; then
+            echo "this build of anoscope has no 'convert' subcommand yet: skipping the f16 conversion."
+            echo "The f32 checkpoints work as they are (CLI: --model weights/checkpoints/<name>; page: pick the files)."
+        else
+            printf '%s\n' "$help_out" >&2
+            echo "could not run 'anoscope convert --help' (see above): f16 conversion skipped" >&2
+            refused=1
+        fi
+    fi
+    for f in "${complete[@]}"; do echo "ready: weights/checkpoints/$f"; done
+    if ((refused)); then
+        echo "not everything was accepted or converted; see the messages above" >&2
+        exit 1
+    fi
+    echo "checkpoints: $ROOT/weights/checkpoints"
+}
+
+# ---------------------------------------------------------------------------
+
+main() {
+    local cmd="${1:-build}"
+    (($#)) && shift
+    case "$cmd" in
+    build)
+        (($# == 0)) || die "build takes no arguments"
+        build_site
+        ;;
+    serve) cmd_serve "$@" ;;
+    test)
+        (($# == 0)) || die "test takes no arguments"
+        cmd_test
+        ;;
+    weights) cmd_weights "$@" ;;
+    help | -h | --help) usage ;;
+    *)
+        usage >&2
+        die "unknown command '$cmd'"
+        ;;
+    esac
+}
+
+main "$@"

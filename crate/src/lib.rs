@@ -1,0 +1,15 @@
+//! anoscope: zero-shot visual anomaly detection with CLIP, native and in the browser.
+//!
+//! * [`model`]: the CLIP image and text towers (candle), checkpoint loading, random weights.
+//! * [`tokenizer`]: CLIP's BPE tokenizer (the `tokenizers` crate, vocabulary embedded).
+//! * [`preprocess`]: image decoding with limits and CLIP / square-resize preprocessing.
+pub mod embed;
+pub mod model;
+pub mod preprocess;
+pub mod tokenizer;
+
+#[cfg(not(target_arch = "wasm32"))]
+pub mod serve;
+
+#[cfg(target_arch = "wasm32")]
+pub mod wasm;

@@ -1,0 +1,287 @@
+//! The `anoscope` command-line tool.
+#[cfg(target_arch = "wasm32")]
+fn main() {}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn main() {
+    std::process::exit(cli::run());
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+mod cli {
+    use anoscope::embed::{embed_image, embed_text, to_safetensors, vision_flops};
+    use anoscope::model::random::{arch_config, random_source, write_random_checkpoint, StoreDtype, ARCHS};
+    use anoscope::model::{Clip, ClipConfig};
+    use anoscope::preprocess::{self, ImageLimits, Normalize};
+    use anoscope::tokenizer::ClipTokenizer;
+    use anyhow::{bail, Context, Result};
+    use candle_core::{Device, Tensor};
+    use clap::{Parser, Subcommand, ValueEnum};
+    use std::path::{Path, PathBuf};
+    use std::time::Instant;
+
+    #[derive(Parser)]
+    #[command(name = "anoscope", version, about = "Zero-shot visual anomaly detection with CLIP")]
+    struct Cli {
+        #[command(subcommand)]
+        cmd: Cmd,
+    }
+
+    #[derive(Clone, Copy, ValueEnum)]
+    enum Preprocess {
+        /// Shortest side to the size (bicubic), then center crop (CLIP / open_clip).
+        Clip,
+        /// Plain bicubic resize to a square (WinCLIP).
+        Resize,
+    }
+
+    #[derive(Clone, Copy, ValueEnum)]
+    enum Dtype {
+        F32,
+        F16,
+    }
+
+    #[derive(Subcommand)]
+    enum Cmd {
+        /// Encode one image: image embedding, projected patch tokens, hidden states, v-v tokens.
+        Embed {
+            /// Checkpoint directory (Hugging Face or open_clip layout).
+            #[arg(long)]
+            model: PathBuf,
+            /// Image file (PNG, JPEG, WebP, BMP, GIF, TIFF).
+            #[arg(long, conflicts_with = "pixels", required_unless_present = "pixels")]
+            image: Option<PathBuf>,
+            /// Already-normalised input: safetensors with `pixel_values` [1,3,H,W].
+            #[arg(long)]
+            pixels: Option<PathBuf>,
+            /// Input side in pixels for --image (default: the checkpoint's image size).
+            #[arg(long, requires = "image")]
+            size: Option<u32>,
+            /// Preprocessing for --image.
+            #[arg(long, value_enum, default_value = "clip", requires = "image")]
+            preprocess: Preprocess,
+            /// Run the value-to-value (CLIP Surgery) path in the last K blocks.
+            #[arg(long, value_name = "K")]
+            surgery_layers: Option<usize>,
+            /// Also write these hidden states (0 = after ln_pre, i = output of block i).
+            #[arg(long, value_delimiter = ',', value_name = "L,L,...")]
+            hidden_layers: Vec<usize>,
+            #[arg(long)]
+            out: PathBuf,
+        },
+        /// Encode prompts with the text tower.
+        EmbedText {
+            #[arg(long)]
+            model: PathBuf,
+            /// A prompt (repeat for several).
+            #[arg(long, required = true)]
+            text: Vec<String>,
+            #[arg(long)]
+            out: PathBuf,
+        },
+        /// Write a deterministic full-size random checkpoint (benchmarks, full-size parity).
+        RandomWeights {
+            #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(ARCHS))]
+            arch: String,
+            #[arg(long, default_value_t = 0)]
+            seed: u64,
+            #[arg(long, value_enum, default_value = "f32")]
+            dtype: Dtype,
+            #[arg(long)]
+            out: PathBuf,
+        },
+        /// Time the image tower (batch 1) after a warm-up and print the median.
+        Bench {
+            #[arg(long, default_value = "vit-b-16", value_parser = clap::builder::PossibleValuesParser::new(ARCHS))]
+            arch: String,
+            /// Use this checkpoint instead of random weights.
+            #[arg(long)]
+            model: Option<PathBuf>,
+            /// Threads for the matrix kernels (default: all cores).
+            #[arg(long)]
+            threads: Option<usize>,
+            #[arg(long, default_value_t = 5)]
+            runs: usize,
+            /// Print one JSON object instead of text.
+            #[arg(long)]
+            json: bool,
+        },
+        /// Convert a checkpoint's floating-point tensors to another storage type (f16 for the
+        /// browser: half the download; computation stays f32).
+        Convert {
+            #[arg(long)]
+            model: PathBuf,
+            #[arg(long, value_enum, default_value = "f16")]
+            dtype: Dtype,
+            #[arg(long)]
+            out: PathBuf,
+        },
+        /// Serve a static directory on 127.0.0.1 with the cross-origin-isolation headers.
+        Serve {
+            #[arg(long, default_value = "www/dist")]
+            dir: PathBuf,
+            #[arg(long, default_value_t = 8080)]
+            port: u16,
+        },
+    }
+
+    pub fn run() -> i32 {
+        let cli = match Cli::try_parse() {
+            Ok(c) => c,
+            Err(e) => e.exit(),
+        };
+        match dispatch(cli.cmd) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                1
+            }
+        }
+    }
+
+    fn write_out(path: &Path, named: &[(String, Tensor)]) -> Result<()> {
+        let bytes = to_safetensors(named)?;
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        std::fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))
+    }
+
+    fn dispatch(cmd: Cmd) -> Result<()> {
+        match cmd {
+            Cmd::Embed { model, image, pixels, size, preprocess, surgery_layers, hidden_layers, out } => {
+                let clip = Clip::load_dir(&model)?;
+                let input = match (image, pixels) {
+                    (Some(path), _) => {
+                        let img = preprocess::load_image(&path, &ImageLimits::default())?;
+                        let s = size.unwrap_or(clip.cfg.vision.image_size as u32);
+                        if s == 0 || s > 4096 {
+                            bail!("--size must be in 1..=4096, got {s}");
+                        }
+                        let norm = Normalize { mean: clip.cfg.mean, std: clip.cfg.std };
+                        let chw = match preprocess {
+                            Preprocess::Clip => preprocess::clip_preprocess(&img, s, &norm),
+                            Preprocess::Resize => preprocess::resize_preprocess(&img, s, &norm),
+                        };
+                        Tensor::from_vec(chw, (1, 3, s as usize, s as usize), &Device::Cpu)?
+                    }
+                    (None, Some(path)) => {
+                        let (values, shape) = preprocess::pixels_from_safetensors_file(&path)?;
+                        if shape[0] != 1 {
+                            bail!("{}: `pixel_values` must hold one image ([1,3,H,W]), got {:?}", path.display(), shape);
+                        }
+                        Tensor::from_vec(values, shape.to_vec(), &Device::Cpu)?
+                    }
+                    (None, None) => bail!("give --image or --pixels"),
+                };
+                let named = embed_image(&clip, &input, surgery_layers.unwrap_or(0), &hidden_layers)?;
+                write_out(&out, &named)?;
+                eprintln!("wrote {}", out.display());
+                Ok(())
+            }
+            Cmd::EmbedText { model, text, out } => {
+                let clip = Clip::load_dir(&model)?;
+                let tok = ClipTokenizer::new()?;
+                let texts: Vec<&str> = text.iter().map(String::as_str).collect();
+                let named = embed_text(&clip, &tok, &texts)?;
+                write_out(&out, &named)?;
+                eprintln!("wrote {}", out.display());
+                Ok(())
+            }
+            Cmd::RandomWeights { arch, seed, dtype, out } => {
+                let dtype = match dtype {
+                    Dtype::F32 => StoreDtype::F32,
+                    Dtype::F16 => StoreDtype::F16,
+                };
+                let cfg = write_random_checkpoint(&arch, seed, &out, dtype)?;
+                eprintln!(
+                    "wrote a random {arch} checkpoint (seed {seed}, {} layout) to {}",
+                    match cfg.layout {
+                        anoscope::model::Layout::HuggingFace => "Hugging Face",
+                        anoscope::model::Layout::OpenClip => "open_clip",
+                    },
+                    out.display()
+                );
+                Ok(())
+            }
+            Cmd::Bench { arch, model, threads, runs, json } => bench(&arch, model.as_deref(), threads, runs, json),
+            Cmd::Convert { model, dtype, out } => convert(&model, dtype, &out),
+            Cmd::Serve { dir, port } => anoscope::serve::serve(&dir, port),
+        }
+    }
+
+    fn convert(model: &Path, dtype: Dtype, out: &Path) -> Result<()> {
+        let files = anoscope::model::CheckpointFiles::detect(model)?;
+        // Validate the whole checkpoint before writing anything.
+        Clip::load_dir(model)?;
+        let bytes = std::fs::read(&files.weights).with_context(|| format!("cannot read {}", files.weights.display()))?;
+        let st_dtype = match dtype {
+            Dtype::F32 => safetensors::Dtype::F32,
+            Dtype::F16 => safetensors::Dtype::F16,
+        };
+        let converted =
+            anoscope::model::weights::convert_safetensors(&bytes, &files.weights.display().to_string(), st_dtype)?;
+        std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+        let cfg_name = files.layout.config_file();
+        std::fs::copy(&files.config, out.join(cfg_name))
+            .with_context(|| format!("cannot write {}", out.join(cfg_name).display()))?;
+        let dst = out.join(files.layout.weights_file());
+        std::fs::write(&dst, &converted).with_context(|| format!("cannot write {}", dst.display()))?;
+        eprintln!("wrote {} ({} bytes, was {})", dst.display(), converted.len(), bytes.len());
+        Ok(())
+    }
+
+    fn bench(arch: &str, model: Option<&Path>, threads: Option<usize>, runs: usize, json: bool) -> Result<()> {
+        if runs == 0 {
+            bail!("--runs must be at least 1");
+        }
+        if let Some(t) = threads {
+            if t == 0 {
+                bail!("--threads must be at least 1");
+            }
+            // candle's CPU kernels size their thread pools from RAYON_NUM_THREADS; nothing has
+            // run yet, so this takes effect.
+            std::env::set_var("RAYON_NUM_THREADS", t.to_string());
+        }
+        let threads = candle_core::utils::get_num_threads();
+        let clip = match model {
+            Some(dir) => Clip::load_dir(dir)?,
+            None => {
+                let (file, json) = arch_config(arch)?;
+                let cfg = ClipConfig::from_json(file, &json)?;
+                Clip::from_source(&cfg, &random_source(&cfg, 0, false)?)?
+            }
+        };
+        let size = clip.cfg.vision.image_size;
+        let pixels = Tensor::randn(0f32, 1f32, (1, 3, size, size), &Device::Cpu)?;
+        let opts = anoscope::model::EncodeOptions::default();
+        clip.vision.forward(&pixels, &opts)?; // warm-up
+        let mut times = Vec::with_capacity(runs);
+        for _ in 0..runs {
+            let t0 = Instant::now();
+            let out = clip.vision.forward(&pixels, &opts)?;
+            out.image_embeds.flatten_all()?.to_vec1::<f32>()?;
+            times.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+        times.sort_by(f64::total_cmp);
+        let median = if runs % 2 == 1 { times[runs / 2] } else { 0.5 * (times[runs / 2 - 1] + times[runs / 2]) };
+        let flops = vision_flops(&clip.cfg, size);
+        let gflops = flops / (median * 1e-3) / 1e9;
+        let arch_name = if model.is_some() { format!("{arch} (checkpoint)") } else { arch.to_string() };
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({"arch": arch_name, "threads": threads, "runs": runs, "encode_ms": median, "gflops": gflops})
+            );
+        } else {
+            println!(
+                "{arch_name} image tower at {size}px, batch 1, {threads} thread(s): median {median:.1} ms over {runs} runs \
+                 (min {:.1}, max {:.1}); {:.1} GFLOP per image, {gflops:.1} GFLOP/s",
+                times[0],
+                times[runs - 1],
+                flops / 1e9
+            );
+        }
+        Ok(())
+    }
+}

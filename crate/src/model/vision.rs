@@ -1,0 +1,187 @@
+//! The CLIP ViT image tower: full passes with projected patch tokens, hidden states and the
+//! value-to-value ("surgery") dense path, and token-subset passes for WinCLIP windows.
+use super::config::ClipConfig;
+use super::ops::interpolate_pos_embedding;
+use super::weights::{TensorSource, VisionWeights};
+use anyhow::{bail, Result};
+use candle_core::{Device, Tensor};
+
+/// What a full pass returns besides the projected image embedding and patch tokens.
+#[derive(Clone, Debug, Default)]
+pub struct EncodeOptions {
+    /// Hidden states to return, transformers' indexing: 0 = the embeddings after `ln_pre`,
+    /// `i` = the output of block `i` (1-based).
+    pub hidden_layers: Vec<usize>,
+    /// Number of final blocks that run the extra v-v attention path (0 = off).
+    pub surgery_layers: usize,
+}
+
+/// Outputs of a full pass over a batch of `B` images with an `gh × gw` patch grid (N = gh·gw).
+#[derive(Clone, Debug)]
+pub struct VisionOutput {
+    /// `[B, P]`: `proj(ln_post(class token))`, not L2-normalised.
+    pub image_embeds: Tensor,
+    /// `[B, N, P]`: every patch token through `ln_post` and the projection.
+    pub patch_tokens: Tensor,
+    /// `[B, 1+N, D]`: output of the last block, before `ln_post`.
+    pub last_hidden_state: Tensor,
+    /// The requested hidden states, `[B, 1+N, D]` each, in request order.
+    pub hidden_states: Vec<(usize, Tensor)>,
+    /// `[B, N, P]`: the v-v path's patch tokens through `ln_post` and the projection.
+    pub surgery_tokens: Option<Tensor>,
+    /// Patch grid `(rows, columns)`.
+    pub grid: (usize, usize),
+}
+
+/// The image tower of a CLIP model.
+#[derive(Clone, Debug)]
+pub struct VisionTower {
+    pub cfg: ClipConfig,
+    pub w: VisionWeights,
+}
+
+impl VisionTower {
+    pub fn load(src: &dyn TensorSource, cfg: &ClipConfig) -> Result<Self> {
+        Ok(Self { cfg: cfg.clone(), w: VisionWeights::load(src, cfg)? })
+    }
+
+    /// Patch grid for an input of `h × w` pixels (a remainder smaller than a patch is ignored,
+    /// as a strided convolution does).
+    pub fn grid_for(&self, h: usize, w: usize) -> Result<(usize, usize)> {
+        let p = self.cfg.vision.patch_size;
+        if h < p || w < p {
+            bail!("input {h}×{w} is smaller than one {p}×{p} patch");
+        }
+        Ok((h / p, w / p))
+    }
+
+    /// Token embeddings before `ln_pre`: `[B, 1+N, D]` = [class, patches] + position embeddings
+    /// (resampled when the grid differs from the checkpoint's).
+    pub fn embed(&self, pixels: &Tensor) -> Result<Tensor> {
+        let (b, c, h, w) = pixels.dims4().map_err(|_| anyhow::anyhow!("pixels must be [B, 3, H, W], got {:?}", pixels.dims()))?;
+        if c != 3 {
+            bail!("pixels must have 3 channels, got {c}");
+        }
+        let v = &self.cfg.vision;
+        let p = v.patch_size;
+        let d = v.width;
+        let (gh, gw) = self.grid_for(h, w)?;
+        let x = pixels.narrow(2, 0, gh * p)?.narrow(3, 0, gw * p)?;
+        // im2col: [B, 3, gh, p, gw, p] -> [B, gh, gw, 3, p, p] -> [B·N, 3·p·p]
+        let cols = x
+            .reshape((b, 3, gh, p, gw, p))?
+            .permute((0, 2, 4, 1, 3, 5))?
+            .contiguous()?
+            .reshape((b * gh * gw, 3 * p * p))?;
+        let patches = cols.matmul(&self.w.patch_w_t)?.reshape((b, gh * gw, d))?;
+        let cls = self.w.class_embedding.reshape((1, 1, d))?.broadcast_as((b, 1, d))?;
+        let tokens = Tensor::cat(&[&cls.contiguous()?, &patches], 1)?;
+        let pos = interpolate_pos_embedding(&self.w.pos_embedding, v.grid(), gh, gw, self.cfg.pos_interp)?;
+        Ok(tokens.broadcast_add(&pos)?)
+    }
+
+    /// `ln_post` then the visual projection, over the last dimension.
+    pub fn project(&self, x: &Tensor) -> Result<Tensor> {
+        let y = self.w.ln_post.forward(x)?;
+        let dims = y.dims().to_vec();
+        let d = dims[dims.len() - 1];
+        let rows = y.elem_count() / d;
+        let out = y.reshape((rows, d))?.matmul(&self.w.proj)?;
+        let mut out_dims = dims;
+        *out_dims.last_mut().unwrap() = self.cfg.embed_dim;
+        Ok(out.reshape(out_dims)?)
+    }
+
+    /// A full pass over `pixels: [B, 3, H, W]` (already normalised).
+    pub fn forward(&self, pixels: &Tensor, opts: &EncodeOptions) -> Result<VisionOutput> {
+        let v = &self.cfg.vision;
+        let layers = v.layers;
+        if opts.surgery_layers > layers {
+            bail!("surgery layers {} exceeds the {layers} layers of the image tower", opts.surgery_layers);
+        }
+        if let Some(&bad) = opts.hidden_layers.iter().find(|&&l| l > layers) {
+            bail!("hidden layer {bad} does not exist (valid: 0..={layers})");
+        }
+        let (_, _, h, w) = pixels.dims4()?;
+        let grid = self.grid_for(h, w)?;
+        let n = grid.0 * grid.1;
+        let mut x = self.w.ln_pre.forward(&self.embed(pixels)?)?;
+        let mut hidden: Vec<Option<Tensor>> = vec![None; layers + 1];
+        let keep = |i: usize| opts.hidden_layers.contains(&i);
+        if keep(0) {
+            hidden[0] = Some(x.clone());
+        }
+        let first_vv = layers - opts.surgery_layers;
+        let mut surgery: Option<Tensor> = None;
+        for (i, blk) in self.w.blocks.iter().enumerate() {
+            let vv = opts.surgery_layers > 0 && i >= first_vv;
+            if vv && surgery.is_none() {
+                surgery = Some(x.clone());
+            }
+            let out = blk.forward(&x, v.heads, v.act, None, vv)?;
+            if let (Some(s), Some(a)) = (surgery.as_mut(), out.vv) {
+                *s = (&*s + a)?;
+            }
+            x = out.x;
+            if keep(i + 1) {
+                hidden[i + 1] = Some(x.clone());
+            }
+        }
+        let image_embeds = self.project(&x.narrow(1, 0, 1)?.squeeze(1)?)?;
+        let patch_tokens = self.project(&x.narrow(1, 1, n)?)?;
+        let surgery_tokens = match surgery {
+            Some(s) => Some(self.project(&s.narrow(1, 1, n)?)?),
+            None => None,
+        };
+        let hidden_states = opts
+            .hidden_layers
+            .iter()
+            .map(|&l| (l, hidden[l].clone().expect("kept")))
+            .collect();
+        Ok(VisionOutput { image_embeds, patch_tokens, last_hidden_state: x, hidden_states, surgery_tokens, grid })
+    }
+
+    /// Token-subset passes (WinCLIP's windows): for each subset of patch indices (0-based,
+    /// row-major over the grid; all subsets the same length), the class token and those patch
+    /// tokens of `embeddings: [1, 1+N, D]` (from [`VisionTower::embed`]) go through
+    /// `ln_pre` → all blocks → `ln_post` (class token) → projection. Subsets are run
+    /// `batch_size` at a time. Returns `[M, P]`.
+    pub fn forward_subsets(&self, embeddings: &Tensor, subsets: &[Vec<usize>], batch_size: usize) -> Result<Tensor> {
+        let (one, t, _) = embeddings.dims3()?;
+        if one != 1 {
+            bail!("token-subset passes take the embeddings of one image, got a batch of {one}");
+        }
+        let n = t - 1;
+        let Some(k) = subsets.first().map(Vec::len) else {
+            return Ok(Tensor::zeros((0, self.cfg.embed_dim), candle_core::DType::F32, &Device::Cpu)?);
+        };
+        if k == 0 {
+            bail!("token subsets must not be empty");
+        }
+        for s in subsets {
+            if s.len() != k {
+                bail!("all token subsets must have the same length ({k}), got one of {}", s.len());
+            }
+            if let Some(&bad) = s.iter().find(|&&i| i >= n) {
+                bail!("patch index {bad} is out of range for {n} patches");
+            }
+        }
+        let v = &self.cfg.vision;
+        let emb = embeddings.squeeze(0)?;
+        let mut outs = Vec::new();
+        for chunk in subsets.chunks(batch_size.max(1)) {
+            let ids: Vec<u32> = chunk
+                .iter()
+                .flat_map(|s| std::iter::once(0u32).chain(s.iter().map(|&i| i as u32 + 1)))
+                .collect();
+            let ids = Tensor::from_vec(ids, chunk.len() * (k + 1), &Device::Cpu)?;
+            let mut x = emb.index_select(&ids, 0)?.reshape((chunk.len(), k + 1, v.width))?;
+            x = self.w.ln_pre.forward(&x)?;
+            for blk in &self.w.blocks {
+                x = blk.forward(&x, v.heads, v.act, None, false)?.x;
+            }
+            outs.push(self.project(&x.narrow(1, 0, 1)?.squeeze(1)?)?);
+        }
+        Ok(Tensor::cat(&outs, 0)?)
+    }
+}

@@ -1,0 +1,337 @@
+//! Reading checkpoint tensors (safetensors, f32/f16/bf16) into the common weight structs of
+//! the two towers, whatever the key naming of the layout.
+use super::config::{ClipConfig, Layout};
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use safetensors::{Dtype, SafeTensors};
+use std::collections::HashMap;
+
+/// Largest checkpoint accepted (bytes). ViT-L/14-336 in f32 is 1.7 GB.
+pub const MAX_CHECKPOINT_BYTES: u64 = 4 * 1024 * 1024 * 1024;
+
+/// A named set of tensors that the towers read their weights from.
+pub trait TensorSource {
+    /// The tensor `name` as f32, checked to have `shape` and only finite values.
+    fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor>;
+    /// Whether `name` exists.
+    fn contains(&self, name: &str) -> bool;
+}
+
+/// Tensors read lazily from a safetensors buffer.
+pub struct SafetensorsSource<'a> {
+    st: SafeTensors<'a>,
+    /// Shown in errors (the file name).
+    origin: String,
+}
+
+impl<'a> SafetensorsSource<'a> {
+    pub fn new(bytes: &'a [u8], origin: &str) -> Result<Self> {
+        if bytes.is_empty() {
+            bail!("{origin}: the file is empty (0 bytes), not a safetensors checkpoint");
+        }
+        if bytes.len() as u64 > MAX_CHECKPOINT_BYTES {
+            bail!(
+                "{origin}: {} bytes is over the checkpoint size limit of {} bytes",
+                bytes.len(),
+                MAX_CHECKPOINT_BYTES
+            );
+        }
+        let st = SafeTensors::deserialize(bytes).map_err(|e| {
+            anyhow::anyhow!("{origin}: not a valid safetensors file (truncated or corrupt?): {e}")
+        })?;
+        Ok(Self { st, origin: origin.to_string() })
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.st.names().into_iter().map(|s| s.to_string()).collect()
+    }
+}
+
+/// Decodes a safetensors tensor view to f32 values.
+pub fn view_to_f32(view: &safetensors::tensor::TensorView<'_>) -> Result<Vec<f32>> {
+    let data = view.data();
+    Ok(match view.dtype() {
+        Dtype::F32 => data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        Dtype::F16 => data
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => data
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        Dtype::F64 => data
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32)
+            .collect(),
+        other => bail!("unsupported dtype {other:?} (expected F32, F16 or BF16)"),
+    })
+}
+
+fn check_finite(values: &[f32], what: &str) -> Result<()> {
+    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+        bail!("{what} contains a non-finite value ({}) at flat index {i}", values[i]);
+    }
+    Ok(())
+}
+
+impl TensorSource for SafetensorsSource<'_> {
+    fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let view = self
+            .st
+            .tensor(name)
+            .map_err(|_| anyhow::anyhow!("{}: missing tensor `{name}`", self.origin))?;
+        if view.shape() != shape {
+            bail!(
+                "{}: tensor `{name}` has shape {:?} but the configuration implies {:?}",
+                self.origin,
+                view.shape(),
+                shape
+            );
+        }
+        let values = view_to_f32(&view).with_context(|| format!("{}: tensor `{name}`", self.origin))?;
+        check_finite(&values, &format!("{}: tensor `{name}`", self.origin))?;
+        Ok(Tensor::from_vec(values, shape, &Device::Cpu)?)
+    }
+    fn contains(&self, name: &str) -> bool {
+        self.st.tensor(name).is_ok()
+    }
+}
+
+/// Tensors held in memory (random weights for benchmarks).
+pub struct MapSource(pub HashMap<String, Tensor>);
+
+impl TensorSource for MapSource {
+    fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let t = self.0.get(name).with_context(|| format!("missing tensor `{name}`"))?;
+        if t.dims() != shape {
+            bail!("tensor `{name}` has shape {:?} but the configuration implies {:?}", t.dims(), shape);
+        }
+        Ok(t.clone())
+    }
+    fn contains(&self, name: &str) -> bool {
+        self.0.contains_key(name)
+    }
+}
+
+/// LayerNorm parameters.
+#[derive(Clone, Debug)]
+pub struct Norm {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub eps: f32,
+}
+
+/// A linear layer stored transposed (`[in, out]`, contiguous) so that `x @ w_t + b` is one gemm.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    pub w_t: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+/// One pre-norm transformer block.
+#[derive(Clone, Debug)]
+pub struct Block {
+    pub ln_1: Norm,
+    /// Fused q, k, v projection: `[D, 3D]`.
+    pub qkv: Linear,
+    pub out: Linear,
+    pub ln_2: Norm,
+    pub fc1: Linear,
+    pub fc2: Linear,
+}
+
+/// Image tower weights.
+#[derive(Clone, Debug)]
+pub struct VisionWeights {
+    /// Patch embedding as a matmul: `[3·p·p, D]` (channel-major, then rows, then columns).
+    pub patch_w_t: Tensor,
+    pub class_embedding: Tensor,
+    /// `[grid² + 1, D]` as stored in the checkpoint.
+    pub pos_embedding: Tensor,
+    pub ln_pre: Norm,
+    pub blocks: Vec<Block>,
+    pub ln_post: Norm,
+    /// `[D, P]`.
+    pub proj: Tensor,
+}
+
+/// Text tower weights.
+#[derive(Clone, Debug)]
+pub struct TextWeights {
+    pub token_embedding: Tensor,
+    pub pos_embedding: Tensor,
+    pub blocks: Vec<Block>,
+    pub ln_final: Norm,
+    /// `[Dt, P]`.
+    pub proj: Tensor,
+}
+
+fn norm(src: &dyn TensorSource, prefix: &str, d: usize, eps: f64) -> Result<Norm> {
+    Ok(Norm {
+        weight: src.get(&format!("{prefix}.weight"), &[d])?,
+        bias: src.get(&format!("{prefix}.bias"), &[d])?,
+        eps: eps as f32,
+    })
+}
+
+fn linear(src: &dyn TensorSource, prefix: &str, out_dim: usize, in_dim: usize) -> Result<Linear> {
+    let w = src.get(&format!("{prefix}.weight"), &[out_dim, in_dim])?;
+    Ok(Linear {
+        w_t: w.t()?.contiguous()?,
+        bias: Some(src.get(&format!("{prefix}.bias"), &[out_dim])?),
+    })
+}
+
+/// Key names of one block in each layout.
+fn block(
+    src: &dyn TensorSource,
+    layout: Layout,
+    prefix: &str,
+    d: usize,
+    mlp: usize,
+    eps: f64,
+) -> Result<Block> {
+    match layout {
+        Layout::HuggingFace => {
+            let q = src.get(&format!("{prefix}.self_attn.q_proj.weight"), &[d, d])?;
+            let k = src.get(&format!("{prefix}.self_attn.k_proj.weight"), &[d, d])?;
+            let v = src.get(&format!("{prefix}.self_attn.v_proj.weight"), &[d, d])?;
+            let qb = src.get(&format!("{prefix}.self_attn.q_proj.bias"), &[d])?;
+            let kb = src.get(&format!("{prefix}.self_attn.k_proj.bias"), &[d])?;
+            let vb = src.get(&format!("{prefix}.self_attn.v_proj.bias"), &[d])?;
+            let w = Tensor::cat(&[q, k, v], 0)?;
+            Ok(Block {
+                ln_1: norm(src, &format!("{prefix}.layer_norm1"), d, eps)?,
+                qkv: Linear { w_t: w.t()?.contiguous()?, bias: Some(Tensor::cat(&[qb, kb, vb], 0)?) },
+                out: linear(src, &format!("{prefix}.self_attn.out_proj"), d, d)?,
+                ln_2: norm(src, &format!("{prefix}.layer_norm2"), d, eps)?,
+                fc1: linear(src, &format!("{prefix}.mlp.fc1"), mlp, d)?,
+                fc2: linear(src, &format!("{prefix}.mlp.fc2"), d, mlp)?,
+            })
+        }
+        Layout::OpenClip => {
+            let w = src.get(&format!("{prefix}.attn.in_proj_weight"), &[3 * d, d])?;
+            Ok(Block {
+                ln_1: norm(src, &format!("{prefix}.ln_1"), d, eps)?,
+                qkv: Linear {
+                    w_t: w.t()?.contiguous()?,
+                    bias: Some(src.get(&format!("{prefix}.attn.in_proj_bias"), &[3 * d])?),
+                },
+                out: linear(src, &format!("{prefix}.attn.out_proj"), d, d)?,
+                ln_2: norm(src, &format!("{prefix}.ln_2"), d, eps)?,
+                fc1: linear(src, &format!("{prefix}.mlp.c_fc"), mlp, d)?,
+                fc2: linear(src, &format!("{prefix}.mlp.c_proj"), d, mlp)?,
+            })
+        }
+    }
+}
+
+impl VisionWeights {
+    pub fn load(src: &dyn TensorSource, cfg: &ClipConfig) -> Result<Self> {
+        let v = &cfg.vision;
+        let (d, p, g) = (v.width, v.patch_size, v.grid());
+        let (conv, cls, pos, ln_pre, blocks, ln_post) = match cfg.layout {
+            Layout::HuggingFace => (
+                "vision_model.embeddings.patch_embedding.weight",
+                "vision_model.embeddings.class_embedding",
+                "vision_model.embeddings.position_embedding.weight",
+                "vision_model.pre_layrnorm",
+                "vision_model.encoder.layers",
+                "vision_model.post_layernorm",
+            ),
+            Layout::OpenClip => (
+                "visual.conv1.weight",
+                "visual.class_embedding",
+                "visual.positional_embedding",
+                "visual.ln_pre",
+                "visual.transformer.resblocks",
+                "visual.ln_post",
+            ),
+        };
+        let patch = src.get(conv, &[d, 3, p, p])?;
+        let proj = match cfg.layout {
+            Layout::HuggingFace => src.get("visual_projection.weight", &[cfg.embed_dim, d])?.t()?.contiguous()?,
+            Layout::OpenClip => src.get("visual.proj", &[d, cfg.embed_dim])?,
+        };
+        Ok(Self {
+            patch_w_t: patch.reshape((d, 3 * p * p))?.t()?.contiguous()?,
+            class_embedding: src.get(cls, &[d])?,
+            pos_embedding: src.get(pos, &[g * g + 1, d])?,
+            ln_pre: norm(src, ln_pre, d, v.ln_eps)?,
+            blocks: (0..v.layers)
+                .map(|i| block(src, cfg.layout, &format!("{blocks}.{i}"), d, v.mlp_width, v.ln_eps))
+                .collect::<Result<_>>()?,
+            ln_post: norm(src, ln_post, d, v.ln_eps)?,
+            proj,
+        })
+    }
+}
+
+impl TextWeights {
+    /// Whether the source holds a text tower at all (vision-only checkpoints do not).
+    pub fn present(src: &dyn TensorSource, layout: Layout) -> bool {
+        src.contains(match layout {
+            Layout::HuggingFace => "text_model.embeddings.token_embedding.weight",
+            Layout::OpenClip => "token_embedding.weight",
+        })
+    }
+
+    pub fn load(src: &dyn TensorSource, cfg: &ClipConfig) -> Result<Self> {
+        let t = &cfg.text;
+        let d = t.width;
+        let (tok, pos, blocks, ln_final) = match cfg.layout {
+            Layout::HuggingFace => (
+                "text_model.embeddings.token_embedding.weight",
+                "text_model.embeddings.position_embedding.weight",
+                "text_model.encoder.layers",
+                "text_model.final_layer_norm",
+            ),
+            Layout::OpenClip => ("token_embedding.weight", "positional_embedding", "transformer.resblocks", "ln_final"),
+        };
+        let proj = match cfg.layout {
+            Layout::HuggingFace => src.get("text_projection.weight", &[cfg.embed_dim, d])?.t()?.contiguous()?,
+            Layout::OpenClip => src.get("text_projection", &[d, cfg.embed_dim])?,
+        };
+        Ok(Self {
+            token_embedding: src.get(tok, &[t.vocab_size, d])?,
+            pos_embedding: src.get(pos, &[t.context_length, d])?,
+            blocks: (0..t.layers)
+                .map(|i| block(src, cfg.layout, &format!("{blocks}.{i}"), d, t.mlp_width, t.ln_eps))
+                .collect::<Result<_>>()?,
+            ln_final: norm(src, ln_final, d, t.ln_eps)?,
+            proj,
+        })
+    }
+}
+
+/// Rewrites a safetensors buffer with every floating-point tensor stored as `dtype`
+/// (`F16` halves the browser download; `F32` undoes it). Other tensors are copied unchanged.
+pub fn convert_safetensors(bytes: &[u8], origin: &str, dtype: Dtype) -> Result<Vec<u8>> {
+    if !matches!(dtype, Dtype::F16 | Dtype::F32) {
+        bail!("conversion target must be F16 or F32, got {dtype:?}");
+    }
+    let src = SafetensorsSource::new(bytes, origin)?;
+    let mut data: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    for name in src.names() {
+        let view = src.st.tensor(&name)?;
+        let is_float = matches!(view.dtype(), Dtype::F32 | Dtype::F16 | Dtype::BF16 | Dtype::F64);
+        let (d, b) = if is_float {
+            let v = view_to_f32(&view).with_context(|| format!("{origin}: tensor `{name}`"))?;
+            check_finite(&v, &format!("{origin}: tensor `{name}`"))?;
+            let b: Vec<u8> = match dtype {
+                Dtype::F16 => v.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect(),
+                _ => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            };
+            (dtype, b)
+        } else {
+            (view.dtype(), view.data().to_vec())
+        };
+        data.push((name, d, view.shape().to_vec(), b));
+    }
+    let views = data
+        .iter()
+        .map(|(n, d, s, b)| Ok((n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b)?)))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(safetensors::serialize(views, None)?)
+}

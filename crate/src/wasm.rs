@@ -1,0 +1,77 @@
+//! JavaScript bindings (wasm-bindgen): a thin model type over the same code the CLI runs.
+//! Outputs are safetensors bytes with the CLI's tensor names, so the page, the tests and the
+//! CLI speak one format.
+use crate::embed::{embed_image, embed_text, to_safetensors};
+use crate::model::Clip;
+use crate::tokenizer::ClipTokenizer;
+use candle_core::{Device, Tensor};
+use wasm_bindgen::prelude::*;
+
+fn js_err(e: anyhow::Error) -> JsError {
+    JsError::new(&format!("{e:#}"))
+}
+
+/// The crate version.
+#[wasm_bindgen]
+pub fn version() -> String {
+    env!("CARGO_PKG_VERSION").to_string()
+}
+
+/// A CLIP model loaded from a checkpoint's configuration and safetensors bytes.
+#[wasm_bindgen]
+pub struct ClipModel {
+    clip: Clip,
+    tokenizer: Option<ClipTokenizer>,
+}
+
+#[wasm_bindgen]
+impl ClipModel {
+    /// `configFileName` is `config.json` (Hugging Face) or `open_clip_config.json` (open_clip).
+    pub fn load(config_file_name: &str, config_json: &str, weights: &[u8]) -> Result<ClipModel, JsError> {
+        console_error_panic_hook::set_once();
+        let clip = Clip::from_bytes(config_file_name, config_json, weights, "weights").map_err(js_err)?;
+        Ok(ClipModel { clip, tokenizer: None })
+    }
+
+    /// The checkpoint's input side in pixels.
+    #[wasm_bindgen(js_name = imageSize)]
+    pub fn image_size(&self) -> usize {
+        self.clip.cfg.vision.image_size
+    }
+
+    /// Whether the checkpoint has a text tower.
+    #[wasm_bindgen(js_name = hasText)]
+    pub fn has_text(&self) -> bool {
+        self.clip.text.is_some()
+    }
+
+    /// Encodes normalised pixels `[1, 3, height, width]` (CHW). Returns safetensors bytes with
+    /// `image_embeds`, `patch_tokens`, `last_hidden_state` and, when `surgery_layers > 0`,
+    /// `surgery_tokens`.
+    #[wasm_bindgen(js_name = embedImage)]
+    pub fn embed_image(&self, pixels: &[f32], height: usize, width: usize, surgery_layers: usize) -> Result<Vec<u8>, JsError> {
+        if pixels.len() != 3 * height * width {
+            return Err(JsError::new(&format!(
+                "pixels hold {} values, but 3×{height}×{width} = {} were expected",
+                pixels.len(),
+                3 * height * width
+            )));
+        }
+        let t = Tensor::from_slice(pixels, (1, 3, height, width), &Device::Cpu).map_err(|e| js_err(e.into()))?;
+        let named = embed_image(&self.clip, &t, surgery_layers, &[]).map_err(js_err)?;
+        to_safetensors(&named).map_err(js_err)
+    }
+
+    /// Tokenizes and encodes prompts. Returns safetensors bytes with `text_embeds` [T,P] and
+    /// `input_ids` [T,77].
+    #[wasm_bindgen(js_name = embedText)]
+    pub fn embed_text(&mut self, texts: Vec<String>) -> Result<Vec<u8>, JsError> {
+        if self.tokenizer.is_none() {
+            self.tokenizer = Some(ClipTokenizer::new().map_err(js_err)?);
+        }
+        let tok = self.tokenizer.as_ref().expect("set above");
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let named = embed_text(&self.clip, tok, &refs).map_err(js_err)?;
+        to_safetensors(&named).map_err(js_err)
+    }
+}
