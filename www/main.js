@@ -58,6 +58,8 @@ $('model-files').addEventListener('change', async (ev) => {
     return;
   }
   $('image-file').disabled = true;
+  $('image-file').value = '';
+  setStatus('image-status', '');
   try {
     const configText = await jsons[0].text();
     const config = JSON.parse(configText);

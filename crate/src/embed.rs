@@ -12,11 +12,20 @@ pub fn to_safetensors(named: &[(String, Tensor)]) -> Result<Vec<u8>> {
         let shape = t.dims().to_vec();
         let flat = t.flatten_all()?;
         let (dtype, bytes) = match t.dtype() {
-            DType::F32 => (safetensors::Dtype::F32, flat.to_vec1::<f32>()?.iter().flat_map(|x| x.to_le_bytes()).collect()),
-            DType::I64 => (safetensors::Dtype::I64, flat.to_vec1::<i64>()?.iter().flat_map(|x| x.to_le_bytes()).collect()),
+            DType::F32 => (
+                safetensors::Dtype::F32,
+                flat.to_vec1::<f32>()?.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            ),
+            DType::I64 => (
+                safetensors::Dtype::I64,
+                flat.to_vec1::<i64>()?.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            ),
             DType::U32 => (
                 safetensors::Dtype::I64,
-                flat.to_vec1::<u32>()?.iter().flat_map(|x| (*x as i64).to_le_bytes()).collect(),
+                flat.to_vec1::<u32>()?
+                    .iter()
+                    .flat_map(|x| (*x as i64).to_le_bytes())
+                    .collect(),
             ),
             other => bail!("cannot serialise tensor `{name}` of dtype {other:?}"),
         };
@@ -33,8 +42,16 @@ pub fn to_safetensors(named: &[(String, Tensor)]) -> Result<Vec<u8>> {
 /// `image_embeds` [1,P], `patch_tokens` [1,N,P], `last_hidden_state` [1,1+N,D],
 /// `surgery_tokens` [1,N,P] (when `surgery_layers > 0`) and `hidden_state_{i}` for each
 /// requested layer.
-pub fn embed_image(clip: &Clip, pixels: &Tensor, surgery_layers: usize, hidden_layers: &[usize]) -> Result<Vec<(String, Tensor)>> {
-    let opts = EncodeOptions { hidden_layers: hidden_layers.to_vec(), surgery_layers };
+pub fn embed_image(
+    clip: &Clip,
+    pixels: &Tensor,
+    surgery_layers: usize,
+    hidden_layers: &[usize],
+) -> Result<Vec<(String, Tensor)>> {
+    let opts = EncodeOptions {
+        hidden_layers: hidden_layers.to_vec(),
+        surgery_layers,
+    };
     let out = clip.vision.forward(pixels, &opts)?;
     let mut named = vec![
         ("image_embeds".to_string(), out.image_embeds),
@@ -58,7 +75,10 @@ pub fn embed_text(clip: &Clip, tokenizer: &ClipTokenizer, texts: &[&str]) -> Res
     let (embeds, ids) = clip.encode_text(tokenizer, texts)?;
     let flat: Vec<i64> = ids.iter().flatten().map(|&i| i as i64).collect();
     let ids = Tensor::from_vec(flat, (texts.len(), ids[0].len()), &candle_core::Device::Cpu)?;
-    Ok(vec![("text_embeds".to_string(), embeds), ("input_ids".to_string(), ids)])
+    Ok(vec![
+        ("text_embeds".to_string(), embeds),
+        ("input_ids".to_string(), ids),
+    ])
 }
 
 /// FLOPs (2 per multiply-add) of one full image-tower pass at `size`×`size`.

@@ -149,7 +149,16 @@ mod cli {
 
     fn dispatch(cmd: Cmd) -> Result<()> {
         match cmd {
-            Cmd::Embed { model, image, pixels, size, preprocess, surgery_layers, hidden_layers, out } => {
+            Cmd::Embed {
+                model,
+                image,
+                pixels,
+                size,
+                preprocess,
+                surgery_layers,
+                hidden_layers,
+                out,
+            } => {
                 let clip = Clip::load_dir(&model)?;
                 let input = match (image, pixels) {
                     (Some(path), _) => {
@@ -158,7 +167,10 @@ mod cli {
                         if s == 0 || s > 4096 {
                             bail!("--size must be in 1..=4096, got {s}");
                         }
-                        let norm = Normalize { mean: clip.cfg.mean, std: clip.cfg.std };
+                        let norm = Normalize {
+                            mean: clip.cfg.mean,
+                            std: clip.cfg.std,
+                        };
                         let chw = match preprocess {
                             Preprocess::Clip => preprocess::clip_preprocess(&img, s, &norm),
                             Preprocess::Resize => preprocess::resize_preprocess(&img, s, &norm),
@@ -168,7 +180,11 @@ mod cli {
                     (None, Some(path)) => {
                         let (values, shape) = preprocess::pixels_from_safetensors_file(&path)?;
                         if shape[0] != 1 {
-                            bail!("{}: `pixel_values` must hold one image ([1,3,H,W]), got {:?}", path.display(), shape);
+                            bail!(
+                                "{}: `pixel_values` must hold one image ([1,3,H,W]), got {:?}",
+                                path.display(),
+                                shape
+                            );
                         }
                         Tensor::from_vec(values, shape.to_vec(), &Device::Cpu)?
                     }
@@ -204,7 +220,13 @@ mod cli {
                 );
                 Ok(())
             }
-            Cmd::Bench { arch, model, threads, runs, json } => bench(&arch, model.as_deref(), threads, runs, json),
+            Cmd::Bench {
+                arch,
+                model,
+                threads,
+                runs,
+                json,
+            } => bench(&arch, model.as_deref(), threads, runs, json),
             Cmd::Convert { model, dtype, out } => convert(&model, dtype, &out),
             Cmd::Serve { dir, port } => anoscope::serve::serve(&dir, port),
         }
@@ -214,7 +236,8 @@ mod cli {
         let files = anoscope::model::CheckpointFiles::detect(model)?;
         // Validate the whole checkpoint before writing anything.
         Clip::load_dir(model)?;
-        let bytes = std::fs::read(&files.weights).with_context(|| format!("cannot read {}", files.weights.display()))?;
+        let bytes =
+            std::fs::read(&files.weights).with_context(|| format!("cannot read {}", files.weights.display()))?;
         let st_dtype = match dtype {
             Dtype::F32 => safetensors::Dtype::F32,
             Dtype::F16 => safetensors::Dtype::F16,
@@ -227,7 +250,12 @@ mod cli {
             .with_context(|| format!("cannot write {}", out.join(cfg_name).display()))?;
         let dst = out.join(files.layout.weights_file());
         std::fs::write(&dst, &converted).with_context(|| format!("cannot write {}", dst.display()))?;
-        eprintln!("wrote {} ({} bytes, was {})", dst.display(), converted.len(), bytes.len());
+        eprintln!(
+            "wrote {} ({} bytes, was {})",
+            dst.display(),
+            converted.len(),
+            bytes.len()
+        );
         Ok(())
     }
 
@@ -264,10 +292,18 @@ mod cli {
             times.push(t0.elapsed().as_secs_f64() * 1e3);
         }
         times.sort_by(f64::total_cmp);
-        let median = if runs % 2 == 1 { times[runs / 2] } else { 0.5 * (times[runs / 2 - 1] + times[runs / 2]) };
+        let median = if runs % 2 == 1 {
+            times[runs / 2]
+        } else {
+            0.5 * (times[runs / 2 - 1] + times[runs / 2])
+        };
         let flops = vision_flops(&clip.cfg, size);
         let gflops = flops / (median * 1e-3) / 1e9;
-        let arch_name = if model.is_some() { format!("{arch} (checkpoint)") } else { arch.to_string() };
+        let arch_name = if model.is_some() {
+            format!("{arch} (checkpoint)")
+        } else {
+            arch.to_string()
+        };
         if json {
             println!(
                 "{}",

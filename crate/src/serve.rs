@@ -30,11 +30,7 @@ pub fn serve(root: &Path, port: u16) -> anyhow::Result<()> {
     let root = root
         .canonicalize()
         .with_context(|| format!("serve: cannot open site directory {}", root.display()))?;
-    anyhow::ensure!(
-        root.is_dir(),
-        "serve: {} is not a directory",
-        root.display()
-    );
+    anyhow::ensure!(root.is_dir(), "serve: {} is not a directory", root.display());
     if !root.join("index.html").is_file() {
         eprintln!(
             "warning: {} has no index.html (run ./build.sh build first?)",
@@ -139,12 +135,10 @@ enum RequestError {
 fn read_request_head(stream: &TcpStream) -> Result<Option<(String, String)>, RequestError> {
     let mut reader = BufReader::new(stream.take(MAX_HEAD_BYTES as u64));
     let mut request_line = String::new();
-    let n = reader
-        .read_line(&mut request_line)
-        .map_err(|e| match e.kind() {
-            io::ErrorKind::InvalidData => RequestError::Bad("request line is not UTF-8"),
-            _ => RequestError::Io(e),
-        })?;
+    let n = reader.read_line(&mut request_line).map_err(|e| match e.kind() {
+        io::ErrorKind::InvalidData => RequestError::Bad("request line is not UTF-8"),
+        _ => RequestError::Io(e),
+    })?;
     if n == 0 {
         return Ok(None);
     }
@@ -155,9 +149,7 @@ fn read_request_head(stream: &TcpStream) -> Result<Option<(String, String)>, Req
     let mut seen = request_line.len();
     loop {
         let mut line = Vec::new();
-        let n = reader
-            .read_until(b'\n', &mut line)
-            .map_err(RequestError::Io)?;
+        let n = reader.read_until(b'\n', &mut line).map_err(RequestError::Io)?;
         seen += n;
         if n == 0 || !line.ends_with(b"\n") {
             return Err(RequestError::Bad(if seen >= MAX_HEAD_BYTES {
@@ -171,8 +163,7 @@ fn read_request_head(stream: &TcpStream) -> Result<Option<(String, String)>, Req
         }
     }
     let mut parts = request_line.split_ascii_whitespace();
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(method), Some(target), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(RequestError::Bad("malformed request line"));
     };
@@ -351,8 +342,7 @@ mod tests {
 
     fn start() -> Fixture {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let base =
-            std::env::temp_dir().join(format!("anoscope-serve-test-{}-{n}", std::process::id()));
+        let base = std::env::temp_dir().join(format!("anoscope-serve-test-{}-{n}", std::process::id()));
         std::fs::remove_dir_all(&base).ok();
         let site = base.join("site");
         std::fs::create_dir_all(site.join("pkg")).unwrap();
@@ -379,10 +369,7 @@ mod tests {
         s.write_all(raw.as_bytes()).unwrap();
         let mut buf = Vec::new();
         s.read_to_end(&mut buf).unwrap();
-        let split = buf
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .expect("no end of head");
+        let split = buf.windows(4).position(|w| w == b"\r\n\r\n").expect("no end of head");
         let head = String::from_utf8(buf[..split].to_vec()).unwrap();
         let body = buf[split + 4..].to_vec();
         let mut lines = head.split("\r\n");
@@ -395,18 +382,11 @@ mod tests {
                 (k.to_ascii_lowercase(), v.to_string())
             })
             .collect();
-        Reply {
-            status,
-            headers,
-            body,
-        }
+        Reply { status, headers, body }
     }
 
     fn get(port: u16, target: &str) -> Reply {
-        request(
-            port,
-            &format!("GET {target} HTTP/1.1\r\nHost: localhost\r\n\r\n"),
-        )
+        request(port, &format!("GET {target} HTTP/1.1\r\nHost: localhost\r\n\r\n"))
     }
 
     #[test]
@@ -455,11 +435,7 @@ mod tests {
             "secret.txt",
         ] {
             let r = get(f.port, target);
-            assert!(
-                r.status == 400 || r.status == 404,
-                "{target} gave {}",
-                r.status
-            );
+            assert!(r.status == 400 || r.status == 404, "{target} gave {}", r.status);
             assert!(
                 !String::from_utf8_lossy(&r.body).contains("TOP SECRET"),
                 "{target} leaked"
@@ -471,8 +447,7 @@ mod tests {
     #[test]
     fn symlink_out_of_root_is_404() {
         let f = start();
-        std::os::unix::fs::symlink(f.base.join("secret.txt"), f.base.join("site/link.txt"))
-            .unwrap();
+        std::os::unix::fs::symlink(f.base.join("secret.txt"), f.base.join("site/link.txt")).unwrap();
         let r = get(f.port, "/link.txt");
         assert_eq!(r.status, 404);
     }
@@ -492,10 +467,7 @@ mod tests {
     #[test]
     fn head_and_other_methods() {
         let f = start();
-        let r = request(
-            f.port,
-            "HEAD /pkg/anoscope_bg.wasm HTTP/1.1\r\nHost: x\r\n\r\n",
-        );
+        let r = request(f.port, "HEAD /pkg/anoscope_bg.wasm HTTP/1.1\r\nHost: x\r\n\r\n");
         assert_eq!(r.status, 200);
         assert_eq!(r.headers["content-length"], "8");
         assert!(r.body.is_empty());

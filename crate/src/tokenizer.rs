@@ -29,6 +29,7 @@ use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::sequence::Sequence as PreTokenizerSequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::processors::roberta::RobertaProcessing;
+use tokenizers::utils::SysRegex;
 use tokenizers::{NormalizedString, SplitDelimiterBehavior, Tokenizer};
 
 /// Number of token positions of every CLIP text encoder.
@@ -80,6 +81,8 @@ impl Padding {
 #[derive(Clone)]
 pub struct ClipTokenizer {
     tokenizer: Arc<Tokenizer>,
+    /// open_clip's full regex, special tokens first; used only to find them.
+    open_clip_pattern: Arc<SysRegex>,
 }
 
 impl std::fmt::Debug for ClipTokenizer {
@@ -95,23 +98,21 @@ fn tk<T>(r: tokenizers::Result<T>, what: &str) -> Result<T> {
 }
 
 impl ClipTokenizer {
-    /// Builds the tokenizer from the embedded vocabulary (a few tens of ms in release builds;
-    /// see [`ClipTokenizer::shared`] to build it once per process).
+    /// Builds the tokenizer from the embedded vocabulary (about 60 ms; only the merges part of
+    /// the file is decompressed). [`ClipTokenizer::shared`] builds it once per process, and
+    /// clones share it.
     pub fn new() -> Result<Self> {
-        let mut text = String::with_capacity(2 << 20);
-        flate2::read::GzDecoder::new(BPE_VOCAB_GZ)
-            .read_to_string(&mut text)
-            .context("decompressing the embedded CLIP BPE vocabulary")?;
+        let text = embedded_merge_lines()?;
         let mut lines = text.split('\n');
         lines.next(); // "#version: 0.2" style header
 
         let symbols = byte_symbols();
         let mut vocab = Vocab::with_capacity(VOCAB_SIZE);
-        for (_, c) in &symbols {
+        for c in &symbols {
             let id = vocab.len() as u32;
             vocab.insert(c.to_string(), id);
         }
-        for (_, c) in &symbols {
+        for c in &symbols {
             let id = vocab.len() as u32;
             vocab.insert(format!("{c}{END_OF_WORD_SUFFIX}"), id);
         }
@@ -172,8 +173,16 @@ impl ClipTokenizer {
                 .add_prefix_space(false),
         ));
         tokenizer.with_decoder(Some(ByteLevelDecoder::default()));
+        let open_clip_pattern = tk(
+            SysRegex::new(&format!(
+                "{}|{}|{PRETOKENIZE_PATTERN}",
+                OPEN_CLIP_SPECIALS[0].0, OPEN_CLIP_SPECIALS[1].0
+            )),
+            "open_clip regex",
+        )?;
         Ok(Self {
             tokenizer: Arc::new(tokenizer),
+            open_clip_pattern: Arc::new(open_clip_pattern),
         })
     }
 
@@ -215,7 +224,7 @@ impl ClipTokenizer {
         let mut ids = Vec::with_capacity(cleaned.len() / 3 + 2);
         ids.push(SOT);
         let mut rest = cleaned.as_str();
-        while let Some((before, special, after)) = split_open_clip_special(rest) {
+        while let Some((before, special, after)) = self.split_open_clip_special(rest) {
             self.push_bpe_ids(before, &mut ids)?;
             ids.push(special);
             rest = after;
@@ -223,6 +232,18 @@ impl ClipTokenizer {
         self.push_bpe_ids(rest, &mut ids)?;
         ids.push(EOT);
         Ok(ids)
+    }
+
+    /// Finds the first `<start_of_text>` / `<end_of_text>` that open_clip's regex matches as a
+    /// token (e.g. not one swallowed by a preceding punctuation run as in `"!<end_of_text>"`).
+    fn split_open_clip_special<'t>(&self, text: &'t str) -> Option<(&'t str, u32, &'t str)> {
+        if !OPEN_CLIP_SPECIALS.iter().any(|(lit, _)| text.contains(lit)) {
+            return None;
+        }
+        self.open_clip_pattern.find_iter(text).find_map(|(start, end)| {
+            let id = OPEN_CLIP_SPECIALS.iter().find(|(lit, _)| *lit == &text[start..end])?.1;
+            Some((&text[..start], id, &text[end..]))
+        })
     }
 
     fn push_bpe_ids(&self, text: &str, ids: &mut Vec<u32>) -> Result<()> {
@@ -242,10 +263,7 @@ impl ClipTokenizer {
 
     /// [`ClipTokenizer::encode_padded`] for each text.
     pub fn encode_batch(&self, texts: &[&str], padding: Padding) -> Result<Vec<Vec<u32>>> {
-        texts
-            .iter()
-            .map(|t| self.encode_padded(t, padding))
-            .collect()
+        texts.iter().map(|t| self.encode_padded(t, padding)).collect()
     }
 
     /// Text of the ids between a leading SOT and the first EOT (padding of either kind is
@@ -263,6 +281,35 @@ impl ClipTokenizer {
     }
 }
 
+/// The header line and the first [`NUM_MERGES`] merge lines of the embedded vocabulary. Only
+/// these are decompressed (about 0.5 MB of the 3.2 MB file).
+fn embedded_merge_lines() -> Result<String> {
+    let mut gz = flate2::read::GzDecoder::new(BPE_VOCAB_GZ);
+    let mut buf = Vec::with_capacity(600 << 10);
+    let mut chunk = vec![0u8; 64 << 10];
+    let mut newlines = 0;
+    let end = loop {
+        let n = gz
+            .read(&mut chunk)
+            .context("decompressing the embedded CLIP BPE vocabulary")?;
+        ensure!(n > 0, "the embedded CLIP BPE vocabulary is truncated");
+        for (i, &b) in chunk[..n].iter().enumerate() {
+            if b == b'\n' {
+                newlines += 1;
+                if newlines == NUM_MERGES + 1 {
+                    buf.extend_from_slice(&chunk[..i]);
+                    break;
+                }
+            }
+        }
+        if newlines == NUM_MERGES + 1 {
+            break buf;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    String::from_utf8(end).context("the embedded CLIP BPE vocabulary is not UTF-8")
+}
+
 /// Truncates to [`CONTEXT_LENGTH`] keeping EOT last, then pads with `padding.pad_id()`.
 pub fn pad_to_context(mut ids: Vec<u32>, padding: Padding) -> Vec<u32> {
     if ids.len() > CONTEXT_LENGTH {
@@ -273,43 +320,18 @@ pub fn pad_to_context(mut ids: Vec<u32>, padding: Padding) -> Vec<u32> {
     ids
 }
 
-/// The 256 byte-level symbols in vocabulary order (GPT-2 / CLIP `bytes_to_unicode`).
-fn byte_symbols() -> Vec<(u8, char)> {
-    let mut out: Vec<(u8, char)> = (b'!'..=b'~')
-        .chain(0xA1..=0xAC)
-        .chain(0xAE..=0xFF)
-        .map(|b| (b, char::from(b)))
-        .collect();
-    let mut n = 0u32;
-    for b in 0..=255u8 {
-        if !out.iter().any(|&(x, _)| x == b) {
-            out.push((b, char::from_u32(256 + n).expect("valid char")));
-            n += 1;
-        }
-    }
+/// The 256 byte-level symbols in vocabulary order (GPT-2 / CLIP `bytes_to_unicode`): the
+/// printable Latin-1 bytes as themselves, then the other bytes as U+0100, U+0101, ...
+fn byte_symbols() -> Vec<char> {
+    let printable = |b: u8| matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
+    let mut out: Vec<char> = (0..=255u8).filter(|&b| printable(b)).map(char::from).collect();
+    out.extend(
+        (0..=255u8)
+            .filter(|&b| !printable(b))
+            .zip(256u32..)
+            .map(|(_, c)| char::from_u32(c).expect("valid char")),
+    );
     out
-}
-
-/// Finds the first `<start_of_text>` / `<end_of_text>` that open_clip's regex would match as
-/// a token: one that starts where a new regex token starts, i.e. not inside a punctuation run.
-fn split_open_clip_special(text: &str) -> Option<(&str, u32, &str)> {
-    let mut from = 0;
-    while let Some(off) = text[from..].find('<') {
-        let start = from + off;
-        for (lit, id) in OPEN_CLIP_SPECIALS {
-            if text[start..].starts_with(lit) {
-                let starts_token = text[..start]
-                    .chars()
-                    .next_back()
-                    .is_none_or(|c| c.is_whitespace() || c.is_alphanumeric());
-                if starts_token {
-                    return Some((&text[..start], id, &text[start + lit.len()..]));
-                }
-            }
-        }
-        from = start + 1;
-    }
-    None
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -361,12 +383,18 @@ fn ftfy_fix_text(text: &str) -> String {
     if plain {
         return text.to_owned();
     }
-    // ftfy fixes each line separately; HTML entities are unescaped only in lines without '<'.
-    text.split_inclusive('\n').map(ftfy_fix_segment).collect()
+    // ftfy fixes each line separately. HTML entities are unescaped only up to the first line
+    // that contains '<' (ftfy switches `unescape_html` off for the rest of the text there).
+    let mut unescape = true;
+    let mut out = String::with_capacity(text.len());
+    for segment in text.split_inclusive('\n') {
+        unescape &= !segment.contains('<');
+        out.push_str(&ftfy_fix_segment(segment, unescape));
+    }
+    out
 }
 
-fn ftfy_fix_segment(segment: &str) -> String {
-    let unescape = !segment.contains('<');
+fn ftfy_fix_segment(segment: &str, unescape: bool) -> String {
     let mut text = segment.to_owned();
     // ftfy repeats its fixes until the text no longer changes.
     for _ in 0..16 {
@@ -414,10 +442,10 @@ fn nfc(text: &str) -> String {
 /// Windows-1252 decoding of the bytes 0x80..=0x9F ("sloppy": undefined bytes map to
 /// themselves), used by ftfy's `fix_c1_controls` and by `html.unescape` for `&#128;` etc.
 const CP1252_C1: [char; 32] = [
-    '\u{20ac}', '\u{81}', '\u{201a}', '\u{192}', '\u{201e}', '\u{2026}', '\u{2020}', '\u{2021}',
-    '\u{2c6}', '\u{2030}', '\u{160}', '\u{2039}', '\u{152}', '\u{8d}', '\u{17d}', '\u{8f}',
-    '\u{90}', '\u{2018}', '\u{2019}', '\u{201c}', '\u{201d}', '\u{2022}', '\u{2013}', '\u{2014}',
-    '\u{2dc}', '\u{2122}', '\u{161}', '\u{203a}', '\u{153}', '\u{9d}', '\u{17e}', '\u{178}',
+    '\u{20ac}', '\u{81}', '\u{201a}', '\u{192}', '\u{201e}', '\u{2026}', '\u{2020}', '\u{2021}', '\u{2c6}', '\u{2030}',
+    '\u{160}', '\u{2039}', '\u{152}', '\u{8d}', '\u{17d}', '\u{8f}', '\u{90}', '\u{2018}', '\u{2019}', '\u{201c}',
+    '\u{201d}', '\u{2022}', '\u{2013}', '\u{2014}', '\u{2dc}', '\u{2122}', '\u{161}', '\u{203a}', '\u{153}', '\u{9d}',
+    '\u{17e}', '\u{178}',
 ];
 
 fn fix_c1_control(c: char) -> Option<Cow<'static, str>> {
@@ -552,8 +580,8 @@ fn ftfy_unescape_html(text: &str) -> String {
         }
         if (1..=24).contains(&(j - name_start)) && b.get(j) == Some(&b';') {
             let entity = &text[start..=j];
-            let replacement = if let Some(v) = lookup_entity(HTML_ENTITIES, &entity[1..])
-                .or_else(|| lookup_entity(FTFY_UPPER_ENTITIES, &entity[1..]))
+            let replacement = if let Some(v) =
+                lookup_entity(HTML_ENTITIES, &entity[1..]).or_else(|| lookup_entity(FTFY_UPPER_ENTITIES, &entity[1..]))
             {
                 Some(v.to_owned())
             } else if entity.starts_with("&#") {
@@ -576,14 +604,8 @@ fn ftfy_unescape_html(text: &str) -> String {
     out
 }
 
-fn lookup_entity(
-    table: &'static [(&'static str, &'static str)],
-    name: &str,
-) -> Option<&'static str> {
-    table
-        .binary_search_by(|(k, _)| k.cmp(&name))
-        .ok()
-        .map(|i| table[i].1)
+fn lookup_entity(table: &'static [(&'static str, &'static str)], name: &str) -> Option<&'static str> {
+    table.binary_search_by(|(k, _)| k.cmp(&name)).ok().map(|i| table[i].1)
 }
 
 /// Python's `html.unescape` (named references limited to the HTML 4 set plus `&apos;`).

@@ -49,7 +49,13 @@ impl ClipModel {
     /// `image_embeds`, `patch_tokens`, `last_hidden_state` and, when `surgery_layers > 0`,
     /// `surgery_tokens`.
     #[wasm_bindgen(js_name = embedImage)]
-    pub fn embed_image(&self, pixels: &[f32], height: usize, width: usize, surgery_layers: usize) -> Result<Vec<u8>, JsError> {
+    pub fn embed_image(
+        &self,
+        pixels: &[f32],
+        height: usize,
+        width: usize,
+        surgery_layers: usize,
+    ) -> Result<Vec<u8>, JsError> {
         if pixels.len() != 3 * height * width {
             return Err(JsError::new(&format!(
                 "pixels hold {} values, but 3×{height}×{width} = {} were expected",

@@ -10,7 +10,10 @@ fn fixtures() -> PathBuf {
 }
 
 fn anoscope(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_anoscope")).args(args).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_anoscope"))
+        .args(args)
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(!stderr.contains("panicked"), "panic for {args:?}: {stderr}");
     (out.status.success(), stderr)
@@ -38,14 +41,24 @@ fn embed_pixels_writes_the_contract_tensors() {
         let out = tmp.path().join(format!("{layout}.safetensors"));
         let model = fixtures().join(layout);
         let (ok, err) = anoscope(&[
-            "embed", "--model", model.to_str().unwrap(), "--pixels", pix.to_str().unwrap(),
-            "--surgery-layers", "2", "--out", out.to_str().unwrap(),
+            "embed",
+            "--model",
+            model.to_str().unwrap(),
+            "--pixels",
+            pix.to_str().unwrap(),
+            "--surgery-layers",
+            "2",
+            "--out",
+            out.to_str().unwrap(),
         ]);
         assert!(ok, "{err}");
         let got = load(&out);
         let mut names: Vec<_> = got.keys().cloned().collect();
         names.sort();
-        assert_eq!(names, ["image_embeds", "last_hidden_state", "patch_tokens", "surgery_tokens"]);
+        assert_eq!(
+            names,
+            ["image_embeds", "last_hidden_state", "patch_tokens", "surgery_tokens"]
+        );
         assert_eq!(got["image_embeds"].dims(), &[1, 48]);
         assert_eq!(got["patch_tokens"].dims(), &[1, 16, 48]);
         assert_eq!(got["last_hidden_state"].dims(), &[1, 17, 64]);
@@ -66,12 +79,21 @@ fn embed_pixels_writes_the_contract_tensors() {
 fn embed_image_file() {
     let tmp = tempfile::tempdir().unwrap();
     let img = tmp.path().join("img.png");
-    image::RgbImage::from_fn(50, 40, |x, y| image::Rgb([(x * 5) as u8, (y * 6) as u8, 128])).save(&img).unwrap();
+    image::RgbImage::from_fn(50, 40, |x, y| image::Rgb([(x * 5) as u8, (y * 6) as u8, 128]))
+        .save(&img)
+        .unwrap();
     let out = tmp.path().join("o.safetensors");
     let model = fixtures().join("hf_tiny");
     let (ok, err) = anoscope(&[
-        "embed", "--model", model.to_str().unwrap(), "--image", img.to_str().unwrap(),
-        "--size", "48", "--out", out.to_str().unwrap(),
+        "embed",
+        "--model",
+        model.to_str().unwrap(),
+        "--image",
+        img.to_str().unwrap(),
+        "--size",
+        "48",
+        "--out",
+        out.to_str().unwrap(),
     ]);
     assert!(ok, "{err}");
     let got = load(&out);
@@ -85,8 +107,15 @@ fn embed_text_writes_embeds_and_ids() {
         let out = tmp.path().join("t.safetensors");
         let model = fixtures().join(layout);
         let (ok, err) = anoscope(&[
-            "embed-text", "--model", model.to_str().unwrap(), "--text", "a photo of a flawless bottle.",
-            "--text", "a photo of a damaged bottle.", "--out", out.to_str().unwrap(),
+            "embed-text",
+            "--model",
+            model.to_str().unwrap(),
+            "--text",
+            "a photo of a flawless bottle.",
+            "--text",
+            "a photo of a damaged bottle.",
+            "--out",
+            out.to_str().unwrap(),
         ]);
         assert!(ok, "{err}");
         let got = load(&out);
@@ -113,16 +142,60 @@ fn bad_inputs_fail_cleanly() {
     let empty = tmp.path().join("empty.png");
     std::fs::write(&empty, b"").unwrap();
     let cases: Vec<(Vec<&str>, Vec<&str>)> = vec![
-        (vec!["embed", "--model", "/no/such/dir", "--image", text.to_str().unwrap(), "--out", o], vec!["/no/such/dir"]),
-        (vec!["embed", "--model", m, "--image", "/no/such.png", "--out", o], vec!["/no/such.png"]),
-        (vec!["embed", "--model", m, "--image", text.to_str().unwrap(), "--out", o], vec!["notes.png"]),
-        (vec!["embed", "--model", m, "--image", empty.to_str().unwrap(), "--out", o], vec!["empty.png"]),
-        (vec!["embed", "--model", m, "--pixels", text.to_str().unwrap(), "--out", o], vec!["notes.png"]),
         (
-            vec!["embed", "--model", m, "--pixels", text.to_str().unwrap(), "--surgery-layers", "9", "--out", o],
+            vec![
+                "embed",
+                "--model",
+                "/no/such/dir",
+                "--image",
+                text.to_str().unwrap(),
+                "--out",
+                o,
+            ],
+            vec!["/no/such/dir"],
+        ),
+        (
+            vec!["embed", "--model", m, "--image", "/no/such.png", "--out", o],
+            vec!["/no/such.png"],
+        ),
+        (
+            vec!["embed", "--model", m, "--image", text.to_str().unwrap(), "--out", o],
             vec!["notes.png"],
         ),
-        (vec!["embed-text", "--model", tmp.path().to_str().unwrap(), "--text", "x", "--out", o], vec!["unknown checkpoint layout"]),
+        (
+            vec!["embed", "--model", m, "--image", empty.to_str().unwrap(), "--out", o],
+            vec!["empty.png"],
+        ),
+        (
+            vec!["embed", "--model", m, "--pixels", text.to_str().unwrap(), "--out", o],
+            vec!["notes.png"],
+        ),
+        (
+            vec![
+                "embed",
+                "--model",
+                m,
+                "--pixels",
+                text.to_str().unwrap(),
+                "--surgery-layers",
+                "9",
+                "--out",
+                o,
+            ],
+            vec!["notes.png"],
+        ),
+        (
+            vec![
+                "embed-text",
+                "--model",
+                tmp.path().to_str().unwrap(),
+                "--text",
+                "x",
+                "--out",
+                o,
+            ],
+            vec!["unknown checkpoint layout"],
+        ),
     ];
     for (args, needles) in cases {
         let (ok, err) = anoscope(&args);
@@ -140,11 +213,22 @@ fn surgery_layers_beyond_depth_is_an_error() {
     let tmp = tempfile::tempdir().unwrap();
     let exp = load(&fixtures().join("hf_tiny_expected.safetensors"));
     let pix = tmp.path().join("pix.safetensors");
-    exp["pixel_values"].narrow(0, 0, 1).unwrap().save_safetensors("pixel_values", &pix).unwrap();
+    exp["pixel_values"]
+        .narrow(0, 0, 1)
+        .unwrap()
+        .save_safetensors("pixel_values", &pix)
+        .unwrap();
     let model = fixtures().join("hf_tiny");
     let (ok, err) = anoscope(&[
-        "embed", "--model", model.to_str().unwrap(), "--pixels", pix.to_str().unwrap(),
-        "--surgery-layers", "9", "--out", tmp.path().join("o").to_str().unwrap(),
+        "embed",
+        "--model",
+        model.to_str().unwrap(),
+        "--pixels",
+        pix.to_str().unwrap(),
+        "--surgery-layers",
+        "9",
+        "--out",
+        tmp.path().join("o").to_str().unwrap(),
     ]);
     assert!(!ok);
     assert!(err.contains("surgery layers 9 exceeds the 3 layers"), "{err}");

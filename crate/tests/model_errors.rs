@@ -4,7 +4,9 @@ use anoscope::model::{Clip, ClipConfig};
 use std::path::{Path, PathBuf};
 
 fn fixture(layout: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures").join(layout)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures")
+        .join(layout)
 }
 
 /// A copy of a fixture checkpoint in a temporary directory.
@@ -40,7 +42,10 @@ fn missing_directory() {
 fn unknown_layout() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("weights.bin"), b"xx").unwrap();
-    assert_has(&err(dir.path()), &["unknown checkpoint layout", "config.json", "open_clip_config.json"]);
+    assert_has(
+        &err(dir.path()),
+        &["unknown checkpoint layout", "config.json", "open_clip_config.json"],
+    );
 }
 
 #[test]
@@ -100,7 +105,10 @@ fn shapes_disagree_with_config() {
     let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
     cfg["vision_config"]["hidden_size"] = serde_json::json!(128);
     std::fs::write(&p, cfg.to_string()).unwrap();
-    assert_has(&err(dir.path()), &["model.safetensors", "has shape", "configuration implies"]);
+    assert_has(
+        &err(dir.path()),
+        &["model.safetensors", "has shape", "configuration implies"],
+    );
 }
 
 #[test]
@@ -115,7 +123,10 @@ fn absurd_and_zero_sizes() {
         assert_has(&e, &["config.json", expect]);
     }
     let json = serde_json::json!({"model_cfg": {"embed_dim": 0, "vision_cfg": {}, "text_cfg": {}}}).to_string();
-    let e = format!("{:#}", ClipConfig::from_json("open_clip_config.json", &json).unwrap_err());
+    let e = format!(
+        "{:#}",
+        ClipConfig::from_json("open_clip_config.json", &json).unwrap_err()
+    );
     assert_has(&e, &["open_clip_config.json", "embedding dimension = 0"]);
 }
 
@@ -125,10 +136,21 @@ fn nan_weights_are_detected() {
     let json = std::fs::read_to_string(dir.path().join("open_clip_config.json")).unwrap();
     let cfg = ClipConfig::from_json("open_clip_config.json", &json).unwrap();
     let mut tensors = random_tensors(&cfg, 1, true);
-    let t = tensors.iter_mut().find(|t| t.0 == "visual.transformer.resblocks.1.mlp.c_fc.weight").unwrap();
+    let t = tensors
+        .iter_mut()
+        .find(|t| t.0 == "visual.transformer.resblocks.1.mlp.c_fc.weight")
+        .unwrap();
     t.2[7] = f32::NAN;
-    write_safetensors(&dir.path().join("open_clip_model.safetensors"), &tensors, StoreDtype::F32).unwrap();
-    assert_has(&err(dir.path()), &["visual.transformer.resblocks.1.mlp.c_fc.weight", "non-finite"]);
+    write_safetensors(
+        &dir.path().join("open_clip_model.safetensors"),
+        &tensors,
+        StoreDtype::F32,
+    )
+    .unwrap();
+    assert_has(
+        &err(dir.path()),
+        &["visual.transformer.resblocks.1.mlp.c_fc.weight", "non-finite"],
+    );
 }
 
 #[test]
@@ -136,8 +158,16 @@ fn missing_tensor_is_named() {
     let dir = copy_fixture("openclip_tiny");
     let json = std::fs::read_to_string(dir.path().join("open_clip_config.json")).unwrap();
     let cfg = ClipConfig::from_json("open_clip_config.json", &json).unwrap();
-    let tensors: Vec<_> = random_tensors(&cfg, 1, true).into_iter().filter(|t| t.0 != "visual.ln_post.bias").collect();
-    write_safetensors(&dir.path().join("open_clip_model.safetensors"), &tensors, StoreDtype::F32).unwrap();
+    let tensors: Vec<_> = random_tensors(&cfg, 1, true)
+        .into_iter()
+        .filter(|t| t.0 != "visual.ln_post.bias")
+        .collect();
+    write_safetensors(
+        &dir.path().join("open_clip_model.safetensors"),
+        &tensors,
+        StoreDtype::F32,
+    )
+    .unwrap();
     assert_has(&err(dir.path()), &["missing tensor `visual.ln_post.bias`"]);
 }
 
@@ -149,7 +179,10 @@ fn unsupported_dtype() {
     let view = safetensors::tensor::TensorView::new(safetensors::Dtype::I32, vec![64, 3, 8, 8], &data).unwrap();
     let p = dir.path().join("model.safetensors");
     safetensors::serialize_to_file(vec![("vision_model.embeddings.patch_embedding.weight", view)], None, &p).unwrap();
-    assert_has(&err(dir.path()), &["model.safetensors", "patch_embedding.weight", "unsupported dtype"]);
+    assert_has(
+        &err(dir.path()),
+        &["model.safetensors", "patch_embedding.weight", "unsupported dtype"],
+    );
 }
 
 #[test]
@@ -158,18 +191,48 @@ fn real_configs_load_from_their_fields_alone() {
     // fields that differ from the defaults; everything else must default correctly).
     let b32 = r#"{"model_type":"clip","projection_dim":512,"text_config":{"model_type":"clip_text_model"},"vision_config":{"model_type":"clip_vision_model"}}"#;
     let c = ClipConfig::from_json("config.json", b32).unwrap();
-    assert_eq!((c.vision.width, c.vision.layers, c.vision.heads, c.vision.patch_size, c.vision.image_size), (768, 12, 12, 32, 224));
-    assert_eq!((c.text.width, c.text.layers, c.text.heads, c.embed_dim), (512, 12, 8, 512));
+    assert_eq!(
+        (
+            c.vision.width,
+            c.vision.layers,
+            c.vision.heads,
+            c.vision.patch_size,
+            c.vision.image_size
+        ),
+        (768, 12, 12, 32, 224)
+    );
+    assert_eq!(
+        (c.text.width, c.text.layers, c.text.heads, c.embed_dim),
+        (512, 12, 8, 512)
+    );
     let l336 = r#"{"model_type":"clip","projection_dim":768,
       "text_config":{"hidden_size":768,"intermediate_size":3072,"num_attention_heads":12,"projection_dim":768},
       "vision_config":{"hidden_size":1024,"image_size":336,"intermediate_size":4096,"num_attention_heads":16,"num_hidden_layers":24,"patch_size":14,"projection_dim":768},
       "text_config_dict":{"hidden_size":768},"vision_config_dict":{"hidden_size":1024}}"#;
     let c = ClipConfig::from_json("config.json", l336).unwrap();
-    assert_eq!((c.vision.width, c.vision.layers, c.vision.heads, c.vision.patch_size, c.vision.grid()), (1024, 24, 16, 14, 24));
+    assert_eq!(
+        (
+            c.vision.width,
+            c.vision.layers,
+            c.vision.heads,
+            c.vision.patch_size,
+            c.vision.grid()
+        ),
+        (1024, 24, 16, 14, 24)
+    );
     assert_eq!((c.text.width, c.text.heads, c.embed_dim), (768, 12, 768));
     // WinCLIP's ViT-B-16-plus-240 through open_clip's model config.
     let (file, json) = anoscope::model::random::arch_config("vit-b-16-plus-240").unwrap();
     let c = ClipConfig::from_json(file, &json).unwrap();
-    assert_eq!((c.vision.width, c.vision.heads, c.vision.mlp_width, c.vision.image_size, c.embed_dim), (896, 14, 3584, 240, 640));
+    assert_eq!(
+        (
+            c.vision.width,
+            c.vision.heads,
+            c.vision.mlp_width,
+            c.vision.image_size,
+            c.embed_dim
+        ),
+        (896, 14, 3584, 240, 640)
+    );
     assert_eq!(c.vision.act, anoscope::model::Activation::Gelu);
 }

@@ -21,7 +21,12 @@ fn model(layout: &str) -> Clip {
 }
 
 fn f32s(t: &Tensor) -> Vec<f32> {
-    t.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+    t.to_dtype(DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
 }
 
 /// Asserts equal shapes and max |Δ| ≤ TOL; returns max |Δ|.
@@ -32,7 +37,10 @@ fn assert_close(what: &str, ours: &Tensor, want: &Tensor) -> f32 {
     let scale = b.iter().map(|x| x.abs()).fold(0f32, f32::max);
     eprintln!("{what}: max |Δ| = {max:.3e} (max |value| {scale:.3})");
     assert!(max <= TOL, "{what}: max |Δ| = {max} > {TOL}");
-    assert!(scale > 1e-3, "{what}: reference is (near) zero, the test would prove nothing");
+    assert!(
+        scale > 1e-3,
+        "{what}: reference is (near) zero, the test would prove nothing"
+    );
     max
 }
 
@@ -40,18 +48,62 @@ fn check_image(layout: &str) {
     let clip = model(layout);
     let exp = expected(layout);
     let pixels = &exp["pixel_values"];
-    let opts = EncodeOptions { hidden_layers: vec![0, 1], surgery_layers: 2 };
+    let opts = EncodeOptions {
+        hidden_layers: vec![0, 1],
+        surgery_layers: 2,
+    };
     let out = clip.vision.forward(pixels, &opts).unwrap();
-    assert_close(&format!("{layout} image_embeds"), &out.image_embeds, &exp["image_embeds"]);
-    assert_close(&format!("{layout} patch_tokens"), &out.patch_tokens, &exp["patch_tokens"]);
-    assert_close(&format!("{layout} last_hidden_state"), &out.last_hidden_state, &exp["last_hidden_state"]);
-    assert_close(&format!("{layout} hidden_state_0"), &out.hidden_states[0].1, &exp["hidden_state_0"]);
-    assert_close(&format!("{layout} hidden_state_1"), &out.hidden_states[1].1, &exp["hidden_state_1"]);
-    assert_close(&format!("{layout} surgery_tokens_k2"), out.surgery_tokens.as_ref().unwrap(), &exp["surgery_tokens_k2"]);
-    let k1 = clip.vision.forward(pixels, &EncodeOptions { hidden_layers: vec![], surgery_layers: 1 }).unwrap();
-    assert_close(&format!("{layout} surgery_tokens_k1"), k1.surgery_tokens.as_ref().unwrap(), &exp["surgery_tokens_k1"]);
+    assert_close(
+        &format!("{layout} image_embeds"),
+        &out.image_embeds,
+        &exp["image_embeds"],
+    );
+    assert_close(
+        &format!("{layout} patch_tokens"),
+        &out.patch_tokens,
+        &exp["patch_tokens"],
+    );
+    assert_close(
+        &format!("{layout} last_hidden_state"),
+        &out.last_hidden_state,
+        &exp["last_hidden_state"],
+    );
+    assert_close(
+        &format!("{layout} hidden_state_0"),
+        &out.hidden_states[0].1,
+        &exp["hidden_state_0"],
+    );
+    assert_close(
+        &format!("{layout} hidden_state_1"),
+        &out.hidden_states[1].1,
+        &exp["hidden_state_1"],
+    );
+    assert_close(
+        &format!("{layout} surgery_tokens_k2"),
+        out.surgery_tokens.as_ref().unwrap(),
+        &exp["surgery_tokens_k2"],
+    );
+    let k1 = clip
+        .vision
+        .forward(
+            pixels,
+            &EncodeOptions {
+                hidden_layers: vec![],
+                surgery_layers: 1,
+            },
+        )
+        .unwrap();
+    assert_close(
+        &format!("{layout} surgery_tokens_k1"),
+        k1.surgery_tokens.as_ref().unwrap(),
+        &exp["surgery_tokens_k1"],
+    );
     // The surgery path must not disturb the ordinary outputs.
-    assert_close(&format!("{layout} image_embeds (with k1)"), &k1.image_embeds, &exp["image_embeds"]);
+    assert_close(
+        &format!("{layout} image_embeds (with k1)"),
+        &k1.image_embeds,
+        &exp["image_embeds"],
+    );
 }
 
 fn check_windows(layout: &str) {
@@ -73,10 +125,21 @@ fn check_windows(layout: &str) {
 fn check_interpolated(layout: &str) {
     let clip = model(layout);
     let exp = expected(layout);
-    let out = clip.vision.forward(&exp["pixel_values_48"], &EncodeOptions::default()).unwrap();
+    let out = clip
+        .vision
+        .forward(&exp["pixel_values_48"], &EncodeOptions::default())
+        .unwrap();
     assert_eq!(out.grid, (6, 6));
-    assert_close(&format!("{layout} image_embeds_48"), &out.image_embeds, &exp["image_embeds_48"]);
-    assert_close(&format!("{layout} patch_tokens_48"), &out.patch_tokens, &exp["patch_tokens_48"]);
+    assert_close(
+        &format!("{layout} image_embeds_48"),
+        &out.image_embeds,
+        &exp["image_embeds_48"],
+    );
+    assert_close(
+        &format!("{layout} patch_tokens_48"),
+        &out.patch_tokens,
+        &exp["patch_tokens_48"],
+    );
 }
 
 fn check_text(layout: &str) {

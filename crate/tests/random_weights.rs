@@ -6,8 +6,14 @@ use candle_core::{Device, Tensor};
 use std::path::PathBuf;
 
 fn tiny(layout: &str) -> (String, String) {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures").join(layout);
-    let file = if layout == "hf_tiny" { "config.json" } else { "open_clip_config.json" };
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures")
+        .join(layout);
+    let file = if layout == "hf_tiny" {
+        "config.json"
+    } else {
+        "open_clip_config.json"
+    };
     (file.to_string(), std::fs::read_to_string(dir.join(file)).unwrap())
 }
 
@@ -47,7 +53,11 @@ fn random_checkpoints_round_trip_in_both_layouts_and_dtypes() {
             outs.push(out.image_embeds.flatten_all().unwrap().to_vec1::<f32>().unwrap());
         }
         // f16 storage changes the weights by < 2^-11 relative: outputs stay close, not equal.
-        let d = outs[0].iter().zip(&outs[1]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        let d = outs[0]
+            .iter()
+            .zip(&outs[1])
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
         assert!(d > 0.0 && d < 1e-2, "{layout}: f16 vs f32 max |Δ| {d}");
     }
 }

@@ -6,8 +6,8 @@ use std::collections::BTreeSet;
 use std::time::Instant;
 
 use anoscope::tokenizer::{
-    clean_text, html_unescape, pad_to_context, ClipTokenizer, Padding, CONTEXT_LENGTH, EOT,
-    EOT_TOKEN, SOT, SOT_TOKEN, VOCAB_SIZE,
+    clean_text, html_unescape, pad_to_context, ClipTokenizer, Padding, CONTEXT_LENGTH, EOT, EOT_TOKEN, SOT, SOT_TOKEN,
+    VOCAB_SIZE,
 };
 use serde::Deserialize;
 
@@ -46,11 +46,7 @@ const HF_DIFFERS_FROM_OPEN_CLIP: &[(&str, &str)] = &[
 
 /// Strings where our raw `tokenizers` pipeline differs from CLIPTokenizerFast: the latter
 /// has `<|startoftext|>` / `<|endoftext|>` as added special tokens, ours does not.
-const RAW_DIFFERS_FROM_HF_FAST: &[&str] = &[
-    "<|startoftext|>",
-    "<|endoftext|>",
-    "a photo <|endoftext|> of a cat",
-];
+const RAW_DIFFERS_FROM_HF_FAST: &[&str] = &["<|startoftext|>", "<|endoftext|>", "a photo <|endoftext|> of a cat"];
 
 #[derive(Deserialize)]
 struct Fixture {
@@ -113,8 +109,7 @@ fn fixture_disagreement_lists_are_current() {
     // and the recorded groups agree with the ids
     for e in &f.entries {
         let d = f.disagreements.iter().find(|d| d.text == e.text);
-        let agree = until_eot(&e.open_clip) == until_eot(&e.hf)
-            && until_eot(&e.hf) == until_eot(&e.hf_fast);
+        let agree = until_eot(&e.open_clip) == until_eot(&e.hf) && until_eot(&e.hf) == until_eot(&e.hf_fast);
         assert_eq!(agree, d.is_none(), "{:?}", e.text);
     }
 }
@@ -147,23 +142,15 @@ fn matches_open_clip_and_hf_references() {
         if not_oc {
             // documented exceptions: we equal CLIPTokenizerFast (no ftfy/html handling)
             if ours_oc == e.open_clip {
-                failures.push(format!(
-                    "{text:?}: now matches open_clip, update NOT_OPEN_CLIP"
-                ));
+                failures.push(format!("{text:?}: now matches open_clip, update NOT_OPEN_CLIP"));
             }
             if ours_hf != e.hf_fast {
-                failures.push(format!(
-                    "{text:?}: Hf {ours_hf:?} != hf_fast {:?}",
-                    e.hf_fast
-                ));
+                failures.push(format!("{text:?}: Hf {ours_hf:?} != hf_fast {:?}", e.hf_fast));
             }
             continue;
         }
         if ours_oc != e.open_clip {
-            failures.push(format!(
-                "{text:?}: OpenClip {ours_oc:?} != open_clip {:?}",
-                e.open_clip
-            ));
+            failures.push(format!("{text:?}: OpenClip {ours_oc:?} != open_clip {:?}", e.open_clip));
         }
         let expected_hf = if hf_differs {
             // open_clip's ids with EOT padding (the text may contain EOT itself)
@@ -185,10 +172,7 @@ fn matches_open_clip_and_hf_references() {
     assert!(n_oc * 100 >= n * 99, "only {n_oc}/{n} match open_clip");
     assert_eq!(n - n_oc, NOT_OPEN_CLIP.len());
     assert_eq!(n - n_fast_raw, RAW_DIFFERS_FROM_HF_FAST.len());
-    assert_eq!(
-        n - n_hf,
-        NOT_OPEN_CLIP.len() + HF_DIFFERS_FROM_OPEN_CLIP.len()
-    );
+    assert_eq!(n - n_hf, NOT_OPEN_CLIP.len() + HF_DIFFERS_FROM_OPEN_CLIP.len());
 }
 
 #[test]
@@ -257,26 +241,18 @@ fn digits_are_single_tokens_and_batch_matches() {
         assert_eq!(ids, &t.encode_padded(text, Padding::Hf).unwrap());
     }
     // "a photo of a flawless bottle." as tokenized by open_clip
-    assert_eq!(
-        &batch[0][..9],
-        &[SOT, 320, 1125, 539, 320, 15531, 5392, 269, EOT]
-    );
+    assert_eq!(&batch[0][..9], &[SOT, 320, 1125, 539, 320, 15531, 5392, 269, EOT]);
 }
 
 #[test]
 fn decode_round_trip() {
     let t = tok();
     for padding in [Padding::Hf, Padding::OpenClip] {
-        let ids = t
-            .encode_padded("A photo of a FLAWLESS bottle.", padding)
-            .unwrap();
+        let ids = t.encode_padded("A photo of a FLAWLESS bottle.", padding).unwrap();
         assert_eq!(t.decode(&ids).unwrap(), "a photo of a flawless bottle .");
     }
     let ids = t.encode("caf\u{e9} \u{65e5}\u{672c} \u{1F600}").unwrap();
-    assert_eq!(
-        t.decode(&ids).unwrap(),
-        "caf\u{e9} \u{65e5}\u{672c} \u{1F600}"
-    );
+    assert_eq!(t.decode(&ids).unwrap(), "caf\u{e9} \u{65e5}\u{672c} \u{1F600}");
 }
 
 #[test]
@@ -301,12 +277,54 @@ fn construction_time() {
     let t = ClipTokenizer::new().unwrap();
     let build = start.elapsed();
     let start = Instant::now();
-    let ids = t
-        .encode_padded("a photo of a flawless bottle.", Padding::Hf)
-        .unwrap();
+    let ids = t.encode_padded("a photo of a flawless bottle.", Padding::Hf).unwrap();
     let first = start.elapsed();
     eprintln!("ClipTokenizer::new(): {build:?}; first encode: {first:?}");
     assert_eq!(ids.len(), CONTEXT_LENGTH);
     let shared = ClipTokenizer::shared().unwrap();
     assert!(std::ptr::eq(shared, ClipTokenizer::shared().unwrap()));
+}
+
+/// Random strings from `tokens.py --fuzz OUT.jsonl N`; run with
+/// `ANOSCOPE_TOKENS_FUZZ=OUT.jsonl cargo test -p anoscope --test tokenizer -- --ignored --nocapture`.
+/// Every string must match open_clip unless ftfy's mojibake repair changes it.
+#[test]
+#[ignore = "needs ANOSCOPE_TOKENS_FUZZ=<jsonl from tests/reference/tokens.py --fuzz>"]
+fn fuzz_against_open_clip() {
+    #[derive(Deserialize)]
+    struct Line {
+        text: String,
+        open_clip: Vec<u32>,
+        mojibake: bool,
+    }
+    let path = std::env::var("ANOSCOPE_TOKENS_FUZZ").expect("ANOSCOPE_TOKENS_FUZZ");
+    let t = tok();
+    let (mut n, mut n_moji, mut bad, mut bad_moji) = (0, 0, 0, 0);
+    for line in std::fs::read_to_string(path).unwrap().lines() {
+        let l: Line = serde_json::from_str(line).unwrap();
+        let ours = t.encode_padded(&l.text, Padding::OpenClip).unwrap();
+        let same = ours == l.open_clip;
+        if l.mojibake {
+            n_moji += 1;
+            bad_moji += usize::from(!same);
+            continue;
+        }
+        n += 1;
+        if !same {
+            bad += 1;
+            if bad <= 50 {
+                eprintln!(
+                    "{:?}\n  ours      {:?}\n  open_clip {:?}",
+                    l.text,
+                    until_eot(&ours),
+                    until_eot(&l.open_clip)
+                );
+            }
+        }
+    }
+    eprintln!(
+        "{bad}/{n} random strings differ from open_clip \
+         (+ {bad_moji}/{n_moji} that ftfy.fix_encoding changes)"
+    );
+    assert_eq!(bad, 0);
 }

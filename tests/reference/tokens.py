@@ -28,6 +28,10 @@ a directory prepared with::
 Usage: ``/work/venv-ref/bin/python tests/reference/tokens.py [OUT.json]``
 (needs open_clip_torch, ftfy, torch in that venv), or import this module and
 call ``write_token_fixture(path)``.
+
+``tokens.py --fuzz OUT.jsonl [N]`` writes open_clip ids of N random strings for the
+ignored test ``fuzz_against_open_clip`` in crate/tests/tokenizer.rs
+(``ANOSCOPE_TOKENS_FUZZ=OUT.jsonl cargo test -p anoscope --test tokenizer -- --ignored``).
 """
 
 from __future__ import annotations
@@ -295,6 +299,8 @@ EDGE_CASES = [
     "x &lt 3",
     "&checkmark;",
     "first &lt;\nsecond &amp;",
+    "a <b>\nP&EACUTE;REZ",
+    "P&EACUTE;REZ\na <b>",
     # literal special tokens
     "<|startoftext|>",
     "<|endoftext|>",
@@ -303,6 +309,8 @@ EDGE_CASES = [
     "<end_of_text>",
     "a <end_of_text> b",
     "!<end_of_text>",
+    "\u093e<end_of_text>",
+    "\u0e31<start_of_text>x",
     # mojibake (ftfy repairs it)
     "s\u00c3\u00b3",
     "caf\u00c3\u00a9",
@@ -517,10 +525,58 @@ def _dump(doc: dict, path: Path) -> None:
     path.write_text("\n".join(lines) + "\n", encoding="ascii")
 
 
+# --------------------------------------------------------------------------
+# random strings (not part of the fixture; for `cargo test ... fuzz -- --ignored`)
+# --------------------------------------------------------------------------
+
+FUZZ_PIECES = [
+    "a", "photo", "of", "the", "Bottle", "DEFECT", " ", "  ", "\t", "\n", "\r\n", "\r",
+    "0", "7", "42", ".", ",", "!", "?", "-", "_", "'", "'s", "'T", "'re", "\"", "(", ")",
+    "<", ">", "&", ";", "#", "&amp;", "&AMP;", "&lt;", "&gt", "&quot;", "&#39;", "&#x41;",
+    "&#128;", "&#0;", "&nbsp;", "&eacute;", "&EACUTE;", "&amp;amp;", "&szlig;", "&SZLIG;",
+    "&Sigma;", "&hellip;", "&apos;", "&#8230;", "&#xD800;", "&ampx", "&copy",
+    "<end_of_text>", "<start_of_text>", "<|endoftext|>",
+    "\u00e9", "e\u0301", "\u00df", "\u0130", "\u03a3", "\u039f\u0394\u039f\u03a3",
+    "\u03c3", "\u0416", "\u65e5\u672c", "\u30c6", "\uff76\uff9e", "\uff21", "\uff11",
+    "\u3000", "\u00a0", "\u2003", "\u2028", "\u0085", "\u0096", "\u0080", "\u0081",
+    "\ufb01", "\u0149", "\u01c4", "\u2018", "\u2019", "\u201c", "\u201d", "\u02bc",
+    "\u200b", "\u200d", "\u00ad", "\ufeff", "\u206b", "\x00", "\x07", "\x0b", "\x0c",
+    "\x1b[1;31m", "\x1b[0m", "\x1c", "\x7f", "\U0001F600", "\U0001F3FD", "\u2764\ufe0f",
+    "\u0663", "\u2460", "\u00bd", "\u216b", "\u0928\u092e", "\u093e", "\u0e31",
+    "\u05e9", "\u0645", "\u20ac", "\u00c3\u00a9",
+]
+
+
+def fuzz_strings(n: int, seed: int = 0) -> list[str]:
+    import random
+
+    rng = random.Random(seed)
+    return ["".join(rng.choice(FUZZ_PIECES) for _ in range(rng.randint(1, 12))) for _ in range(n)]
+
+
+def write_fuzz(path: str | os.PathLike, n: int) -> None:
+    """open_clip ids of n random strings as JSON lines {"text", "open_clip", "mojibake"};
+    "mojibake" tells whether ftfy's fix_encoding (not implemented in Rust) changes the text."""
+    import ftfy
+    import open_clip
+
+    texts = fuzz_strings(n)
+    ids = open_clip.tokenize(texts).tolist()
+    with open(path, "w", encoding="ascii") as f:
+        for t, row in zip(texts, ids):
+            moji = ftfy.fix_text(t) != ftfy.fix_text(t, fix_encoding=False)
+            line = {"text": t, "open_clip": row, "mojibake": moji}
+            f.write(json.dumps(line, ensure_ascii=True) + "\n")
+
+
 def main(argv: list[str]) -> None:
     if len(argv) >= 2 and argv[1] == "--hf-worker":
         texts = json.loads(sys.stdin.read())
         json.dump(_hf_ids_inprocess(texts, argv[2]), sys.stdout)
+        return
+    if len(argv) >= 2 and argv[1] == "--fuzz":
+        n = int(argv[3]) if len(argv) > 3 else 5000
+        write_fuzz(argv[2], n)
         return
     out = Path(argv[1]) if len(argv) > 1 else FIXTURE_PATH
     doc = write_token_fixture(out)

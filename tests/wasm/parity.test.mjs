@@ -72,6 +72,16 @@ function firstEot(ids, offset) {
   return 76;
 }
 
+/** The prompts behind the fixture's input_ids/text_embeds, from the safetensors metadata
+ * (`info` = JSON object with `prompts`, or a top-level `prompts` JSON array). */
+function fixturePrompts(meta) {
+  if (meta.info) {
+    const info = JSON.parse(meta.info);
+    if (Array.isArray(info.prompts)) return info.prompts;
+  }
+  return meta.prompts ? JSON.parse(meta.prompts) : null;
+}
+
 let wasm;
 async function loadWasm() {
   if (wasm) return wasm;
@@ -87,7 +97,7 @@ test('wasm module loads and reports its version', async () => {
   const { version } = await loadWasm();
   const v = version();
   assert.match(v, /^\d+\.\d+\.\d+/);
-  console.log(`# anoscope wasm version ${v}`);
+  console.log(`anoscope wasm version ${v}`);
 });
 
 for (const layout of LAYOUTS) {
@@ -140,7 +150,7 @@ for (const layout of LAYOUTS) {
       });
 
       await t.test('text tower: fixture prompts', () => {
-        const prompts = JSON.parse(expected.metadata.prompts ?? 'null');
+        const prompts = fixturePrompts(expected.metadata);
         assert.ok(Array.isArray(prompts), 'fixture metadata has no prompts');
         const out = readSafetensors(model.embedText(prompts));
         close(out.get('text_embeds'), expected.get('text_embeds'), TOL_REFERENCE, L('prompts', 'text_embeds', 'reference'));
@@ -159,7 +169,7 @@ for (const layout of LAYOUTS) {
           );
         }
         const samePadding = got.data.every((v, k) => v === want.data[k]);
-        console.log(`# ${layout.name}: input_ids padding ${samePadding ? 'identical to' : 'differs from'} the reference`);
+        console.log(`${layout.name}: input_ids padding ${samePadding ? 'identical to' : 'differs from'} the reference`);
       });
 
       await t.test('text tower: against native embed-text', () => {
@@ -185,7 +195,7 @@ after(() => {
       `${s.layout.padEnd(14)} ${s.input.padEnd(15)} ${s.output.padEnd(18)} vs ${s.against.padEnd(9)} ` +
       `max|Δ| = ${s.maxAbs.toExponential(2)}  (tol ${s.tol.toExponential(0)})${s.maxAbs <= s.tol ? '' : '  FAIL'}`,
   );
-  for (const l of lines) console.log(`# ${l}`);
+  for (const l of lines) console.log(l);
   try {
     fs.mkdirSync(PARITY_DIR, { recursive: true });
     fs.writeFileSync(path.join(PARITY_DIR, 'summary.txt'), lines.join('\n') + '\n');

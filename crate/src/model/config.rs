@@ -195,8 +195,7 @@ impl ClipConfig {
     /// Parses a configuration file given its name (which selects the layout) and text.
     pub fn from_json(file_name: &str, json: &str) -> Result<Self> {
         let layout = Layout::from_config_file(file_name)?;
-        let value: Value = serde_json::from_str(json)
-            .with_context(|| format!("`{file_name}` is not valid JSON"))?;
+        let value: Value = serde_json::from_str(json).with_context(|| format!("`{file_name}` is not valid JSON"))?;
         let cfg = match layout {
             Layout::HuggingFace => Self::from_hf(&value),
             Layout::OpenClip => Self::from_open_clip(&value),
@@ -264,22 +263,32 @@ impl ClipConfig {
             .get("model_cfg")
             .filter(|m| m.is_object())
             .context("missing object `model_cfg`")?;
-        let v = m.get("vision_cfg").filter(|x| x.is_object()).context("missing `model_cfg.vision_cfg`")?;
-        let t = m.get("text_cfg").filter(|x| x.is_object()).context("missing `model_cfg.text_cfg`")?;
+        let v = m
+            .get("vision_cfg")
+            .filter(|x| x.is_object())
+            .context("missing `model_cfg.vision_cfg`")?;
+        let t = m
+            .get("text_cfg")
+            .filter(|x| x.is_object())
+            .context("missing `model_cfg.text_cfg`")?;
         for (cfg, keys, what) in [
             (
                 v,
                 &["ls_init_value", "attentional_pool", "timm_model_name", "hf_model_name"][..],
                 "vision_cfg",
             ),
-            (t, &["ls_init_value", "hf_model_name", "embed_cls", "proj_bias"][..], "text_cfg"),
+            (
+                t,
+                &["ls_init_value", "hf_model_name", "embed_cls", "proj_bias"][..],
+                "text_cfg",
+            ),
         ] {
             for key in keys {
                 match cfg.get(*key) {
                     None | Some(Value::Null) | Some(Value::Bool(false)) => {}
-                    Some(val) => bail!(
-                        "{what}.{key} = {val} is not supported (only the standard open_clip ViT CLIP is)"
-                    ),
+                    Some(val) => {
+                        bail!("{what}.{key} = {val} is not supported (only the standard open_clip ViT CLIP is)")
+                    }
                 }
             }
         }
@@ -369,21 +378,28 @@ impl ClipConfig {
             }
         }
         if self.embed_dim == 0 || self.embed_dim > MAX_WIDTH {
-            bail!("embedding dimension = {} is out of range (1..={MAX_WIDTH})", self.embed_dim);
+            bail!(
+                "embedding dimension = {} is out of range (1..={MAX_WIDTH})",
+                self.embed_dim
+            );
         }
-        if v.width % v.heads != 0 {
+        if !v.width.is_multiple_of(v.heads) {
             bail!("vision width {} is not divisible by {} heads", v.width, v.heads);
         }
-        if t.width % t.heads != 0 {
+        if !t.width.is_multiple_of(t.heads) {
             bail!("text width {} is not divisible by {} heads", t.width, t.heads);
         }
         if v.image_size < v.patch_size {
-            bail!("image size {} is smaller than the patch size {}", v.image_size, v.patch_size);
+            bail!(
+                "image size {} is smaller than the patch size {}",
+                v.image_size,
+                v.patch_size
+            );
         }
-        if !(v.ln_eps > 0.0 && t.ln_eps > 0.0) {
+        if v.ln_eps.is_nan() || t.ln_eps.is_nan() || v.ln_eps <= 0.0 || t.ln_eps <= 0.0 {
             bail!("layer_norm_eps must be positive");
         }
-        if self.std.iter().any(|s| !(*s > 0.0)) {
+        if self.std.iter().any(|s| s.is_nan() || *s <= 0.0) {
             bail!("preprocess std must be positive, got {:?}", self.std);
         }
         Ok(())

@@ -57,7 +57,11 @@ impl CheckpointFiles {
                         layout.weights_file()
                     );
                 }
-                return Ok(Self { layout, config, weights });
+                return Ok(Self {
+                    layout,
+                    config,
+                    weights,
+                });
             }
         }
         bail!(
@@ -80,14 +84,23 @@ impl Clip {
     /// Builds a model from any tensor source.
     pub fn from_source(cfg: &ClipConfig, src: &dyn TensorSource) -> Result<Self> {
         let vision = VisionTower::load(src, cfg)?;
-        let text = if weights::TextWeights::present(src, cfg.layout) { Some(TextTower::load(src, cfg)?) } else { None };
+        let text = if weights::TextWeights::present(src, cfg.layout) {
+            Some(TextTower::load(src, cfg)?)
+        } else {
+            None
+        };
         let logit_scale = if src.contains("logit_scale") {
             let t = src.get("logit_scale", &[]).or_else(|_| src.get("logit_scale", &[1]))?;
             Some(t.flatten_all()?.to_vec1::<f32>()?[0].exp())
         } else {
             None
         };
-        Ok(Self { cfg: cfg.clone(), vision, text, logit_scale })
+        Ok(Self {
+            cfg: cfg.clone(),
+            vision,
+            text,
+            logit_scale,
+        })
     }
 
     /// Loads `dir` (layout detected from its files). Errors name the offending file.
@@ -107,7 +120,8 @@ impl Clip {
                 weights::MAX_CHECKPOINT_BYTES
             );
         }
-        let bytes = std::fs::read(&files.weights).with_context(|| format!("cannot read {}", files.weights.display()))?;
+        let bytes =
+            std::fs::read(&files.weights).with_context(|| format!("cannot read {}", files.weights.display()))?;
         let src = SafetensorsSource::new(&bytes, &files.weights.display().to_string())?;
         Self::from_source(&cfg, &src)
     }

@@ -2,12 +2,17 @@
 use super::config::{Activation, PosInterp};
 use super::weights::{Block, Linear, Norm};
 use anyhow::Result;
-use candle_core::{Device, Tensor, D};
+use candle_core::{Device, Tensor};
 
 impl Norm {
     /// LayerNorm over the last dimension.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(candle_nn::ops::layer_norm(&x.contiguous()?, &self.weight, &self.bias, self.eps)?)
+        Ok(candle_nn::ops::layer_norm(
+            &x.contiguous()?,
+            &self.weight,
+            &self.bias,
+            self.eps,
+        )?)
     }
 }
 
@@ -61,7 +66,11 @@ impl Block {
         let hd = d / heads;
         let scale = 1.0 / (hd as f64).sqrt();
         let h = self.ln_1.forward(x)?;
-        let qkv = self.qkv.forward(&h)?.reshape((b, t, 3, heads, hd))?.permute((2, 0, 3, 1, 4))?;
+        let qkv = self
+            .qkv
+            .forward(&h)?
+            .reshape((b, t, 3, heads, hd))?
+            .permute((2, 0, 3, 1, 4))?;
         let q = (qkv.get(0)? * scale)?.contiguous()?;
         let k = qkv.get(1)?.contiguous()?;
         let v = qkv.get(2)?.contiguous()?;
@@ -140,16 +149,13 @@ pub fn bicubic_matrix(input: usize, output: usize, mode: PosInterp) -> Vec<f64> 
                 // static_cast<int64_t> truncates toward zero.
                 let xmin = ((center - support + 0.5) as i64).max(0) as usize;
                 let xmax = ((center + support + 0.5) as i64).min(input as i64) as usize;
-                let mut total = 0.0;
-                for j in xmin..xmax {
-                    let w = cubic_05((j as f64 - center + 0.5) * invscale);
-                    row[j] = w;
-                    total += w;
+                let span = &mut row[xmin..xmax];
+                for (k, w) in span.iter_mut().enumerate() {
+                    *w = cubic_05(((xmin + k) as f64 - center + 0.5) * invscale);
                 }
+                let total: f64 = span.iter().sum();
                 if total != 0.0 {
-                    for j in xmin..xmax {
-                        row[j] /= total;
-                    }
+                    span.iter_mut().for_each(|w| *w /= total);
                 }
             }
         }
@@ -165,12 +171,19 @@ pub fn interpolate_pos_embedding(pos: &Tensor, g0: usize, gh: usize, gw: usize, 
     }
     let d = pos.dim(1)?;
     let cls = pos.narrow(0, 0, 1)?;
-    let grid = pos.narrow(0, 1, g0 * g0)?.to_dtype(candle_core::DType::F64)?.reshape((g0, g0 * d))?;
+    let grid = pos
+        .narrow(0, 1, g0 * g0)?
+        .to_dtype(candle_core::DType::F64)?
+        .reshape((g0, g0 * d))?;
     let wy = Tensor::from_vec(bicubic_matrix(g0, gh, mode), (gh, g0), &Device::Cpu)?;
     let wx = Tensor::from_vec(bicubic_matrix(g0, gw, mode), (gw, g0), &Device::Cpu)?;
     // Rows first: [gh, g0·D] -> [gh, g0, D]; then columns: for each output row, wx @ [g0, D].
     let rows = wy.matmul(&grid)?.reshape((gh, g0, d))?;
-    let out = wx.unsqueeze(0)?.broadcast_as((gh, gw, g0))?.contiguous()?.matmul(&rows)?; // [gh, gw, D]
+    let out = wx
+        .unsqueeze(0)?
+        .broadcast_as((gh, gw, g0))?
+        .contiguous()?
+        .matmul(&rows)?; // [gh, gw, D]
     let out = out.reshape((gh * gw, d))?.to_dtype(candle_core::DType::F32)?;
     Ok(Tensor::cat(&[cls, out], 0)?)
 }
@@ -197,9 +210,4 @@ pub fn causal_mask(t: usize) -> Result<Tensor> {
         .flat_map(|i| (0..t).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
         .collect();
     Ok(Tensor::from_vec(m, (t, t), &Device::Cpu)?)
-}
-
-#[allow(dead_code)]
-pub(crate) fn last_dim(x: &Tensor) -> Result<usize> {
-    Ok(x.dim(D::Minus1)?)
 }

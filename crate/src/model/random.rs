@@ -115,9 +115,17 @@ fn parameter_table(cfg: &ClipConfig, with_text: bool) -> Vec<(String, Vec<usize>
     let emb = Init::Normal(0.1);
     match cfg.layout {
         Layout::HuggingFace => {
-            add("vision_model.embeddings.patch_embedding.weight".into(), vec![d, 3, ps, ps], w);
+            add(
+                "vision_model.embeddings.patch_embedding.weight".into(),
+                vec![d, 3, ps, ps],
+                w,
+            );
             add("vision_model.embeddings.class_embedding".into(), vec![d], emb);
-            add("vision_model.embeddings.position_embedding.weight".into(), vec![n, d], emb);
+            add(
+                "vision_model.embeddings.position_embedding.weight".into(),
+                vec![n, d],
+                emb,
+            );
             add("vision_model.pre_layrnorm.weight".into(), vec![d], g);
             add("vision_model.pre_layrnorm.bias".into(), vec![d], b);
             blocks(&mut add, "vision_model.encoder.layers", v.layers, d, v.mlp_width);
@@ -126,8 +134,16 @@ fn parameter_table(cfg: &ClipConfig, with_text: bool) -> Vec<(String, Vec<usize>
             add("visual_projection.weight".into(), vec![p, d], w);
             if with_text {
                 let dt = t.width;
-                add("text_model.embeddings.token_embedding.weight".into(), vec![t.vocab_size, dt], w);
-                add("text_model.embeddings.position_embedding.weight".into(), vec![t.context_length, dt], Init::Normal(0.01));
+                add(
+                    "text_model.embeddings.token_embedding.weight".into(),
+                    vec![t.vocab_size, dt],
+                    w,
+                );
+                add(
+                    "text_model.embeddings.position_embedding.weight".into(),
+                    vec![t.context_length, dt],
+                    Init::Normal(0.01),
+                );
                 blocks(&mut add, "text_model.encoder.layers", t.layers, dt, t.mlp_width);
                 add("text_model.final_layer_norm.weight".into(), vec![dt], g);
                 add("text_model.final_layer_norm.bias".into(), vec![dt], b);
@@ -147,7 +163,11 @@ fn parameter_table(cfg: &ClipConfig, with_text: bool) -> Vec<(String, Vec<usize>
             if with_text {
                 let dt = t.width;
                 add("token_embedding.weight".into(), vec![t.vocab_size, dt], w);
-                add("positional_embedding".into(), vec![t.context_length, dt], Init::Normal(0.01));
+                add(
+                    "positional_embedding".into(),
+                    vec![t.context_length, dt],
+                    Init::Normal(0.01),
+                );
                 blocks(&mut add, "transformer.resblocks", t.layers, dt, t.mlp_width);
                 add("ln_final.weight".into(), vec![dt], g);
                 add("ln_final.bias".into(), vec![dt], b);
@@ -215,7 +235,12 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]
     let views = tensors
         .iter()
         .zip(&bytes)
-        .map(|((name, shape, _), b)| Ok((name.clone(), safetensors::tensor::TensorView::new(st_dtype, shape.clone(), b)?)))
+        .map(|((name, shape, _), b)| {
+            Ok((
+                name.clone(),
+                safetensors::tensor::TensorView::new(st_dtype, shape.clone(), b)?,
+            ))
+        })
         .collect::<Result<Vec<_>>>()?;
     safetensors::serialize_to_file(views, None, path).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
@@ -227,7 +252,8 @@ pub fn write_random_checkpoint(arch: &str, seed: u64, dir: &Path, dtype: StoreDt
     let (config_file, json) = arch_config(arch)?;
     let cfg = ClipConfig::from_json(config_file, &json)?;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    std::fs::write(dir.join(config_file), &json).with_context(|| format!("cannot write {}", dir.join(config_file).display()))?;
+    std::fs::write(dir.join(config_file), &json)
+        .with_context(|| format!("cannot write {}", dir.join(config_file).display()))?;
     let tensors = random_tensors(&cfg, seed, true);
     write_safetensors(&dir.join(cfg.layout.weights_file()), &tensors, dtype)?;
     Ok(cfg)

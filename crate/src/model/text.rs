@@ -14,7 +14,10 @@ pub struct TextTower {
 
 impl TextTower {
     pub fn load(src: &dyn TensorSource, cfg: &ClipConfig) -> Result<Self> {
-        Ok(Self { cfg: cfg.clone(), w: TextWeights::load(src, cfg)? })
+        Ok(Self {
+            cfg: cfg.clone(),
+            w: TextWeights::load(src, cfg)?,
+        })
     }
 
     /// Projected text embeddings `[T, P]` (not L2-normalised) of token id rows (each with an
@@ -23,7 +26,11 @@ impl TextTower {
     pub fn forward(&self, ids: &[Vec<u32>]) -> Result<Tensor> {
         let t = &self.cfg.text;
         if ids.is_empty() {
-            return Ok(Tensor::zeros((0, self.cfg.embed_dim), candle_core::DType::F32, &Device::Cpu)?);
+            return Ok(Tensor::zeros(
+                (0, self.cfg.embed_dim),
+                candle_core::DType::F32,
+                &Device::Cpu,
+            )?);
         }
         for row in ids {
             if row.is_empty() || row.len() > t.context_length {
@@ -36,16 +43,27 @@ impl TextTower {
         let eot = eot_positions(ids);
         let len = eot.iter().copied().max().unwrap_or(0) + 1;
         let b = ids.len();
-        let flat: Vec<u32> = ids.iter().flat_map(|r| (0..len).map(|i| r.get(i).copied().unwrap_or(0))).collect();
+        let flat: Vec<u32> = ids
+            .iter()
+            .flat_map(|r| (0..len).map(|i| r.get(i).copied().unwrap_or(0)))
+            .collect();
         let flat = Tensor::from_vec(flat, b * len, &Device::Cpu)?;
-        let x = self.w.token_embedding.index_select(&flat, 0)?.reshape((b, len, t.width))?;
+        let x = self
+            .w
+            .token_embedding
+            .index_select(&flat, 0)?
+            .reshape((b, len, t.width))?;
         let mut x = x.broadcast_add(&self.w.pos_embedding.narrow(0, 0, len)?)?;
         let mask = causal_mask(len)?;
         for blk in &self.w.blocks {
             x = blk.forward(&x, t.heads, t.act, Some(&mask), false)?.x;
         }
         let x = self.w.ln_final.forward(&x)?;
-        let rows: Vec<Tensor> = eot.iter().enumerate().map(|(i, &p)| x.get(i)?.get(p)).collect::<candle_core::Result<_>>()?;
+        let rows: Vec<Tensor> = eot
+            .iter()
+            .enumerate()
+            .map(|(i, &p)| x.get(i)?.get(p))
+            .collect::<candle_core::Result<_>>()?;
         Ok(Tensor::stack(&rows, 0)?.matmul(&self.w.proj)?)
     }
 }

@@ -42,7 +42,10 @@ pub struct VisionTower {
 
 impl VisionTower {
     pub fn load(src: &dyn TensorSource, cfg: &ClipConfig) -> Result<Self> {
-        Ok(Self { cfg: cfg.clone(), w: VisionWeights::load(src, cfg)? })
+        Ok(Self {
+            cfg: cfg.clone(),
+            w: VisionWeights::load(src, cfg)?,
+        })
     }
 
     /// Patch grid for an input of `h × w` pixels (a remainder smaller than a patch is ignored,
@@ -58,7 +61,9 @@ impl VisionTower {
     /// Token embeddings before `ln_pre`: `[B, 1+N, D]` = [class, patches] + position embeddings
     /// (resampled when the grid differs from the checkpoint's).
     pub fn embed(&self, pixels: &Tensor) -> Result<Tensor> {
-        let (b, c, h, w) = pixels.dims4().map_err(|_| anyhow::anyhow!("pixels must be [B, 3, H, W], got {:?}", pixels.dims()))?;
+        let (b, c, h, w) = pixels
+            .dims4()
+            .map_err(|_| anyhow::anyhow!("pixels must be [B, 3, H, W], got {:?}", pixels.dims()))?;
         if c != 3 {
             bail!("pixels must have 3 channels, got {c}");
         }
@@ -97,7 +102,10 @@ impl VisionTower {
         let v = &self.cfg.vision;
         let layers = v.layers;
         if opts.surgery_layers > layers {
-            bail!("surgery layers {} exceeds the {layers} layers of the image tower", opts.surgery_layers);
+            bail!(
+                "surgery layers {} exceeds the {layers} layers of the image tower",
+                opts.surgery_layers
+            );
         }
         if let Some(&bad) = opts.hidden_layers.iter().find(|&&l| l > layers) {
             bail!("hidden layer {bad} does not exist (valid: 0..={layers})");
@@ -138,7 +146,14 @@ impl VisionTower {
             .iter()
             .map(|&l| (l, hidden[l].clone().expect("kept")))
             .collect();
-        Ok(VisionOutput { image_embeds, patch_tokens, last_hidden_state: x, hidden_states, surgery_tokens, grid })
+        Ok(VisionOutput {
+            image_embeds,
+            patch_tokens,
+            last_hidden_state: x,
+            hidden_states,
+            surgery_tokens,
+            grid,
+        })
     }
 
     /// Token-subset passes (WinCLIP's windows): for each subset of patch indices (0-based,
@@ -153,14 +168,21 @@ impl VisionTower {
         }
         let n = t - 1;
         let Some(k) = subsets.first().map(Vec::len) else {
-            return Ok(Tensor::zeros((0, self.cfg.embed_dim), candle_core::DType::F32, &Device::Cpu)?);
+            return Ok(Tensor::zeros(
+                (0, self.cfg.embed_dim),
+                candle_core::DType::F32,
+                &Device::Cpu,
+            )?);
         };
         if k == 0 {
             bail!("token subsets must not be empty");
         }
         for s in subsets {
             if s.len() != k {
-                bail!("all token subsets must have the same length ({k}), got one of {}", s.len());
+                bail!(
+                    "all token subsets must have the same length ({k}), got one of {}",
+                    s.len()
+                );
             }
             if let Some(&bad) = s.iter().find(|&&i| i >= n) {
                 bail!("patch index {bad} is out of range for {n} patches");

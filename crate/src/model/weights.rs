@@ -36,10 +36,12 @@ impl<'a> SafetensorsSource<'a> {
                 MAX_CHECKPOINT_BYTES
             );
         }
-        let st = SafeTensors::deserialize(bytes).map_err(|e| {
-            anyhow::anyhow!("{origin}: not a valid safetensors file (truncated or corrupt?): {e}")
-        })?;
-        Ok(Self { st, origin: origin.to_string() })
+        let st = SafeTensors::deserialize(bytes)
+            .map_err(|e| anyhow::anyhow!("{origin}: not a valid safetensors file (truncated or corrupt?): {e}"))?;
+        Ok(Self {
+            st,
+            origin: origin.to_string(),
+        })
     }
 
     pub fn names(&self) -> Vec<String> {
@@ -51,7 +53,10 @@ impl<'a> SafetensorsSource<'a> {
 pub fn view_to_f32(view: &safetensors::tensor::TensorView<'_>) -> Result<Vec<f32>> {
     let data = view.data();
     Ok(match view.dtype() {
-        Dtype::F32 => data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        Dtype::F32 => data
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
         Dtype::F16 => data
             .chunks_exact(2)
             .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
@@ -105,7 +110,11 @@ impl TensorSource for MapSource {
     fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let t = self.0.get(name).with_context(|| format!("missing tensor `{name}`"))?;
         if t.dims() != shape {
-            bail!("tensor `{name}` has shape {:?} but the configuration implies {:?}", t.dims(), shape);
+            bail!(
+                "tensor `{name}` has shape {:?} but the configuration implies {:?}",
+                t.dims(),
+                shape
+            );
         }
         Ok(t.clone())
     }
@@ -184,14 +193,7 @@ fn linear(src: &dyn TensorSource, prefix: &str, out_dim: usize, in_dim: usize) -
 }
 
 /// Key names of one block in each layout.
-fn block(
-    src: &dyn TensorSource,
-    layout: Layout,
-    prefix: &str,
-    d: usize,
-    mlp: usize,
-    eps: f64,
-) -> Result<Block> {
+fn block(src: &dyn TensorSource, layout: Layout, prefix: &str, d: usize, mlp: usize, eps: f64) -> Result<Block> {
     match layout {
         Layout::HuggingFace => {
             let q = src.get(&format!("{prefix}.self_attn.q_proj.weight"), &[d, d])?;
@@ -203,7 +205,10 @@ fn block(
             let w = Tensor::cat(&[q, k, v], 0)?;
             Ok(Block {
                 ln_1: norm(src, &format!("{prefix}.layer_norm1"), d, eps)?,
-                qkv: Linear { w_t: w.t()?.contiguous()?, bias: Some(Tensor::cat(&[qb, kb, vb], 0)?) },
+                qkv: Linear {
+                    w_t: w.t()?.contiguous()?,
+                    bias: Some(Tensor::cat(&[qb, kb, vb], 0)?),
+                },
                 out: linear(src, &format!("{prefix}.self_attn.out_proj"), d, d)?,
                 ln_2: norm(src, &format!("{prefix}.layer_norm2"), d, eps)?,
                 fc1: linear(src, &format!("{prefix}.mlp.fc1"), mlp, d)?,
@@ -251,7 +256,10 @@ impl VisionWeights {
         };
         let patch = src.get(conv, &[d, 3, p, p])?;
         let proj = match cfg.layout {
-            Layout::HuggingFace => src.get("visual_projection.weight", &[cfg.embed_dim, d])?.t()?.contiguous()?,
+            Layout::HuggingFace => src
+                .get("visual_projection.weight", &[cfg.embed_dim, d])?
+                .t()?
+                .contiguous()?,
             Layout::OpenClip => src.get("visual.proj", &[d, cfg.embed_dim])?,
         };
         Ok(Self {
@@ -287,10 +295,18 @@ impl TextWeights {
                 "text_model.encoder.layers",
                 "text_model.final_layer_norm",
             ),
-            Layout::OpenClip => ("token_embedding.weight", "positional_embedding", "transformer.resblocks", "ln_final"),
+            Layout::OpenClip => (
+                "token_embedding.weight",
+                "positional_embedding",
+                "transformer.resblocks",
+                "ln_final",
+            ),
         };
         let proj = match cfg.layout {
-            Layout::HuggingFace => src.get("text_projection.weight", &[cfg.embed_dim, d])?.t()?.contiguous()?,
+            Layout::HuggingFace => src
+                .get("text_projection.weight", &[cfg.embed_dim, d])?
+                .t()?
+                .contiguous()?,
             Layout::OpenClip => src.get("text_projection", &[d, cfg.embed_dim])?,
         };
         Ok(Self {
