@@ -410,22 +410,21 @@ EOF
 
     if ((convert)) && ((${#complete[@]})); then
         log "converting to f16 for the browser"
-        local help_out
-        help_out="$(cargo run --release -q -p anoscope -- convert --help 2>&1)" || true
-        if grep -q -- '--dtype' <<<"$help_out"; then
-            for m in "${complete[@]}"; do
-                cargo run --release -q -p anoscope -- convert --model "weights/checkpoints/$m" \
-                    --dtype f16 --out "weights/checkpoints/$m-f16"
-                echo "ok: weights/checkpoints/$m-f16 (f16, for the page)"
+        for m in "${complete[@]}"; do
+            cargo run --release -q -p anoscope -- convert --model "weights/checkpoints/$m" \
+                --dtype f16 --out "weights/checkpoints/$m-f16" || refused=1
+            echo "ok: weights/checkpoints/$m-f16 (f16, for the page)"
+        done
+    fi
+    if ((${#complete[@]})); then
+        log "building the bundled prompt sets (every category, encoded once)"
+        for m in "${complete[@]}"; do
+            for d in "weights/checkpoints/$m" "weights/checkpoints/$m-f16"; do
+                [[ -d "$d" ]] || continue
+                cargo run --release -q -p anoscope -- prompts build --model "$d" --out "$d/prompts.safetensors" ||
+                    refused=1
             done
-        elif grep -qi 'unrecognized subcommand' <<<"$help_out"; then
-            echo "this build of anoscope has no 'convert' subcommand yet: skipping the f16 conversion."
-            echo "The f32 checkpoints work as they are (CLI: --model weights/checkpoints/<name>; page: pick the files)."
-        else
-            printf '%s\n' "$help_out" >&2
-            echo "could not run 'anoscope convert --help' (see above): f16 conversion skipped" >&2
-            refused=1
-        fi
+        done
     fi
     for f in "${complete[@]}"; do echo "ready: weights/checkpoints/$f"; done
     if ((refused)); then

@@ -81,16 +81,35 @@ pub fn embed_text(clip: &Clip, tokenizer: &ClipTokenizer, texts: &[&str]) -> Res
     ])
 }
 
+/// FLOPs (2 per multiply-add) of the transformer blocks on `tokens` tokens.
+fn blocks_flops(clip_cfg: &crate::model::ClipConfig, tokens: usize) -> f64 {
+    let v = &clip_cfg.vision;
+    let t = tokens as f64;
+    let d = v.width as f64;
+    let m = v.mlp_width as f64;
+    let per_layer = 2.0 * t * d * 3.0 * d + 4.0 * t * t * d + 2.0 * t * d * d + 4.0 * t * d * m;
+    v.layers as f64 * per_layer
+}
+
 /// FLOPs (2 per multiply-add) of one full image-tower pass at `size`×`size`.
 pub fn vision_flops(clip_cfg: &crate::model::ClipConfig, size: usize) -> f64 {
     let v = &clip_cfg.vision;
     let g = size / v.patch_size;
-    let n = (g * g) as f64;
-    let t = n + 1.0;
-    let d = v.width as f64;
-    let m = v.mlp_width as f64;
-    let per_layer = 2.0 * t * d * 3.0 * d + 4.0 * t * t * d + 2.0 * t * d * d + 4.0 * t * d * m;
-    let patch = 2.0 * n * d * (3 * v.patch_size * v.patch_size) as f64;
-    let proj = 2.0 * d * clip_cfg.embed_dim as f64;
-    patch + v.layers as f64 * per_layer + proj
+    let n = g * g;
+    let patch = 2.0 * n as f64 * v.width as f64 * (3 * v.patch_size * v.patch_size) as f64;
+    let proj = 2.0 * v.width as f64 * clip_cfg.embed_dim as f64;
+    patch + blocks_flops(clip_cfg, n + 1) + proj
+}
+
+/// FLOPs of WinCLIP on one image: one full pass plus one pass per window (class token + s²
+/// patches) for each scale, stride 1.
+pub fn winclip_flops(clip_cfg: &crate::model::ClipConfig, size: usize, scales: &[usize]) -> f64 {
+    let g = size / clip_cfg.vision.patch_size;
+    let proj = 2.0 * clip_cfg.vision.width as f64 * clip_cfg.embed_dim as f64;
+    let windows: f64 = scales
+        .iter()
+        .filter(|&&s| s <= g)
+        .map(|&s| ((g - s + 1) * (g - s + 1)) as f64 * (blocks_flops(clip_cfg, s * s + 1) + proj))
+        .sum();
+    vision_flops(clip_cfg, size) + windows
 }

@@ -3,9 +3,11 @@
 //! * [`model`]: the CLIP image and text towers (candle), checkpoint loading, random weights.
 //! * [`tokenizer`]: CLIP's BPE tokenizer (the `tokenizers` crate, vocabulary embedded).
 //! * [`preprocess`]: image decoding with limits and CLIP / square-resize preprocessing.
+pub mod detect;
 pub mod embed;
 pub mod model;
 pub mod preprocess;
+pub mod render;
 pub mod tokenizer;
 
 #[cfg(not(target_arch = "wasm32"))]

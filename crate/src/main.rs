@@ -9,6 +9,7 @@ fn main() {
 
 #[cfg(not(target_arch = "wasm32"))]
 mod cli {
+    mod detect;
     use anoscope::embed::{embed_image, embed_text, to_safetensors, vision_flops};
     use anoscope::model::random::{arch_config, random_source, write_random_checkpoint, StoreDtype, ARCHS};
     use anoscope::model::{Clip, ClipConfig};
@@ -105,6 +106,12 @@ mod cli {
             /// Print one JSON object instead of text.
             #[arg(long)]
             json: bool,
+            /// What to time.
+            #[arg(long, value_enum, default_value = "encode")]
+            mode: BenchMode,
+            /// Batch size for --mode musc.
+            #[arg(long, default_value_t = 16)]
+            batch: usize,
         },
         /// Convert a checkpoint's floating-point tensors to another storage type (f16 for the
         /// browser: half the download; computation stays f32).
@@ -116,6 +123,13 @@ mod cli {
             #[arg(long)]
             out: PathBuf,
         },
+        /// Score images: anomaly score, map and overlay per image.
+        Detect(detect::DetectArgs),
+        /// Bundled prompt sets.
+        Prompts {
+            #[command(subcommand)]
+            cmd: PromptsCmd,
+        },
         /// Serve a static directory on 127.0.0.1 with the cross-origin-isolation headers.
         Serve {
             #[arg(long, default_value = "www/dist")]
@@ -123,6 +137,26 @@ mod cli {
             #[arg(long, default_value_t = 8080)]
             port: u16,
         },
+    }
+
+    #[derive(Subcommand)]
+    enum PromptsCmd {
+        /// Encode every category's ensembles once into one file (safetensors + JSON index).
+        Build(detect::PromptsBuildArgs),
+    }
+
+    #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+    enum BenchMode {
+        /// The image tower alone.
+        Encode,
+        /// Fast dense mode (one pass with v-v tokens).
+        Fast,
+        /// WinCLIP zero-shot (full pass + all windows).
+        Winclip,
+        /// Text setup of one class (231 WinCLIP prompts).
+        Text,
+        /// MuSc over a batch (--batch images), reported per image.
+        Musc,
     }
 
     pub fn run() -> i32 {
@@ -226,8 +260,14 @@ mod cli {
                 threads,
                 runs,
                 json,
-            } => bench(&arch, model.as_deref(), threads, runs, json),
+                mode,
+                batch,
+            } => bench(&arch, model.as_deref(), threads, runs, json, mode, batch),
             Cmd::Convert { model, dtype, out } => convert(&model, dtype, &out),
+            Cmd::Detect(args) => detect::detect(args),
+            Cmd::Prompts {
+                cmd: PromptsCmd::Build(args),
+            } => detect::prompts_build(args),
             Cmd::Serve { dir, port } => anoscope::serve::serve(&dir, port),
         }
     }
@@ -259,7 +299,34 @@ mod cli {
         Ok(())
     }
 
-    fn bench(arch: &str, model: Option<&Path>, threads: Option<usize>, runs: usize, json: bool) -> Result<()> {
+    /// Median of `runs` timings (ms) after one warm-up call.
+    fn time_median(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<(f64, f64, f64)> {
+        f()?;
+        let mut times = Vec::with_capacity(runs);
+        for _ in 0..runs {
+            let t0 = Instant::now();
+            f()?;
+            times.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+        times.sort_by(f64::total_cmp);
+        let median = if runs % 2 == 1 {
+            times[runs / 2]
+        } else {
+            0.5 * (times[runs / 2 - 1] + times[runs / 2])
+        };
+        Ok((median, times[0], times[runs - 1]))
+    }
+
+    fn bench(
+        arch: &str,
+        model: Option<&Path>,
+        threads: Option<usize>,
+        runs: usize,
+        json: bool,
+        mode: BenchMode,
+        batch: usize,
+    ) -> Result<()> {
+        use anoscope::detect::{fast, musc, prompts, winclip, TextPair, TEMPERATURE};
         if runs == 0 {
             bail!("--runs must be at least 1");
         }
@@ -277,45 +344,106 @@ mod cli {
             None => {
                 let (file, json) = arch_config(arch)?;
                 let cfg = ClipConfig::from_json(file, &json)?;
-                Clip::from_source(&cfg, &random_source(&cfg, 0, false)?)?
+                Clip::from_source(&cfg, &random_source(&cfg, 0, mode == BenchMode::Text)?)?
             }
         };
         let size = clip.cfg.vision.image_size;
         let pixels = Tensor::randn(0f32, 1f32, (1, 3, size, size), &Device::Cpu)?;
-        let opts = anoscope::model::EncodeOptions::default();
-        clip.vision.forward(&pixels, &opts)?; // warm-up
-        let mut times = Vec::with_capacity(runs);
-        for _ in 0..runs {
-            let t0 = Instant::now();
-            let out = clip.vision.forward(&pixels, &opts)?;
+        let p = clip.cfg.embed_dim;
+        let text = TextPair::new(
+            Tensor::randn(0f32, 1f32, p, &Device::Cpu)?.to_vec1()?,
+            Tensor::randn(0f32, 1f32, p, &Device::Cpu)?.to_vec1()?,
+        )?;
+        let encode = || -> Result<()> {
+            let out = clip
+                .vision
+                .forward(&pixels, &anoscope::model::EncodeOptions::default())?;
             out.image_embeds.flatten_all()?.to_vec1::<f32>()?;
-            times.push(t0.elapsed().as_secs_f64() * 1e3);
-        }
-        times.sort_by(f64::total_cmp);
-        let median = if runs % 2 == 1 {
-            times[runs / 2]
-        } else {
-            0.5 * (times[runs / 2 - 1] + times[runs / 2])
+            Ok(())
         };
-        let flops = vision_flops(&clip.cfg, size);
-        let gflops = flops / (median * 1e-3) / 1e9;
+        let mut extra = serde_json::Map::new();
+        let (label, flops, (median, lo, hi)) = match mode {
+            BenchMode::Encode => ("encode", vision_flops(&clip.cfg, size), time_median(runs, encode)?),
+            BenchMode::Fast => {
+                let k = fast::default_surgery_layers(&clip);
+                let (enc, _, _) = time_median(runs, encode)?;
+                let t = time_median(runs, || fast::detect(&clip, &pixels, &text, k, TEMPERATURE).map(|_| ()))?;
+                extra.insert("encode_ms".into(), enc.into());
+                extra.insert("ratio_vs_encode".into(), (t.0 / enc).into());
+                extra.insert("surgery_layers".into(), k.into());
+                ("fast", vision_flops(&clip.cfg, size), t)
+            }
+            BenchMode::Winclip => {
+                let cfg = winclip::WinClipConfig::default();
+                let t = time_median(runs, || winclip::detect(&clip, &pixels, &text, None, &cfg).map(|_| ()))?;
+                (
+                    "winclip",
+                    anoscope::embed::winclip_flops(&clip.cfg, size, &cfg.scales),
+                    t,
+                )
+            }
+            BenchMode::Text => {
+                let tok = ClipTokenizer::new()?;
+                let (n, a) = prompts::winclip_ensemble("bottle");
+                extra.insert("prompts".into(), (n.len() + a.len()).into());
+                (
+                    "text",
+                    0.0,
+                    time_median(runs, || TextPair::from_prompts(&clip, &tok, &n, &a).map(|_| ()))?,
+                )
+            }
+            BenchMode::Musc => {
+                if batch < 2 {
+                    bail!("--batch must be at least 2 for MuSc");
+                }
+                let px = Tensor::randn(0f32, 1f32, (batch, 3, size, size), &Device::Cpu)?;
+                let cfg = musc::MuscConfig::default();
+                let (m, lo, hi) = time_median(runs, || musc::detect(&clip, &px, &cfg).map(|_| ()))?;
+                extra.insert("batch".into(), batch.into());
+                extra.insert("batch_ms".into(), m.into());
+                let b = batch as f64;
+                ("musc", 0.0, (m / b, lo / b, hi / b))
+            }
+        };
+        let gflops = if flops > 0.0 {
+            flops / (median * 1e-3) / 1e9
+        } else {
+            0.0
+        };
         let arch_name = if model.is_some() {
             format!("{arch} (checkpoint)")
         } else {
             arch.to_string()
         };
         if json {
-            println!(
-                "{}",
-                serde_json::json!({"arch": arch_name, "threads": threads, "runs": runs, "encode_ms": median, "gflops": gflops})
-            );
+            let mut obj = serde_json::json!({
+                "arch": arch_name, "mode": label, "threads": threads, "runs": runs, "ms": median, "gflops": gflops,
+            });
+            if mode == BenchMode::Encode {
+                obj["encode_ms"] = median.into();
+            }
+            let map = obj.as_object_mut().expect("object");
+            map.extend(extra);
+            println!("{obj}");
         } else {
+            let per = if mode == BenchMode::Text {
+                "per class"
+            } else {
+                "per image"
+            };
             println!(
-                "{arch_name} image tower at {size}px, batch 1, {threads} thread(s): median {median:.1} ms over {runs} runs \
-                 (min {:.1}, max {:.1}); {:.1} GFLOP per image, {gflops:.1} GFLOP/s",
-                times[0],
-                times[runs - 1],
-                flops / 1e9
+                "{arch_name} {label} at {size}px, {threads} thread(s): median {median:.1} ms {per} over {runs} runs \
+                 (min {lo:.1}, max {hi:.1}){}{}",
+                if flops > 0.0 {
+                    format!("; {:.1} GFLOP, {gflops:.1} GFLOP/s", flops / 1e9)
+                } else {
+                    String::new()
+                },
+                if extra.is_empty() {
+                    String::new()
+                } else {
+                    format!("; {}", serde_json::Value::Object(extra))
+                }
             );
         }
         Ok(())

@@ -81,3 +81,85 @@ impl ClipModel {
         to_safetensors(&named).map_err(js_err)
     }
 }
+
+/// Detection in the browser: the same functions the CLI calls.
+#[wasm_bindgen]
+impl ClipModel {
+    /// The WinCLIP class pair for a bundled category (`object` for custom objects) and an
+    /// optional custom object name, through the text tower: `Float32Array [2·P]` (normal row,
+    /// then anomalous row; unit vectors). `descriptions` adds the category's defect phrases.
+    #[wasm_bindgen(js_name = textPair)]
+    pub fn text_pair(
+        &mut self,
+        category: &str,
+        object: Option<String>,
+        descriptions: bool,
+    ) -> Result<Vec<f32>, JsError> {
+        use crate::detect::prompts;
+        let cat = prompts::category(category)
+            .map_err(js_err)?
+            .ok_or_else(|| JsError::new(&format!("unknown category `{category}`")))?;
+        let cat = match object {
+            Some(o) => prompts::Category::new(&cat.name, &o, &cat.defects).map_err(js_err)?,
+            None => cat,
+        };
+        let kind = if descriptions {
+            prompts::EnsembleKind::Descriptions
+        } else {
+            prompts::EnsembleKind::WinClip
+        };
+        let (normal, anomalous) = prompts::ensemble(&cat, kind);
+        if self.tokenizer.is_none() {
+            self.tokenizer = Some(ClipTokenizer::new().map_err(js_err)?);
+        }
+        let tok = self.tokenizer.as_ref().expect("set above");
+        let pair = crate::detect::TextPair::from_prompts(&self.clip, tok, &normal, &anomalous).map_err(js_err)?;
+        Ok([pair.normal, pair.anomalous].concat())
+    }
+
+    /// Scores one normalised image `[1, 3, height, width]` with `mode` = `fast` or `winclip`
+    /// against a class pair (`[2·P]`, as [`ClipModel::text_pair`] returns). Returns
+    /// `Float32Array [score, map...]` with the map `height × width` row-major. `surgery_layers`
+    /// (fast mode) 0 = half the tower.
+    pub fn detect(
+        &self,
+        mode: &str,
+        pixels: &[f32],
+        height: usize,
+        width: usize,
+        text: &[f32],
+        surgery_layers: usize,
+    ) -> Result<Vec<f32>, JsError> {
+        use crate::detect::{fast, winclip, TextPair, TEMPERATURE};
+        let p = self.clip.cfg.embed_dim;
+        if text.len() != 2 * p {
+            return Err(JsError::new(&format!(
+                "the class pair must hold 2×{p} values, got {}",
+                text.len()
+            )));
+        }
+        if pixels.len() != 3 * height * width {
+            return Err(JsError::new(&format!(
+                "pixels hold {} values, expected 3×{height}×{width}",
+                pixels.len()
+            )));
+        }
+        let pair = TextPair::new(text[..p].to_vec(), text[p..].to_vec()).map_err(js_err)?;
+        let t = Tensor::from_slice(pixels, (1, 3, height, width), &Device::Cpu).map_err(|e| js_err(e.into()))?;
+        let det = match mode {
+            "fast" => {
+                let k = if surgery_layers == 0 {
+                    fast::default_surgery_layers(&self.clip)
+                } else {
+                    surgery_layers
+                };
+                fast::detect(&self.clip, &t, &pair, k, TEMPERATURE)
+            }
+            "winclip" => winclip::detect(&self.clip, &t, &pair, None, &winclip::WinClipConfig::default()),
+            other => return Err(JsError::new(&format!("unknown mode `{other}` (fast, winclip)"))),
+        }
+        .map_err(js_err)?;
+        let d = &det[0];
+        Ok(std::iter::once(d.score).chain(d.map.iter().copied()).collect())
+    }
+}

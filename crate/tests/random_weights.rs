@@ -69,3 +69,12 @@ fn vit_b_16_flops_match_the_quoted_figure() {
     let gflop = anoscope::embed::vision_flops(&cfg, 224) / 1e9;
     assert!((gflop - 35.1).abs() < 0.2, "{gflop}");
 }
+
+#[test]
+fn winclip_flops_match_the_quoted_figure() {
+    // 673 GFLOP per image at 240 px with ViT-B-16-plus-240: 1 full pass + 365 window passes.
+    let (f, j) = arch_config("vit-b-16-plus-240").unwrap();
+    let cfg = ClipConfig::from_json(f, &j).unwrap();
+    let gflop = anoscope::embed::winclip_flops(&cfg, 240, &[2, 3]) / 1e9;
+    assert!((gflop - 673.0).abs() < 10.0, "{gflop}");
+}
