@@ -559,7 +559,7 @@ pub const PIXEL_VALUES: &str = "pixel_values";
 /// safetensors file, converting f32 / f16 / bf16 / f64 to `f32`. Used by parity tests that feed
 /// exactly the reference implementation's pixels, bypassing decoding and resampling.
 pub fn pixels_from_safetensors(bytes: &[u8]) -> Result<(Vec<f32>, [usize; 4])> {
-    use safetensors::{Dtype, SafeTensors};
+    use safetensors::SafeTensors;
     let st = SafeTensors::deserialize(bytes).map_err(|e| anyhow!("not a valid safetensors file: {e}"))?;
     let t = st.tensor(PIXEL_VALUES).map_err(|_| {
         let mut names: Vec<String> = st.names().into_iter().map(String::from).collect();
@@ -576,26 +576,8 @@ pub fn pixels_from_safetensors(bytes: &[u8]) -> Result<(Vec<f32>, [usize; 4])> {
     if n == 0 || h == 0 || w == 0 {
         bail!("`{PIXEL_VALUES}` has an empty dimension: shape {shape:?}");
     }
-    let data = t.data();
-    let values: Vec<f32> = match t.dtype() {
-        Dtype::F32 => data
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect(),
-        Dtype::F16 => data
-            .chunks_exact(2)
-            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
-        Dtype::BF16 => data
-            .chunks_exact(2)
-            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
-        Dtype::F64 => data
-            .chunks_exact(8)
-            .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32)
-            .collect(),
-        other => bail!("`{PIXEL_VALUES}` must be f32, f16, bf16 or f64, got {other:?}"),
-    };
+    let values = crate::model::weights::view_to_f32(&t)
+        .map_err(|_| anyhow::anyhow!("`{PIXEL_VALUES}` must be f32, f16, bf16 or f64, got {:?}", t.dtype()))?;
     if values.len() != n * c * h * w {
         bail!(
             "`{PIXEL_VALUES}` holds {} values, shape {shape:?} needs {}",

@@ -257,21 +257,6 @@ pub fn heatmap_rgba(map: &[f32], width: usize, height: usize, norm: Normalizatio
     out
 }
 
-/// Source sample positions along one axis for a bilinear resize with half-pixel centres
-/// (`align_corners=False`, as torch's `interpolate` and OpenCV's `resize`): `(i0, i1, t)` per
-/// output index, reading `src[i0] + (src[i1] - src[i0]) * t`.
-fn bilinear_axis(src: usize, dst: usize) -> Vec<(usize, usize, f32)> {
-    let scale = src as f64 / dst as f64;
-    let last = (src - 1) as f64;
-    (0..dst)
-        .map(|i| {
-            let s = ((i as f64 + 0.5) * scale - 0.5).clamp(0.0, last);
-            let i0 = s.floor() as usize;
-            (i0, (i0 + 1).min(src - 1), (s - i0 as f64) as f32)
-        })
-        .collect()
-}
-
 /// `a + (b - a) * t`, exactly `a` when `t == 0` (so a NaN neighbour with no weight does not leak).
 fn lerp(a: f32, b: f32, t: f32) -> f32 {
     if t == 0.0 {
@@ -302,8 +287,8 @@ pub fn resize_bilinear(map: &[f32], width: usize, height: usize, out_w: usize, o
     if (width, height) == (out_w, out_h) {
         return Ok(map.to_vec());
     }
-    let xs = bilinear_axis(width, out_w);
-    let ys = bilinear_axis(height, out_h);
+    let xs = crate::detect::aggregate::bilinear_axis(width, out_w, false);
+    let ys = crate::detect::aggregate::bilinear_axis(height, out_h, false);
     let mut out = Vec::with_capacity(out_n);
     for &(y0, y1, ty) in &ys {
         let (r0, r1) = (&map[y0 * width..][..width], &map[y1 * width..][..width]);

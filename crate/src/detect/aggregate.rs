@@ -111,19 +111,43 @@ pub fn anomaly_probability(e: &[f32], normal_unit: &[f32], anomalous_unit: &[f32
 /// assert_eq!(bilinear_resize(&[0.0, 1.0], 1, 2, 1, 4), vec![0.0, 0.25, 0.75, 1.0]);
 /// ```
 pub fn bilinear_resize(src: &[f32], ih: usize, iw: usize, oh: usize, ow: usize) -> Vec<f32> {
-    let axis = |inp: usize, out: usize| -> Vec<(usize, usize, f32)> {
-        let scale = inp as f32 / out as f32;
-        (0..out)
-            .map(|o| {
-                let s = ((o as f32 + 0.5) * scale - 0.5).max(0.0);
-                let i0 = (s.floor() as usize).min(inp - 1);
-                let i1 = (i0 + 1).min(inp - 1);
-                (i0, i1, s - i0 as f32)
-            })
-            .collect()
-    };
-    let ys = axis(ih, oh);
-    let xs = axis(iw, ow);
+    bilinear(src, ih, iw, oh, ow, false)
+}
+
+/// As [`bilinear_resize`] with `align_corners=True` (source index `o·(in−1)/(out−1)`), the
+/// upsampling of the official MuSc code.
+///
+/// ```
+/// use anoscope::detect::aggregate::bilinear_resize_align_corners;
+/// assert_eq!(bilinear_resize_align_corners(&[0.0, 1.0], 1, 2, 1, 3), vec![0.0, 0.5, 1.0]);
+/// ```
+pub fn bilinear_resize_align_corners(src: &[f32], ih: usize, iw: usize, oh: usize, ow: usize) -> Vec<f32> {
+    bilinear(src, ih, iw, oh, ow, true)
+}
+
+/// `(i0, i1, weight of i1)` for every output index along one axis.
+pub fn bilinear_axis(inp: usize, out: usize, align_corners: bool) -> Vec<(usize, usize, f32)> {
+    (0..out)
+        .map(|o| {
+            let s = if align_corners {
+                if out > 1 {
+                    o as f32 * (inp as f32 - 1.0) / (out as f32 - 1.0)
+                } else {
+                    0.0
+                }
+            } else {
+                ((o as f32 + 0.5) * (inp as f32 / out as f32) - 0.5).max(0.0)
+            };
+            let i0 = (s.floor() as usize).min(inp - 1);
+            let i1 = (i0 + 1).min(inp - 1);
+            (i0, i1, s - i0 as f32)
+        })
+        .collect()
+}
+
+fn bilinear(src: &[f32], ih: usize, iw: usize, oh: usize, ow: usize, align_corners: bool) -> Vec<f32> {
+    let ys = bilinear_axis(ih, oh, align_corners);
+    let xs = bilinear_axis(iw, ow, align_corners);
     let mut out = Vec::with_capacity(oh * ow);
     for &(y0, y1, ly) in &ys {
         for &(x0, x1, lx) in &xs {

@@ -28,13 +28,7 @@ pub fn detect(
     surgery_layers: usize,
     temperature: f32,
 ) -> Result<Vec<Detection>> {
-    if text.dim() != clip.cfg.embed_dim {
-        bail!(
-            "text embeddings have {} dimensions, the model {}",
-            text.dim(),
-            clip.cfg.embed_dim
-        );
-    }
+    text.check_model(clip)?;
     if surgery_layers == 0 {
         bail!("fast mode needs at least one surgery layer");
     }

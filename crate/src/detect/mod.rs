@@ -66,6 +66,18 @@ impl TextPair {
         Self::new(mean(normal)?, mean(anomalous)?)
     }
 
+    /// Errors unless the pair lives in `clip`'s embedding space.
+    pub fn check_model(&self, clip: &Clip) -> Result<()> {
+        if self.dim() != clip.cfg.embed_dim {
+            bail!(
+                "text embeddings have {} dimensions, the model {}",
+                self.dim(),
+                clip.cfg.embed_dim
+            );
+        }
+        Ok(())
+    }
+
     pub fn dim(&self) -> usize {
         self.normal.len()
     }

@@ -18,6 +18,7 @@
 //!
 //! Memory: features are `n × |r| × |layers| × N × D` floats; distances are computed one image
 //! against the batch at a time (`N × n·N` similarities), never the whole `nN × nN` matrix.
+use super::aggregate::bilinear_resize_align_corners;
 use super::Detection;
 use crate::model::{Clip, EncodeOptions};
 use anyhow::{bail, Result};
@@ -135,35 +136,6 @@ pub fn mutual_scores(feats: &[Tensor], topmin_max: f64) -> Result<Vec<Vec<f32>>>
         out.push(scores);
     }
     Ok(out)
-}
-
-/// Bilinear resampling with `align_corners=True` (the official MuSc upsampling).
-pub fn bilinear_resize_align_corners(src: &[f32], ih: usize, iw: usize, oh: usize, ow: usize) -> Vec<f32> {
-    let axis = |inp: usize, out: usize| -> Vec<(usize, usize, f32)> {
-        let scale = if out > 1 {
-            (inp as f32 - 1.0) / (out as f32 - 1.0)
-        } else {
-            0.0
-        };
-        (0..out)
-            .map(|o| {
-                let s = o as f32 * scale;
-                let i0 = (s.floor() as usize).min(inp - 1);
-                let i1 = (i0 + 1).min(inp - 1);
-                (i0, i1, s - i0 as f32)
-            })
-            .collect()
-    };
-    let (ys, xs) = (axis(ih, oh), axis(iw, ow));
-    let mut out = Vec::with_capacity(oh * ow);
-    for &(y0, y1, ly) in &ys {
-        for &(x0, x1, lx) in &xs {
-            let top = (1.0 - lx) * src[y0 * iw + x0] + lx * src[y0 * iw + x1];
-            let bottom = (1.0 - lx) * src[y1 * iw + x0] + lx * src[y1 * iw + x1];
-            out.push((1.0 - ly) * top + ly * bottom);
-        }
-    }
-    out
 }
 
 /// RsCIN: re-scores raw image scores with the image-level neighbourhood. `embeds` are the

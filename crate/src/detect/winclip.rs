@@ -188,13 +188,7 @@ pub fn detect(
     refs: Option<&References>,
     cfg: &WinClipConfig,
 ) -> Result<Vec<Detection>> {
-    if text.dim() != clip.cfg.embed_dim {
-        bail!(
-            "text embeddings have {} dimensions, the model {}",
-            text.dim(),
-            clip.cfg.embed_dim
-        );
-    }
+    text.check_model(clip)?;
     let feats = features(clip, pixels, cfg)?;
     feats.iter().map(|f| detect_features(f, text, refs, cfg)).collect()
 }
