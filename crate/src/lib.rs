@@ -5,6 +5,9 @@
 //! * [`preprocess`]: image decoding with limits and CLIP / square-resize preprocessing.
 pub mod detect;
 pub mod embed;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod eval;
+pub mod metrics;
 pub mod model;
 pub mod preprocess;
 pub mod render;

@@ -10,6 +10,7 @@ fn main() {
 #[cfg(not(target_arch = "wasm32"))]
 mod cli {
     mod detect;
+    mod eval;
     use anoscope::embed::{embed_image, embed_text, to_safetensors, vision_flops};
     use anoscope::model::random::{arch_config, random_source, write_random_checkpoint, StoreDtype, ARCHS};
     use anoscope::model::{Clip, ClipConfig};
@@ -125,6 +126,8 @@ mod cli {
         },
         /// Score images: anomaly score, map and overlay per image.
         Detect(detect::DetectArgs),
+        /// Evaluate a mode on a dataset in the MVTec AD layout: metrics, scores, maps, overlays.
+        Eval(eval::EvalArgs),
         /// Bundled prompt sets.
         Prompts {
             #[command(subcommand)]
@@ -265,6 +268,7 @@ mod cli {
             } => bench(&arch, model.as_deref(), threads, runs, json, mode, batch),
             Cmd::Convert { model, dtype, out } => convert(&model, dtype, &out),
             Cmd::Detect(args) => detect::detect(args),
+            Cmd::Eval(args) => eval::eval(args),
             Cmd::Prompts {
                 cmd: PromptsCmd::Build(args),
             } => detect::prompts_build(args),

@@ -1,0 +1,139 @@
+//! `anoscope eval`: a detection mode over a dataset in the MVTec AD layout, with metrics (the
+//! logic is in [`anoscope::eval`]).
+use anoscope::eval::{self, EvalOptions, Mode, Progress};
+use anyhow::Result;
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::PathBuf;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum EvalMode {
+    /// One pass with value-to-value (CLIP Surgery) tokens.
+    Fast,
+    /// WinCLIP zero-shot.
+    Winclip,
+    /// WinCLIP+ with --shots normal references drawn from train/good.
+    Fewshot,
+    /// MuSc over all test images of a category at once (2…256 images).
+    Batch,
+}
+
+impl From<EvalMode> for Mode {
+    fn from(m: EvalMode) -> Self {
+        match m {
+            EvalMode::Fast => Mode::Fast,
+            EvalMode::Winclip => Mode::Winclip,
+            EvalMode::Fewshot => Mode::Fewshot,
+            EvalMode::Batch => Mode::Batch,
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct EvalArgs {
+    /// Checkpoint directory (Hugging Face or open_clip layout).
+    #[arg(long)]
+    model: PathBuf,
+    /// Dataset root: ROOT/<category>/{train/good,test/<defect>,ground_truth/<defect>}, or one
+    /// category folder (with test/ directly).
+    #[arg(long)]
+    dataset: PathBuf,
+    /// Categories to evaluate (default: all under the root).
+    #[arg(long, value_delimiter = ',')]
+    categories: Vec<String>,
+    #[arg(long, value_enum, default_value = "fast")]
+    mode: EvalMode,
+    /// Normal references per category for --mode fewshot (default 1), drawn from train/good.
+    #[arg(long)]
+    shots: Option<usize>,
+    /// Seed of the reference draw (ChaCha8; recorded in run.json).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Input side in pixels (default: the checkpoint's); images are resized to a square and pixel
+    /// metrics are computed at this resolution.
+    #[arg(long)]
+    size: Option<u32>,
+    /// Prompt category for every dataset category (default: matched from the folder name).
+    #[arg(long)]
+    prompt_category: Option<String>,
+    /// Surgery layers for --mode fast (default: half the tower).
+    #[arg(long)]
+    surgery_layers: Option<usize>,
+    /// Overlays per category of the highest-scored good and lowest-scored anomalous images.
+    #[arg(long, default_value_t = 3)]
+    worst: usize,
+    /// Output folder (metrics.json, metrics.csv, scores.csv, maps/, overlays/, run.json, ...).
+    #[arg(long)]
+    out: PathBuf,
+    /// Continue an interrupted run in --out (same settings): finished images are skipped.
+    #[arg(long)]
+    resume: bool,
+}
+
+/// The progress bar (stderr; hidden when stderr is not a terminal) and notes.
+struct Bar {
+    bar: ProgressBar,
+}
+
+impl Progress for Bar {
+    fn begin(&mut self, to_score: usize, resumed: usize) {
+        self.bar.set_length(to_score as u64);
+        self.bar.reset_eta();
+        if resumed > 0 {
+            self.note(&format!("resuming: {resumed} images already scored"));
+        }
+    }
+
+    fn category(&mut self, name: &str) {
+        self.bar.set_message(name.to_string());
+    }
+
+    fn advance(&mut self, n: usize) {
+        self.bar.inc(n as u64);
+    }
+
+    fn note(&mut self, msg: &str) {
+        // Printed above the bar (and also when the bar is hidden).
+        self.bar.suspend(|| eprintln!("{msg}"));
+    }
+
+    fn done_scoring(&mut self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+pub fn eval(args: EvalArgs) -> Result<()> {
+    let opts = EvalOptions {
+        model: args.model,
+        dataset: args.dataset,
+        categories: args.categories,
+        mode: args.mode.into(),
+        shots: args.shots,
+        seed: args.seed,
+        size: args.size,
+        prompt_category: args.prompt_category,
+        surgery_layers: args.surgery_layers,
+        out: args.out,
+        resume: args.resume,
+        worst: args.worst,
+    };
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} images  {per_sec}  elapsed {elapsed}  ETA {eta}  {msg}")
+            .expect("valid template"),
+    );
+    let mut progress = Bar { bar };
+    let result = eval::run(&opts, &mut progress);
+    progress.bar.finish_and_clear();
+    let summary = result?;
+    println!("{}", summary.markdown);
+    println!(
+        "{} images: {} new, {} resumed; {:.1} s; results in {}",
+        summary.new_images + summary.resumed_images,
+        summary.new_images,
+        summary.resumed_images,
+        summary.seconds,
+        opts.out.display()
+    );
+    Ok(())
+}
