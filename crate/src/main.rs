@@ -92,28 +92,8 @@ mod cli {
             #[arg(long)]
             out: PathBuf,
         },
-        /// Time the image tower (batch 1) after a warm-up and print the median.
-        Bench {
-            #[arg(long, default_value = "vit-b-16", value_parser = clap::builder::PossibleValuesParser::new(ARCHS))]
-            arch: String,
-            /// Use this checkpoint instead of random weights.
-            #[arg(long)]
-            model: Option<PathBuf>,
-            /// Threads for the matrix kernels (default: all cores).
-            #[arg(long)]
-            threads: Option<usize>,
-            #[arg(long, default_value_t = 5)]
-            runs: usize,
-            /// Print one JSON object instead of text.
-            #[arg(long)]
-            json: bool,
-            /// What to time.
-            #[arg(long, value_enum, default_value = "encode")]
-            mode: BenchMode,
-            /// Batch size for --mode musc.
-            #[arg(long, default_value_t = 16)]
-            batch: usize,
-        },
+        /// Time the encoder or a detection mode (batch 1) after a warm-up; median per image.
+        Bench(BenchArgs),
         /// Convert a checkpoint's floating-point tensors to another storage type (f16 for the
         /// browser: half the download; computation stays f32).
         Convert {
@@ -140,6 +120,32 @@ mod cli {
             #[arg(long, default_value_t = 8080)]
             port: u16,
         },
+    }
+
+    #[derive(clap::Args)]
+    struct BenchArgs {
+        #[arg(long, default_value = "vit-b-16", value_parser = clap::builder::PossibleValuesParser::new(ARCHS))]
+        arch: String,
+        /// Use this checkpoint instead of random weights.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Threads for the matrix kernels (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+        /// What to time.
+        #[arg(long, value_enum, default_value = "encode")]
+        mode: BenchMode,
+        /// Batch size for --mode musc.
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+        /// Input side in pixels (default: the checkpoint's).
+        #[arg(long)]
+        size: Option<usize>,
     }
 
     #[derive(Subcommand)]
@@ -257,15 +263,7 @@ mod cli {
                 );
                 Ok(())
             }
-            Cmd::Bench {
-                arch,
-                model,
-                threads,
-                runs,
-                json,
-                mode,
-                batch,
-            } => bench(&arch, model.as_deref(), threads, runs, json, mode, batch),
+            Cmd::Bench(args) => bench(args),
             Cmd::Convert { model, dtype, out } => convert(&model, dtype, &out),
             Cmd::Detect(args) => detect::detect(args),
             Cmd::Eval(args) => eval::eval(args),
@@ -321,15 +319,18 @@ mod cli {
         Ok((median, times[0], times[runs - 1]))
     }
 
-    fn bench(
-        arch: &str,
-        model: Option<&Path>,
-        threads: Option<usize>,
-        runs: usize,
-        json: bool,
-        mode: BenchMode,
-        batch: usize,
-    ) -> Result<()> {
+    fn bench(args: BenchArgs) -> Result<()> {
+        let BenchArgs {
+            arch,
+            model,
+            threads,
+            runs,
+            json,
+            mode,
+            batch,
+            size,
+        } = args;
+        let (arch, model) = (arch.as_str(), model.as_deref());
         use anoscope::detect::{fast, musc, prompts, winclip, TextPair, TEMPERATURE};
         if runs == 0 {
             bail!("--runs must be at least 1");
@@ -351,7 +352,10 @@ mod cli {
                 Clip::from_source(&cfg, &random_source(&cfg, 0, mode == BenchMode::Text)?)?
             }
         };
-        let size = clip.cfg.vision.image_size;
+        let size = size.unwrap_or(clip.cfg.vision.image_size);
+        if size < clip.cfg.vision.patch_size || size > 4096 {
+            bail!("--size must be in {}..=4096, got {size}", clip.cfg.vision.patch_size);
+        }
         let pixels = Tensor::randn(0f32, 1f32, (1, 3, size, size), &Device::Cpu)?;
         let p = clip.cfg.embed_dim;
         let text = TextPair::new(
@@ -414,14 +418,14 @@ mod cli {
         } else {
             0.0
         };
-        let arch_name = if model.is_some() {
-            format!("{arch} (checkpoint)")
-        } else {
-            arch.to_string()
+        let arch_name = match model {
+            Some(dir) => format!("checkpoint {}", dir.display()),
+            None => arch.to_string(),
         };
         if json {
             let mut obj = serde_json::json!({
-                "arch": arch_name, "mode": label, "threads": threads, "runs": runs, "ms": median, "gflops": gflops,
+                "arch": arch_name, "mode": label, "size": size, "threads": threads, "runs": runs, "ms": median,
+                "gflops": gflops, "images_per_s": 1e3 / median,
             });
             if mode == BenchMode::Encode {
                 obj["encode_ms"] = median.into();
@@ -436,8 +440,9 @@ mod cli {
                 "per image"
             };
             println!(
-                "{arch_name} {label} at {size}px, {threads} thread(s): median {median:.1} ms {per} over {runs} runs \
-                 (min {lo:.1}, max {hi:.1}){}{}",
+                "{arch_name} {label} at {size}px, {threads} thread(s): median {median:.1} ms {per} ({:.2}/s) over \
+                 {runs} runs (min {lo:.1}, max {hi:.1}){}{}",
+                1e3 / median,
                 if flops > 0.0 {
                     format!("; {:.1} GFLOP, {gflops:.1} GFLOP/s", flops / 1e9)
                 } else {
