@@ -166,6 +166,8 @@ mod cli {
         Text,
         /// MuSc over a batch (--batch images), reported per image.
         Musc,
+        /// Every mode above, one line (or JSON object) each.
+        All,
     }
 
     pub fn run() -> i32 {
@@ -349,7 +351,10 @@ mod cli {
             None => {
                 let (file, json) = arch_config(arch)?;
                 let cfg = ClipConfig::from_json(file, &json)?;
-                Clip::from_source(&cfg, &random_source(&cfg, 0, mode == BenchMode::Text)?)?
+                Clip::from_source(
+                    &cfg,
+                    &random_source(&cfg, 0, matches!(mode, BenchMode::Text | BenchMode::All))?,
+                )?
             }
         };
         let size = size.unwrap_or(clip.cfg.vision.image_size);
@@ -369,91 +374,100 @@ mod cli {
             out.image_embeds.flatten_all()?.to_vec1::<f32>()?;
             Ok(())
         };
-        let mut extra = serde_json::Map::new();
-        let (label, flops, (median, lo, hi)) = match mode {
-            BenchMode::Encode => ("encode", vision_flops(&clip.cfg, size), time_median(runs, encode)?),
-            BenchMode::Fast => {
-                let k = fast::default_surgery_layers(&clip);
-                let (enc, _, _) = time_median(runs, encode)?;
-                let t = time_median(runs, || fast::detect(&clip, &pixels, &text, k, TEMPERATURE).map(|_| ()))?;
-                extra.insert("encode_ms".into(), enc.into());
-                extra.insert("ratio_vs_encode".into(), (t.0 / enc).into());
-                extra.insert("surgery_layers".into(), k.into());
-                ("fast", vision_flops(&clip.cfg, size), t)
-            }
-            BenchMode::Winclip => {
-                let cfg = winclip::WinClipConfig::default();
-                let t = time_median(runs, || winclip::detect(&clip, &pixels, &text, None, &cfg).map(|_| ()))?;
-                (
-                    "winclip",
-                    anoscope::embed::winclip_flops(&clip.cfg, size, &cfg.scales),
-                    t,
-                )
-            }
-            BenchMode::Text => {
-                let tok = ClipTokenizer::new()?;
-                let (n, a) = prompts::winclip_ensemble("bottle");
-                extra.insert("prompts".into(), (n.len() + a.len()).into());
-                (
-                    "text",
-                    0.0,
-                    time_median(runs, || TextPair::from_prompts(&clip, &tok, &n, &a).map(|_| ()))?,
-                )
-            }
-            BenchMode::Musc => {
-                if batch < 2 {
-                    bail!("--batch must be at least 2 for MuSc");
+        let modes = match mode {
+            BenchMode::All => {
+                let mut v = vec![BenchMode::Encode, BenchMode::Fast, BenchMode::Winclip, BenchMode::Musc];
+                if clip.text.is_some() {
+                    v.push(BenchMode::Text);
                 }
-                let px = Tensor::randn(0f32, 1f32, (batch, 3, size, size), &Device::Cpu)?;
-                let cfg = musc::MuscConfig::default();
-                let (m, lo, hi) = time_median(runs, || musc::detect(&clip, &px, &cfg).map(|_| ()))?;
-                extra.insert("batch".into(), batch.into());
-                extra.insert("batch_ms".into(), m.into());
-                let b = batch as f64;
-                ("musc", 0.0, (m / b, lo / b, hi / b))
+                v
             }
+            m => vec![m],
         };
-        let gflops = if flops > 0.0 {
-            flops / (median * 1e-3) / 1e9
-        } else {
-            0.0
-        };
-        let arch_name = match model {
-            Some(dir) => format!("checkpoint {}", dir.display()),
-            None => arch.to_string(),
-        };
-        if json {
-            let mut obj = serde_json::json!({
-                "arch": arch_name, "mode": label, "size": size, "threads": threads, "runs": runs, "ms": median,
-                "gflops": gflops, "images_per_s": 1e3 / median,
-            });
-            if mode == BenchMode::Encode {
-                obj["encode_ms"] = median.into();
-            }
-            let map = obj.as_object_mut().expect("object");
-            map.extend(extra);
-            println!("{obj}");
-        } else {
-            let per = if mode == BenchMode::Text {
-                "per class"
-            } else {
-                "per image"
+        for m in modes {
+            let mut extra = serde_json::Map::new();
+            let (label, flops, (median, lo, hi)) = match m {
+                BenchMode::Encode => ("encode", vision_flops(&clip.cfg, size), time_median(runs, encode)?),
+                BenchMode::Fast => {
+                    let k = fast::default_surgery_layers(&clip);
+                    let (enc, _, _) = time_median(runs, encode)?;
+                    let t = time_median(runs, || fast::detect(&clip, &pixels, &text, k, TEMPERATURE).map(|_| ()))?;
+                    extra.insert("encode_ms".into(), enc.into());
+                    extra.insert("ratio_vs_encode".into(), (t.0 / enc).into());
+                    extra.insert("surgery_layers".into(), k.into());
+                    ("fast", vision_flops(&clip.cfg, size), t)
+                }
+                BenchMode::Winclip => {
+                    let cfg = winclip::WinClipConfig::default();
+                    let t = time_median(runs, || winclip::detect(&clip, &pixels, &text, None, &cfg).map(|_| ()))?;
+                    (
+                        "winclip",
+                        anoscope::embed::winclip_flops(&clip.cfg, size, &cfg.scales),
+                        t,
+                    )
+                }
+                BenchMode::Text => {
+                    let tok = ClipTokenizer::new()?;
+                    let (n, a) = prompts::winclip_ensemble("bottle");
+                    extra.insert("prompts".into(), (n.len() + a.len()).into());
+                    (
+                        "text",
+                        0.0,
+                        time_median(runs, || TextPair::from_prompts(&clip, &tok, &n, &a).map(|_| ()))?,
+                    )
+                }
+                BenchMode::All => unreachable!("expanded above"),
+                BenchMode::Musc => {
+                    if batch < 2 {
+                        bail!("--batch must be at least 2 for MuSc");
+                    }
+                    let px = Tensor::randn(0f32, 1f32, (batch, 3, size, size), &Device::Cpu)?;
+                    let cfg = musc::MuscConfig::default();
+                    let (m, lo, hi) = time_median(runs, || musc::detect(&clip, &px, &cfg).map(|_| ()))?;
+                    extra.insert("batch".into(), batch.into());
+                    extra.insert("batch_ms".into(), m.into());
+                    let b = batch as f64;
+                    ("musc", 0.0, (m / b, lo / b, hi / b))
+                }
             };
-            println!(
-                "{arch_name} {label} at {size}px, {threads} thread(s): median {median:.1} ms {per} ({:.2}/s) over \
-                 {runs} runs (min {lo:.1}, max {hi:.1}){}{}",
-                1e3 / median,
-                if flops > 0.0 {
-                    format!("; {:.1} GFLOP, {gflops:.1} GFLOP/s", flops / 1e9)
-                } else {
-                    String::new()
-                },
-                if extra.is_empty() {
-                    String::new()
-                } else {
-                    format!("; {}", serde_json::Value::Object(extra))
+            let gflops = if flops > 0.0 {
+                flops / (median * 1e-3) / 1e9
+            } else {
+                0.0
+            };
+            let arch_name = match model {
+                Some(dir) => format!("checkpoint {}", dir.display()),
+                None => arch.to_string(),
+            };
+            if json {
+                let mut obj = serde_json::json!({
+                    "arch": arch_name, "mode": label, "size": size, "threads": threads, "runs": runs, "ms": median,
+                    "gflops": gflops, "images_per_s": 1e3 / median,
+                });
+                if m == BenchMode::Encode {
+                    obj["encode_ms"] = median.into();
                 }
-            );
+                let map = obj.as_object_mut().expect("object");
+                map.extend(extra);
+                println!("{obj}");
+            } else {
+                let per = if m == BenchMode::Text { "per class" } else { "per image" };
+                println!(
+                    "{arch_name} {label} at {size}px, {threads} thread(s): median {median:.1} ms {per} ({:.2}/s) over \
+                     {runs} runs (min {lo:.1}, max {hi:.1}){}{}",
+                    1e3 / median,
+                    if flops > 0.0 {
+                        format!("; {:.1} GFLOP, {gflops:.1} GFLOP/s", flops / 1e9)
+                    } else {
+                        String::new()
+                    },
+                    if extra.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; {}", serde_json::Value::Object(extra))
+                    }
+                );
+            }
         }
         Ok(())
     }

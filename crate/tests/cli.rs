@@ -233,3 +233,35 @@ fn surgery_layers_beyond_depth_is_an_error() {
     assert!(!ok);
     assert!(err.contains("surgery layers 9 exceeds the 3 layers"), "{err}");
 }
+
+#[test]
+fn bench_all_modes_reports_each_mode() {
+    let model = fixtures().join("winclip_tiny");
+    let out = Command::new(env!("CARGO_BIN_EXE_anoscope"))
+        .args([
+            "bench",
+            "--model",
+            model.to_str().unwrap(),
+            "--mode",
+            "all",
+            "--runs",
+            "1",
+            "--batch",
+            "3",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let modes: Vec<&str> = lines.iter().map(|v| v["mode"].as_str().unwrap()).collect();
+    assert_eq!(modes, ["encode", "fast", "winclip", "musc", "text"]);
+    for v in &lines {
+        assert_eq!(v["size"], 48);
+        assert!(v["ms"].as_f64().unwrap() > 0.0 && v["images_per_s"].as_f64().unwrap() > 0.0);
+    }
+    assert!(lines[0]["encode_ms"].as_f64().is_some() && lines[0]["gflops"].as_f64().unwrap() > 0.0);
+}
