@@ -170,6 +170,20 @@ mod cli {
         All,
     }
 
+    /// Prints a line on stdout; a closed pipe (`anoscope … | head`) ends the program quietly
+    /// instead of panicking as `println!` would.
+    pub(crate) fn emit(line: &str) {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        if let Err(e) = writeln!(out, "{line}") {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+            eprintln!("error: cannot write to stdout: {e}");
+            std::process::exit(1);
+        }
+    }
+
     pub fn run() -> i32 {
         let cli = match Cli::try_parse() {
             Ok(c) => c,
@@ -449,10 +463,10 @@ mod cli {
                 }
                 let map = obj.as_object_mut().expect("object");
                 map.extend(extra);
-                println!("{obj}");
+                emit(&obj.to_string());
             } else {
                 let per = if m == BenchMode::Text { "per class" } else { "per image" };
-                println!(
+                emit(&format!(
                     "{arch_name} {label} at {size}px, {threads} thread(s): median {median:.1} ms {per} ({:.2}/s) over \
                      {runs} runs (min {lo:.1}, max {hi:.1}){}{}",
                     1e3 / median,
@@ -466,7 +480,7 @@ mod cli {
                     } else {
                         format!("; {}", serde_json::Value::Object(extra))
                     }
-                );
+                ));
             }
         }
         Ok(())

@@ -305,7 +305,7 @@ pub fn detect(args: DetectArgs) -> Result<()> {
             &px,
             &clip,
         )?;
-        println!("{}\t{:.4}\t{:.0} ms", inputs.stems[i], det.score, ms);
+        super::emit(&format!("{}\t{:.4}\t{:.0} ms", inputs.stems[i], det.score, ms));
     }
     Ok(())
 }

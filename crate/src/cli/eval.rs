@@ -126,14 +126,14 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     let result = eval::run(&opts, &mut progress);
     progress.bar.finish_and_clear();
     let summary = result?;
-    println!("{}", summary.markdown);
-    println!(
+    super::emit(summary.markdown.trim_end_matches('\n'));
+    super::emit(&format!(
         "{} images: {} new, {} resumed; {:.1} s; results in {}",
         summary.new_images + summary.resumed_images,
         summary.new_images,
         summary.resumed_images,
         summary.seconds,
         opts.out.display()
-    );
+    ));
     Ok(())
 }
