@@ -43,7 +43,7 @@
 //! values of [`crate::metrics`] on exactly these, pushed in `scores.csv` order.
 use crate::detect::prompts::{self, EnsembleKind};
 use crate::detect::winclip::{self, WinClipConfig};
-use crate::detect::{fast, musc, Detection, TextPair, TEMPERATURE};
+use crate::detect::{fast, musc, Detection, TextPair};
 use crate::metrics::{self, PixelAccumulator};
 use crate::model::{CheckpointFiles, Clip};
 use crate::preprocess::{self, ImageLimits, Normalize};
@@ -89,43 +89,7 @@ pub const METRIC_COLUMNS: [&str; 10] = [
 // ---------------------------------------------------------------------------------------------
 // Modes
 
-/// The detection mode an evaluation runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// [`fast::detect`] with [`fast::default_surgery_layers`] (or the given number).
-    Fast,
-    /// [`winclip::detect`] without references.
-    Winclip,
-    /// [`winclip::detect`] with references from `shots` `train/good` images.
-    Fewshot,
-    /// [`musc::detect`] over all test images of a category at once (no text).
-    Batch,
-}
-
-impl Mode {
-    pub const ALL: [Mode; 4] = [Mode::Fast, Mode::Winclip, Mode::Fewshot, Mode::Batch];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Fast => "fast",
-            Mode::Winclip => "winclip",
-            Mode::Fewshot => "fewshot",
-            Mode::Batch => "batch",
-        }
-    }
-
-    /// Whether the mode compares against the text class pair.
-    pub fn uses_text(self) -> bool {
-        self != Mode::Batch
-    }
-}
-
-impl std::fmt::Display for Mode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use crate::detect::Mode;
 
 // ---------------------------------------------------------------------------------------------
 // Dataset scanning
@@ -1089,12 +1053,15 @@ impl Scorer<'_> {
     fn score_one(&self, path: &Path) -> Result<(Detection, (u32, u32))> {
         let (px, dims) = load_pixels(&[path], self.size, &self.norm)?;
         let text = self.text.as_ref().context("text modes need the class pair")?;
-        let dets = match self.mode {
-            Mode::Fast => fast::detect(self.clip, &px, text, self.surgery_layers, TEMPERATURE)?,
-            Mode::Winclip | Mode::Fewshot => winclip::detect(self.clip, &px, text, self.refs.as_ref(), &self.cfg)?,
-            Mode::Batch => bail!("batch mode scores whole categories"),
-        };
-        let det = dets.into_iter().next().context("no detection")?;
+        let det = crate::detect::score_image(
+            self.clip,
+            &px,
+            self.mode,
+            text,
+            self.refs.as_ref(),
+            self.surgery_layers,
+            &self.cfg,
+        )?;
         Ok((det, dims[0]))
     }
 }

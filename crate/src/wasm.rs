@@ -130,7 +130,7 @@ impl ClipModel {
         text: &[f32],
         surgery_layers: usize,
     ) -> Result<Vec<f32>, JsError> {
-        use crate::detect::{fast, winclip, TextPair, TEMPERATURE};
+        use crate::detect::{fast, winclip, TextPair};
         let p = self.clip.cfg.embed_dim;
         if text.len() != 2 * p {
             return Err(JsError::new(&format!(
@@ -146,20 +146,17 @@ impl ClipModel {
         }
         let pair = TextPair::new(text[..p].to_vec(), text[p..].to_vec()).map_err(js_err)?;
         let t = Tensor::from_slice(pixels, (1, 3, height, width), &Device::Cpu).map_err(|e| js_err(e.into()))?;
-        let det = match mode {
-            "fast" => {
-                let k = if surgery_layers == 0 {
-                    fast::default_surgery_layers(&self.clip)
-                } else {
-                    surgery_layers
-                };
-                fast::detect(&self.clip, &t, &pair, k, TEMPERATURE)
-            }
-            "winclip" => winclip::detect(&self.clip, &t, &pair, None, &winclip::WinClipConfig::default()),
-            other => return Err(JsError::new(&format!("unknown mode `{other}` (fast, winclip)"))),
+        let mode: crate::detect::Mode = mode.parse().map_err(js_err)?;
+        if !matches!(mode, crate::detect::Mode::Fast | crate::detect::Mode::Winclip) {
+            return Err(JsError::new(&format!("unknown mode `{mode}` here (fast, winclip)")));
         }
-        .map_err(js_err)?;
-        let d = &det[0];
+        let k = if surgery_layers == 0 {
+            fast::default_surgery_layers(&self.clip)
+        } else {
+            surgery_layers
+        };
+        let d = crate::detect::score_image(&self.clip, &t, mode, &pair, None, k, &winclip::WinClipConfig::default())
+            .map_err(js_err)?;
         Ok(std::iter::once(d.score).chain(d.map.iter().copied()).collect())
     }
 }

@@ -1,7 +1,7 @@
 //! `anoscope detect` and `anoscope prompts build`.
 use anoscope::detect::prompts::{self, EnsembleKind, PromptBundle};
 use anoscope::detect::winclip::{self, WinClipConfig};
-use anoscope::detect::{fast, musc, Detection, TextPair, TEMPERATURE};
+use anoscope::detect::{fast, musc, score_image, Detection, Mode, TextPair};
 use anoscope::model::{CheckpointFiles, Clip};
 use anoscope::preprocess::{self, ImageLimits, Normalize};
 use anoscope::render;
@@ -12,25 +12,26 @@ use clap::{Args, ValueEnum};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Mode {
+/// `--mode` on the command line (the same modes for `detect` and `eval`).
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum ModeArg {
     /// One pass with value-to-value (CLIP Surgery) tokens (default; webcam, weak machines).
     Fast,
     /// WinCLIP: multi-scale windows, harmonic aggregation (accurate, heavy).
     Winclip,
-    /// WinCLIP+: WinCLIP plus normal reference images (--refs / --ref-pixels).
+    /// WinCLIP+: WinCLIP plus normal reference images.
     Fewshot,
     /// MuSc: the images score each other (at least 2, no text).
     Batch,
 }
 
-impl Mode {
-    fn as_str(self) -> &'static str {
-        match self {
-            Mode::Fast => "fast",
-            Mode::Winclip => "winclip",
-            Mode::Fewshot => "fewshot",
-            Mode::Batch => "batch",
+impl From<ModeArg> for Mode {
+    fn from(m: ModeArg) -> Self {
+        match m {
+            ModeArg::Fast => Mode::Fast,
+            ModeArg::Winclip => Mode::Winclip,
+            ModeArg::Fewshot => Mode::Fewshot,
+            ModeArg::Batch => Mode::Batch,
         }
     }
 }
@@ -47,7 +48,7 @@ pub struct DetectArgs {
     #[arg(long)]
     object: Option<String>,
     #[arg(long, value_enum, default_value = "fast")]
-    mode: Mode,
+    mode: ModeArg,
     /// Normal reference images (few-shot).
     #[arg(long, num_args = 1..)]
     refs: Vec<PathBuf>,
@@ -237,21 +238,22 @@ pub fn detect(args: DetectArgs) -> Result<()> {
         (None, true) => bail!("give images to score (or --pixels FILE)"),
     };
     let n = inputs.stems.len();
-    if args.mode == Mode::Batch && n < 2 {
+    let mode = Mode::from(args.mode);
+    if mode == Mode::Batch && n < 2 {
         bail!("batch mode (MuSc) needs at least 2 images, got {n}");
     }
-    if args.mode == Mode::Fewshot && args.refs.is_empty() && args.ref_pixels.is_none() {
+    if mode == Mode::Fewshot && args.refs.is_empty() && args.ref_pixels.is_none() {
         bail!("few-shot mode needs at least one normal reference image (--refs IMG ... or --ref-pixels FILE)");
     }
-    let text = if args.mode == Mode::Batch {
-        None
-    } else {
+    let text = if mode.uses_text() {
         Some(text_pair(&clip, &args, &files.weights)?)
+    } else {
+        None
     };
     std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
     let cfg = WinClipConfig::default();
     let (_, _, h, w) = inputs.pixels.dims4()?;
-    let refs = if args.mode == Mode::Fewshot {
+    let refs = if mode == Mode::Fewshot {
         let r = match &args.ref_pixels {
             Some(p) => load_pixels(p)?.pixels,
             None => load_images(&args.refs, size, &norm)?.pixels,
@@ -265,32 +267,26 @@ pub fn detect(args: DetectArgs) -> Result<()> {
         None
     };
     let t0 = Instant::now();
-    let dets: Vec<(Detection, f64)> = match args.mode {
+    let dets: Vec<(Detection, f64)> = match mode {
         Mode::Batch => {
             let out = musc::detect(&clip, &inputs.pixels, &musc::MuscConfig::default())?;
             let per = t0.elapsed().as_secs_f64() * 1e3 / n as f64;
             out.detections.into_iter().map(|d| (d, per)).collect()
         }
-        mode => (0..n)
-            .map(|i| {
-                let t = Instant::now();
-                let px = inputs.pixels.narrow(0, i, 1)?;
-                let text = text.as_ref().expect("text for text modes");
-                let d = match mode {
-                    Mode::Fast => {
-                        let k = args
-                            .surgery_layers
-                            .unwrap_or_else(|| fast::default_surgery_layers(&clip));
-                        fast::detect(&clip, &px, text, k, TEMPERATURE)?
-                    }
-                    _ => winclip::detect(&clip, &px, text, refs.as_ref(), &cfg)?,
-                };
-                Ok((
-                    d.into_iter().next().expect("one image"),
-                    t.elapsed().as_secs_f64() * 1e3,
-                ))
-            })
-            .collect::<Result<_>>()?,
+        mode => {
+            let text = text.as_ref().context("text modes need the class pair")?;
+            let k = args
+                .surgery_layers
+                .unwrap_or_else(|| fast::default_surgery_layers(&clip));
+            (0..n)
+                .map(|i| {
+                    let t = Instant::now();
+                    let px = inputs.pixels.narrow(0, i, 1)?;
+                    let d = score_image(&clip, &px, mode, text, refs.as_ref(), k, &cfg)?;
+                    Ok((d, t.elapsed().as_secs_f64() * 1e3))
+                })
+                .collect::<Result<_>>()?
+        }
     };
     for (i, (det, ms)) in dets.iter().enumerate() {
         let px = inputs.pixels.narrow(0, i, 1)?;
@@ -298,7 +294,7 @@ pub fn detect(args: DetectArgs) -> Result<()> {
             &args.out,
             &inputs.stems[i],
             det,
-            args.mode,
+            mode,
             &args.category,
             *ms,
             inputs.originals[i].as_ref(),

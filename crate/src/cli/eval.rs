@@ -1,33 +1,11 @@
 //! `anoscope eval`: a detection mode over a dataset in the MVTec AD layout, with metrics (the
 //! logic is in [`anoscope::eval`]).
-use anoscope::eval::{self, EvalOptions, Mode, Progress};
+use super::detect::ModeArg;
+use anoscope::eval::{self, EvalOptions, Progress};
 use anyhow::Result;
-use clap::{Args, ValueEnum};
+use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum EvalMode {
-    /// One pass with value-to-value (CLIP Surgery) tokens.
-    Fast,
-    /// WinCLIP zero-shot.
-    Winclip,
-    /// WinCLIP+ with --shots normal references drawn from train/good.
-    Fewshot,
-    /// MuSc over all test images of a category at once (2…256 images).
-    Batch,
-}
-
-impl From<EvalMode> for Mode {
-    fn from(m: EvalMode) -> Self {
-        match m {
-            EvalMode::Fast => Mode::Fast,
-            EvalMode::Winclip => Mode::Winclip,
-            EvalMode::Fewshot => Mode::Fewshot,
-            EvalMode::Batch => Mode::Batch,
-        }
-    }
-}
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -42,7 +20,7 @@ pub struct EvalArgs {
     #[arg(long, value_delimiter = ',')]
     categories: Vec<String>,
     #[arg(long, value_enum, default_value = "fast")]
-    mode: EvalMode,
+    mode: ModeArg,
     /// Normal references per category for --mode fewshot (default 1), drawn from train/good.
     #[arg(long)]
     shots: Option<usize>,

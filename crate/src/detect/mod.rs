@@ -9,7 +9,8 @@ pub mod winclip;
 
 use crate::model::Clip;
 use crate::tokenizer::ClipTokenizer;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
+use candle_core::Tensor;
 
 /// WinCLIP's softmax temperature (the CLIP paper's 0.07).
 pub const TEMPERATURE: f32 = 0.07;
@@ -86,6 +87,77 @@ impl TextPair {
     pub fn score(&self, e: &[f32], temperature: f32) -> f32 {
         aggregate::anomaly_probability(e, &self.normal, &self.anomalous, temperature)
     }
+}
+
+/// A detection mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// [`fast::detect`]: one pass with v-v (CLIP Surgery) tokens.
+    Fast,
+    /// [`winclip::detect`] without references.
+    Winclip,
+    /// [`winclip::detect`] with normal references (WinCLIP+).
+    Fewshot,
+    /// [`musc::detect`]: the images of a batch score each other (no text).
+    Batch,
+}
+
+impl Mode {
+    pub const ALL: [Mode; 4] = [Mode::Fast, Mode::Winclip, Mode::Fewshot, Mode::Batch];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Fast => "fast",
+            Mode::Winclip => "winclip",
+            Mode::Fewshot => "fewshot",
+            Mode::Batch => "batch",
+        }
+    }
+
+    /// Whether the mode compares against the text class pair.
+    pub fn uses_text(self) -> bool {
+        self != Mode::Batch
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Mode {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Mode::ALL
+            .into_iter()
+            .find(|m| m.as_str() == s)
+            .with_context(|| format!("unknown mode `{s}` (fast, winclip, fewshot, batch)"))
+    }
+}
+
+/// Scores one normalised image `pixels: [1, 3, H, W]` in a per-image mode (every mode but
+/// batch). `refs` is required for few-shot; `surgery_layers` is fast mode's K.
+pub fn score_image(
+    clip: &Clip,
+    pixels: &Tensor,
+    mode: Mode,
+    text: &TextPair,
+    refs: Option<&winclip::References>,
+    surgery_layers: usize,
+    cfg: &winclip::WinClipConfig,
+) -> Result<Detection> {
+    let dets = match mode {
+        Mode::Fast => fast::detect(clip, pixels, text, surgery_layers, TEMPERATURE)?,
+        Mode::Winclip => winclip::detect(clip, pixels, text, None, cfg)?,
+        Mode::Fewshot => {
+            let refs = refs.context("few-shot mode needs at least one normal reference image")?;
+            winclip::detect(clip, pixels, text, Some(refs), cfg)?
+        }
+        Mode::Batch => bail!("batch mode scores a whole batch together (musc::detect), not one image"),
+    };
+    dets.into_iter().next().context("no image in the input")
 }
 
 /// The result for one image.

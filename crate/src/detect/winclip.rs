@@ -60,7 +60,10 @@ pub fn features(clip: &Clip, pixels: &Tensor, cfg: &WinClipConfig) -> Result<Vec
     let mut out = Vec::with_capacity(b);
     for i in 0..b {
         let px = pixels.narrow(0, i, 1)?;
-        let full = clip.vision.forward(&px, &EncodeOptions::default())?;
+        let emb = clip.vision.embed(&px)?;
+        let full = clip
+            .vision
+            .forward_embedded(&emb, clip.vision.grid_for(h, w)?, &EncodeOptions::default())?;
         let grid = full.grid;
         let n = grid.0 * grid.1;
         let patch_tokens = clip
@@ -68,7 +71,6 @@ pub fn features(clip: &Clip, pixels: &Tensor, cfg: &WinClipConfig) -> Result<Vec
             .w
             .ln_post
             .forward(&full.last_hidden_state.narrow(1, 1, n)?.squeeze(0)?)?;
-        let emb = clip.vision.embed(&px)?;
         let mut windows = Vec::with_capacity(cfg.scales.len());
         for &s in &cfg.scales {
             let subsets = make_windows(grid.0, grid.1, s, 1);

@@ -99,6 +99,20 @@ impl VisionTower {
 
     /// A full pass over `pixels: [B, 3, H, W]` (already normalised).
     pub fn forward(&self, pixels: &Tensor, opts: &EncodeOptions) -> Result<VisionOutput> {
+        let (_, _, h, w) = pixels.dims4()?;
+        let grid = self.grid_for(h, w)?;
+        self.forward_embedded(&self.embed(pixels)?, grid, opts)
+    }
+
+    /// A full pass from token embeddings `[B, 1+N, D]` ([`VisionTower::embed`]) on a
+    /// `grid = (rows, columns)` patch grid, for callers that also need the embeddings
+    /// (WinCLIP's token subsets) and should not compute them twice.
+    pub fn forward_embedded(
+        &self,
+        embeddings: &Tensor,
+        grid: (usize, usize),
+        opts: &EncodeOptions,
+    ) -> Result<VisionOutput> {
         let v = &self.cfg.vision;
         let layers = v.layers;
         if opts.surgery_layers > layers {
@@ -110,10 +124,15 @@ impl VisionTower {
         if let Some(&bad) = opts.hidden_layers.iter().find(|&&l| l > layers) {
             bail!("hidden layer {bad} does not exist (valid: 0..={layers})");
         }
-        let (_, _, h, w) = pixels.dims4()?;
-        let grid = self.grid_for(h, w)?;
         let n = grid.0 * grid.1;
-        let mut x = self.w.ln_pre.forward(&self.embed(pixels)?)?;
+        if embeddings.dim(1)? != n + 1 {
+            bail!(
+                "embeddings hold {} tokens, a {grid:?} grid needs {}",
+                embeddings.dim(1)?,
+                n + 1
+            );
+        }
+        let mut x = self.w.ln_pre.forward(embeddings)?;
         let mut hidden: Vec<Option<Tensor>> = vec![None; layers + 1];
         let keep = |i: usize| opts.hidden_layers.contains(&i);
         if keep(0) {
