@@ -1,32 +1,19 @@
 //! The CLI contract: names, shapes and values of `embed` / `embed-text` outputs, and clean
 //! errors (non-zero exit, a message on stderr, never a panic) for bad input.
-use candle_core::{Device, Tensor};
-use std::collections::HashMap;
-use std::path::PathBuf;
+mod common;
+
+use candle_core::Tensor;
+use common::{fixtures, load};
 use std::process::Command;
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
-}
-
 fn anoscope(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_anoscope"))
-        .args(args)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(!stderr.contains("panicked"), "panic for {args:?}: {stderr}");
-    (out.status.success(), stderr)
-}
-
-fn load(path: &std::path::Path) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(path, &Device::Cpu).unwrap()
+    let (ok, _, stderr) = common::run(args);
+    (ok, stderr)
 }
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims());
-    let a: Vec<f32> = a.flatten_all().unwrap().to_vec1().unwrap();
-    let b: Vec<f32> = b.flatten_all().unwrap().to_vec1().unwrap();
+    let (a, b) = (common::flat(a), common::flat(b));
     a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 

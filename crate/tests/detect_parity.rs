@@ -1,37 +1,26 @@
 //! Fidelity of the detection modes: WinCLIP / WinCLIP+ against anomalib's own `WinClipModel`,
 //! the fast dense mode against its Python transcription, MuSc against a transcription of the
 //! official code (fixtures by tests/reference/make_detection_fixtures.py).
+mod common;
+
 use anoscope::detect::musc::{self, MuscConfig};
 use anoscope::detect::prompts::winclip_ensemble;
 use anoscope::detect::winclip::{self, References, WinClipConfig};
 use anoscope::detect::{fast, TextPair, TEMPERATURE};
 use anoscope::model::Clip;
 use anoscope::tokenizer::{ClipTokenizer, Padding};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
+use common::{fixtures, flat};
 use std::collections::HashMap;
-use std::path::PathBuf;
 
 const TOL: f32 = 1e-4;
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
-}
-
 fn load(name: &str) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(fixtures().join(name), &Device::Cpu).unwrap()
+    common::load(&fixtures().join(name))
 }
 
 fn model() -> Clip {
     Clip::load_dir(&fixtures().join("winclip_tiny")).unwrap()
-}
-
-fn flat(t: &Tensor) -> Vec<f32> {
-    t.to_dtype(DType::F32)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
 }
 
 fn close(what: &str, ours: &[f32], want: &[f32]) {

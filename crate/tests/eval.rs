@@ -1,11 +1,13 @@
 //! `anoscope eval` end to end: the tiny random model on tests/data/tiny_mvtec (3 good and 4
 //! anomalous bottle test images at 64×64), every mode; the metrics must equal the library's
 //! metric functions recomputed from scores.csv, the written maps and the masks.
+mod common;
+
 use anoscope::metrics::{self, PixelAccumulator};
 use candle_core::{Device, Tensor};
+use common::{repo, run};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 const KEYS: [&str; 10] = [
     "image_auroc",
@@ -20,30 +22,12 @@ const KEYS: [&str; 10] = [
     "n_anomalous",
 ];
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
 fn model() -> PathBuf {
     repo().join("tests/fixtures/winclip_tiny")
 }
 
 fn tiny() -> PathBuf {
     repo().join("tests/data/tiny_mvtec")
-}
-
-fn run(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_anoscope"))
-        .args(args)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(!stderr.contains("panicked"), "panic for {args:?}: {stderr}");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        stderr,
-    )
 }
 
 fn eval(dataset: &Path, out: &Path, extra: &[&str]) -> (bool, String, String) {

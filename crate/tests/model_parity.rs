@@ -1,38 +1,26 @@
 //! Fidelity: our towers against transformers' and open_clip's outputs on tiny random
 //! checkpoints (fixtures written by tests/reference/make_fixtures.py).
+mod common;
+
 use anoscope::model::{Clip, EncodeOptions};
-use candle_core::{DType, Device, Tensor};
+use candle_core::Tensor;
+use common::{fixtures, flat, load};
 use std::collections::HashMap;
-use std::path::PathBuf;
 
 const TOL: f32 = 1e-4;
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
-}
-
 fn expected(layout: &str) -> HashMap<String, Tensor> {
-    let path = fixtures().join(format!("{layout}_expected.safetensors"));
-    candle_core::safetensors::load(&path, &Device::Cpu).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    load(&fixtures().join(format!("{layout}_expected.safetensors")))
 }
 
 fn model(layout: &str) -> Clip {
     Clip::load_dir(&fixtures().join(layout)).unwrap()
 }
 
-fn f32s(t: &Tensor) -> Vec<f32> {
-    t.to_dtype(DType::F32)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
-}
-
 /// Asserts equal shapes and max |Δ| ≤ TOL; returns max |Δ|.
 fn assert_close(what: &str, ours: &Tensor, want: &Tensor) -> f32 {
     assert_eq!(ours.dims(), want.dims(), "{what}: shape");
-    let (a, b) = (f32s(ours), f32s(want));
+    let (a, b) = (flat(ours), flat(want));
     let max = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
     let scale = b.iter().map(|x| x.abs()).fold(0f32, f32::max);
     eprintln!("{what}: max |Δ| = {max:.3e} (max |value| {scale:.3})");
@@ -149,7 +137,7 @@ fn check_text(layout: &str) {
     let rows: Vec<Vec<u32>> = ids.chunks(77).map(|r| r.iter().map(|&i| i as u32).collect()).collect();
     let got = clip.text.as_ref().unwrap().forward(&rows).unwrap();
     assert_close(&format!("{layout} text_embeds"), &got, &exp["text_embeds"]);
-    let ls = f32s(&exp["logit_scale"])[0];
+    let ls = flat(&exp["logit_scale"])[0];
     let ours = clip.logit_scale.unwrap();
     assert!((ours.ln() - ls).abs() < 1e-5, "logit_scale {ours} vs exp({ls})");
 }
