@@ -19,12 +19,12 @@ fn images_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/images")
 }
 
-/// A fresh, empty scratch directory for one test.
-fn scratch(test: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("anoscope-preprocess-{}-{test}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// A fresh, empty scratch directory for one test, removed when dropped.
+fn scratch(test: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("anoscope-preprocess-{test}-"))
+        .tempdir()
+        .unwrap()
 }
 
 fn encode(img: DynamicImage, format: ImageFormat) -> Vec<u8> {
@@ -469,7 +469,8 @@ fn decodes_other_formats_by_content_not_name() {
         (9, 7)
     );
     // A PNG saved under a .jpg name is still decoded as a PNG.
-    let dir = scratch("by_content");
+    let scratch_dir = scratch("by_content");
+    let dir = scratch_dir.path().to_path_buf();
     let path = dir.join("really_a_png.jpg");
     std::fs::write(&path, encode(DynamicImage::ImageRgb8(src.clone()), ImageFormat::Png)).unwrap();
     assert_eq!(load_image(&path, &ImageLimits::default()).unwrap(), src);
@@ -505,7 +506,8 @@ fn rejects_oversized_png_header_without_decoding() {
     assert_eq!(MAX_IMAGE_PIXELS, 67_108_864);
     assert_eq!(ImageLimits::default().max_pixels(), MAX_IMAGE_PIXELS);
 
-    let dir = scratch("oversized");
+    let scratch_dir = scratch("oversized");
+    let dir = scratch_dir.path().to_path_buf();
     let path = dir.join("huge.png");
     std::fs::write(&path, &png).unwrap();
     let msg = err_string(load_image(&path, &ImageLimits::default()));
@@ -582,7 +584,8 @@ fn rejects_non_images_empty_and_truncated_input() {
 #[test]
 fn path_errors_name_the_file_and_the_problem() {
     let limits = ImageLimits::default();
-    let dir = scratch("path_errors");
+    let scratch_dir = scratch("path_errors");
+    let dir = scratch_dir.path().to_path_buf();
 
     let missing = dir.join("no_such_image.png");
     let msg = err_string(load_image(&missing, &limits));
@@ -655,7 +658,8 @@ fn pixels_from_safetensors_round_trip_f32_f16_bf16() {
     assert_eq!(got, values);
 
     // Path variant.
-    let dir = scratch("st_round_trip");
+    let scratch_dir = scratch("st_round_trip");
+    let dir = scratch_dir.path().to_path_buf();
     let path = dir.join("pixels.safetensors");
     std::fs::write(&path, st_bytes("pixel_values", Dtype::F32, &shape, &f32_bytes)).unwrap();
     assert_eq!(pixels_from_safetensors_file(&path).unwrap(), (values, shape));
@@ -703,7 +707,8 @@ fn pixels_from_safetensors_errors() {
     let msg = err_string(pixels_from_safetensors(b"definitely not safetensors"));
     assert_contains(&msg, &["not a valid safetensors file"]);
 
-    let dir = scratch("st_errors");
+    let scratch_dir = scratch("st_errors");
+    let dir = scratch_dir.path().to_path_buf();
     let missing = dir.join("missing_pixels.safetensors");
     let msg = err_string(pixels_from_safetensors_file(&missing));
     assert_contains(&msg, &["missing_pixels.safetensors", "No such file"]);
