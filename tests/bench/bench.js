@@ -1,0 +1,103 @@
+// One benchmark block in the page: ?peer=ours|ort&threads=N&runs=R&warmup=W&size=S.
+// The result (or an error) is stored in window.__bench for tests/bench/browser_bench.mjs.
+const q = new URLSearchParams(location.search);
+const peer = q.get('peer');
+const threads = Number(q.get('threads') || 1);
+const runs = Number(q.get('runs') || 5);
+const warmup = Number(q.get('warmup') || 2);
+const size = Number(q.get('size') || 224);
+
+/** The same deterministic pixels for both peers (xorshift32 → roughly N(0,1) via 4 uniforms). */
+function pixels() {
+  const out = new Float32Array(3 * size * size);
+  let s = 0x9e3779b9;
+  const u = () => {
+    s ^= s << 13;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    return (s >>> 0) / 4294967296;
+  };
+  for (let i = 0; i < out.length; i++) out[i] = (u() + u() + u() + u() - 2) * 1.7320508;
+  return out;
+}
+
+/** Reads one F32 tensor out of safetensors bytes. */
+function tensor(bytes, name) {
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const n = Number(view.getBigUint64(0, true));
+  const header = JSON.parse(new TextDecoder().decode(bytes.subarray(8, 8 + n)));
+  const [a, b] = header[name].data_offsets;
+  return new Float32Array(bytes.slice(8 + n + a, 8 + n + b).buffer);
+}
+
+function median(xs) {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+}
+
+async function bytesOf(url) {
+  const r = await fetch(url);
+  if (!r.ok) throw new Error(`${url}: HTTP ${r.status}`);
+  return new Uint8Array(await r.arrayBuffer());
+}
+
+async function makeOurs() {
+  if (threads !== 1) throw new Error('the wasm build is single-threaded');
+  const { default: init, ClipModel } = await import('/pkg/anoscope.js');
+  await init();
+  const config = await (await fetch('/model/config.json')).text();
+  const model = ClipModel.load('config.json', config, await bytesOf('/model/model.safetensors'));
+  return (x) => tensor(model.embedImage(x, size, size, 0), 'image_embeds');
+}
+
+async function makeOrt() {
+  const ort = await import('/ort/ort.wasm.min.mjs');
+  ort.env.wasm.wasmPaths = '/ort/';
+  ort.env.wasm.numThreads = threads;
+  ort.env.wasm.proxy = false;
+  const session = await ort.InferenceSession.create('/onnx/model.onnx', {
+    executionProviders: ['wasm'],
+    graphOptimizationLevel: 'all',
+  });
+  return async (x) => {
+    const out = await session.run({ pixel_values: new ort.Tensor('float32', x, [1, 3, size, size]) });
+    return out.image_embeds.data;
+  };
+}
+
+async function main() {
+  const t0 = performance.now();
+  const run = peer === 'ours' ? await makeOurs() : peer === 'ort' ? await makeOrt() : null;
+  if (!run) throw new Error(`unknown peer ${peer}`);
+  const loadMs = performance.now() - t0;
+  const x = pixels();
+  let embeds = null;
+  for (let i = 0; i < warmup; i++) embeds = await run(x);
+  const times = [];
+  for (let i = 0; i < runs; i++) {
+    const t = performance.now();
+    embeds = await run(x);
+    times.push(performance.now() - t);
+  }
+  return {
+    peer,
+    threads,
+    crossOriginIsolated: self.crossOriginIsolated,
+    loadMs,
+    times,
+    medianMs: median(times),
+    embeds: Array.from(embeds),
+  };
+}
+
+main().then(
+  (r) => {
+    window.__bench = r;
+    document.getElementById('status').textContent = `done: ${r.medianMs.toFixed(0)} ms`;
+  },
+  (e) => {
+    window.__bench = { error: String(e?.stack ?? e) };
+    document.getElementById('status').textContent = `error: ${e}`;
+  },
+);
