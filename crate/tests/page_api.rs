@@ -128,3 +128,27 @@ fn musc_progress_counts_every_step_and_can_stop_the_run() {
     .unwrap_err();
     assert_eq!(err.to_string(), "stopped by the caller");
 }
+
+#[test]
+fn text_pair_progress_counts_prompts_and_can_stop() {
+    use anoscope::detect::{prompts, TextPair, PROMPT_BATCH};
+    use anoscope::tokenizer::ClipTokenizer;
+    let clip = Clip::load_dir(&common::fixtures().join("hf_tiny")).unwrap();
+    let tok = ClipTokenizer::new().unwrap();
+    let (n, a) = prompts::winclip_ensemble("ceramic mug");
+    assert_eq!((n.len(), a.len(), PROMPT_BATCH), (147, 84, 64));
+    let mut calls = Vec::new();
+    let pair = TextPair::from_prompts_with_progress(&clip, &tok, &n, &a, &mut |d, t| {
+        calls.push((d, t));
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(calls, vec![(64, 231), (128, 231), (147, 231), (211, 231), (231, 231)]);
+    assert_eq!(pair, TextPair::from_prompts(&clip, &tok, &n, &a).unwrap());
+    let err = TextPair::from_prompts_with_progress(&clip, &tok, &n, &a, &mut |d, _| {
+        anyhow::ensure!(d < 100, "cancelled");
+        Ok(())
+    })
+    .unwrap_err();
+    assert_eq!(err.to_string(), "cancelled");
+}

@@ -156,7 +156,9 @@ test('textPair from the prompt bundle equals textPair from the text tower', () =
   assert.deepEqual(m.loadPrompts(bundle, WEIGHTS_SHA), API_CATEGORIES);
   assert.deepEqual(m.categories(), API_CATEGORIES);
   for (const [kind, descriptions] of [['winclip', false], ['descriptions', true]]) {
-    const fromBundle = m.textPair('bottle', undefined, descriptions);
+    const calls = [];
+    const fromBundle = m.textPair('bottle', undefined, descriptions, undefined, () => calls.push(1));
+    assert.equal(calls.length, 0, 'the bundle answers without the text tower');
     assert.equal(fromBundle.length, 96);
     const d = maxAbs(fromBundle, tower[kind]);
     console.log(`textPair(bottle, ${kind}): bundle vs text tower max|Δ| = ${d.toExponential(2)}`);
@@ -177,6 +179,18 @@ test('textPair: custom object and defects go through the text tower', () => {
   assert.ok(maxAbs(base, custom) > 1e-3);
   assert.ok(maxAbs(custom.subarray(0, 48), withDefects.subarray(0, 48)) < 1e-6, 'defects leave the normal side');
   assert.ok(maxAbs(custom.subarray(48), withDefects.subarray(48)) > 1e-3, 'defects change the anomalous side');
+  // Progress: prompts encoded so far, in batches of 64 (147 normal, then 84 anomalous prompts).
+  const calls = [];
+  const again = model.textPair('object', 'ceramic mug', false, undefined, (done, total) => calls.push([done, total]));
+  assert.deepEqual(calls, [[64, 231], [128, 231], [147, 231], [211, 231], [231, 231]]);
+  assert.deepEqual(Array.from(again), Array.from(custom));
+  assert.throws(
+    () =>
+      model.textPair('object', 'ceramic mug', false, undefined, (done) => {
+        if (done > 100) throw new Error('cancelled by the user');
+      }),
+    /prompt encoding stopped: cancelled by the user/,
+  );
   assert.throws(() => model.textPair('spaceship', undefined, false), /unknown category `spaceship` \(known: .*bottle/);
   assert.throws(() => model.textPair('object', 'x'.repeat(1001), false), /too long: 1001 characters \(at most 1000\)/);
   assert.throws(() => model.textPair('object', 'mug', false, ['a dent', 'a dent']), /twice/);

@@ -283,14 +283,7 @@ impl ClipModel {
                     &JsValue::from(total as u32),
                     &JsValue::from_str(stage),
                 )
-                .map_err(|e| {
-                    let msg = e
-                        .dyn_ref::<js_sys::Error>()
-                        .map(|e| String::from(e.message()))
-                        .or_else(|| e.as_string())
-                        .unwrap_or_else(|| "the progress callback threw".into());
-                    anyhow!("batch stopped: {msg}")
-                })?;
+                .map_err(|e| anyhow!("batch stopped: {}", super::js_message(&e)))?;
             }
             Ok(())
         };

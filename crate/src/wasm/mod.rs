@@ -34,6 +34,14 @@ pub(crate) fn js_err(e: anyhow::Error) -> JsError {
     JsError::new(&format!("{e:#}"))
 }
 
+/// The message of a thrown JS value (an `Error`'s message, a string, or a fallback).
+pub(crate) fn js_message(e: &JsValue) -> String {
+    e.dyn_ref::<js_sys::Error>()
+        .map(|e| String::from(e.message()))
+        .or_else(|| e.as_string())
+        .unwrap_or_else(|| "the callback threw".into())
+}
+
 /// The crate version.
 #[wasm_bindgen]
 pub fn version() -> String {

@@ -85,6 +85,7 @@ impl ClipModel {
         object: Option<String>,
         descriptions: bool,
         defects: Option<Vec<String>>,
+        progress: Option<&js_sys::Function>,
     ) -> Result<TextPair> {
         let object = object.filter(|o| !o.trim().is_empty());
         let defects = defects.filter(|d| !d.is_empty());
@@ -113,7 +114,18 @@ impl ClipModel {
         let (normal, anomalous) = prompts::ensemble(&cat, kind);
         prompts::check_ensemble(&normal, &anomalous)?;
         let tok = tokenizer(&mut self.tokenizer)?;
-        TextPair::from_prompts(&self.clip, tok, &normal, &anomalous)
+        let mut report = |done: usize, total: usize| -> Result<()> {
+            if let Some(f) = progress {
+                f.call2(
+                    &JsValue::NULL,
+                    &JsValue::from(done as u32),
+                    &JsValue::from(total as u32),
+                )
+                .map_err(|e| anyhow!("prompt encoding stopped: {}", super::js_message(&e)))?;
+            }
+            Ok(())
+        };
+        TextPair::from_prompts_with_progress(&self.clip, tok, &normal, &anomalous, &mut report)
     }
 }
 
@@ -177,7 +189,9 @@ impl ClipModel {
     /// row; unit vectors). `object` replaces the category's object name in the prompts;
     /// `descriptions` adds the category's defect phrases; `defects` (non-empty) replaces them and
     /// implies `descriptions`. Without `object` and `defects` the loaded prompt bundle answers
-    /// when it has the entry; otherwise the text tower encodes the prompts.
+    /// when it has the entry; otherwise the text tower encodes the prompts, calling
+    /// `progress(done, total)` (prompts encoded) as it goes; if `progress` throws, encoding stops
+    /// with that message.
     #[wasm_bindgen(js_name = textPair)]
     pub fn text_pair(
         &mut self,
@@ -185,9 +199,10 @@ impl ClipModel {
         object: Option<String>,
         descriptions: bool,
         defects: Option<Vec<String>>,
+        progress: Option<js_sys::Function>,
     ) -> Result<Vec<f32>, JsError> {
         let pair = self
-            .text_pair_impl(category, object, descriptions, defects)
+            .text_pair_impl(category, object, descriptions, defects, progress.as_ref())
             .map_err(js_err)?;
         Ok([pair.normal, pair.anomalous].concat())
     }
