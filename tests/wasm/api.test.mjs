@@ -140,8 +140,14 @@ test('ClipModel.load: sizes, and clear errors', () => {
   assert.equal(S, 32);
   assert.equal(model.hasText(), true);
   assert.equal(model.embedDim(), 48);
-  assert.throws(() => ClipModel.load('config.json', CONFIG, new Uint8Array(100)), /./);
-  assert.throws(() => ClipModel.load('config.json', '{not json', new Uint8Array(WEIGHTS)), /./);
+  assert.throws(
+    () => ClipModel.load('config.json', CONFIG, new Uint8Array(100)),
+    /weights: not a valid safetensors file \(truncated or corrupt\?\)/,
+  );
+  assert.throws(() => ClipModel.load('config.json', '{not json', new Uint8Array(WEIGHTS)), /`config.json` is not valid JSON/);
+  assert.throws(() => ClipModel.load('weights.bin', CONFIG, new Uint8Array(WEIGHTS)), /unknown checkpoint layout/);
+  const truncated = new Uint8Array(WEIGHTS).subarray(0, WEIGHTS.length - 1000);
+  assert.throws(() => ClipModel.load('config.json', CONFIG, truncated), /not a valid safetensors file \(truncated or corrupt\?\)/);
 });
 
 test('textPair from the prompt bundle equals textPair from the text tower', () => {
@@ -242,7 +248,10 @@ test('loadPrompts rejects a bundle for another model with a clear message and ke
     () => m.loadPrompts(wrongDim, undefined),
     /this prompt file was built for another model: its text embeddings have 32 dimensions, this checkpoint's have 48/,
   );
-  assert.throws(() => m.loadPrompts(new TextEncoder().encode('not a prompt file'), undefined), /./);
+  assert.throws(
+    () => m.loadPrompts(new TextEncoder().encode('not a prompt file'), undefined),
+    /not a valid safetensors prompt file \(truncated or corrupt\?\)/,
+  );
   // Nothing was loaded by the failures; a good load then works.
   assert.ok(m.categories().length >= 28);
   assert.deepEqual(m.loadPrompts(bytes, WEIGHTS_SHA.toUpperCase()), API_CATEGORIES);
