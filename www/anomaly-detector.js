@@ -56,6 +56,10 @@ class AnomalyDetector extends HTMLElement {
     if (this.client) return;
     this.client = new DetectorClient(new URL('worker.js', BASE));
     this.ready = this.#start();
+    this.ready.then(
+      () => this.getAttribute('src') && this.#detectSrc(),
+      () => {},
+    );
     this.$input.addEventListener('change', () => {
       const [f] = this.$input.files;
       this.$input.value = '';
@@ -83,7 +87,8 @@ class AnomalyDetector extends HTMLElement {
   }
 
   attributeChangedCallback(name, old, value) {
-    if (name === 'src' && value && old !== value && this.client) this.#detectSrc();
+    // The first `src` is scored once the model is loaded (connectedCallback); later changes here.
+    if (name === 'src' && value && old !== null && old !== value && this.client) this.#detectSrc();
   }
 
   async #start() {
@@ -114,7 +119,6 @@ class AnomalyDetector extends HTMLElement {
       this.$hint.textContent = `Drop, paste or pick an image to check it for anomalies${
         m.test ? ' (interface test model: random weights, meaningless scores)' : ''
       }.`;
-      if (this.getAttribute('src')) await this.#detectSrc();
     } catch (e) {
       this.#fail(e);
       throw e;

@@ -606,7 +606,7 @@ async function startWebcam() {
     return;
   }
   els.video.srcObject = stream;
-  els.video.hidden = true;
+  els.video.hidden = false; // a small live preview; the scored frame is drawn in section 4
   await els.video.play().catch(() => {});
   const wc = { stream, frames: 0, t0: performance.now(), running: true };
   state.webcam = wc;
@@ -636,6 +636,7 @@ async function startWebcam() {
       if (!wc.running) break;
       r.name = 'webcam';
       await show(r, t);
+      if (!wc.running) break;
       wc.frames += 1;
       const fps = wc.frames / ((performance.now() - wc.t0) / 1000);
       setStatus(els.webcamStatus, `Webcam on: ${wc.frames} frames scored, ${fps.toFixed(1)} fps (fast mode).`, 'ok');
@@ -654,6 +655,7 @@ function stopWebcam(reason = '') {
   wc.running = false;
   for (const t of wc.stream.getTracks()) t.stop();
   els.video.srcObject = null;
+  els.video.hidden = true;
   state.webcam = null;
   els.webcam.textContent = 'Start webcam';
   els.webcam.setAttribute('aria-pressed', 'false');

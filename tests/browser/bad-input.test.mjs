@@ -92,7 +92,7 @@ after(async () => {
   server?.stop();
 });
 
-test('without a model, dropping an image says how to get one', async () => {
+test('without a model, dropping an image says how to get one', { timeout: 90_000 }, async () => {
   assert.match(await page.textContent('#model-status'), /No checkpoint is served with this site/);
   assert.match(await page.textContent('#model-status'), /\.\/build\.sh weights/);
   await dropFiles(page, '#drop', [good()]);
@@ -100,14 +100,14 @@ test('without a model, dropping an image says how to get one', async () => {
   assert.match(await message(page), /Load a model first/);
 });
 
-test('a failed download (404) is reported and nothing is loaded', async () => {
+test('a failed download (404) is reported and nothing is loaded', { timeout: 90_000 }, async () => {
   await page.getByRole('button', { name: /^Download dl-missing/ }).click();
   await page.waitForFunction(() => !document.getElementById('message').hidden, null, { timeout: 30_000 });
   assert.match(await message(page), /Could not load the model: download of dl-missing weights failed: HTTP 404/);
   assert.match(await page.textContent('#model-status'), /No model loaded/);
 });
 
-test('a truncated download fails its size/sha256 check and is not cached', async () => {
+test('a truncated download fails its size/sha256 check and is not cached', { timeout: 90_000 }, async () => {
   await page.getByRole('button', { name: /^Download dl-truncated/ }).click();
   await page.waitForFunction(() => !document.getElementById('message').hidden, null, { timeout: 30_000 });
   assert.match(await message(page), /incomplete or corrupt: sha256 [0-9a-f]{64} \(\d+ bytes\), expected [0-9a-f]{64}/);
@@ -115,7 +115,7 @@ test('a truncated download fails its size/sha256 check and is not cached', async
   assert.ok(!cached.some((u) => u.includes('dl-truncated/model')), `truncated file cached: ${cached}`);
 });
 
-test('a complete download is verified, cached and loaded (progress in bytes)', async () => {
+test('a complete download is verified, cached and loaded (progress in bytes)', { timeout: 90_000 }, async () => {
   const seen = [];
   await page.exposeFunction('__progress', (t) => seen.push(t));
   await page.evaluate(() => {
@@ -129,35 +129,35 @@ test('a complete download is verified, cached and loaded (progress in bytes)', a
   assert.ok(cached.some((u) => u.endsWith('/dl/dl-ok/model.safetensors')));
 });
 
-test('the interface test model loads after the failures', async () => {
+test('the interface test model loads after the failures', { timeout: 90_000 }, async () => {
   await loadTestModel(page);
 });
 
-test('a non-image file named .png', async () => {
+test('a non-image file named .png', { timeout: 90_000 }, async () => {
   await rejectsThenRecovers([{ name: 'notes.png', type: 'image/png', bytes: Buffer.from('this is text, not a picture\n') }], /notes\.png: .+/);
 });
 
-test('a 0-byte file', async () => {
+test('a 0-byte file', { timeout: 90_000 }, async () => {
   await rejectsThenRecovers([{ name: 'empty.jpg', type: 'image/jpeg', bytes: Buffer.alloc(0) }], /empty\.jpg: .+/);
 });
 
-test('a corrupt (truncated) image', async () => {
+test('a corrupt (truncated) image', { timeout: 90_000 }, async () => {
   const png = image('bottle_broken_large_000.png');
   await rejectsThenRecovers([{ name: 'cut.png', type: 'image/png', bytes: png.subarray(0, png.length >> 1) }], /cut\.png: .+/);
 });
 
-test('a bit-flipped image', async () => {
+test('a bit-flipped image', { timeout: 90_000 }, async () => {
   const png = Buffer.from(image('bottle_broken_large_000.png'));
   for (let i = 100; i < png.length; i += 97) png[i] ^= 0x5a;
   await rejectsThenRecovers([{ name: 'flipped.png', type: 'image/png', bytes: png }], /flipped\.png: .+/);
 });
 
-test('an image over the pixel limit (9000 × 9000 header) is refused before decoding', async () => {
+test('an image over the pixel limit (9000 × 9000 header) is refused before decoding', { timeout: 90_000 }, async () => {
   const text = await rejectsThenRecovers([{ name: 'huge.png', type: 'image/png', bytes: pngHeaderOnly(9000, 9000) }], /huge\.png: .*(9000|81000000|limit)/i);
   assert.match(text, /limit|too large|exceeds/i);
 });
 
-test('a prompt file built for another model is refused with both sha256s', async () => {
+test('a prompt file built for another model is refused with both sha256s', { timeout: 90_000 }, async () => {
   await dropFiles(page, '#drop', [{ name: 'other-prompts.safetensors', type: '', bytes: otherPrompts }]);
   await page.waitForFunction(() => !document.getElementById('message').hidden, null, { timeout: 30_000 });
   const text = await message(page);
@@ -166,7 +166,7 @@ test('a prompt file built for another model is refused with both sha256s', async
   assert.ok(Number.isFinite(d.score));
 });
 
-test('a checkpoint without its config, and a broken checkpoint, keep the loaded model', async () => {
+test('a checkpoint without its config, and a broken checkpoint, keep the loaded model', { timeout: 90_000 }, async () => {
   await dropFiles(page, '#drop', [{ name: 'model.safetensors', type: '', bytes: Buffer.from('not a checkpoint') }]);
   await page.waitForFunction(() => !document.getElementById('message').hidden);
   assert.match(await message(page), /needs two files/);
@@ -180,7 +180,7 @@ test('a checkpoint without its config, and a broken checkpoint, keep the loaded 
   assert.ok(Number.isFinite(d.score));
 });
 
-test('no CSP violations or page errors along the way', async () => {
+test('no CSP violations or page errors along the way', { timeout: 90_000 }, async () => {
   assert.deepEqual(await cspViolations(), []);
   assert.deepEqual(problems, []);
 });

@@ -66,6 +66,8 @@ export function serve(dir) {
         resolve({
           url: m[1],
           log,
+          /** Stops the server, keeping the site directory (the "network" goes away). */
+          kill: () => child.kill(),
           stop: () => {
             child.kill();
             rmSync(dir, { recursive: true, force: true });
@@ -79,12 +81,17 @@ export function serve(dir) {
 }
 
 /** A fresh Chromium profile (mkdtemp) with the suite's flags. */
-export async function browser({ fakeMedia = false, permissions } = {}) {
+export async function browser({ fakeMedia = false, fakeCameraOnly = false, permissions } = {}) {
   const userDataDir = mkdtempSync(join(tmpdir(), 'anoscope-chromium-'));
   const context = await chromium.launchPersistentContext(userDataDir, {
     executablePath: CHROMIUM,
     headless: true,
-    args: [...CHROMIUM_FLAGS, ...(fakeMedia ? FAKE_MEDIA_FLAGS : [])],
+    // fakeCameraOnly: a camera exists, but nothing grants it (the permission request is denied).
+    args: [
+      ...CHROMIUM_FLAGS,
+      ...(fakeMedia ? FAKE_MEDIA_FLAGS : []),
+      ...(fakeCameraOnly ? ['--use-fake-device-for-media-stream'] : []),
+    ],
     viewport: { width: 1100, height: 1400 },
     permissions,
   });

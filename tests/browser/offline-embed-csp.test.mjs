@@ -12,10 +12,13 @@ before(async () => {
 
 after(() => server?.stop());
 
-test('after one visit the page works with the network off', async () => {
+test('after one visit the page works with the network off', { timeout: 90_000 }, async () => {
+  // Its own server, stopped before the offline reload: nothing can answer but the caches.
+  // (context.setOffline alone does not cover service-worker fetches in Chromium.)
+  const own = await serve(makeSite());
   const b = await browser();
   try {
-    const { page, problems, cspViolations } = await openPage(b.context, server.url);
+    const { page, problems, cspViolations } = await openPage(b.context, own.url);
     await ready(page);
     await page.evaluate(async () => {
       await navigator.serviceWorker.ready;
@@ -26,24 +29,24 @@ test('after one visit the page works with the network off', async () => {
     await page.reload();
     await ready(page);
     assert.ok(await page.evaluate(() => !!navigator.serviceWorker.controller), 'no service worker controls the page');
+    own.kill();
     await b.context.setOffline(true);
-    const s0 = server.log.length;
     await page.reload();
     await ready(page);
     assert.match(await page.textContent('#engine-status'), /Detector ready/);
     await loadTestModel(page);
     const d = await dropAndWait(page, [{ name: 'b.jpg', type: 'image/jpeg', bytes: image('bottle_broken_small_000.jpg') }]);
     assert.ok(Number.isFinite(d.score));
-    assert.deepEqual(server.log.slice(s0), [], 'the offline page reached the server');
     await b.context.setOffline(false);
     assert.deepEqual(await cspViolations(), []);
     assert.deepEqual(problems, []);
   } finally {
     await b.close();
+    own.stop();
   }
 });
 
-test('the embed page fires anomaly-score with the score and the map, under the same CSP', async () => {
+test('the embed page fires anomaly-score with the score and the map, under the same CSP', { timeout: 90_000 }, async () => {
   const b = await browser();
   try {
     const { page, problems, cspViolations } = await openPage(b.context, `${server.url}examples/embed.html`);
@@ -77,7 +80,7 @@ test('the embed page fires anomaly-score with the score and the map, under the s
   }
 });
 
-test('the CSP is enforced: an injected inline script is blocked and reported', async () => {
+test('the CSP is enforced: an injected inline script is blocked and reported', { timeout: 90_000 }, async () => {
   const b = await browser();
   try {
     const { page, cspViolations } = await openPage(b.context, server.url);

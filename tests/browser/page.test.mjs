@@ -52,7 +52,7 @@ after(async () => {
   server?.stop();
 });
 
-test('the page says which model is loaded and that the test model is meaningless', async () => {
+test('the page says which model is loaded and that the test model is meaningless', { timeout: 90_000 }, async () => {
   const status = await page.textContent('#model-status');
   assert.match(status, /interface test model \(random weights, meaningless scores\)/);
   assert.match(status, /Loaded /);
@@ -62,7 +62,7 @@ test('the page says which model is loaded and that the test model is meaningless
   assert.match(await page.textContent('#backend'), /CPU/);
 });
 
-test('drop a bottle image: a score appears and the canvas holds a non-uniform heatmap', async () => {
+test('drop a bottle image: a score appears and the canvas holds a non-uniform heatmap', { timeout: 90_000 }, async () => {
   const net = await requestsDuring(async () => {
     const drawn = await dropAndWait(page, [bottle()]);
     assert.ok(Number.isFinite(drawn.score), `score ${drawn.score}`);
@@ -84,12 +84,12 @@ test('drop a bottle image: a score appears and the canvas holds a non-uniform he
   await page.waitForTimeout(300);
   // The screenshot in the README.
   mkdirSync(join(ROOT, 'docs'), { recursive: true });
-  await page.locator('#result').screenshot({ path: join(ROOT, 'docs', 'screenshot.png') });
+  await page.screenshot({ path: join(ROOT, 'docs', 'screenshot.png'), fullPage: true });
   const aria = await page.getAttribute('#overlay', 'aria-label');
   assert.match(aria, /score \d\.\d{3}/, 'the verdict has a text alternative on the canvas');
 });
 
-test('the threshold slider changes the verdict text and the outline', async () => {
+test('the threshold slider changes the verdict text and the outline', { timeout: 90_000 }, async () => {
   const score = Number(await page.getAttribute('#overlay', 'data-score'));
   const before = await canvasStats(page);
   await page.fill('#threshold', '0');
@@ -107,7 +107,7 @@ test('the threshold slider changes the verdict text and the outline', async () =
   assert.equal(again.colours, before.colours, 'the same settings draw the same overlay');
 });
 
-test('paste an image', async () => {
+test('paste an image', { timeout: 90_000 }, async () => {
   const drawn = nextDrawn(page);
   const net = await requestsDuring(async () => {
     await pasteFile(page, { name: 'bottle_good_000.jpg', type: 'image/jpeg', bytes: image('bottle_good_000.jpg') });
@@ -118,7 +118,7 @@ test('paste an image', async () => {
   assert.match(await page.textContent('#verdict'), /bottle_good_000\.jpg: score/);
 });
 
-test('pick an image with the file picker', async () => {
+test('pick an image with the file picker', { timeout: 90_000 }, async () => {
   const drawn = nextDrawn(page);
   const net = await requestsDuring(async () => {
     await page.setInputFiles('#image-files', join(IMAGES, 'bottle_contamination_000.jpg'));
@@ -128,7 +128,7 @@ test('pick an image with the file picker', async () => {
   assert.deepEqual(net, { server: [], browser: [] }, 'the picker made network requests');
 });
 
-test('custom prompt typed: the text encoder runs, and scoring uses it', async () => {
+test('custom prompt typed: the text encoder runs, and scoring uses it', { timeout: 90_000 }, async () => {
   await page.fill('#object', 'glass jar');
   await page.fill('#defects', 'crack, chipped rim');
   await page.click('#encode');
@@ -143,7 +143,7 @@ test('custom prompt typed: the text encoder runs, and scoring uses it', async ()
   assert.notEqual(withCustom.score, withBundle.score, 'custom prompts must change the score');
 });
 
-test('WinCLIP mode scores an image', async () => {
+test('WinCLIP mode scores an image', { timeout: 90_000 }, async () => {
   await page.selectOption('#mode', 'winclip');
   assert.match(await page.textContent('#mode-note'), /heavy on the CPU/);
   const d = await dropAndWait(page, [bottle()]);
@@ -151,7 +151,7 @@ test('WinCLIP mode scores an image', async () => {
   await page.selectOption('#mode', 'fast');
 });
 
-test('few-shot: without references it says so; with one reference it scores', async () => {
+test('few-shot: without references it says so; with one reference it scores', { timeout: 90_000 }, async () => {
   await page.selectOption('#mode', 'fewshot');
   assert.equal(await page.isVisible('#refs-box'), true);
   await dropFiles(page, '#drop', [bottle()]);
@@ -170,7 +170,7 @@ test('few-shot: without references it says so; with one reference it scores', as
   await page.selectOption('#mode', 'fast');
 });
 
-test('batch of 6 images: MuSc, a grid sorted by score, click opens one', async () => {
+test('batch of 6 images: MuSc, a grid sorted by score, click opens one', { timeout: 90_000 }, async () => {
   await page.selectOption('#mode', 'batch');
   const names = readdirSync(IMAGES).filter((n) => n.endsWith('.jpg')).slice(0, 6);
   assert.equal(names.length, 6);
@@ -192,7 +192,7 @@ test('batch of 6 images: MuSc, a grid sorted by score, click opens one', async (
   await page.selectOption('#mode', 'fast');
 });
 
-test('export: overlay PNG and scores JSON', async () => {
+test('export: overlay PNG and scores JSON', { timeout: 90_000 }, async () => {
   const [png] = await Promise.all([page.waitForEvent('download'), page.click('#export-png')]);
   assert.equal(png.suggestedFilename(), 'anoscope-overlay.png');
   const [json] = await Promise.all([page.waitForEvent('download'), page.click('#export-json')]);
@@ -203,7 +203,7 @@ test('export: overlay PNG and scores JSON', async () => {
   assert.ok(data.results.every((r) => typeof r.score === 'number' && /^(normal|anomalous)$/.test(r.verdict)));
 });
 
-test('no CSP violations and no page errors on the main page', async () => {
+test('no CSP violations and no page errors on the main page', { timeout: 90_000 }, async () => {
   assert.deepEqual(await cspViolations(), []);
   assert.deepEqual(problems, []);
 });
