@@ -27,6 +27,7 @@ const els = {
   refsClear: $('refs-clear'),
   drop: $('drop'),
   imageFiles: $('image-files'),
+  folderFiles: $('folder-files'),
   webcam: $('webcam'),
   webcamStatus: $('webcam-status'),
   video: $('video'),
@@ -105,7 +106,9 @@ els.backend.textContent =
   'CPU (WebAssembly SIMD)' + ('gpu' in navigator ? '; WebGPU is available in this browser but not used yet' : '');
 
 function enableInputs(on) {
-  for (const el of [els.imageFiles, els.category, els.encode, els.webcam, els.promptFile]) el.disabled = !on;
+  for (const el of [els.imageFiles, els.folderFiles, els.category, els.encode, els.webcam, els.promptFile]) {
+    el.disabled = !on;
+  }
 }
 
 async function run(label, fn) {
@@ -409,7 +412,11 @@ async function scoreFiles(files, t0 = performance.now()) {
     }
   }
   if (problems.length) showMessage(`Could not score ${problems.length === 1 ? 'this file' : 'these files'}:\n${problems.join('\n')}`);
-  setStatus(els.imageStatus, `Scored ${done.length} of ${files.length} image${files.length === 1 ? '' : 's'} (${mode}).`, done.length ? 'ok' : 'error');
+  setStatus(
+    els.imageStatus,
+    `Scored ${done.length} of ${files.length} image${files.length === 1 ? '' : 's'} (${mode}).${takeFolderNote()}`,
+    done.length ? 'ok' : 'error',
+  );
   if (files.length > 1 && done.length) {
     state.results = done;
     await fillGrid(done, async (r) => {
@@ -436,7 +443,7 @@ async function scoreBatch(files, t0) {
     setStatus(els.imageStatus, 'Batch not scored.', 'error');
     return;
   }
-  setStatus(els.imageStatus, `Scored ${res.items.length} images with MuSc in ${Math.round(res.ms)} ms.`, 'ok');
+  setStatus(els.imageStatus, `Scored ${res.items.length} images with MuSc in ${Math.round(res.ms)} ms.${takeFolderNote()}`, 'ok');
   const list = res.items.map((it, i) => ({ ...it, batchIndex: i }));
   state.results = list;
   await fillGrid(list, async (r) => {
@@ -508,11 +515,31 @@ async function filesFromDataTransfer(dt) {
       }
     }
   };
+  let folder = false;
   for (const e of entries) {
     if (e.file) out.push(e.file);
-    else await walk(e.entry);
+    else {
+      folder ||= e.entry.isDirectory;
+      await walk(e.entry);
+    }
   }
-  return out.filter((f) => !f.name.startsWith('.')).sort((a, b) => a.name.localeCompare(b.name));
+  return folder ? imagesOfFolder(out) : out;
+}
+
+function takeFolderNote() {
+  const note = state.folderNote ?? '';
+  state.folderNote = '';
+  return note;
+}
+
+const IMAGE_NAME = /\.(png|jpe?g|webp|bmp|gif|tiff?)$/i;
+
+/** The image files of a folder, by name; says how many other files were left out. */
+function imagesOfFolder(files) {
+  const images = files.filter((f) => IMAGE_NAME.test(f.name) && !f.name.startsWith('.'));
+  const skipped = files.length - images.length;
+  state.folderNote = skipped ? ` Left out ${skipped} file(s) of the folder that are not images.` : '';
+  return images.sort((a, b) => (a.webkitRelativePath || a.name).localeCompare(b.webkitRelativePath || b.name));
 }
 
 async function routeFiles(files, t0) {
@@ -568,6 +595,11 @@ els.imageFiles.addEventListener('change', async () => {
   const files = Array.from(els.imageFiles.files);
   els.imageFiles.value = '';
   await routeFiles(files, performance.now());
+});
+els.folderFiles.addEventListener('change', async () => {
+  const files = imagesOfFolder(Array.from(els.folderFiles.files));
+  els.folderFiles.value = '';
+  await scoreFiles(files, performance.now());
 });
 els.modelFiles.addEventListener('change', async () => {
   const files = Array.from(els.modelFiles.files);

@@ -88,11 +88,20 @@ function textFor({ category, object, descriptions, defects }) {
   const key = JSON.stringify([category, object ?? null, !!descriptions, defects ?? null]);
   let pair = textCache.get(key);
   if (!pair) {
-    const custom = !!object || (defects && defects.length > 0);
-    if (custom) progress('text', 0, 1, { label: 'encoding the prompts with the text tower' });
+    // The text tower reports (prompts encoded, total); a prompt-file hit reports nothing.
     const t0 = performance.now();
-    pair = m.textPair(category, object || undefined, !!descriptions, defects && defects.length ? defects : undefined);
-    if (custom) progress('text', 1, 1, { label: 'prompts encoded', ms: performance.now() - t0 });
+    let encoded = false;
+    pair = m.textPair(
+      category,
+      object || undefined,
+      !!descriptions,
+      defects && defects.length ? defects : undefined,
+      (done, total) => {
+        encoded = true;
+        progress('text', done, total, { label: `encoding prompts with the text tower: ${done} of ${total}` });
+      },
+    );
+    if (encoded) progress('text', 1, 1, { label: 'prompts encoded', ms: performance.now() - t0 });
     textCache.set(key, pair);
   }
   return pair;

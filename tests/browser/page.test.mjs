@@ -1,7 +1,8 @@
 // The main page in headless Chromium with the interface test model: drop, paste, picker,
 // custom prompts, few-shot, batch, export, and zero network requests while scoring.
 import assert from 'node:assert/strict';
-import { mkdirSync, readdirSync, readFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import {
@@ -131,11 +132,25 @@ test('pick an image with the file picker', { timeout: 90_000 }, async () => {
 test('custom prompt typed: the text encoder runs, and scoring uses it', { timeout: 90_000 }, async () => {
   await page.fill('#object', 'glass jar');
   await page.fill('#defects', 'crack, chipped rim');
+  await page.evaluate(() => {
+    window.__progressTexts = [];
+    const el = document.getElementById('progress-text');
+    new MutationObserver(() => window.__progressTexts.push(el.textContent)).observe(el, {
+      childList: true,
+      characterData: true,
+      subtree: true,
+    });
+  });
   await page.click('#encode');
   await page.waitForFunction(() => document.getElementById('text-status').dataset.encoded === 'glass jar', null, {
     timeout: 60_000,
   });
   assert.match(await page.textContent('#text-status'), /Encoded custom prompts for “glass jar” in \d+ ms/);
+  const texts = await page.evaluate(() => window.__progressTexts);
+  assert.ok(
+    texts.some((t) => /encoding prompts with the text tower: \d+ of \d+/.test(t)),
+    `text-encoding progress: ${JSON.stringify(texts)}`,
+  );
   const withCustom = await dropAndWait(page, [bottle()]);
   await page.fill('#object', '');
   await page.fill('#defects', '');
@@ -190,6 +205,26 @@ test('batch of 6 images: MuSc, a grid sorted by score, click opens one', { timeo
   const d = await drawn;
   assert.equal(d.score, items[5].score);
   await page.selectOption('#mode', 'fast');
+});
+
+test('batch from a picked folder: only its images, sorted grid', { timeout: 90_000 }, async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'anoscope-folder-'));
+  try {
+    const names = readdirSync(IMAGES).filter((n) => n.endsWith('.jpg')).slice(2, 8);
+    for (const n of names) copyFileSync(join(IMAGES, n), join(dir, n));
+    writeFileSync(join(dir, 'notes.txt'), 'not an image');
+    await page.selectOption('#mode', 'batch');
+    const drawn = nextDrawn(page);
+    await page.setInputFiles('#folder-files', dir);
+    await drawn;
+    const items = await page.$$eval('#grid li button', (bs) => bs.map((x) => Number(x.dataset.score)));
+    assert.equal(items.length, 6);
+    assert.deepEqual(items, [...items].sort((a, b) => b - a));
+    assert.match(await page.textContent('#image-status'), /Scored 6 images with MuSc .* Left out 1 file\(s\)/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+    await page.selectOption('#mode', 'fast');
+  }
 });
 
 test('export: overlay PNG and scores JSON', { timeout: 90_000 }, async () => {
