@@ -13,7 +13,7 @@ export async function sha256Hex(bytes) {
  * Reads a Response body to a Uint8Array, reporting (bytesDone, bytesTotal) as it goes.
  * A body shorter than its Content-Length is an error (truncated download).
  */
-export async function fetchWithProgress(res, onProgress) {
+export async function fetchWithProgress(res, onProgress, maxBytes = Infinity) {
   const total = Number(res.headers.get('content-length')) || 0;
   if (!res.body) {
     const bytes = new Uint8Array(await res.arrayBuffer());
@@ -34,6 +34,10 @@ export async function fetchWithProgress(res, onProgress) {
     if (step.done) break;
     chunks.push(step.value);
     done += step.value.byteLength;
+    if (done > maxBytes) {
+      await reader.cancel();
+      throw new Error(`the download exceeds ${maxBytes} bytes, the most the page accepts`);
+    }
     const now = performance.now();
     if (now - last > 100) {
       last = now;

@@ -299,6 +299,11 @@ async function handleCheckpointFiles(files) {
     );
     return;
   }
+  const max = state.limits?.maxCheckpointBytes ?? Infinity;
+  if (weights.size > max) {
+    showMessage(`${weights.name} is ${weights.size} bytes; the page accepts checkpoints of at most ${max} bytes.`);
+    return;
+  }
   await loadModel({
     label: `${weights.name} (from your disk)`,
     test: false,

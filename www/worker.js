@@ -107,7 +107,7 @@ function textFor({ category, object, descriptions, defects }) {
   return pair;
 }
 
-async function getBytes(url, label, expectSha) {
+async function getBytes(url, label, expectSha, maxBytes = state.limits.maxCheckpointBytes) {
   const cache = await caches.open(WEIGHTS_CACHE);
   let res = await cache.match(url);
   let cached = !!res;
@@ -115,7 +115,12 @@ async function getBytes(url, label, expectSha) {
     res = await fetch(url);
     if (!res.ok) throw new Error(`download of ${label} failed: HTTP ${res.status} for ${url}`);
   }
-  const bytes = await fetchWithProgress(res, (done, total) => progress('download', done, total, { label }));
+  // Refused before anything is read into memory.
+  const announced = Number(res.headers.get('content-length'));
+  if (announced > maxBytes) {
+    throw new Error(`${label} is ${announced} bytes; the page accepts at most ${maxBytes} bytes`);
+  }
+  const bytes = await fetchWithProgress(res, (done, total) => progress('download', done, total, { label }), maxBytes);
   if (expectSha) {
     const got = await sha256Hex(bytes);
     if (got !== expectSha) {
