@@ -2,7 +2,9 @@
 // Content-Security-Policy on both pages.
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
-import { browser, dropAndWait, image, loadTestModel, makeSite, openPage, ready, serve } from './harness.mjs';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { DIST, browser, dropAndWait, image, loadTestModel, makeSite, openPage, ready, serve } from './harness.mjs';
 
 let server;
 
@@ -100,5 +102,25 @@ test('the CSP is enforced: an injected inline script is blocked and reported', {
     assert.match(headers['content-security-policy'], /frame-ancestors 'self'/);
   } finally {
     await b.close();
+  }
+});
+
+test('a tampered wasm module is refused before instantiation', { timeout: 90_000 }, async () => {
+  const wasm = readFileSync(join(DIST, 'pkg', 'anoscope_bg.wasm'));
+  const bad = Buffer.from(wasm);
+  bad[bad.length >> 1] ^= 0xff;
+  const own = await serve(makeSite({ 'pkg/anoscope_bg.wasm': bad }));
+  const b = await browser();
+  try {
+    const { page } = await openPage(b.context, own.url);
+    await page.waitForFunction(() => /integrity check/.test(document.getElementById('engine-status').textContent), null, {
+      timeout: 60_000,
+    });
+    const text = await page.textContent('#engine-status');
+    assert.match(text, /could not start the WebAssembly module: the WebAssembly module failed its integrity check \(sha256 [0-9a-f]{64}, expected [0-9a-f]{64}\)/);
+    assert.equal(await page.isDisabled('#image-files'), true);
+  } finally {
+    await b.close();
+    own.stop();
   }
 });
