@@ -3,7 +3,8 @@
 #
 #   ./build.sh [build]           build the wasm crate and assemble the static site in www/dist/
 #   ./build.sh serve [--port N]  build, then serve www/dist on http://127.0.0.1:N/ (default 8080)
-#   ./build.sh test              fmt, clippy, cargo test, wasm build, wasm-vs-native parity test
+#   ./build.sh test              fmt, clippy, cargo test, wasm build, wasm-vs-native parity test,
+#                                the page in headless Chromium (tests/browser)
 #   ./build.sh weights [...]     download + verify the checkpoints in weights/manifest.json
 #   ./build.sh help
 #
@@ -39,7 +40,7 @@ die() {
 }
 
 usage() {
-    sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 # ---------------------------------------------------------------------------
@@ -129,8 +130,38 @@ build_site() {
             link_or_copy "$f" "$DIST/$f"
         done < <(find weights/checkpoints -type f \( -name '*.json' -o -name '*.safetensors' \) -print0)
     fi
+    test_model_site
+    log "models.json + build.json (sha256 of the wasm and of every served checkpoint file)"
+    node tests/browser/site-index.mjs "$DIST"
     size_report "$wasm_out"
     echo "site: $DIST"
+}
+
+# The native CLI (debug profile: the one cargo test builds), for prompt files and serving.
+native_cli() {
+    local exe="$TARGET_DIR/debug/anoscope"
+    cargo build -q -p anoscope --bin anoscope >&2
+    [[ -x "$exe" ]] || die "native CLI $exe missing after the build"
+    printf '%s' "$exe"
+}
+
+# The tiny random test model (tests/fixtures/hf_tiny) and its prompt file, served as
+# "interface test model (random weights, meaningless scores)" under models/test-tiny/.
+test_model_site() {
+    local src=tests/fixtures/hf_tiny dst="$DIST/models/test-tiny" cache="$TARGET_DIR/site-cache" exe sum
+    [[ -f "$src/config.json" && -f "$src/model.safetensors" ]] || die "test model $src missing"
+    log "interface test model -> www/dist/models/test-tiny"
+    mkdir -p "$dst" "$cache"
+    link_or_copy "$src/config.json" "$dst/config.json"
+    link_or_copy "$src/model.safetensors" "$dst/model.safetensors"
+    # The prompt file depends on the weights and on the crate's prompt sets: rebuild it when either changes.
+    sum=$(cat "$src/model.safetensors" crate/src/detect/prompts.rs weights/prompts/descriptions.json | sha256_of /dev/stdin)
+    if [[ ! -f "$cache/test-tiny-$sum.safetensors" ]]; then
+        exe=$(native_cli)
+        "$exe" prompts build --model "$src" --out "$cache/test-tiny-$sum.safetensors.part"
+        mv -f "$cache/test-tiny-$sum.safetensors.part" "$cache/test-tiny-$sum.safetensors"
+    fi
+    link_or_copy "$cache/test-tiny-$sum.safetensors" "$dst/prompts.safetensors"
 }
 
 # ---------------------------------------------------------------------------
@@ -157,8 +188,10 @@ cmd_serve() {
         die "invalid port '$port'"
     fi
     build_site
-    log "serving www/dist on http://127.0.0.1:$port/"
-    exec cargo run --release -p anoscope -- serve --dir "$DIST" --port "$port"
+    local exe
+    exe=$(native_cli)
+    log "serving www/dist (the URL is printed below)"
+    exec "$exe" serve --dir "$DIST" --port "$port"
 }
 
 # ---------------------------------------------------------------------------
@@ -243,6 +276,16 @@ t_parity() {
     fi
 }
 
+# The page in headless Chromium (playwright-core, Debian's /usr/bin/chromium; no browser download).
+t_browser() {
+    [[ -x "${ANOSCOPE_CHROMIUM:-/usr/bin/chromium}" ]] ||
+        die "chromium missing: apt-get install chromium (.ci/run does this)"
+    [[ -d node_modules/playwright-core ]] || die "playwright-core missing: npm ci"
+    # Explicit file list (node >= 21 treats --test arguments as globs). One file at a time:
+    # each starts its own server and browser, and the machine has 2 cores.
+    node --test --test-concurrency=1 tests/browser/*.test.mjs
+}
+
 cmd_test() {
     local total_start=$SECONDS
     command -v node >/dev/null 2>&1 || die "node (>= 20) is required for the wasm parity test"
@@ -253,8 +296,10 @@ cmd_test() {
     run_phase "wasm build + site" t_wasm_build
     if phase_ok "cargo test (native)" && phase_ok "wasm build + site"; then
         run_phase "wasm parity (node --test)" t_parity
+        run_phase "browser (chromium)" t_browser
     else
         skip_phase "wasm parity (node --test)" "needs the native CLI and the wasm build"
+        skip_phase "browser (chromium)" "needs the native CLI and the wasm build"
     fi
 
     local i failed=0

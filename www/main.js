@@ -1,144 +1,790 @@
-// anoscope page: UI thread. The model runs in worker.js.
-const $ = (id) => document.getElementById(id);
-const MAX_PIXELS = 64 * 1024 * 1024; // same decode limit as the native CLI (64 Mpx)
-// OpenAI CLIP normalisation (also open_clip's default when its config has none).
-const CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073];
-const CLIP_STD = [0.26862954, 0.26130258, 0.27577711];
+// The page's UI thread: inputs, drawing and messages. All model work happens in worker.js.
+import { DetectorClient, formatBytes, servedModels, verdict, WEIGHTS_CACHE } from './common.js';
 
-function setStatus(id, text, kind = '') {
-  const el = $(id);
+const $ = (id) => document.getElementById(id);
+const els = {
+  engine: $('engine-status'),
+  backend: $('backend'),
+  message: $('message'),
+  modelStatus: $('model-status'),
+  modelSources: $('model-sources'),
+  modelFiles: $('model-files'),
+  promptFile: $('prompt-file'),
+  progressBox: $('progress-box'),
+  progress: $('progress'),
+  progressText: $('progress-text'),
+  category: $('category'),
+  mode: $('mode'),
+  modeNote: $('mode-note'),
+  object: $('object'),
+  defects: $('defects'),
+  encode: $('encode'),
+  textStatus: $('text-status'),
+  refsBox: $('refs-box'),
+  refsDrop: $('refs-drop'),
+  refsFiles: $('refs-files'),
+  refsStatus: $('refs-status'),
+  refsClear: $('refs-clear'),
+  drop: $('drop'),
+  imageFiles: $('image-files'),
+  folderFiles: $('folder-files'),
+  webcam: $('webcam'),
+  webcamStatus: $('webcam-status'),
+  video: $('video'),
+  imageStatus: $('image-status'),
+  verdict: $('verdict'),
+  overlay: $('overlay'),
+  opacity: $('opacity'),
+  threshold: $('threshold'),
+  thresholdValue: $('threshold-value'),
+  exportPng: $('export-png'),
+  exportJson: $('export-json'),
+  gridBox: $('grid-box'),
+  grid: $('grid'),
+};
+
+const state = {
+  limits: null,
+  model: null, // {label, test, hasText, categories, imageSize}
+  busy: false,
+  current: null, // {name, score, width, height}
+  results: [], // [{name, score, map, input, width, height, batchIndex?}]
+  webcam: null, // {stream, frames, t0, running}
+};
+
+// ---------------------------------------------------------------------------
+// messages and progress
+
+function showMessage(text, kind = 'error') {
+  els.message.textContent = text;
+  els.message.className = `message ${kind}`;
+  els.message.hidden = false;
+}
+
+function clearMessage() {
+  els.message.hidden = true;
+  els.message.textContent = '';
+}
+
+function setStatus(el, text, kind = '') {
   el.textContent = text;
   el.className = kind;
 }
 
-const worker = new Worker(new URL('./worker.js', import.meta.url), { type: 'module' });
-const pending = new Map();
-let nextId = 1;
+function onProgress({ stage, done, total, label }) {
+  els.progressBox.hidden = false;
+  let text;
+  if (stage === 'download') {
+    text = `${label}: ${formatBytes(done)}${total ? ` of ${formatBytes(total)}` : ''}`;
+  } else if (stage === 'batch') {
+    text = `MuSc ${label ?? ''}: ${done} of ${total}`;
+  } else {
+    text = label ?? stage;
+  }
+  if (total) {
+    els.progress.max = total;
+    els.progress.value = done;
+  } else {
+    els.progress.removeAttribute('value');
+  }
+  els.progressText.textContent = text;
+  if (total && done >= total && stage !== 'download') setTimeout(() => (els.progressBox.hidden = true), 400);
+}
 
-function call(type, payload, transfer = []) {
-  const id = nextId++;
-  return new Promise((resolve, reject) => {
-    pending.set(id, { resolve, reject });
-    worker.postMessage({ id, type, payload }, transfer);
+// ---------------------------------------------------------------------------
+// the worker
+
+const client = new DetectorClient(new URL('./worker.js', import.meta.url), {
+  onProgress,
+  onFatal: (error) => {
+    setStatus(els.engine, error, 'error');
+    showMessage(error);
+  },
+});
+
+els.backend.textContent =
+  'CPU (WebAssembly SIMD)' + ('gpu' in navigator ? '; WebGPU is available in this browser but not used yet' : '');
+
+function enableInputs(on) {
+  for (const el of [els.imageFiles, els.folderFiles, els.category, els.encode, els.webcam, els.promptFile]) {
+    el.disabled = !on;
+  }
+}
+
+async function run(label, fn) {
+  clearMessage();
+  try {
+    return await fn();
+  } catch (e) {
+    showMessage(`${label}: ${e?.message ?? e}`);
+    return undefined;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// model sources: served checkpoints, the manifest's URLs (cached), a dropped checkpoint
+
+async function loadModel(spec) {
+  setStatus(els.modelStatus, `Loading ${spec.label}…`, 'busy');
+  enableInputs(false);
+  const info = await run('Could not load the model', () => client.call('load', spec, spec.weights ? [spec.weights] : []));
+  els.progressBox.hidden = true;
+  if (!info) {
+    if (state.model) {
+      enableInputs(true);
+      setStatus(els.modelStatus, `Still using ${state.model.label}.`, state.model.test ? 'warn' : 'ok');
+    } else {
+      setStatus(els.modelStatus, 'No model loaded.', 'error');
+    }
+    return false;
+  }
+  state.model = info;
+  state.results = [];
+  const note = info.test
+    ? ' Its scores mean nothing: use it only to try the page.'
+    : info.promptFile
+      ? ''
+      : ' No prompt file: prompts are encoded in the page with the text tower.';
+  setStatus(
+    els.modelStatus,
+    `Loaded ${info.label} (input ${info.imageSize} px${info.hasText ? ', text tower' : ''}) in ${Math.round(info.ms)} ms.${note}`,
+    info.test ? 'warn' : 'ok',
+  );
+  document.body.dataset.model = info.label;
+  const previous = els.category.value;
+  els.category.replaceChildren(
+    ...info.categories.map((c) => {
+      const o = document.createElement('option');
+      o.value = c;
+      o.textContent = c;
+      return o;
+    }),
+  );
+  const want = new URLSearchParams(location.search).get('category') || previous || 'bottle';
+  if (info.categories.includes(want)) els.category.value = want;
+  enableInputs(true);
+  return true;
+}
+
+function specFromServed(m) {
+  return {
+    label: m.label,
+    test: !!m.test,
+    configName: m.configName,
+    configUrl: m.config.url,
+    configSha256: m.config.sha256,
+    weightsUrl: m.weights.url,
+    weightsSha256: m.weights.sha256,
+    promptsUrl: m.prompts?.url,
+    promptsSha256: m.prompts?.sha256,
+  };
+}
+
+function specFromManifest(m) {
+  const config = m.files.find((f) => f.name.endsWith('.json'));
+  const weights = m.files.find((f) => f.name.endsWith('.safetensors'));
+  if (!config || !weights) return null;
+  return {
+    label: m.name,
+    test: false,
+    configName: config.name,
+    configUrl: config.url,
+    configSha256: config.sha256,
+    weightsUrl: weights.url,
+    weightsSha256: weights.sha256,
+    size: weights.size,
+  };
+}
+
+async function manifestModels() {
+  try {
+    const res = await fetch('weights/manifest.json');
+    if (!res.ok) return [];
+    return (await res.json()).models ?? [];
+  } catch {
+    return [];
+  }
+}
+
+function button(text, onClick, cls = '') {
+  const b = document.createElement('button');
+  b.type = 'button';
+  b.textContent = text;
+  if (cls) b.className = cls;
+  b.addEventListener('click', onClick);
+  return b;
+}
+
+async function setupModelSources() {
+  const [served, manifest] = await Promise.all([servedModels(location.href), manifestModels()]);
+  const cache = await caches.open(WEIGHTS_CACHE).catch(() => null);
+  const real = served.filter((m) => !m.test);
+  const test = served.filter((m) => m.test);
+  const rows = [];
+  let auto = null;
+
+  for (const m of real) {
+    rows.push(button(`Load ${m.label} (served with this site)`, () => loadModel(specFromServed(m))));
+    auto ??= specFromServed(m);
+  }
+  for (const m of manifest) {
+    const spec = specFromManifest(m);
+    if (!spec || !/^[0-9a-f]{64}$/.test(spec.weightsSha256 ?? '')) continue; // unpinned files are never fetched
+    const cached = cache && (await cache.match(spec.weightsUrl)) && (await cache.match(spec.configUrl));
+    const host = new URL(spec.weightsUrl).host;
+    const text = cached
+      ? `Load ${m.name} (downloaded earlier, works offline)`
+      : `Download ${m.name} from ${host}${spec.size ? ` (${formatBytes(spec.size)})` : ''}`;
+    rows.push(button(text, () => loadModel(spec)));
+    if (cached) auto ??= spec;
+  }
+  for (const m of test) {
+    rows.push(button(`Use the ${m.label}`, () => loadModel(specFromServed(m)), 'test-model'));
+  }
+  els.modelSources.replaceChildren(...rows);
+
+  const wanted = new URLSearchParams(location.search).get('model');
+  if (wanted) {
+    const m = served.find((s) => s.name === wanted);
+    if (m) auto = specFromServed(m);
+  }
+  if (auto) {
+    await loadModel(auto);
+  } else {
+    setStatus(
+      els.modelStatus,
+      'No checkpoint is served with this site and none was downloaded before. To get one: run ' +
+        './build.sh weights on a machine with network access and rebuild the site, download one with the ' +
+        'button below (the files are sha256-checked and kept for offline use), or drop a checkpoint ' +
+        '(config + .safetensors) onto the page.' +
+        (test.length ? ' The interface test model only exercises the page: its scores mean nothing.' : ''),
+      'warn',
+    );
+  }
+}
+
+async function readSafetensorsMetadata(file) {
+  const head = new DataView(await file.slice(0, 8).arrayBuffer());
+  if (head.byteLength < 8) return null;
+  const n = Number(head.getBigUint64(0, true));
+  if (n <= 0 || n > 100_000_000) return null;
+  try {
+    return JSON.parse(await file.slice(8, 8 + n).text()).__metadata__ ?? {};
+  } catch {
+    return null;
+  }
+}
+
+async function loadPromptFile(file) {
+  const r = await run(`Prompt file ${file.name}`, async () => {
+    const res = await client.call('loadPrompts', { bytes: await file.arrayBuffer() });
+    return res;
+  });
+  if (r) setStatus(els.textStatus, `Loaded prompt file ${file.name}: ${r.categories.length} categories.`, 'ok');
+}
+
+async function handleCheckpointFiles(files) {
+  const configs = files.filter((f) => f.name.endsWith('.json'));
+  const tensors = files.filter((f) => f.name.endsWith('.safetensors'));
+  if (tensors.length === 1 && configs.length === 0) {
+    const meta = await readSafetensorsMetadata(tensors[0]);
+    if (meta && 'anoscope_prompts' in meta) return loadPromptFile(tensors[0]);
+  }
+  const config = configs.find((f) => /^(open_clip_)?config\.json$/.test(f.name)) ?? configs[0];
+  const weights = tensors.find((f) => !/prompts/.test(f.name)) ?? tensors[0];
+  if (!config || !weights) {
+    showMessage(
+      'A checkpoint needs two files dropped or picked together: its config (config.json or open_clip_config.json) ' +
+        'and its .safetensors weights.',
+    );
+    return;
+  }
+  const max = state.limits?.maxCheckpointBytes ?? Infinity;
+  if (weights.size > max) {
+    showMessage(`${weights.name} is ${weights.size} bytes; the page accepts checkpoints of at most ${max} bytes.`);
+    return;
+  }
+  await loadModel({
+    label: `${weights.name} (from your disk)`,
+    test: false,
+    configName: /^open_clip_config\.json$/.test(config.name) ? 'open_clip_config.json' : 'config.json',
+    configText: await config.text(),
+    weights: await weights.arrayBuffer(),
   });
 }
 
-worker.onmessage = ({ data }) => {
-  if (data.type === 'ready') {
-    const iso = self.crossOriginIsolated ? 'cross-origin isolated' : 'not cross-origin isolated';
-    setStatus('engine-status', `anoscope ${data.version} (WebAssembly, SIMD) ready; page is ${iso}.`, 'ok');
-    $('model-files').disabled = false;
-    return;
-  }
-  if (data.type === 'fatal') {
-    setStatus('engine-status', data.error, 'error');
-    return;
-  }
-  const p = pending.get(data.id);
-  if (!p) return;
-  pending.delete(data.id);
-  if (data.ok) p.resolve(data.result);
-  else p.reject(new Error(data.error));
-};
-worker.onerror = (e) => {
-  setStatus('engine-status', `worker failed: ${e.message || 'see the console'}`, 'error');
-};
+// ---------------------------------------------------------------------------
+// scoring and drawing
 
-let current = null; // {name, imageSize, mean, std}
-
-const mb = (n) => `${(n / 1e6).toFixed(1)} MB`;
-const secs = (ms) => `${(ms / 1000).toFixed(2)} s`;
-
-$('model-files').addEventListener('change', async (ev) => {
-  const files = [...ev.target.files];
-  const jsons = files.filter((f) => f.name.endsWith('.json'));
-  const weights = files.filter((f) => f.name.endsWith('.safetensors'));
-  if (jsons.length !== 1 || weights.length !== 1) {
-    setStatus('model-status', 'Pick exactly one config (.json) and one .safetensors file.', 'error');
-    return;
-  }
-  $('image-file').disabled = true;
-  $('image-file').value = '';
-  setStatus('image-status', '');
-  try {
-    const configText = await jsons[0].text();
-    const config = JSON.parse(configText);
-    // The file name tells the loader which layout to expect; accept renamed files by content.
-    const openClip = 'model_cfg' in config;
-    const configName = openClip ? 'open_clip_config.json' : 'config.json';
-    const pre = config.preprocess_cfg ?? {};
-    setStatus('model-status', `Loading ${weights[0].name} (${mb(weights[0].size)})…`, 'busy');
-    const buffer = await weights[0].arrayBuffer();
-    const r = await call('load', { configName, configText, weights: buffer }, [buffer]);
-    current = {
-      name: weights[0].name,
-      imageSize: r.imageSize,
-      mean: pre.mean ?? CLIP_MEAN,
-      std: pre.std ?? CLIP_STD,
-    };
-    setStatus(
-      'model-status',
-      `model loaded: ${weights[0].name} (${openClip ? 'open_clip' : 'Hugging Face'} layout, ` +
-        `${r.imageSize}×${r.imageSize} input, text tower: ${r.hasText ? 'yes' : 'no'}) in ${secs(r.ms)}`,
-      'ok',
-    );
-    $('image-file').disabled = false;
-  } catch (e) {
-    current = null;
-    setStatus('model-status', `Could not load the checkpoint: ${e.message}`, 'error');
-  }
-});
-
-/** Shortest side to `size`, centre crop, CLIP normalisation -> CHW Float32Array. */
-function toPixels(bitmap, size, mean, std) {
-  const canvas = $('preview');
-  canvas.width = size;
-  canvas.height = size;
-  const ctx = canvas.getContext('2d', { willReadFrequently: true });
-  const scale = size / Math.min(bitmap.width, bitmap.height);
-  const w = bitmap.width * scale;
-  const h = bitmap.height * scale;
-  ctx.imageSmoothingEnabled = true;
-  ctx.imageSmoothingQuality = 'high';
-  ctx.drawImage(bitmap, (size - w) / 2, (size - h) / 2, w, h);
-  const rgba = ctx.getImageData(0, 0, size, size).data;
-  const plane = size * size;
-  const out = new Float32Array(3 * plane);
-  for (let i = 0; i < plane; i++) {
-    for (let c = 0; c < 3; c++) out[c * plane + i] = (rgba[4 * i + c] / 255 - mean[c]) / std[c];
-  }
-  return out;
+function textSpec() {
+  const defects = els.defects.value
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
+  const object = els.object.value.trim();
+  return {
+    category: els.category.value || 'object',
+    object: object || undefined,
+    descriptions: defects.length > 0,
+    defects: defects.length ? defects : undefined,
+  };
 }
 
-$('image-file').addEventListener('change', async (ev) => {
-  const file = ev.target.files[0];
-  if (!file || !current) return;
-  try {
-    setStatus('image-status', `Decoding ${file.name}…`, 'busy');
-    const bitmap = await createImageBitmap(file);
-    if (bitmap.width * bitmap.height > MAX_PIXELS) {
-      bitmap.close();
-      throw new Error(`${bitmap.width}×${bitmap.height} is over the 64 Mpx limit`);
-    }
-    const size = current.imageSize;
-    const pixels = toPixels(bitmap, size, current.mean, current.std);
-    bitmap.close();
-    setStatus('image-status', `Encoding with ${current.name}…`, 'busy');
-    const r = await call(
-      'embedImage',
-      { pixels: pixels.buffer, height: size, width: size, surgeryLayers: 0 },
-      [pixels.buffer],
-    );
-    const shapes = Object.entries(r.tensors)
-      .map(([k, v]) => `${k} [${v.shape.join(', ')}]`)
-      .join(', ');
-    setStatus(
-      'image-status',
-      `model loaded: ${current.name}; encoded ${file.name} in ${secs(r.ms)}: ${shapes}\n` +
-        '(browser resampling, not the bicubic resize of the reference pipeline)',
-      'ok',
-    );
-  } catch (e) {
-    setStatus('image-status', `Could not encode the image: ${e.message}`, 'error');
+function drawRgba(canvas, rgba, width, height) {
+  canvas.width = width;
+  canvas.height = height;
+  const img = new ImageData(new Uint8ClampedArray(rgba.buffer, rgba.byteOffset, rgba.byteLength), width, height);
+  canvas.getContext('2d').putImageData(img, 0, 0);
+}
+
+function threshold() {
+  return Number(els.threshold.value);
+}
+
+function describeVerdict(r) {
+  const t = threshold();
+  const v = verdict(r.score, t);
+  const plain =
+    v === 'anomalous'
+      ? 'likely defective: parts of the image look unlike a normal example'
+      : 'looks normal at this threshold';
+  return { v, text: `${r.name ? `${r.name}: ` : ''}score ${r.score.toFixed(3)} — ${v} at threshold ${t.toFixed(2)} (${plain}).` };
+}
+
+let overlayPending = false;
+let overlayAgain = false;
+async function redraw() {
+  if (!state.current) return;
+  if (overlayPending) {
+    overlayAgain = true;
+    return;
   }
+  overlayPending = true;
+  try {
+    do {
+      overlayAgain = false;
+      const o = await client.call('overlay', { opacity: Number(els.opacity.value), threshold: threshold() });
+      drawRgba(els.overlay, o.rgba, o.width, o.height);
+    } while (overlayAgain);
+  } catch (e) {
+    showMessage(`Could not draw the overlay: ${e?.message ?? e}`);
+  } finally {
+    overlayPending = false;
+  }
+  const { v, text } = describeVerdict(state.current);
+  setStatus(els.verdict, text, v === 'anomalous' ? 'bad' : 'ok');
+  els.overlay.setAttribute('aria-label', `Anomaly heatmap over the image. ${text}`);
+  els.overlay.dataset.score = String(state.current.score);
+  els.exportPng.disabled = false;
+  els.exportJson.disabled = false;
+}
+
+async function show(result, t0) {
+  state.current = result;
+  await redraw();
+  const ms = performance.now() - t0;
+  document.dispatchEvent(new CustomEvent('anoscope:drawn', { detail: { ms, score: result.score, name: result.name } }));
+}
+
+function needModel() {
+  if (!state.model) {
+    showMessage('Load a model first (section 1): a served checkpoint, a download, your own files, or the interface test model.');
+    return false;
+  }
+  return true;
+}
+
+async function fileItem(f) {
+  return { name: f.name || 'pasted image', bytes: await f.arrayBuffer() };
+}
+
+async function scoreFiles(files, t0 = performance.now()) {
+  if (!needModel() || files.length === 0) return;
+  const mode = els.mode.value;
+  clearMessage();
+  if (mode === 'batch') return scoreBatch(files, t0);
+  const problems = [];
+  const done = [];
+  for (const [i, f] of files.entries()) {
+    setStatus(els.imageStatus, `Scoring ${f.name || 'image'} (${i + 1} of ${files.length}, ${mode})…`, 'busy');
+    try {
+      const r = await client.call('detect', { mode, file: await fileItem(f), text: textSpec() });
+      r.name = f.name || 'pasted image';
+      done.push(r);
+      await show(r, t0);
+    } catch (e) {
+      problems.push(`${f.name || 'image'}: ${e?.message ?? e}`);
+    }
+  }
+  if (problems.length) showMessage(`Could not score ${problems.length === 1 ? 'this file' : 'these files'}:\n${problems.join('\n')}`);
+  setStatus(
+    els.imageStatus,
+    `Scored ${done.length} of ${files.length} image${files.length === 1 ? '' : 's'} (${mode}).${takeFolderNote()}`,
+    done.length ? 'ok' : 'error',
+  );
+  if (files.length > 1 && done.length) {
+    state.results = done;
+    await fillGrid(done, async (r) => {
+      await client.call('setCurrent', { input: r.input, map: r.map, width: r.width, height: r.height });
+      await show(r, performance.now());
+    });
+  } else if (done.length) {
+    state.results = done;
+    els.gridBox.hidden = true;
+  }
+}
+
+async function scoreBatch(files, t0) {
+  const max = state.limits?.maxBatch ?? Infinity;
+  if (files.length < 2 || files.length > max) {
+    showMessage(`Batch mode scores 2 to ${max} images together (MuSc); you gave ${files.length}.`);
+    return;
+  }
+  setStatus(els.imageStatus, `MuSc over ${files.length} images…`, 'busy');
+  const items = await Promise.all(files.map(fileItem));
+  const res = await run('Batch failed', () => client.call('batch', { files: items }));
+  els.progressBox.hidden = true;
+  if (!res) {
+    setStatus(els.imageStatus, 'Batch not scored.', 'error');
+    return;
+  }
+  setStatus(els.imageStatus, `Scored ${res.items.length} images with MuSc in ${Math.round(res.ms)} ms.${takeFolderNote()}`, 'ok');
+  const list = res.items.map((it, i) => ({ ...it, batchIndex: i }));
+  state.results = list;
+  await fillGrid(list, async (r) => {
+    const d = await client.call('batchOpen', { index: r.batchIndex, name: r.name });
+    d.name = r.name;
+    await show(d, performance.now());
+  });
+  const top = [...list].sort((a, b) => b.score - a.score)[0];
+  const d = await client.call('batchOpen', { index: top.batchIndex, name: top.name });
+  d.name = top.name;
+  await show(d, t0);
+}
+
+async function fillGrid(list, open) {
+  const sorted = [...list].sort((a, b) => b.score - a.score);
+  const rows = [];
+  for (const r of sorted) {
+    const li = document.createElement('li');
+    const b = document.createElement('button');
+    b.type = 'button';
+    const c = document.createElement('canvas');
+    let rgba = r.rgba;
+    if (!rgba) {
+      await client.call('setCurrent', { input: r.input, map: r.map, width: r.width, height: r.height });
+      rgba = (await client.call('overlay', { opacity: 0.5, threshold: NaN })).rgba;
+    }
+    drawRgba(c, rgba, r.width, r.height);
+    c.setAttribute('aria-hidden', 'true');
+    const label = document.createElement('span');
+    label.className = 'grid-label';
+    const v = verdict(r.score, threshold());
+    label.textContent = `${r.name}: ${r.score.toFixed(3)} (${v})`;
+    b.append(c, label);
+    b.dataset.score = String(r.score);
+    b.addEventListener('click', () => open(r));
+    li.append(b);
+    rows.push(li);
+  }
+  els.grid.replaceChildren(...rows);
+  els.gridBox.hidden = false;
+  if (state.current && list.some((r) => r.map)) {
+    // The grid thumbnails replaced the worker's current map; put the shown one back.
+    const cur = list.find((r) => r.name === state.current.name && r.map);
+    if (cur) await client.call('setCurrent', { input: cur.input, map: cur.map, width: cur.width, height: cur.height });
+  }
+}
+
+// ---------------------------------------------------------------------------
+// inputs: drop (files and folders), paste, picker, webcam
+
+async function filesFromDataTransfer(dt) {
+  const entries = [];
+  for (const item of dt.items ?? []) {
+    if (item.kind !== 'file') continue;
+    const entry = item.webkitGetAsEntry?.();
+    entries.push(entry ? { entry } : { file: item.getAsFile() });
+  }
+  if (entries.length === 0) return Array.from(dt.files ?? []);
+  const out = [];
+  const walk = async (entry) => {
+    if (entry.isFile) {
+      out.push(await new Promise((res, rej) => entry.file(res, rej)));
+    } else if (entry.isDirectory) {
+      const reader = entry.createReader();
+      for (;;) {
+        const batch = await new Promise((res, rej) => reader.readEntries(res, rej));
+        if (batch.length === 0) break;
+        for (const e of batch) await walk(e);
+      }
+    }
+  };
+  let folder = false;
+  for (const e of entries) {
+    if (e.file) out.push(e.file);
+    else {
+      folder ||= e.entry.isDirectory;
+      await walk(e.entry);
+    }
+  }
+  return folder ? imagesOfFolder(out) : out;
+}
+
+function takeFolderNote() {
+  const note = state.folderNote ?? '';
+  state.folderNote = '';
+  return note;
+}
+
+const IMAGE_NAME = /\.(png|jpe?g|webp|bmp|gif|tiff?)$/i;
+
+/** The image files of a folder, by name; says how many other files were left out. */
+function imagesOfFolder(files) {
+  const images = files.filter((f) => IMAGE_NAME.test(f.name) && !f.name.startsWith('.'));
+  const skipped = files.length - images.length;
+  state.folderNote = skipped ? ` Left out ${skipped} file(s) of the folder that are not images.` : '';
+  return images.sort((a, b) => (a.webkitRelativePath || a.name).localeCompare(b.webkitRelativePath || b.name));
+}
+
+async function routeFiles(files, t0) {
+  if (files.some((f) => /\.(safetensors|json)$/i.test(f.name))) return handleCheckpointFiles(files);
+  return scoreFiles(files, t0);
+}
+
+document.addEventListener('dragover', (ev) => {
+  ev.preventDefault();
+  document.body.classList.add('dragging');
 });
+document.addEventListener('dragleave', () => document.body.classList.remove('dragging'));
+document.addEventListener('drop', async (ev) => {
+  ev.preventDefault();
+  document.body.classList.remove('dragging');
+  const t0 = performance.now();
+  const files = await filesFromDataTransfer(ev.dataTransfer);
+  await routeFiles(files, t0);
+});
+
+els.refsDrop.addEventListener('drop', async (ev) => {
+  ev.preventDefault();
+  ev.stopPropagation();
+  await setReferences(await filesFromDataTransfer(ev.dataTransfer));
+});
+els.refsDrop.addEventListener('dragover', (ev) => ev.preventDefault());
+els.refsFiles.addEventListener('change', async () => {
+  await setReferences(Array.from(els.refsFiles.files));
+  els.refsFiles.value = '';
+});
+els.refsClear.addEventListener('click', async () => {
+  await run('Could not clear', () => client.call('clearReferences'));
+  setStatus(els.refsStatus, 'No references.', '');
+});
+
+async function setReferences(files) {
+  if (!needModel() || files.length === 0) return;
+  setStatus(els.refsStatus, `Embedding ${files.length} reference image(s)…`, 'busy');
+  const items = await Promise.all(files.map(fileItem));
+  const r = await run('Reference images', () => client.call('references', { files: items }));
+  if (r) setStatus(els.refsStatus, `${r.count} normal reference image(s) embedded.`, 'ok');
+  else setStatus(els.refsStatus, 'References unchanged.', 'error');
+}
+
+document.addEventListener('paste', async (ev) => {
+  const files = Array.from(ev.clipboardData?.files ?? []);
+  if (files.length === 0) return;
+  ev.preventDefault();
+  await routeFiles(files, performance.now());
+});
+
+els.imageFiles.addEventListener('change', async () => {
+  const files = Array.from(els.imageFiles.files);
+  els.imageFiles.value = '';
+  await routeFiles(files, performance.now());
+});
+els.folderFiles.addEventListener('change', async () => {
+  const files = imagesOfFolder(Array.from(els.folderFiles.files));
+  els.folderFiles.value = '';
+  await scoreFiles(files, performance.now());
+});
+els.modelFiles.addEventListener('change', async () => {
+  const files = Array.from(els.modelFiles.files);
+  els.modelFiles.value = '';
+  await handleCheckpointFiles(files);
+});
+els.promptFile.addEventListener('change', async () => {
+  const [f] = els.promptFile.files;
+  els.promptFile.value = '';
+  if (f) await loadPromptFile(f);
+});
+for (const zone of [els.drop, els.refsDrop]) {
+  zone.addEventListener('keydown', (ev) => {
+    if (ev.key === 'Enter' || ev.key === ' ') {
+      ev.preventDefault();
+      (zone === els.drop ? els.imageFiles : els.refsFiles).click();
+    }
+  });
+}
+
+// Webcam: frames go to the worker one at a time (fast mode), as fast as it keeps up.
+async function startWebcam() {
+  if (!needModel()) return;
+  let stream;
+  try {
+    stream = await navigator.mediaDevices.getUserMedia({ video: { width: { ideal: 640 }, height: { ideal: 480 } } });
+  } catch (e) {
+    const why =
+      e?.name === 'NotAllowedError'
+        ? 'camera permission was refused. Allow the camera for this page in the browser’s site settings, then press Start webcam again.'
+        : e?.name === 'NotFoundError'
+          ? 'no camera was found.'
+          : `${e?.message ?? e}`;
+    showMessage(`Webcam: ${why}`);
+    setStatus(els.webcamStatus, 'Webcam off.', '');
+    return;
+  }
+  els.video.srcObject = stream;
+  els.video.hidden = false; // a small live preview; the scored frame is drawn in section 4
+  await els.video.play().catch(() => {});
+  const wc = { stream, frames: 0, t0: performance.now(), running: true };
+  state.webcam = wc;
+  els.webcam.textContent = 'Stop webcam';
+  els.webcam.setAttribute('aria-pressed', 'true');
+  const grab = new OffscreenCanvas(1, 1);
+  const ctx = grab.getContext('2d', { willReadFrequently: true });
+  while (wc.running) {
+    const vw = els.video.videoWidth;
+    const vh = els.video.videoHeight;
+    if (!vw || !vh) {
+      await new Promise((r) => setTimeout(r, 30));
+      continue;
+    }
+    const s = Math.min(1, 320 / Math.max(vw, vh));
+    grab.width = Math.round(vw * s);
+    grab.height = Math.round(vh * s);
+    ctx.drawImage(els.video, 0, 0, grab.width, grab.height);
+    const data = ctx.getImageData(0, 0, grab.width, grab.height).data;
+    const t = performance.now();
+    try {
+      const r = await client.call(
+        'detect',
+        { mode: 'fast', rgba: { data: data.buffer, width: grab.width, height: grab.height }, text: textSpec() },
+        [data.buffer],
+      );
+      if (!wc.running) break;
+      r.name = 'webcam';
+      await show(r, t);
+      if (!wc.running) break;
+      wc.frames += 1;
+      const fps = wc.frames / ((performance.now() - wc.t0) / 1000);
+      setStatus(els.webcamStatus, `Webcam on: ${wc.frames} frames scored, ${fps.toFixed(1)} fps (fast mode).`, 'ok');
+      els.webcamStatus.dataset.fps = fps.toFixed(2);
+      els.webcamStatus.dataset.frames = String(wc.frames);
+    } catch (e) {
+      showMessage(`Webcam frame: ${e?.message ?? e}`);
+      stopWebcam();
+    }
+  }
+}
+
+function stopWebcam(reason = '') {
+  const wc = state.webcam;
+  if (!wc) return;
+  wc.running = false;
+  for (const t of wc.stream.getTracks()) t.stop();
+  els.video.srcObject = null;
+  els.video.hidden = true;
+  state.webcam = null;
+  els.webcam.textContent = 'Start webcam';
+  els.webcam.setAttribute('aria-pressed', 'false');
+  setStatus(els.webcamStatus, `Webcam off${reason}. ${wc.frames} frames were scored.`, '');
+  els.webcamStatus.dataset.live = 'false';
+}
+
+els.webcam.addEventListener('click', () => (state.webcam ? stopWebcam() : startWebcam()));
+document.addEventListener('visibilitychange', () => {
+  if (document.hidden) stopWebcam(' (the tab was hidden)');
+});
+
+// ---------------------------------------------------------------------------
+// settings, prompts, export
+
+const MODE_NOTES = {
+  fast: 'One pass through the image tower (CLIP Surgery value-value tokens). Fast; coarser maps.',
+  winclip: 'WinCLIP runs the image tower on many windows per image: more accurate, and heavy on the CPU (seconds per image on ViT-B/16).',
+  fewshot: 'WinCLIP+ compares each image with the normal reference images you drop into the tray below.',
+  batch: 'Drop a folder or several images: MuSc scores them against each other, no prompts needed. Results are listed most anomalous first.',
+};
+function onModeChange() {
+  const m = els.mode.value;
+  els.modeNote.textContent = MODE_NOTES[m];
+  els.modeNote.className = m === 'winclip' ? 'note warn' : 'note';
+  els.refsBox.hidden = m !== 'fewshot';
+}
+els.mode.addEventListener('change', onModeChange);
+onModeChange();
+
+els.encode.addEventListener('click', async () => {
+  if (!needModel()) return;
+  const spec = textSpec();
+  setStatus(els.textStatus, 'Encoding prompts…', 'busy');
+  const t0 = performance.now();
+  const r = await run('Custom prompts', () => client.call('text', spec));
+  els.progressBox.hidden = true;
+  if (!r) {
+    setStatus(els.textStatus, 'Prompts not encoded.', 'error');
+    return;
+  }
+  const what = spec.object || spec.defects ? `custom prompts for “${spec.object ?? spec.category}”` : `prompts for ${spec.category}`;
+  setStatus(els.textStatus, `Encoded ${what} in ${Math.round(performance.now() - t0)} ms.`, 'ok');
+  els.textStatus.dataset.encoded = spec.object ?? spec.category;
+});
+
+els.opacity.addEventListener('input', redraw);
+els.threshold.addEventListener('input', () => {
+  els.thresholdValue.textContent = threshold().toFixed(2);
+  redraw();
+});
+
+function download(blob, name) {
+  const a = document.createElement('a');
+  a.href = URL.createObjectURL(blob);
+  a.download = name;
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(a.href), 10_000);
+}
+els.exportPng.addEventListener('click', () => els.overlay.toBlob((b) => b && download(b, 'anoscope-overlay.png'), 'image/png'));
+els.exportJson.addEventListener('click', () => {
+  const t = threshold();
+  const list = state.results.length ? state.results : state.current ? [state.current] : [];
+  const json = {
+    model: state.model?.label,
+    testModel: !!state.model?.test,
+    mode: els.mode.value,
+    category: els.category.value,
+    threshold: t,
+    results: [...list]
+      .sort((a, b) => b.score - a.score)
+      .map((r) => ({ name: r.name, score: r.score, verdict: verdict(r.score, t) })),
+  };
+  download(new Blob([JSON.stringify(json, null, 2)], { type: 'application/json' }), 'anoscope-scores.json');
+});
+
+// ---------------------------------------------------------------------------
+// start
+
+if ('serviceWorker' in navigator) {
+  navigator.serviceWorker.register('./sw.js').catch((e) => console.warn(`offline cache unavailable: ${e.message}`));
+}
+
+client.ready.then(
+  async (info) => {
+    state.limits = info.limits;
+    setStatus(els.engine, `Detector ready (anoscope ${info.version}).`, 'ok');
+    els.modelFiles.disabled = false;
+    await setupModelSources();
+    document.body.dataset.ready = 'true';
+  },
+  () => {},
+);

@@ -1,50 +1,295 @@
-// Module worker: owns the wasm module and the loaded model, so the page stays
-// responsive while a checkpoint loads or an image is encoded.
-import init, { version, ClipModel } from './pkg/anoscope.js';
+// Module worker: the only owner of the WebAssembly detector. Everything that touches the
+// model (loading, text encoding, scoring, MuSc batches, overlays) runs here so the page never
+// freezes. Messages: {id, type, payload} in; {id, ok, result|error} or {type:'progress', ...} out.
+import init, { version, limits, ClipModel, Image, renderOverlay } from './pkg/anoscope.js';
+import { sha256Hex, fetchWithProgress, WEIGHTS_CACHE } from './common.js';
 
-let model = null;
+let model = null; // ClipModel
+let modelInfo = null; // {label, weightsSha256, test}
+let refs = null; // References (few-shot)
+let batchResult = null; // BatchResult
+let current = null; // {input: Uint8Array, map: Float32Array, width, height}
+const textCache = new Map();
+const state = { limits: null };
 
-const ready = init().then(
-  () => postMessage({ type: 'ready', version: version() }),
+function progress(stage, done, total, extra = {}) {
+  postMessage({ type: 'progress', stage, done, total, ...extra });
+}
+
+/** Fetches the wasm, checks its sha256 against build.json, then instantiates it. */
+async function start() {
+  const build = await (await fetch('./build.json', { cache: 'no-cache' })).json();
+  const res = await fetch('./pkg/anoscope_bg.wasm');
+  if (!res.ok) throw new Error(`pkg/anoscope_bg.wasm: HTTP ${res.status}`);
+  const bytes = new Uint8Array(await res.arrayBuffer());
+  const got = await sha256Hex(bytes);
+  if (got !== build.wasm.sha256) {
+    throw new Error(
+      `the WebAssembly module failed its integrity check (sha256 ${got}, expected ${build.wasm.sha256}); ` +
+        'reload the page, or rebuild the site with ./build.sh',
+    );
+  }
+  await init({ module_or_path: bytes });
+  state.limits = JSON.parse(limits());
+  return { version: version(), limits: state.limits, build };
+}
+
+const ready = start().then(
+  (info) => {
+    postMessage({ type: 'ready', ...info });
+    return info;
+  },
   (e) => {
     postMessage({ type: 'fatal', error: `could not start the WebAssembly module: ${e?.message ?? e}` });
     throw e;
   },
 );
 
-/** Tensor names and shapes from safetensors bytes (header only). */
-function describe(bytes) {
-  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  const n = Number(view.getBigUint64(0, true));
-  const header = JSON.parse(new TextDecoder().decode(bytes.subarray(8, 8 + n)));
-  delete header.__metadata__;
-  return Object.fromEntries(Object.entries(header).map(([k, v]) => [k, { dtype: v.dtype, shape: v.shape }]));
+function needModel() {
+  if (!model) throw new Error('no model is loaded yet: choose a checkpoint first');
+  return model;
+}
+
+function decodeAll(files) {
+  // files: [{name, bytes: ArrayBuffer}]; decode errors name the file, and what was decoded is freed.
+  const out = [];
+  try {
+    for (const f of files) {
+      try {
+        out.push(Image.decode(new Uint8Array(f.bytes)));
+      } catch (e) {
+        throw new Error(`${f.name}: ${e?.message ?? e}`);
+      }
+    }
+    return out;
+  } catch (e) {
+    for (const im of out) im.free();
+    throw e;
+  }
+}
+
+/** Detection → plain transferable result, remembered as `current` for overlays. */
+function publish(det, extra = {}) {
+  const out = {
+    score: det.score,
+    width: det.width,
+    height: det.height,
+    map: det.map(),
+    input: det.input(),
+    ...extra,
+  };
+  det.free();
+  current = { input: out.input, map: out.map, width: out.width, height: out.height };
+  return out;
+}
+
+function textFor({ category, object, descriptions, defects }) {
+  const m = needModel();
+  const key = JSON.stringify([category, object ?? null, !!descriptions, defects ?? null]);
+  let pair = textCache.get(key);
+  if (!pair) {
+    // The text tower reports (prompts encoded, total); a prompt-file hit reports nothing.
+    const t0 = performance.now();
+    let encoded = false;
+    pair = m.textPair(
+      category,
+      object || undefined,
+      !!descriptions,
+      defects && defects.length ? defects : undefined,
+      (done, total) => {
+        encoded = true;
+        progress('text', done, total, { label: `encoding prompts with the text tower: ${done} of ${total}` });
+      },
+    );
+    if (encoded) progress('text', 1, 1, { label: 'prompts encoded', ms: performance.now() - t0 });
+    textCache.set(key, pair);
+  }
+  return pair;
+}
+
+async function getBytes(url, label, expectSha, maxBytes = state.limits.maxCheckpointBytes) {
+  const cache = await caches.open(WEIGHTS_CACHE);
+  let res = await cache.match(url);
+  let cached = !!res;
+  if (!res) {
+    res = await fetch(url);
+    if (!res.ok) throw new Error(`download of ${label} failed: HTTP ${res.status} for ${url}`);
+  }
+  // Refused before anything is read into memory.
+  const announced = Number(res.headers.get('content-length'));
+  if (announced > maxBytes) {
+    throw new Error(`${label} is ${announced} bytes; the page accepts at most ${maxBytes} bytes`);
+  }
+  const bytes = await fetchWithProgress(res, (done, total) => progress('download', done, total, { label }), maxBytes);
+  if (expectSha) {
+    const got = await sha256Hex(bytes);
+    if (got !== expectSha) {
+      if (cached) await cache.delete(url);
+      throw new Error(
+        `download of ${label} is incomplete or corrupt: sha256 ${got} (${bytes.byteLength} bytes), ` +
+          `expected ${expectSha}. Nothing was loaded; try again.`,
+      );
+    }
+    if (!cached) await cache.put(url, new Response(bytes, { headers: { 'content-type': 'application/octet-stream' } }));
+  }
+  return bytes;
 }
 
 const handlers = {
-  load({ configName, configText, weights }) {
+  /** {label, test, configName, configText?, configUrl?, weights?(ArrayBuffer), weightsUrl?, weightsSha256?,
+   *   configSha256?, promptsUrl?} */
+  async load(p) {
+    const lim = (await ready).limits;
+    const configText = p.configText ?? new TextDecoder().decode(await getBytes(p.configUrl, p.configName, p.configSha256));
+    let weights;
+    if (p.weights) {
+      weights = new Uint8Array(p.weights);
+    } else {
+      weights = await getBytes(p.weightsUrl, `${p.label} weights`, p.weightsSha256);
+    }
+    if (weights.byteLength > lim.maxCheckpointBytes) {
+      throw new Error(
+        `this checkpoint is ${weights.byteLength} bytes; the page accepts at most ${lim.maxCheckpointBytes} bytes`,
+      );
+    }
+    progress('load', 0, 1, { label: 'building the model' });
     const t0 = performance.now();
-    const next = ClipModel.load(configName, configText, new Uint8Array(weights));
+    const next = ClipModel.load(p.configName, configText, weights);
+    const weightsSha256 = p.weightsSha256 ?? (await sha256Hex(weights));
+    let prompts = null;
+    if (p.promptsUrl) {
+      try {
+        const bundle = await getBytes(p.promptsUrl, 'prompt file', p.promptsSha256);
+        prompts = next.loadPrompts(bundle, weightsSha256);
+      } catch (e) {
+        next.free();
+        throw e;
+      }
+    }
     if (model) model.free();
+    if (refs) refs.free();
+    if (batchResult) batchResult.free();
+    refs = null;
+    batchResult = null;
+    textCache.clear();
     model = next;
-    return { imageSize: model.imageSize(), hasText: model.hasText(), ms: performance.now() - t0 };
+    modelInfo = { label: p.label, weightsSha256, test: !!p.test };
+    progress('load', 1, 1, { label: 'model ready' });
+    return {
+      label: p.label,
+      test: !!p.test,
+      imageSize: model.imageSize(),
+      hasText: model.hasText(),
+      categories: model.categories(),
+      promptFile: !!prompts,
+      ms: performance.now() - t0,
+    };
   },
-  embedImage({ pixels, height, width, surgeryLayers }) {
-    if (!model) throw new Error('no model loaded');
+  /** A prompt file dropped or picked by the user for the loaded model. */
+  loadPrompts({ bytes }) {
+    const m = needModel();
+    const cats = m.loadPrompts(new Uint8Array(bytes), modelInfo.weightsSha256);
+    textCache.clear();
+    return { categories: cats };
+  },
+  text(p) {
+    const pair = textFor(p);
+    return { length: pair.length };
+  },
+  /** {mode, file: {name, bytes} | rgba: {data, width, height}, text: {...}} */
+  detect({ mode, file, rgba, text }) {
+    const m = needModel();
+    if (mode === 'fewshot' && !refs) throw new Error('few-shot mode needs at least one normal reference image in the tray');
+    const pair = textFor(text);
+    let image;
+    if (rgba) {
+      image = Image.fromRgba(new Uint8Array(rgba.data), rgba.width, rgba.height);
+    } else {
+      [image] = decodeAll([file]);
+    }
     const t0 = performance.now();
-    const out = model.embedImage(new Float32Array(pixels), height, width, surgeryLayers);
-    return { tensors: describe(out), ms: performance.now() - t0 };
+    try {
+      const det = m.detect(mode, image, pair, mode === 'fewshot' ? refs : undefined);
+      return publish(det, { ms: performance.now() - t0, name: file?.name, sourceWidth: image.width, sourceHeight: image.height });
+    } finally {
+      image.free();
+    }
+  },
+  references({ files }) {
+    const m = needModel();
+    const lim = state.limits;
+    if (files.length > lim.maxReferences) {
+      throw new Error(`few-shot mode takes 1 to ${lim.maxReferences} normal reference images, got ${files.length}`);
+    }
+    // The images move into wasm (references() takes them over).
+    const next = m.references(decodeAll(files));
+    if (refs) refs.free();
+    refs = next;
+    return { count: files.length };
+  },
+  clearReferences() {
+    if (refs) refs.free();
+    refs = null;
+    return {};
+  },
+  batch({ files }) {
+    const m = needModel();
+    const lim = state.limits;
+    if (files.length < 2 || files.length > lim.maxBatch) {
+      throw new Error(`batch mode (MuSc) scores 2 to ${lim.maxBatch} images together, got ${files.length}`);
+    }
+    const images = decodeAll(files); // moved into wasm by batch()
+    const t0 = performance.now();
+    const res = m.batch(images, (done, total, stage) => progress('batch', done, total, { label: stage }));
+    if (batchResult) batchResult.free();
+    batchResult = res;
+    const scores = Array.from(res.scores());
+    const items = [];
+    for (let i = 0; i < res.length; i += 1) {
+      const d = res.detection(i);
+      items.push({
+        name: files[i].name,
+        score: scores[i],
+        width: d.width,
+        height: d.height,
+        rgba: renderOverlay(d.input(), d.map(), d.width, d.height, 0.5, NaN),
+      });
+      d.free();
+    }
+    return { items, ms: performance.now() - t0 };
+  },
+  batchOpen({ index, name }) {
+    if (!batchResult) throw new Error('no batch result to open');
+    return publish(batchResult.detection(index), { name });
+  },
+  /** Makes an earlier result (kept by the page) the one overlays are drawn for. */
+  setCurrent({ input, map, width, height }) {
+    if (input.length !== width * height * 4 || map.length !== width * height) throw new Error('result has the wrong size');
+    current = { input, map, width, height };
+    return {};
+  },
+  overlay({ opacity, threshold }) {
+    if (!current) throw new Error('nothing scored yet');
+    const { input, map, width, height } = current;
+    return { rgba: renderOverlay(input, map, width, height, opacity, threshold), width, height };
   },
 };
 
-onmessage = async ({ data }) => {
+// Requests run one at a time, in order.
+let queue = Promise.resolve();
+onmessage = ({ data }) => {
   const { id, type, payload } = data;
-  try {
-    await ready;
-    const handler = handlers[type];
-    if (!handler) throw new Error(`unknown request ${type}`);
-    postMessage({ id, ok: true, result: handler(payload) });
-  } catch (e) {
-    postMessage({ id, ok: false, error: e?.message ?? String(e) });
-  }
+  queue = queue.then(async () => {
+    try {
+      await ready;
+      const handler = handlers[type];
+      if (!handler) throw new Error(`unknown request ${type}`);
+      const result = await handler(payload ?? {});
+      // Only freshly rendered pixels are transferred; maps stay usable here for overlays.
+      const transfer = result?.rgba ? [result.rgba.buffer] : [];
+      postMessage({ id, ok: true, result }, transfer);
+    } catch (e) {
+      postMessage({ id, ok: false, error: e?.message ?? String(e) });
+    }
+  });
 };

@@ -137,6 +137,31 @@ pub fn decode_image(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage> {
     decode_reader(Cursor::new(bytes), limits)
 }
 
+/// An RGB image from canvas / video-frame data: `rgba` holds `width x height` RGBA pixels, row-major
+/// (alpha is dropped, not composited). Errors for a zero or over-the-limit size and for a buffer
+/// of the wrong length.
+pub fn rgb_from_rgba(rgba: &[u8], width: u32, height: u32, limits: &ImageLimits) -> Result<RgbImage> {
+    if width == 0 || height == 0 {
+        bail!("an image needs a positive width and height, got {width}x{height}");
+    }
+    let pixels = u64::from(width) * u64::from(height);
+    if pixels > limits.max_pixels {
+        bail!(
+            "the image is too large: {width}x{height} = {pixels} pixels exceeds the limit of {} pixels",
+            limits.max_pixels
+        );
+    }
+    if rgba.len() as u64 != pixels * 4 {
+        bail!(
+            "the pixel buffer holds {} bytes, but {width}x{height} RGBA needs {}",
+            rgba.len(),
+            pixels * 4
+        );
+    }
+    let rgb = rgba.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect();
+    RgbImage::from_raw(width, height, rgb).context("pixel buffer")
+}
+
 /// Reads and decodes the image file at `path` (see [`decode_image`]). Every error message
 /// contains the path.
 pub fn load_image(path: &Path, limits: &ImageLimits) -> Result<RgbImage> {

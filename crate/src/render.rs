@@ -377,6 +377,54 @@ pub fn overlay(
     Ok(out)
 }
 
+/// [`overlay`] on canvas data, as the page draws it: `rgba` is a `width x height` RGBA image
+/// (alpha ignored), `map` a same-sized map drawn with the fixed range `[0, 1]` (so colours mean
+/// the same across images), `opacity` in `[0, 1]`, and with `Some(threshold)` the outline of
+/// `map >= threshold` on top. Returns RGBA bytes with alpha 255.
+///
+/// Errors when the buffer sizes do not match `width x height` or `opacity` is not in `[0, 1]`.
+pub fn overlay_rgba(
+    rgba: &[u8],
+    map: &[f32],
+    width: usize,
+    height: usize,
+    opacity: f32,
+    threshold: Option<f32>,
+) -> Result<Vec<u8>> {
+    let n = area(width, height, "image")?;
+    ensure!(
+        (0.0..=1.0).contains(&opacity),
+        "opacity must be a number from 0 to 1, got {opacity}"
+    );
+    ensure!(
+        n.checked_mul(4) == Some(rgba.len()),
+        "the image holds {} bytes, but {width}x{height} RGBA needs {}",
+        rgba.len(),
+        n.saturating_mul(4)
+    );
+    ensure!(
+        map.len() == n,
+        "the anomaly map holds {} values, but the image is {width}x{height} = {n} pixels",
+        map.len()
+    );
+    let rgb: Vec<u8> = rgba.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect();
+    let (w, h) = (
+        u32::try_from(width).context("image width")?,
+        u32::try_from(height).context("image height")?,
+    );
+    let img = RgbImage::from_raw(w, h, rgb).context("image buffer")?;
+    let out = overlay(
+        &img,
+        map,
+        width,
+        height,
+        Normalization::new(0.0, 1.0),
+        opacity,
+        threshold,
+    )?;
+    Ok(out.pixels().flat_map(|p| [p[0], p[1], p[2], 255]).collect())
+}
+
 // ---------------------------------------------------------------------------------------------
 // Report pictures
 

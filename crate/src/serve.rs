@@ -5,7 +5,8 @@
 //! (`Cross-Origin-Opener-Policy: same-origin`,
 //! `Cross-Origin-Embedder-Policy: require-corp`,
 //! `Cross-Origin-Resource-Policy: same-origin`) so the page may use
-//! `SharedArrayBuffer` and wasm threads. It is a development server, not a
+//! `SharedArrayBuffer` and wasm threads, and the page's strict
+//! Content-Security-Policy ([`CONTENT_SECURITY_POLICY`]). It is a development server, not a
 //! production one: no keep-alive, no ranges, no compression.
 #![cfg(not(target_arch = "wasm32"))]
 
@@ -18,6 +19,21 @@ use std::thread;
 use std::time::Duration;
 
 use anyhow::Context;
+
+/// The policy the page is built to pass: no `eval`, no inline scripts or styles, WebAssembly
+/// compilation allowed (`'wasm-unsafe-eval'`), network access only to the site itself and to the
+/// checkpoint hosts of `weights/manifest.json` (Hugging Face and its CDN hosts). `www/index.html`
+/// and `www/examples/embed.html` carry the same policy as a `<meta>` (minus `frame-ancestors`,
+/// which only works as a header) so that static hosting keeps it; a test checks they agree.
+pub const CONTENT_SECURITY_POLICY_META: &str = "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; \
+     worker-src 'self'; style-src 'self'; img-src 'self' blob: data:; media-src 'self' blob: mediastream:; \
+     connect-src 'self' https://huggingface.co https://*.huggingface.co https://*.hf.co; object-src 'none'; \
+     base-uri 'none'; form-action 'none'";
+/// [`CONTENT_SECURITY_POLICY_META`] plus the header-only `frame-ancestors 'self'`.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; \
+     worker-src 'self'; style-src 'self'; img-src 'self' blob: data:; media-src 'self' blob: mediastream:; \
+     connect-src 'self' https://huggingface.co https://*.huggingface.co https://*.hf.co; object-src 'none'; \
+     base-uri 'none'; form-action 'none'; frame-ancestors 'self'";
 
 /// Longest request head (request line + headers) accepted, in bytes.
 const MAX_HEAD_BYTES: usize = 16 * 1024;
@@ -288,13 +304,15 @@ fn write_response(stream: &mut TcpStream, resp: Response, head_only: bool) -> io
          Cross-Origin-Opener-Policy: same-origin\r\n\
          Cross-Origin-Embedder-Policy: require-corp\r\n\
          Cross-Origin-Resource-Policy: same-origin\r\n\
+         Content-Security-Policy: {}\r\n\
          X-Content-Type-Options: nosniff\r\n\
          Cache-Control: no-cache\r\n\
          Connection: close\r\n",
         resp.status,
         resp.reason,
         resp.content_type,
-        resp.len()
+        resp.len(),
+        CONTENT_SECURITY_POLICY
     );
     for (name, value) in &resp.extra_headers {
         head.push_str(&format!("{name}: {value}\r\n"));
@@ -400,6 +418,7 @@ mod tests {
         assert_eq!(r.headers["cross-origin-opener-policy"], "same-origin");
         assert_eq!(r.headers["cross-origin-embedder-policy"], "require-corp");
         assert_eq!(r.headers["cross-origin-resource-policy"], "same-origin");
+        assert_eq!(r.headers["content-security-policy"], CONTENT_SECURITY_POLICY);
         // Query strings are ignored.
         assert_eq!(get(f.port, "/index.html?v=1").status, 200);
     }
@@ -477,6 +496,49 @@ mod tests {
         assert!(!r.body.is_empty());
         let r = request(f.port, "garbage\r\n\r\n");
         assert_eq!(r.status, 400);
+    }
+
+    /// The `<meta>` policies of the shipped pages are the header's, and every checkpoint host in
+    /// weights/manifest.json is reachable under `connect-src`.
+    #[test]
+    fn csp_matches_pages_and_manifest() {
+        assert_eq!(
+            CONTENT_SECURITY_POLICY,
+            format!("{CONTENT_SECURITY_POLICY_META}; frame-ancestors 'self'")
+        );
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        for page in ["www/index.html", "www/examples/embed.html"] {
+            let html = std::fs::read_to_string(repo.join(page)).unwrap();
+            let want = format!("content=\"{CONTENT_SECURITY_POLICY_META}\"");
+            assert!(html.contains(&want), "{page} lacks the CSP meta {want}");
+            assert!(!html.contains("style=\""), "{page} has an inline style attribute");
+            assert!(
+                !html.contains("<script>") && !html.contains("<script type=\"module\">"),
+                "{page} has an inline script"
+            );
+        }
+        let manifest: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(repo.join("weights/manifest.json")).unwrap()).unwrap();
+        let connect = CONTENT_SECURITY_POLICY
+            .split(';')
+            .map(str::trim)
+            .find_map(|d| d.strip_prefix("connect-src "))
+            .unwrap();
+        let sources: Vec<&str> = connect.split_whitespace().collect();
+        let mut n = 0;
+        for model in manifest["models"].as_array().unwrap() {
+            for file in model["files"].as_array().unwrap() {
+                let url = file["url"].as_str().unwrap();
+                let host = url.strip_prefix("https://").unwrap().split('/').next().unwrap();
+                let ok = sources.iter().any(|s| match s.strip_prefix("https://*.") {
+                    Some(suffix) => host.ends_with(&format!(".{suffix}")),
+                    None => *s == format!("https://{host}"),
+                });
+                assert!(ok, "connect-src does not allow {host} ({url})");
+                n += 1;
+            }
+        }
+        assert!(n > 0);
     }
 
     #[test]

@@ -8,7 +8,7 @@ import { fileURLToPath } from 'node:url';
 import { readSafetensors, row } from './safetensors.mjs';
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
-const PKG = path.join(REPO, 'www/dist/pkg');
+const PKG = process.env.ANOSCOPE_WASM_PKG ? path.resolve(process.env.ANOSCOPE_WASM_PKG) : path.join(REPO, 'www/dist/pkg');
 const TOL = 1e-4;
 
 async function setup() {
@@ -48,26 +48,33 @@ test('wasm text pair for "bottle" equals anomalib\'s ensemble', () => {
   assert.ok(d <= TOL, `max|Δ| ${d}`);
 });
 
-for (const [mode, scores, maps, k] of [
-  ['winclip', 'zs_image_scores', 'zs_maps', 0],
-  ['fast', 'fast_image_scores', 'fast_maps', 2],
+for (const [mode, scores, maps, k, nRefs] of [
+  ['winclip', 'zs_image_scores', 'zs_maps', 0, 0],
+  ['fast', 'fast_image_scores', 'fast_maps', 2, 0],
+  ['fewshot', 'fs1_image_scores', 'fs1_maps', 0, 1],
+  ['fewshot', 'fs2_image_scores', 'fs2_maps', 0, 2],
 ]) {
-  test(`wasm ${mode} scores and maps equal the fixtures`, () => {
+  test(`wasm ${mode}${nRefs ? ` (${nRefs} reference${nRefs > 1 ? 's' : ''})` : ''} scores and maps equal the fixtures`, () => {
     const px = exp.get('pixel_values');
+    const rp = exp.get('ref_pixel_values');
+    const refs = nRefs ? model.referencesPixels(rp.data.subarray(0, nRefs * 3 * 48 * 48), nRefs, 48, 48) : undefined;
     let worst = 0;
     for (let b = 0; b < px.shape[0]; b++) {
-      const out = model.detect(mode, row(px, b).data, 48, 48, fixturePair, k);
-      assert.equal(out.length, 1 + 48 * 48);
-      worst = Math.max(worst, Math.abs(out[0] - exp.get(scores).data[b]));
-      worst = Math.max(worst, maxAbs(out.subarray(1), row(exp.get(maps), b).data));
+      const det = model.detectPixels(mode, row(px, b).data, 48, 48, fixturePair, k, refs);
+      assert.deepEqual([det.height, det.width], [48, 48]);
+      worst = Math.max(worst, Math.abs(det.score - exp.get(scores).data[b]));
+      worst = Math.max(worst, maxAbs(det.map(), row(exp.get(maps), b).data));
+      det.free();
     }
-    console.log(`wasm ${mode} vs fixture: max|Δ| = ${worst.toExponential(2)}`);
+    refs?.free();
+    console.log(`wasm ${mode} (${nRefs} refs) vs fixture: max|Δ| = ${worst.toExponential(2)}`);
     assert.ok(worst <= TOL, `max|Δ| ${worst}`);
   });
 }
 
-test('wasm detect rejects bad input with a message', () => {
-  assert.throws(() => model.detect('fast', new Float32Array(10), 48, 48, fixturePair, 0), /pixels hold 10 values/);
-  assert.throws(() => model.detect('nope', new Float32Array(3 * 48 * 48), 48, 48, fixturePair, 0), /unknown mode/);
+test('wasm detectPixels rejects bad input with a message', () => {
+  assert.throws(() => model.detectPixels('fast', new Float32Array(10), 48, 48, fixturePair, 0), /pixels hold 10 values/);
+  assert.throws(() => model.detectPixels('nope', new Float32Array(3 * 48 * 48), 48, 48, fixturePair, 0), /unknown mode/);
+  assert.throws(() => model.referencesPixels(new Float32Array(3 * 48 * 48), 0, 48, 48), /1 to 16 normal reference images, got 0/);
   assert.throws(() => model.textPair('spaceship', undefined, false), /unknown category/);
 });

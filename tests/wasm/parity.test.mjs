@@ -13,7 +13,7 @@ import { fileURLToPath } from 'node:url';
 import { readSafetensors, row } from './safetensors.mjs';
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
-const PKG = path.join(REPO, 'www/dist/pkg');
+const PKG = process.env.ANOSCOPE_WASM_PKG ? path.resolve(process.env.ANOSCOPE_WASM_PKG) : path.join(REPO, 'www/dist/pkg');
 const PARITY_DIR = process.env.ANOSCOPE_PARITY_DIR
   ? path.resolve(process.env.ANOSCOPE_PARITY_DIR)
   : path.join(REPO, 'target/wasm-parity');

@@ -65,10 +65,10 @@ export function readSafetensors(bytes) {
 
 /**
  * Serialises {name: {dtype, shape, data}} (F32/I64/I32/U8/F64 typed arrays) to
- * safetensors bytes.
+ * safetensors bytes, with an optional `__metadata__` object of strings.
  */
-export function writeSafetensors(tensors) {
-  const header = {};
+export function writeSafetensors(tensors, metadata) {
+  const header = metadata ? { __metadata__: metadata } : {};
   const chunks = [];
   let offset = 0;
   for (const [name, { dtype, shape, data }] of Object.entries(tensors)) {
@@ -80,9 +80,10 @@ export function writeSafetensors(tensors) {
     chunks.push(raw);
     offset += raw.length;
   }
-  let json = JSON.stringify(header);
-  json += ' '.repeat((8 - ((8 + json.length) % 8)) % 8); // keep the data 8-byte aligned
-  const headerBytes = new TextEncoder().encode(json);
+  const json = new TextEncoder().encode(JSON.stringify(header));
+  const pad = (8 - ((8 + json.length) % 8)) % 8; // keep the data 8-byte aligned
+  const headerBytes = new Uint8Array(json.length + pad).fill(0x20);
+  headerBytes.set(json);
   const out = new Uint8Array(8 + headerBytes.length + offset);
   new DataView(out.buffer).setBigUint64(0, BigInt(headerBytes.length), true);
   out.set(headerBytes, 8);

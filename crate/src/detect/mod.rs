@@ -15,6 +15,9 @@ use candle_core::Tensor;
 /// WinCLIP's softmax temperature (the CLIP paper's 0.07).
 pub const TEMPERATURE: f32 = 0.07;
 
+/// Prompts encoded per text-tower call by [`TextPair::from_prompts`].
+pub const PROMPT_BATCH: usize = 64;
+
 /// The two class embeddings a zero-shot score compares against, as unit vectors.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TextPair {
@@ -48,23 +51,42 @@ impl TextPair {
         normal: &[String],
         anomalous: &[String],
     ) -> Result<Self> {
-        let mean = |prompts: &[String]| -> Result<Vec<f32>> {
+        Self::from_prompts_with_progress(clip, tokenizer, normal, anomalous, &mut |_, _| Ok(()))
+    }
+
+    /// [`TextPair::from_prompts`], calling `progress(done, total)` (prompts encoded so far, all
+    /// prompts) after each batch of [`PROMPT_BATCH`] prompts. An error from `progress` stops the
+    /// encoding and is returned.
+    pub fn from_prompts_with_progress(
+        clip: &Clip,
+        tokenizer: &ClipTokenizer,
+        normal: &[String],
+        anomalous: &[String],
+        progress: &mut dyn FnMut(usize, usize) -> Result<()>,
+    ) -> Result<Self> {
+        let total = normal.len() + anomalous.len();
+        let mut done = 0;
+        let mut mean = |prompts: &[String]| -> Result<Vec<f32>> {
             if prompts.is_empty() {
                 bail!("a prompt ensemble must not be empty");
             }
             let mut sum = vec![0f32; clip.cfg.embed_dim];
             // Bounded batches keep the text tower's memory flat for large ensembles.
-            for chunk in prompts.chunks(64) {
+            for chunk in prompts.chunks(PROMPT_BATCH) {
                 let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
                 let (emb, _) = clip.encode_text(tokenizer, &refs)?;
                 for row in emb.to_vec2::<f32>()? {
                     sum.iter_mut().zip(row).for_each(|(s, v)| *s += v);
                 }
+                done += chunk.len();
+                progress(done, total)?;
             }
             let n = prompts.len() as f32;
             Ok(sum.into_iter().map(|s| s / n).collect())
         };
-        Self::new(mean(normal)?, mean(anomalous)?)
+        let normal = mean(normal)?;
+        let anomalous = mean(anomalous)?;
+        Self::new(normal, anomalous)
     }
 
     /// Errors unless the pair lives in `clip`'s embedding space.

@@ -200,6 +200,22 @@ pub struct MuscOutput {
 
 /// Scores a batch of normalised `pixels: [n, 3, H, W]` (n ≥ 2) against itself.
 pub fn detect(clip: &Clip, pixels: &Tensor, cfg: &MuscConfig) -> Result<MuscOutput> {
+    detect_with_progress(clip, pixels, cfg, &mut |_, _, _| Ok(()))
+}
+
+/// Progress stage names passed to [`detect_with_progress`]'s callback.
+pub const STAGE_ENCODING: &str = "encoding";
+pub const STAGE_SCORING: &str = "scoring";
+
+/// [`detect`], calling `progress(done, total, stage)` after each step: one per image encoded
+/// ([`STAGE_ENCODING`]), then one per (r, layer) pair scored ([`STAGE_SCORING`]);
+/// `total = n + |r_list| · |layers|`. An error from `progress` stops the run and is returned.
+pub fn detect_with_progress(
+    clip: &Clip,
+    pixels: &Tensor,
+    cfg: &MuscConfig,
+    progress: &mut dyn FnMut(usize, usize, &str) -> Result<()>,
+) -> Result<MuscOutput> {
     let (n, _, h, w) = pixels.dims4()?;
     if n < 2 {
         bail!("batch mode (MuSc) needs at least 2 images, got {n}");
@@ -220,6 +236,8 @@ pub fn detect(clip: &Clip, pixels: &Tensor, cfg: &MuscConfig) -> Result<MuscOutp
         bail!("LNAMD sides must be odd and at least one, got {:?}", cfg.r_list);
     }
     let d = clip.cfg.vision.width;
+    let total = n + cfg.r_list.len() * layers.len();
+    let mut done = 0;
     // feats[r][layer][image] = [N, D] tensor
     let mut feats: Vec<Vec<Vec<Tensor>>> = vec![vec![Vec::with_capacity(n); layers.len()]; cfg.r_list.len()];
     let mut lnamd_out: Vec<Vec<Vec<Vec<f32>>>> = vec![vec![Vec::with_capacity(n); layers.len()]; cfg.r_list.len()];
@@ -244,6 +262,8 @@ pub fn detect(clip: &Clip, pixels: &Tensor, cfg: &MuscConfig) -> Result<MuscOutp
                 lnamd_out[ri][li].push(z);
             }
         }
+        done += 1;
+        progress(done, total, STAGE_ENCODING)?;
     }
     let np = grid.0 * grid.1;
     let mut msm = Vec::with_capacity(cfg.r_list.len());
@@ -257,6 +277,8 @@ pub fn detect(clip: &Clip, pixels: &Tensor, cfg: &MuscConfig) -> Result<MuscOutp
                 acc.iter_mut().zip(row).for_each(|(a, v)| *a += v / terms);
             }
             per_r.push(s);
+            done += 1;
+            progress(done, total, STAGE_SCORING)?;
         }
         msm.push(per_r);
     }
@@ -288,6 +310,35 @@ pub fn detect(clip: &Clip, pixels: &Tensor, cfg: &MuscConfig) -> Result<MuscOutp
     })
 }
 
+/// Rescales the maps of one batch to `[0, 1]` with one range for all of them (the smallest and
+/// largest finite value over the batch), so the maps can be drawn on a fixed scale and still
+/// compare across the batch. A constant batch becomes all zeros; NaN stays NaN. Returns the
+/// `(lo, hi)` range used.
+pub fn unit_range_maps(detections: &mut [Detection]) -> (f32, f32) {
+    let (lo, hi) = detections
+        .iter()
+        .flat_map(|d| d.map.iter())
+        .filter(|v| v.is_finite())
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
+            (lo.min(v), hi.max(v))
+        });
+    if lo > hi {
+        return (0.0, 0.0);
+    }
+    let span = f64::from(hi) - f64::from(lo);
+    for v in detections.iter_mut().flat_map(|d| d.map.iter_mut()) {
+        if v.is_nan() {
+            continue;
+        }
+        *v = if span > 0.0 {
+            ((f64::from(*v) - f64::from(lo)) / span).clamp(0.0, 1.0) as f32
+        } else {
+            0.0
+        };
+    }
+    (lo, hi)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -311,6 +362,27 @@ mod tests {
             assert!((a - b).abs() < 1e-6, "{a} vs {b}");
         }
         assert!((fin[0] - 0.5 * want[0]).abs() < 1e-6);
+    }
+
+    #[test]
+    fn unit_range_maps_uses_one_range_for_the_batch() {
+        let det = |map: Vec<f32>| Detection {
+            score: 0.0,
+            height: 1,
+            width: map.len(),
+            grid_map: map.clone(),
+            grid: (1, map.len()),
+            map,
+        };
+        let mut dets = vec![det(vec![2.0, 3.0]), det(vec![4.0, f32::NAN, 6.0])];
+        assert_eq!(unit_range_maps(&mut dets), (2.0, 6.0));
+        assert_eq!(dets[0].map, vec![0.0, 0.25]);
+        assert_eq!(dets[1].map[0], 0.5);
+        assert!(dets[1].map[1].is_nan());
+        assert_eq!(dets[1].map[2], 1.0);
+        let mut flat = vec![det(vec![3.0, 3.0]), det(vec![3.0])];
+        assert_eq!(unit_range_maps(&mut flat), (3.0, 3.0));
+        assert!(flat.iter().all(|d| d.map.iter().all(|&v| v == 0.0)));
     }
 
     #[test]

@@ -1,0 +1,82 @@
+//! JavaScript bindings (wasm-bindgen, `--target web`): the page's whole API, a thin layer over the
+//! code the CLI runs (decoding and preprocessing, the detection modes, the overlays). JS never
+//! reimplements preprocessing, scoring or colormaps.
+//!
+//! * [`version`], [`limits`], [`render_overlay`] (`renderOverlay`);
+//! * [`Image`]: a decoded RGB image;
+//! * [`ClipModel`]: checkpoint, prompt bundle, text pairs, `detect`, `references`, `batch`;
+//! * [`Detection`], [`References`], [`BatchResult`]: results.
+//!
+//! Every error is a thrown JS `Error` whose message the page shows as it is.
+mod detect;
+mod image;
+mod model;
+
+pub use self::detect::{BatchResult, Detection, References};
+pub use self::image::Image;
+pub use self::model::ClipModel;
+
+use wasm_bindgen::prelude::*;
+
+/// Most normal reference images one few-shot set may hold (WinCLIP+ reports 1, 2 and 4 shots).
+pub const MAX_REFERENCES: usize = 16;
+
+/// Most images one batch (MuSc) run takes in the browser: its features take about 7.2 MB per
+/// image for ViT-B/16 at 224 px and its time grows quadratically; the native CLI allows
+/// [`crate::detect::musc::MAX_BATCH`].
+pub const MAX_BATCH: usize = 64;
+
+/// Largest checkpoint file accepted by [`ClipModel::load`]: the bytes and the model's tensors
+/// must both fit wasm32's 4 GiB of memory (ViT-B/16 is 300 MB in f16, 600 MB in f32).
+pub const MAX_CHECKPOINT_BYTES: usize = 1 << 30;
+
+pub(crate) fn js_err(e: anyhow::Error) -> JsError {
+    JsError::new(&format!("{e:#}"))
+}
+
+/// The message of a thrown JS value (an `Error`'s message, a string, or a fallback).
+pub(crate) fn js_message(e: &JsValue) -> String {
+    e.dyn_ref::<js_sys::Error>()
+        .map(|e| String::from(e.message()))
+        .or_else(|| e.as_string())
+        .unwrap_or_else(|| "the callback threw".into())
+}
+
+/// The crate version.
+#[wasm_bindgen]
+pub fn version() -> String {
+    env!("CARGO_PKG_VERSION").to_string()
+}
+
+/// The input limits, as JSON: `{maxImagePixels, maxBatch, maxReferences, maxPromptChars,
+/// maxPromptsPerSide, maxCheckpointBytes}`, so the page can refuse early with the same numbers.
+#[wasm_bindgen]
+pub fn limits() -> String {
+    use crate::detect::prompts;
+    serde_json::json!({
+        "maxImagePixels": crate::preprocess::MAX_IMAGE_PIXELS,
+        "maxBatch": MAX_BATCH.min(crate::detect::musc::MAX_BATCH),
+        "maxReferences": MAX_REFERENCES,
+        "maxPromptChars": prompts::MAX_PROMPT_CHARS,
+        "maxPromptsPerSide": prompts::MAX_PROMPTS_PER_SIDE,
+        "maxCheckpointBytes": MAX_CHECKPOINT_BYTES,
+    })
+    .to_string()
+}
+
+/// The overlay the page draws: `inputRgba` (`width × height` RGBA, as [`Detection::input`]
+/// returns) with the inferno heatmap of `map` (same size, fixed range `[0, 1]`) blended at
+/// `opacity` (0..1) and, when `threshold` is finite, the cyan outline of `map >= threshold` on
+/// top ([`crate::render::overlay_rgba`]). Returns RGBA bytes (alpha 255).
+#[wasm_bindgen(js_name = renderOverlay)]
+pub fn render_overlay(
+    input_rgba: &[u8],
+    map: &[f32],
+    width: usize,
+    height: usize,
+    opacity: f32,
+    threshold: f32,
+) -> Result<Vec<u8>, JsError> {
+    let threshold = threshold.is_finite().then_some(threshold);
+    crate::render::overlay_rgba(input_rgba, map, width, height, opacity, threshold).map_err(js_err)
+}

@@ -1,0 +1,242 @@
+//! `ClipModel`: a checkpoint, its prompt bundle and text pairs, plus the raw embedding calls the
+//! parity tests use. Outputs of `embedImage` / `embedText` are safetensors bytes with the CLI's
+//! tensor names, so the page, the tests and the CLI speak one format.
+use super::{js_err, MAX_CHECKPOINT_BYTES};
+use crate::detect::prompts::{self, EnsembleKind, PromptBundle};
+use crate::detect::TextPair;
+use crate::embed::{embed_image, embed_text, to_safetensors};
+use crate::model::Clip;
+use crate::tokenizer::ClipTokenizer;
+use anyhow::{anyhow, bail, Result};
+use candle_core::{Device, Tensor};
+use std::sync::atomic::{AtomicU32, Ordering};
+use wasm_bindgen::prelude::*;
+
+static NEXT_MODEL_ID: AtomicU32 = AtomicU32::new(1);
+
+/// A CLIP model loaded from a checkpoint's configuration and safetensors bytes.
+#[wasm_bindgen]
+pub struct ClipModel {
+    pub(crate) clip: Clip,
+    tokenizer: Option<ClipTokenizer>,
+    bundle: Option<PromptBundle>,
+    /// Tells this model's few-shot references from another model's.
+    pub(crate) id: u32,
+}
+
+/// The tokenizer in `slot`, created on first use (a free function, so that it borrows only the
+/// tokenizer field while the model is borrowed too).
+fn tokenizer(slot: &mut Option<ClipTokenizer>) -> Result<&ClipTokenizer> {
+    if slot.is_none() {
+        *slot = Some(ClipTokenizer::new()?);
+    }
+    Ok(slot.as_ref().expect("set above"))
+}
+
+impl ClipModel {
+    /// See [`ClipModel::load_prompts`].
+    fn load_prompts_impl(&mut self, bytes: &[u8], weights_sha256: Option<&str>) -> Result<Vec<String>> {
+        let bundle = PromptBundle::from_bytes(bytes, None)?;
+        if let Some(sha) = weights_sha256 {
+            let sha = sha.trim().to_ascii_lowercase();
+            if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+                bail!("the checkpoint's sha256 must be 64 hex digits, got {sha:?}");
+            }
+            if sha != bundle.model_sha256 {
+                bail!(
+                    "this prompt file was built for another model (sha256 {}), not this checkpoint (sha256 {sha})",
+                    bundle.model_sha256
+                );
+            }
+        }
+        let p = self.clip.cfg.embed_dim;
+        if bundle.embed_dim != p {
+            bail!(
+                "this prompt file was built for another model: its text embeddings have {} dimensions, this \
+                 checkpoint's have {p}",
+                bundle.embed_dim
+            );
+        }
+        self.bundle = Some(bundle);
+        Ok(self.categories_impl())
+    }
+
+    fn categories_impl(&self) -> Vec<String> {
+        match &self.bundle {
+            Some(b) => {
+                let mut names: Vec<String> = Vec::new();
+                for e in &b.entries {
+                    if !names.contains(&e.category) {
+                        names.push(e.category.clone());
+                    }
+                }
+                names
+            }
+            None => prompts::categories()
+                .map(|cats| cats.into_iter().map(|c| c.name).collect())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// See [`ClipModel::text_pair`].
+    fn text_pair_impl(
+        &mut self,
+        category: &str,
+        object: Option<String>,
+        descriptions: bool,
+        defects: Option<Vec<String>>,
+        progress: Option<&js_sys::Function>,
+    ) -> Result<TextPair> {
+        let object = object.filter(|o| !o.trim().is_empty());
+        let defects = defects.filter(|d| !d.is_empty());
+        let kind = if descriptions || defects.is_some() {
+            EnsembleKind::Descriptions
+        } else {
+            EnsembleKind::WinClip
+        };
+        if object.is_none() && defects.is_none() {
+            if let Some(e) = self.bundle.as_ref().and_then(|b| b.get(category, kind)) {
+                return Ok(e.text.clone());
+            }
+        }
+        let cat = prompts::category(category)?.ok_or_else(|| {
+            let known = self.categories_impl().join(", ");
+            anyhow!("unknown category `{category}` (known: {known})")
+        })?;
+        let cat = prompts::Category::new(
+            &cat.name,
+            object.as_deref().unwrap_or(&cat.object),
+            defects.as_deref().unwrap_or(&cat.defects),
+        )?;
+        if self.clip.text.is_none() {
+            bail!("this checkpoint has no text tower; custom prompts need one");
+        }
+        let (normal, anomalous) = prompts::ensemble(&cat, kind);
+        prompts::check_ensemble(&normal, &anomalous)?;
+        let tok = tokenizer(&mut self.tokenizer)?;
+        let mut report = |done: usize, total: usize| -> Result<()> {
+            if let Some(f) = progress {
+                f.call2(
+                    &JsValue::NULL,
+                    &JsValue::from(done as u32),
+                    &JsValue::from(total as u32),
+                )
+                .map_err(|e| anyhow!("prompt encoding stopped: {}", super::js_message(&e)))?;
+            }
+            Ok(())
+        };
+        TextPair::from_prompts_with_progress(&self.clip, tok, &normal, &anomalous, &mut report)
+    }
+}
+
+#[wasm_bindgen]
+impl ClipModel {
+    /// `configFileName` is `config.json` (Hugging Face) or `open_clip_config.json` (open_clip);
+    /// `weights` the safetensors bytes (at most `limits().maxCheckpointBytes`).
+    pub fn load(config_file_name: &str, config_json: &str, weights: &[u8]) -> Result<ClipModel, JsError> {
+        console_error_panic_hook::set_once();
+        if weights.len() > MAX_CHECKPOINT_BYTES {
+            return Err(JsError::new(&format!(
+                "the checkpoint is {:.0} MiB, more than the {} MiB the browser can load (wasm memory is 4 GiB); \
+                 use a smaller model or convert it to f16 (anoscope convert --dtype f16)",
+                weights.len() as f64 / (1 << 20) as f64,
+                MAX_CHECKPOINT_BYTES >> 20
+            )));
+        }
+        let clip = Clip::from_bytes(config_file_name, config_json, weights, "weights").map_err(js_err)?;
+        Ok(ClipModel {
+            clip,
+            tokenizer: None,
+            bundle: None,
+            id: NEXT_MODEL_ID.fetch_add(1, Ordering::Relaxed),
+        })
+    }
+
+    /// The checkpoint's input side in pixels.
+    #[wasm_bindgen(js_name = imageSize)]
+    pub fn image_size(&self) -> usize {
+        self.clip.cfg.vision.image_size
+    }
+
+    /// Whether the checkpoint has a text tower.
+    #[wasm_bindgen(js_name = hasText)]
+    pub fn has_text(&self) -> bool {
+        self.clip.text.is_some()
+    }
+
+    /// The dimension of the joint image-text space (a class pair holds twice as many values).
+    #[wasm_bindgen(js_name = embedDim)]
+    pub fn embed_dim(&self) -> usize {
+        self.clip.cfg.embed_dim
+    }
+
+    /// Loads a prompt bundle made by `anoscope prompts build` for this checkpoint. With
+    /// `weightsSha256` (hex SHA-256 of the checkpoint's weights file) the bundle must have been
+    /// built for exactly these weights. Returns the bundle's categories. On error the previously
+    /// loaded bundle stays.
+    #[wasm_bindgen(js_name = loadPrompts)]
+    pub fn load_prompts(&mut self, bundle: &[u8], weights_sha256: Option<String>) -> Result<Vec<String>, JsError> {
+        self.load_prompts_impl(bundle, weights_sha256.as_deref())
+            .map_err(js_err)
+    }
+
+    /// The loaded bundle's categories, else the built-in list (MVTec AD, VisA and `object`).
+    pub fn categories(&self) -> Vec<String> {
+        self.categories_impl()
+    }
+
+    /// The WinCLIP class pair of a category: `Float32Array [2·P]` (normal row, then anomalous
+    /// row; unit vectors). `object` replaces the category's object name in the prompts;
+    /// `descriptions` adds the category's defect phrases; `defects` (non-empty) replaces them and
+    /// implies `descriptions`. Without `object` and `defects` the loaded prompt bundle answers
+    /// when it has the entry; otherwise the text tower encodes the prompts, calling
+    /// `progress(done, total)` (prompts encoded) as it goes; if `progress` throws, encoding stops
+    /// with that message.
+    #[wasm_bindgen(js_name = textPair)]
+    pub fn text_pair(
+        &mut self,
+        category: &str,
+        object: Option<String>,
+        descriptions: bool,
+        defects: Option<Vec<String>>,
+        progress: Option<js_sys::Function>,
+    ) -> Result<Vec<f32>, JsError> {
+        let pair = self
+            .text_pair_impl(category, object, descriptions, defects, progress.as_ref())
+            .map_err(js_err)?;
+        Ok([pair.normal, pair.anomalous].concat())
+    }
+
+    /// Encodes normalised pixels `[1, 3, height, width]` (CHW). Returns safetensors bytes with
+    /// `image_embeds`, `patch_tokens`, `last_hidden_state` and, when `surgery_layers > 0`,
+    /// `surgery_tokens`.
+    #[wasm_bindgen(js_name = embedImage)]
+    pub fn embed_image(
+        &self,
+        pixels: &[f32],
+        height: usize,
+        width: usize,
+        surgery_layers: usize,
+    ) -> Result<Vec<u8>, JsError> {
+        if pixels.len() != 3 * height * width {
+            return Err(JsError::new(&format!(
+                "pixels hold {} values, but 3×{height}×{width} = {} were expected",
+                pixels.len(),
+                3 * height * width
+            )));
+        }
+        let t = Tensor::from_slice(pixels, (1, 3, height, width), &Device::Cpu).map_err(|e| js_err(e.into()))?;
+        let named = embed_image(&self.clip, &t, surgery_layers, &[]).map_err(js_err)?;
+        to_safetensors(&named).map_err(js_err)
+    }
+
+    /// Tokenizes and encodes prompts. Returns safetensors bytes with `text_embeds` [T,P] and
+    /// `input_ids` [T,77].
+    #[wasm_bindgen(js_name = embedText)]
+    pub fn embed_text(&mut self, texts: Vec<String>) -> Result<Vec<u8>, JsError> {
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let tok = tokenizer(&mut self.tokenizer).map_err(js_err)?;
+        let named = embed_text(&self.clip, tok, &refs).map_err(js_err)?;
+        to_safetensors(&named).map_err(js_err)
+    }
+}

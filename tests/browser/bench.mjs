@@ -1,0 +1,63 @@
+// Time from drop to heatmap drawn in headless Chromium, for one checkpoint folder.
+//   node tests/browser/bench.mjs MODEL_DIR [--runs N] [--mode fast|winclip] [--image FILE]
+// MODEL_DIR holds config.json + model.safetensors (Hugging Face layout) or the open_clip pair.
+// The site (www/dist, built) is copied, the checkpoint is served with it as model "bench",
+// one warm-up drop encodes the prompts, then N drops are timed; prints the median.
+import { execFileSync } from 'node:child_process';
+import { existsSync, linkSync, copyFileSync, mkdirSync } from 'node:fs';
+import { basename, join } from 'node:path';
+import { ROOT, browser, dropAndWait, image, makeSite, openPage, ready, serve } from './harness.mjs';
+
+const args = process.argv.slice(2);
+const dir = args.find((a, i) => !a.startsWith('--') && !args[i - 1]?.startsWith('--'));
+const opt = (name, dflt) => {
+  const i = args.indexOf(`--${name}`);
+  return i >= 0 ? args[i + 1] : dflt;
+};
+if (!dir) {
+  console.error('usage: node tests/browser/bench.mjs MODEL_DIR [--runs N] [--mode fast|winclip] [--image FILE]');
+  process.exit(2);
+}
+const runs = Number(opt('runs', 5));
+const mode = opt('mode', 'fast');
+const imgName = opt('image', 'bottle_broken_large_000.png');
+
+const site = makeSite();
+mkdirSync(join(site, 'models', 'bench'), { recursive: true });
+let n = 0;
+for (const f of ['config.json', 'model.safetensors', 'open_clip_config.json', 'open_clip_model.safetensors', 'prompts.safetensors']) {
+  if (!existsSync(join(dir, f))) continue;
+  try {
+    linkSync(join(dir, f), join(site, 'models', 'bench', f));
+  } catch {
+    copyFileSync(join(dir, f), join(site, 'models', 'bench', f));
+  }
+  n += 1;
+}
+if (n < 2) throw new Error(`${dir} holds no checkpoint`);
+execFileSync('node', [join(ROOT, 'tests', 'browser', 'site-index.mjs'), site], { stdio: 'inherit' });
+
+const server = await serve(site);
+const b = await browser();
+try {
+  const { page } = await openPage(b.context, `${server.url}?model=bench`);
+  await ready(page);
+  await page.waitForFunction(() => /^Loaded /.test(document.getElementById('model-status').textContent), null, { timeout: 600_000 });
+  console.log(await page.textContent('#model-status'));
+  await page.selectOption('#mode', mode);
+  const file = { name: basename(imgName), type: imgName.endsWith('.png') ? 'image/png' : 'image/jpeg', bytes: image(imgName) };
+  const warm = await dropAndWait(page, [file]);
+  console.log(`warm-up (includes encoding the prompts when no prompt file is served): ${warm.ms.toFixed(0)} ms`);
+  const times = [];
+  for (let i = 0; i < runs; i += 1) {
+    const d = await dropAndWait(page, [file]);
+    times.push(d.ms);
+  }
+  times.sort((a, c) => a - c);
+  const median = times[Math.floor(times.length / 2)];
+  const ua = await page.evaluate(() => navigator.userAgent);
+  console.log(JSON.stringify({ model: dir, mode, runs, median_ms: Math.round(median), min_ms: Math.round(times[0]), max_ms: Math.round(times.at(-1)), browser: ua }));
+} finally {
+  await b.close();
+  server.stop();
+}
