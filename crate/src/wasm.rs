@@ -11,6 +11,21 @@ fn js_err(e: anyhow::Error) -> JsError {
     JsError::new(&format!("{e:#}"))
 }
 
+/// `initThreadPool(n)`: starts `n` Web Workers sharing this module's memory (threaded build only;
+/// needs a cross-origin isolated page).
+#[cfg(feature = "threads")]
+pub use wasm_bindgen_rayon::init_thread_pool;
+
+/// Threads the model's work is spread over (1 in the single-threaded build).
+#[wasm_bindgen]
+pub fn threads() -> usize {
+    if cfg!(feature = "threads") {
+        rayon::current_num_threads()
+    } else {
+        1
+    }
+}
+
 /// The crate version.
 #[wasm_bindgen]
 pub fn version() -> String {

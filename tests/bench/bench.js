@@ -43,9 +43,14 @@ async function bytesOf(url) {
 }
 
 async function makeOurs() {
-  if (threads !== 1) throw new Error('the wasm build is single-threaded');
-  const { default: init, ClipModel } = await import('/pkg/anoscope.js');
-  await init();
+  // One thread: the default build; more: the threaded build (wasm atomics + a rayon pool of
+  // Web Workers, needs cross-origin isolation).
+  const pkg = await import(threads === 1 ? '/pkg/anoscope.js' : '/pkg-threads/anoscope.js');
+  await pkg.default();
+  if (threads > 1) await pkg.initThreadPool(threads);
+  const running = pkg.threads?.() ?? 1;
+  if (running !== threads) throw new Error(`asked for ${threads} threads, the module runs ${running}`);
+  const { ClipModel } = pkg;
   const config = await (await fetch('/model/config.json')).text();
   const model = ClipModel.load('config.json', config, await bytesOf('/model/model.safetensors'));
   return (x) => tensor(model.embedImage(x, size, size, 0), 'image_embeds');
