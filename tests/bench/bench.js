@@ -6,6 +6,9 @@ const threads = Number(q.get('threads') || 1);
 const runs = Number(q.get('runs') || 5);
 const warmup = Number(q.get('warmup') || 2);
 const size = Number(q.get('size') || 224);
+// `image` (the image tower) or `text` (one prompt through the text tower, tokenizer included).
+const task = q.get('task') || 'image';
+const PROMPT = 'a photo of a damaged bottle.';
 
 /** The same deterministic pixels for both peers (xorshift32 → roughly N(0,1) via 4 uniforms). */
 function pixels() {
@@ -43,15 +46,22 @@ async function bytesOf(url) {
 }
 
 async function makeOurs() {
-  if (threads !== 1) throw new Error('the wasm build is single-threaded');
-  const { default: init, ClipModel } = await import('/pkg/anoscope.js');
-  await init();
+  // One thread: the default build; more: the threaded build (wasm atomics + a rayon pool of
+  // Web Workers, needs cross-origin isolation).
+  const pkg = await import(threads === 1 ? '/pkg/anoscope.js' : '/pkg-threads/anoscope.js');
+  await pkg.default();
+  if (threads > 1) await pkg.initThreadPool(threads);
+  const running = pkg.threads?.() ?? 1;
+  if (running !== threads) throw new Error(`asked for ${threads} threads, the module runs ${running}`);
+  const { ClipModel } = pkg;
   const config = await (await fetch('/model/config.json')).text();
   const model = ClipModel.load('config.json', config, await bytesOf('/model/model.safetensors'));
+  if (task === 'text') return () => tensor(model.embedText([PROMPT]), 'text_embeds');
   return (x) => tensor(model.embedImage(x, size, size, 0), 'image_embeds');
 }
 
 async function makeOrt() {
+  if (task !== 'image') throw new Error('the onnxruntime-web peer runs the image tower only');
   const ort = await import('/ort/ort.wasm.min.mjs');
   ort.env.wasm.wasmPaths = '/ort/';
   ort.env.wasm.numThreads = threads;
@@ -82,6 +92,7 @@ async function main() {
   }
   return {
     peer,
+    task,
     threads,
     crossOriginIsolated: self.crossOriginIsolated,
     loadMs,

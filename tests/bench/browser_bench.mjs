@@ -7,7 +7,10 @@
 //   anoscope random-weights --arch vit-b-16 --seed 0 --out /tmp/vitb16
 //   python tests/reference/export_onnx.py --checkpoint /tmp/vitb16 --out /tmp/vitb16.onnx
 //   node tests/bench/browser_bench.mjs --model /tmp/vitb16 --onnx /tmp/vitb16.onnx \
-//        [--runs 5] [--rounds 5] [--ort-threads 1,2] [--json out.json]
+//        [--runs 5] [--rounds 5] [--ours-threads 1,2] [--ort-threads 1,2] [--text] [--json out.json]
+//   --text also times one prompt through our text tower (compare: tests/reference/bench_text.py)
+//   (our 2-thread figure needs the threaded build in www/dist/pkg-threads: ./build.sh build
+//   makes it when the nightly toolchain is there)
 //
 // Each block loads a fresh page for one peer and thread count, runs 2 warm-up encodes and
 // `runs` timed ones (median). Blocks are interleaved, the order rotated each round, so the
@@ -28,9 +31,12 @@ const { values: a } = parseArgs({
     model: { type: 'string' },
     onnx: { type: 'string' },
     pkg: { type: 'string', default: join(root, 'www/dist/pkg') },
+    'pkg-threads': { type: 'string', default: join(root, 'www/dist/pkg-threads') },
     runs: { type: 'string', default: '5' },
     rounds: { type: 'string', default: '5' },
     'ort-threads': { type: 'string', default: '1,2' },
+    'ours-threads': { type: 'string', default: '1,2' },
+    text: { type: 'boolean', default: false },
     size: { type: 'string', default: '224' },
     json: { type: 'string' },
     chromium: { type: 'string', default: '/usr/bin/chromium' },
@@ -42,10 +48,12 @@ if (!a.model || !a.onnx) {
 }
 const runs = Number(a.runs);
 const rounds = Number(a.rounds);
-const ortThreads = a['ort-threads'].split(',').map(Number);
+const ortThreads = a['ort-threads'].split(',').filter(Boolean).map(Number);
+const oursThreads = a['ours-threads'].split(',').filter(Boolean).map(Number);
 
 const mounts = {
   '/pkg/': resolve(a.pkg),
+  ...(oursThreads.some((t) => t > 1) ? { '/pkg-threads/': resolve(a['pkg-threads']) } : {}),
   '/ort/': join(here, 'node_modules/onnxruntime-web/dist'),
   '/model/': resolve(a.model),
   '/bench/': here,
@@ -114,19 +122,20 @@ const browser = await chromium.launch({
   ],
 });
 
-async function block(peer, threads) {
+async function block(peer, threads, task = 'image') {
   const page = await browser.newPage();
   page.on('pageerror', (e) => console.error(`[${peer}/${threads}] page error: ${e}`));
-  await page.goto(`${base}/bench/bench.html?peer=${peer}&threads=${threads}&runs=${runs}&size=${a.size}`);
+  await page.goto(`${base}/bench/bench.html?peer=${peer}&task=${task}&threads=${threads}&runs=${runs}&size=${a.size}`);
   await page.waitForFunction(() => window.__bench, null, { timeout: 30 * 60_000, polling: 500 });
   const r = await page.evaluate(() => window.__bench);
   await page.close();
-  if (r.error) throw new Error(`${peer} with ${threads} thread(s): ${r.error}`);
+  if (r.error) throw new Error(`${peer} ${task} with ${threads} thread(s): ${r.error}`);
   if (!r.crossOriginIsolated) throw new Error('the bench page is not cross-origin isolated');
   return r;
 }
 
-const configs = [['ours', 1], ...ortThreads.map((t) => ['ort', t])];
+const configs = [...oursThreads.map((t) => ['ours', t]), ...ortThreads.map((t) => ['ort', t])];
+const textResults = Object.fromEntries(oursThreads.map((t) => [t, []]));
 const results = Object.fromEntries(configs.map(([p, t]) => [`${p}/${t}`, []]));
 let embeds = {};
 try {
@@ -135,8 +144,15 @@ try {
     for (const [peer, t] of order) {
       const r = await block(peer, t);
       results[`${peer}/${t}`].push(r.medianMs);
-      embeds[peer] = r.embeds;
+      embeds[`${peer}/${t}`] = r.embeds;
       console.error(`round ${round + 1}/${rounds} ${peer} ${t} thread(s): median ${r.medianMs.toFixed(1)} ms (load ${r.loadMs.toFixed(0)} ms)`);
+    }
+    if (a.text) {
+      for (const t of oursThreads) {
+        const r = await block('ours', t, 'text');
+        textResults[t].push(r.medianMs);
+        console.error(`round ${round + 1}/${rounds} ours text ${t} thread(s): median ${r.medianMs.toFixed(1)} ms`);
+      }
     }
   }
 } finally {
@@ -149,18 +165,35 @@ const median = (xs) => {
   const m = s.length >> 1;
   return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
 };
-const ours = median(results['ours/1']);
-let maxDiff = 0;
-if (embeds.ours && embeds.ort) {
-  for (let i = 0; i < embeds.ours.length; i++) maxDiff = Math.max(maxDiff, Math.abs(embeds.ours[i] - embeds.ort[i]));
+const oursAt = (t) => median(results[`ours/${t}`] ?? results['ours/1']);
+// Every configuration against the first onnxruntime-web one (same pixels, same weights).
+const refKey = Object.keys(embeds).find((k) => k.startsWith('ort/'));
+const maxDiff = {};
+for (const [key, e] of Object.entries(embeds)) {
+  if (!refKey || key === refKey) continue;
+  maxDiff[key] = e.reduce((m, v, i) => Math.max(m, Math.abs(v - embeds[refKey][i])), 0);
 }
 const rows = configs.map(([p, t]) => {
   const ms = median(results[`${p}/${t}`]);
-  return { peer: p === 'ours' ? 'anoscope wasm (SIMD)' : 'onnxruntime-web (wasm SIMD)', threads: t, ms, ratio: ours / ms };
+  return {
+    peer: p === 'ours' ? 'anoscope wasm (SIMD)' : 'onnxruntime-web (wasm SIMD)',
+    threads: t,
+    ms,
+    ratio: oursAt(t) / ms,
+  };
 });
 console.log(`\nViT image tower, ${a.size} px, batch 1, headless Chromium; median of ${rounds} rounds × ${runs} runs`);
-console.log('| runtime | threads | ms / image | ours ÷ this |');
+console.log('| runtime | threads | ms / image | ours ÷ this (same threads) |');
 console.log('|---|---|---|---|');
-for (const r of rows) console.log(`| ${r.peer} | ${r.threads} | ${r.ms.toFixed(0)} | ${r.ratio.toFixed(2)} |`);
-console.log(`image_embeds max|Δ| ours vs onnxruntime-web: ${maxDiff.toExponential(2)}`);
-if (a.json) writeFileSync(a.json, JSON.stringify({ size: Number(a.size), runs, rounds, results, rows, maxDiff }, null, 2));
+for (const r of rows) {
+  const ratio = r.peer.startsWith('anoscope') ? '—' : r.ratio.toFixed(2);
+  console.log(`| ${r.peer} | ${r.threads} | ${r.ms.toFixed(0)} | ${ratio} |`);
+}
+for (const [key, d] of Object.entries(maxDiff)) console.log(`image_embeds max|Δ| ${key} vs ${refKey}: ${d.toExponential(2)}`);
+if (a.text) {
+  for (const t of oursThreads) console.log(`text tower, one prompt (tokenizer included), ${t} thread(s): ${median(textResults[t]).toFixed(1)} ms`);
+}
+if (a.json) {
+  const out = { size: Number(a.size), runs, rounds, results, rows, maxDiff, text: a.text ? textResults : undefined };
+  writeFileSync(a.json, JSON.stringify(out, null, 2));
+}

@@ -49,11 +49,76 @@ pub struct BlockOut {
     pub vv: Option<Tensor>,
 }
 
+/// Splits `len` items into at most `parts` contiguous `(start, len)` ranges of near-equal size,
+/// none shorter than `min` (fewer ranges when `len` is small). Always at least one range.
+pub fn split_ranges(len: usize, parts: usize, min: usize) -> Vec<(usize, usize)> {
+    let parts = parts.min(len / min.max(1)).max(1);
+    let (q, r) = (len / parts, len % parts);
+    let mut start = 0;
+    (0..parts)
+        .map(|i| {
+            let n = q + usize::from(i < r);
+            let range = (start, n);
+            start += n;
+            range
+        })
+        .collect()
+}
+
+/// Threads [`par_slices`] spreads work over. Only the browser's threaded build (wasm atomics, whose
+/// candle matmuls run on one thread) slices; natively candle's matmuls already use every thread,
+/// and slicing on top of them nests two levels of parallelism, which measured slower.
+fn slice_threads() -> usize {
+    if cfg!(all(target_arch = "wasm32", target_feature = "atomics")) {
+        rayon::current_num_threads()
+    } else {
+        1
+    }
+}
+
+/// Fewest rows (tokens) worth giving a thread of their own.
+const MIN_ROWS_PER_TASK: usize = 32;
+
+/// Runs `f` on contiguous slices of dimension `dim` of every tensor in `xs` (all equally long
+/// along `dim`), in parallel on rayon's pool, and concatenates the results along `dim`. `f` must
+/// treat slices independently (row-wise ops, or per-head attention). With one thread (or one
+/// slice) it is `f(xs)`: the same arithmetic, since every op here is row-local.
+///
+/// candle parallelises only its matmuls; this also spreads LayerNorm, the activations, softmax
+/// and the small per-head attention matmuls over the threads (natively, and in the browser's
+/// threaded wasm build, whose candle matmuls are single-threaded).
+pub fn par_slices<F>(xs: &[&Tensor], dim: usize, min: usize, f: F) -> Result<Tensor>
+where
+    F: Fn(&[Tensor]) -> Result<Tensor> + Sync,
+{
+    let len = xs[0].dim(dim)?;
+    let ranges = split_ranges(len, slice_threads(), min);
+    if ranges.len() == 1 {
+        let owned: Vec<Tensor> = xs.iter().map(|t| (*t).clone()).collect();
+        return f(&owned);
+    }
+    use rayon::prelude::*;
+    let parts = ranges
+        .par_iter()
+        .map(|&(start, n)| {
+            let slices = xs
+                .iter()
+                .map(|t| Ok(t.narrow(dim, start, n)?.contiguous()?))
+                .collect::<Result<Vec<_>>>()?;
+            f(&slices)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Tensor::cat(&parts, dim)?)
+}
+
 impl Block {
     /// One pre-norm block on `x: [B, T, D]`. `mask` (broadcastable to `[B, H, T, T]`) is added to
     /// the attention logits (the text tower's causal mask). With `vv`, also computes the
     /// value-to-value ("CLIP Surgery") attention `softmax(v vᵀ / √d) v` through the output
     /// projection, from the same `ln_1` input.
+    ///
+    /// The token-wise parts (LayerNorms, projections, MLP) run on slices of the `B·T` rows and
+    /// attention on slices of the `B·H` heads, in parallel (see [`par_slices`]).
     pub fn forward(
         &self,
         x: &Tensor,
@@ -65,35 +130,48 @@ impl Block {
         let (b, t, d) = x.dims3()?;
         let hd = d / heads;
         let scale = 1.0 / (hd as f64).sqrt();
-        let h = self.ln_1.forward(x)?;
-        let qkv = self
-            .qkv
-            .forward(&h)?
-            .reshape((b, t, 3, heads, hd))?
-            .permute((2, 0, 3, 1, 4))?;
-        let q = (qkv.get(0)? * scale)?.contiguous()?;
-        let k = qkv.get(1)?.contiguous()?;
-        let v = qkv.get(2)?.contiguous()?;
-        let attend = |q: &Tensor, k: &Tensor, mask: Option<&Tensor>| -> Result<Tensor> {
-            let logits = q.matmul(&k.t()?)?;
-            let logits = match mask {
-                Some(m) => logits.broadcast_add(m)?,
-                None => logits,
-            };
-            let a = candle_nn::ops::softmax_last_dim(&logits)?;
-            let o = a.matmul(&v)?; // [B, H, T, hd]
-            Ok(o.transpose(1, 2)?.reshape((b, t, d))?)
+        let rows = x.reshape((b * t, d))?;
+        let qkv = par_slices(&[&rows], 0, MIN_ROWS_PER_TASK, |s| {
+            self.qkv.forward(&self.ln_1.forward(&s[0])?)
+        })?
+        .reshape((b, t, 3, heads, hd))?
+        .permute((2, 0, 3, 1, 4))?; // [3, B, H, T, hd]
+        let q = (qkv.get(0)? * scale)?.contiguous()?.reshape((b * heads, t, hd))?;
+        let k = qkv.get(1)?.contiguous()?.reshape((b * heads, t, hd))?;
+        let v = qkv.get(2)?.contiguous()?.reshape((b * heads, t, hd))?;
+        // The mask broadcasts over batch and heads ([T, T] or [1, 1, T, T]).
+        let mask = match mask {
+            Some(m) => Some(m.reshape((1, t, t))?),
+            None => None,
         };
-        let o = attend(&q, &k, mask)?;
-        let x = (x + self.out.forward(&o)?)?;
+        // softmax(q kᵀ + mask) v per head, on slices of the B·H heads -> [B, T, D].
+        let attend = |q: &Tensor, k: &Tensor| -> Result<Tensor> {
+            let o = par_slices(&[q, k, &v], 0, 1, |s| {
+                let logits = s[0].matmul(&s[1].t()?)?;
+                let logits = match &mask {
+                    Some(m) => logits.broadcast_add(m)?,
+                    None => logits,
+                };
+                Ok(candle_nn::ops::softmax_last_dim(&logits)?.matmul(&s[2])?)
+            })?; // [B·H, T, hd]
+            Ok(o.reshape((b, heads, t, hd))?.transpose(1, 2)?.reshape((b * t, d))?)
+        };
+        let o = attend(&q, &k)?;
+        // Residual, then the MLP with its residual, row-wise.
+        let x = par_slices(&[&rows, &o], 0, MIN_ROWS_PER_TASK, |s| {
+            let x = (&s[0] + self.out.forward(&s[1])?)?;
+            let m = activation(&self.fc1.forward(&self.ln_2.forward(&x)?)?, act)?;
+            Ok((&x + self.fc2.forward(&m)?)?)
+        })?
+        .reshape((b, t, d))?;
         let vv = if vv {
             let vs = (&v * scale)?;
-            Some(self.out.forward(&attend(&vs, &v, None)?)?)
+            let o = attend(&vs, &v)?;
+            let o = par_slices(&[&o], 0, MIN_ROWS_PER_TASK, |s| self.out.forward(&s[0]))?;
+            Some(o.reshape((b, t, d))?)
         } else {
             None
         };
-        let m = activation(&self.fc1.forward(&self.ln_2.forward(&x)?)?, act)?;
-        let x = (&x + self.fc2.forward(&m)?)?;
         Ok(BlockOut { x, vv })
     }
 }

@@ -42,6 +42,21 @@ pub(crate) fn js_message(e: &JsValue) -> String {
         .unwrap_or_else(|| "the callback threw".into())
 }
 
+/// `initThreadPool(n)`: starts `n` Web Workers sharing this module's memory (threaded build only;
+/// needs a cross-origin isolated page). Call it once, right after `init()`.
+#[cfg(feature = "threads")]
+pub use wasm_bindgen_rayon::init_thread_pool;
+
+/// Threads the model's work is spread over (1 in the single-threaded build).
+#[wasm_bindgen]
+pub fn threads() -> usize {
+    if cfg!(feature = "threads") {
+        rayon::current_num_threads()
+    } else {
+        1
+    }
+}
+
 /// The crate version.
 #[wasm_bindgen]
 pub fn version() -> String {
