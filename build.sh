@@ -24,6 +24,16 @@ WASM_RUSTFLAGS="-C target-feature=+simd128"
 WASM_OPT_FEATURES=(--enable-simd --enable-bulk-memory --enable-nontrapping-float-to-int
     --enable-sign-ext --enable-mutable-globals --enable-reference-types --enable-multivalue)
 GZIP_GOAL_BYTES=4000000
+# The threaded build (wasm atomics + a rayon pool of Web Workers sharing the module's memory, for
+# cross-origin isolated pages): a nightly toolchain with rust-src (std is rebuilt with atomics).
+# Where that toolchain is missing the site ships the single-threaded build alone.
+THREADS_TOOLCHAIN="${ANOSCOPE_THREADS_TOOLCHAIN:-nightly}"
+WASM_THREADS_RUSTFLAGS="-C target-feature=+simd128,+atomics,+bulk-memory,+mutable-globals -C link-arg=--max-memory=4294967296"
+# Linker arguments for the final module only: shared, imported memory and the TLS exports
+# wasm-bindgen's thread support needs (passed through `cargo rustc`, so dependencies keep their cache).
+WASM_THREADS_LINK_ARGS=(-C link-arg=--shared-memory -C link-arg=--import-memory
+    -C link-arg=--export=__wasm_init_tls -C link-arg=--export=__tls_size
+    -C link-arg=--export=__tls_align -C link-arg=--export=__tls_base)
 
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 DIST="$ROOT/www/dist"
@@ -114,6 +124,8 @@ build_site() {
         echo "wasm-opt: not installed (run 'npm ci' for npm's binaryen); shipping wasm-bindgen output as is"
     fi
 
+    build_threads
+
     log "assembling www/dist"
     local f
     for f in www/*; do
@@ -135,6 +147,63 @@ build_site() {
     node tests/browser/site-index.mjs "$DIST"
     size_report "$wasm_out"
     echo "site: $DIST"
+}
+
+# wasm-bindgen-rayon (no-bundler) starts its pool workers from a blob: copy of its helper script,
+# for pages that load it from another origin. The page's CSP allows same-origin workers only
+# (worker-src 'self', no blob:), and the helper is served by the site itself: start the workers
+# from the helper's own URL instead. Fails loudly if a new version changes that code.
+same_origin_thread_workers() {
+    local helper
+    helper=$(find "$1/snippets" -name workerHelpers.no-bundler.js | head -n 1)
+    [[ -n "$helper" ]] || die "wasm-bindgen-rayon's workerHelpers.no-bundler.js not found under $1/snippets"
+    node -e '
+const fs = require("fs");
+const path = process.argv[1];
+const src = fs.readFileSync(path, "utf8");
+const from = /let scriptBlob = await fetch\(import\.meta\.url\)\.then\(r => r\.blob\(\)\);\s*let url = URL\.createObjectURL\(scriptBlob\);/;
+if (!from.test(src)) { console.error(`${path}: the blob: worker code was not found; update build.sh`); process.exit(1); }
+fs.writeFileSync(path, src.replace(from, "let url = import.meta.url; // same origin: allowed by worker-src self"));
+' "$helper"
+}
+
+have_threads_toolchain() {
+    command -v rustup >/dev/null 2>&1 || return 1
+    local sysroot
+    sysroot="$(rustup run "$THREADS_TOOLCHAIN" rustc --print sysroot 2>/dev/null)" || return 1
+    [[ -d "$sysroot/lib/rustlib/src/rust/library" ]]
+}
+
+# www/dist/pkg-threads: the same crate with `--features threads`, built by the nightly toolchain.
+build_threads() {
+    if [[ "${ANOSCOPE_THREADS:-1}" == 0 ]]; then
+        echo "threaded wasm build: skipped (ANOSCOPE_THREADS=0); the page will run on one thread"
+        return 0
+    fi
+    if ! have_threads_toolchain; then
+        echo "threaded wasm build: skipped; it needs the $THREADS_TOOLCHAIN toolchain with rust-src" \
+            "(rustup toolchain install $THREADS_TOOLCHAIN --profile minimal --component rust-src)." \
+            "The page will run on one thread."
+        return 0
+    fi
+    log "cargo +$THREADS_TOOLCHAIN rustc (wasm32, release, threads: atomics, build-std)"
+    local dir="$TARGET_DIR/threads"
+    env -u RUSTFLAGS -u CARGO_ENCODED_RUSTFLAGS CARGO_TARGET_DIR="$dir" \
+        CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS="$WASM_THREADS_RUSTFLAGS" \
+        cargo "+$THREADS_TOOLCHAIN" rustc -p anoscope --lib --release --target "$WASM_TARGET" \
+        --features threads -Z build-std=panic_abort,std -- "${WASM_THREADS_LINK_ARGS[@]}"
+    local wasm_in="$dir/$WASM_TARGET/release/anoscope.wasm" out="$DIST/pkg-threads"
+    [[ -f "$wasm_in" ]] || die "expected $wasm_in after the threaded build"
+    wasm-bindgen --target web --typescript --out-dir "$out" "$wasm_in"
+    same_origin_thread_workers "$out"
+    local wasm_opt="$ROOT/node_modules/.bin/wasm-opt"
+    if [[ "${ANOSCOPE_WASM_OPT:-1}" != 0 && -x "$wasm_opt" ]]; then
+        "$wasm_opt" -O3 "${WASM_OPT_FEATURES[@]}" --enable-threads "$out/anoscope_bg.wasm" \
+            -o "$out/anoscope_bg.wasm.opt"
+        mv -f "$out/anoscope_bg.wasm.opt" "$out/anoscope_bg.wasm"
+    fi
+    printf 'threaded '
+    size_report "$out/anoscope_bg.wasm"
 }
 
 # The native CLI (debug profile: the one cargo test builds), for prompt files and serving.

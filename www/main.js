@@ -94,7 +94,12 @@ function onProgress({ stage, done, total, label }) {
 // ---------------------------------------------------------------------------
 // the worker
 
-const client = new DetectorClient(new URL('./worker.js', import.meta.url), {
+// ?threads=N forces the worker's thread count (1 = the single-threaded build); default: all cores
+// when the page is cross-origin isolated and the threaded build exists.
+const workerUrl = new URL('./worker.js', import.meta.url);
+const threadsParam = new URLSearchParams(location.search).get('threads');
+if (threadsParam && /^[0-9]{1,3}$/.test(threadsParam)) workerUrl.searchParams.set('threads', threadsParam);
+const client = new DetectorClient(workerUrl, {
   onProgress,
   onFatal: (error) => {
     setStatus(els.engine, error, 'error');
@@ -102,8 +107,12 @@ const client = new DetectorClient(new URL('./worker.js', import.meta.url), {
   },
 });
 
-els.backend.textContent =
-  'CPU (WebAssembly SIMD)' + ('gpu' in navigator ? '; WebGPU is available in this browser but not used yet' : '');
+function showBackend(threads = 1) {
+  const cpu = threads > 1 ? `CPU (WebAssembly SIMD, ${threads} threads)` : 'CPU (WebAssembly SIMD, 1 thread)';
+  els.backend.textContent = cpu + ('gpu' in navigator ? '; WebGPU is available in this browser but not used yet' : '');
+  els.backend.dataset.threads = String(threads);
+}
+showBackend();
 
 function enableInputs(on) {
   for (const el of [els.imageFiles, els.folderFiles, els.category, els.encode, els.webcam, els.promptFile]) {
@@ -781,6 +790,7 @@ if ('serviceWorker' in navigator) {
 client.ready.then(
   async (info) => {
     state.limits = info.limits;
+    showBackend(info.threads);
     setStatus(els.engine, `Detector ready (anoscope ${info.version}).`, 'ok');
     els.modelFiles.disabled = false;
     await setupModelSources();

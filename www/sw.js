@@ -1,7 +1,7 @@
 // Service worker: keeps the app shell, the wasm package, the prompt files and the model index
 // so that after one visit the page works with the network off. Checkpoint files are cached by
 // the detector worker itself (Cache API, sha256-checked), so they pass through here untouched.
-const SHELL_CACHE = 'anoscope-shell-v1';
+const SHELL_CACHE = 'anoscope-shell-v2';
 const SHELL = [
   './',
   'index.html',
@@ -28,6 +28,10 @@ self.addEventListener('install', (event) => {
       const cache = await caches.open(SHELL_CACHE);
       // One missing optional file (e.g. no manifest) must not stop the rest from being cached.
       await Promise.all(SHELL.map((path) => cache.add(new Request(path, { cache: 'no-cache' })).catch(() => {})));
+      // The threaded build's files (pkg-threads/, listed in build.json) when the site has it.
+      const build = await cache.match('build.json').then((r) => r?.json()).catch(() => null);
+      const extra = build?.wasmThreads?.files ?? [];
+      await Promise.all(extra.map((path) => cache.add(new Request(path, { cache: 'no-cache' })).catch(() => {})));
       await self.skipWaiting();
     })(),
   );
@@ -48,7 +52,8 @@ self.addEventListener('fetch', (event) => {
   const req = event.request;
   const url = new URL(req.url);
   if (req.method !== 'GET' || url.origin !== self.location.origin) return;
-  if (!SHELL_URLS.has(url.origin + url.pathname)) return;
+  const inThreadsPkg = url.pathname.startsWith(new URL('pkg-threads/', self.location.href).pathname);
+  if (!SHELL_URLS.has(url.origin + url.pathname) && !inThreadsPkg) return;
   // Network first (so a rebuilt site is picked up), the cached copy when offline.
   event.respondWith(
     (async () => {

@@ -1,7 +1,10 @@
 // Module worker: the only owner of the WebAssembly detector. Everything that touches the
 // model (loading, text encoding, scoring, MuSc batches, overlays) runs here so the page never
 // freezes. Messages: {id, type, payload} in; {id, ok, result|error} or {type:'progress', ...} out.
-import init, { version, limits, ClipModel, Image, renderOverlay } from './pkg/anoscope.js';
+// The wasm package is imported once start() has picked the build: pkg-threads (wasm threads, a
+// rayon pool of Web Workers) on a cross-origin isolated page with more than one core, else pkg.
+let wasm = null;
+let ClipModel, Image, renderOverlay;
 import { sha256Hex, fetchWithProgress, WEIGHTS_CACHE } from './common.js';
 
 let model = null; // ClipModel
@@ -16,22 +19,39 @@ function progress(stage, done, total, extra = {}) {
   postMessage({ type: 'progress', stage, done, total, ...extra });
 }
 
-/** Fetches the wasm, checks its sha256 against build.json, then instantiates it. */
+/** Threads for the threaded build, or 0 where it cannot or should not run. */
+function wantedThreads(build, requested) {
+  if (!build.wasmThreads || requested === 1) return 0;
+  if (!self.crossOriginIsolated || typeof SharedArrayBuffer !== 'function') return 0;
+  const cores = navigator.hardwareConcurrency || 1;
+  const n = requested > 1 ? requested : cores;
+  return n > 1 ? n : 0;
+}
+
+/** Picks the build, fetches its wasm, checks its sha256 against build.json, then instantiates it. */
 async function start() {
   const build = await (await fetch('./build.json', { cache: 'no-cache' })).json();
-  const res = await fetch('./pkg/anoscope_bg.wasm');
-  if (!res.ok) throw new Error(`pkg/anoscope_bg.wasm: HTTP ${res.status}`);
+  // ?threads=N on the page URL (forwarded by main.js) forces a thread count; 1 = the plain build.
+  const requested = Number(new URL(self.location.href).searchParams.get('threads') || 0);
+  const threads = wantedThreads(build, requested);
+  const entry = threads ? build.wasmThreads : build.wasm;
+  const dir = threads ? 'pkg-threads' : 'pkg';
+  const res = await fetch(`./${entry.url}`);
+  if (!res.ok) throw new Error(`${entry.url}: HTTP ${res.status}`);
   const bytes = new Uint8Array(await res.arrayBuffer());
   const got = await sha256Hex(bytes);
-  if (got !== build.wasm.sha256) {
+  if (got !== entry.sha256) {
     throw new Error(
-      `the WebAssembly module failed its integrity check (sha256 ${got}, expected ${build.wasm.sha256}); ` +
+      `the WebAssembly module failed its integrity check (sha256 ${got}, expected ${entry.sha256}); ` +
         'reload the page, or rebuild the site with ./build.sh',
     );
   }
-  await init({ module_or_path: bytes });
-  state.limits = JSON.parse(limits());
-  return { version: version(), limits: state.limits, build };
+  wasm = await import(`./${dir}/anoscope.js`);
+  await wasm.default({ module_or_path: bytes });
+  if (threads) await wasm.initThreadPool(threads);
+  ({ ClipModel, Image, renderOverlay } = wasm);
+  state.limits = JSON.parse(wasm.limits());
+  return { version: wasm.version(), limits: state.limits, build, threads: wasm.threads() };
 }
 
 const ready = start().then(

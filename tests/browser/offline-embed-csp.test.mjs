@@ -106,10 +106,15 @@ test('the CSP is enforced: an injected inline script is blocked and reported', {
 });
 
 test('a tampered wasm module is refused before instantiation', { timeout: 90_000 }, async () => {
-  const wasm = readFileSync(join(DIST, 'pkg', 'anoscope_bg.wasm'));
-  const bad = Buffer.from(wasm);
-  bad[bad.length >> 1] ^= 0xff;
-  const own = await serve(makeSite({ 'pkg/anoscope_bg.wasm': bad }));
+  // Both builds (the page picks the threaded one where it can): one flipped byte in each.
+  const build = JSON.parse(readFileSync(join(DIST, 'build.json'), 'utf8'));
+  const tampered = {};
+  for (const entry of [build.wasm, build.wasmThreads].filter(Boolean)) {
+    const bad = Buffer.from(readFileSync(join(DIST, entry.url)));
+    bad[bad.length >> 1] ^= 0xff;
+    tampered[entry.url] = bad;
+  }
+  const own = await serve(makeSite(tampered));
   const b = await browser();
   try {
     const { page } = await openPage(b.context, own.url);

@@ -78,5 +78,25 @@ const build = {
     sha256: createHash('sha256').update(wasm).digest('hex'),
   },
 };
+// The threaded build (when built): its wasm and every file the service worker must keep offline.
+const threadsDir = join(dist, 'pkg-threads');
+if (existsSync(join(threadsDir, 'anoscope_bg.wasm'))) {
+  const tw = readFileSync(join(threadsDir, 'anoscope_bg.wasm'));
+  const files = [];
+  const walk = (d) => {
+    for (const e of readdirSync(d, { withFileTypes: true })) {
+      if (e.isDirectory()) walk(join(d, e.name));
+      else if (/\.(js|wasm)$/.test(e.name)) files.push(relative(dist, join(d, e.name)).split('\\').join('/'));
+    }
+  };
+  walk(threadsDir);
+  build.wasmThreads = {
+    url: 'pkg-threads/anoscope_bg.wasm',
+    size: tw.length,
+    gzipSize: gzipSync(tw, { level: 9 }).length,
+    sha256: createHash('sha256').update(tw).digest('hex'),
+    files: files.sort(),
+  };
+}
 writeFileSync(join(dist, 'build.json'), `${JSON.stringify(build, null, 2)}\n`);
 console.log(`models.json: ${models.map((m) => m.name).join(', ') || 'no checkpoint'}; build.json: wasm sha256 ${build.wasm.sha256}`);
