@@ -1160,6 +1160,12 @@ pub fn run(opts: &EvalOptions, progress: &mut dyn Progress) -> Result<EvalSummar
     if shots == Some(0) {
         bail!("--shots must be at least 1");
     }
+    if let Some(k) = shots.filter(|&k| k > winclip::MAX_REFERENCES) {
+        bail!(
+            "--shots {k} is over the limit of {} reference images",
+            winclip::MAX_REFERENCES
+        );
+    }
     if opts.surgery_layers.is_some() && opts.mode != Mode::Fast {
         bail!("--surgery-layers applies to --mode fast only (mode is {})", opts.mode);
     }

@@ -60,7 +60,7 @@
 //! the bottle images and up to 30 on random noise.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Cursor, Seek, SeekFrom};
+use std::io::{BufRead, BufReader, Cursor, Read, Seek, SeekFrom};
 use std::ops::Range;
 use std::path::Path;
 
@@ -186,6 +186,15 @@ fn decode_reader<R: BufRead + Seek>(mut reader: R, limits: &ImageLimits) -> Resu
     let pos = reader.stream_position()?;
     let n = read_up_to(&mut reader, &mut head)?;
     reader.seek(SeekFrom::Start(pos))?;
+    if n >= 3 && head[..3] == [0xFF, 0xD8, 0xFF] {
+        // The JPEG decoder fills a truncated scan with grey instead of failing; refuse it as
+        // Pillow does ("image file is truncated"): the image would be scored half made-up.
+        let complete = jpeg_is_complete(&mut reader).context("I/O error while reading the image")?;
+        reader.seek(SeekFrom::Start(pos))?;
+        if !complete {
+            bail!("truncated Jpeg image: the data ends before the end-of-image marker");
+        }
+    }
 
     let mut reader = ImageReader::new(reader)
         .with_guessed_format()
@@ -211,6 +220,63 @@ fn decode_reader<R: BufRead + Seek>(mut reader: R, limits: &ImageLimits) -> Resu
         .map_err(|e| map_image_error(e, format, limits))?;
     let img = DynamicImage::from_decoder(decoder).map_err(|e| map_image_error(e, format, limits))?;
     Ok(img.into_rgb8())
+}
+
+/// Whether a JPEG stream reaches its end-of-image marker (`FF D9`) after at least one scan:
+/// marker segments are skipped by their length, entropy-coded data is scanned for markers
+/// (`FF 00` stuffing and `FF D0`–`FF D7` restarts belong to the data). Marker segments inside
+/// the scans (progressive JPEG tables) are skipped too.
+fn jpeg_is_complete<R: std::io::Read>(r: R) -> std::io::Result<bool> {
+    let mut bytes = std::io::BufReader::new(r).bytes();
+    let mut next = || bytes.next().transpose();
+    let (Some(0xFF), Some(0xD8)) = (next()?, next()?) else {
+        return Ok(false);
+    };
+    let mut in_scan = false;
+    let mut seen_scan = false;
+    loop {
+        // Find the next marker: `FF xx` with xx not 00, not a restart, not another FF.
+        let marker = loop {
+            let Some(b) = next()? else { return Ok(false) };
+            if b != 0xFF {
+                if !in_scan {
+                    return Ok(false); // garbage between segments
+                }
+                continue;
+            }
+            let mut m = next()?;
+            while m == Some(0xFF) {
+                m = next()?;
+            }
+            match m {
+                None => return Ok(false),
+                Some(0x00) | Some(0xD0..=0xD7) if in_scan => continue,
+                Some(m) => break m,
+            }
+        };
+        match marker {
+            0xD9 => return Ok(seen_scan),
+            0x01 | 0xD0..=0xD7 => {}
+            _ => {
+                let (Some(hi), Some(lo)) = (next()?, next()?) else {
+                    return Ok(false);
+                };
+                let len = u16::from_be_bytes([hi, lo]);
+                if len < 2 {
+                    return Ok(false);
+                }
+                for _ in 2..len {
+                    if next()?.is_none() {
+                        return Ok(false);
+                    }
+                }
+                if marker == 0xDA {
+                    in_scan = true;
+                    seen_scan = true;
+                }
+            }
+        }
+    }
 }
 
 fn read_up_to<R: std::io::Read>(r: &mut R, buf: &mut [u8]) -> std::io::Result<usize> {

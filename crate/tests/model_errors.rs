@@ -174,11 +174,19 @@ fn missing_tensor_is_named() {
 #[test]
 fn unsupported_dtype() {
     let dir = copy_fixture("hf_tiny");
-    // The first tensor read, with the right shape but an integer dtype.
-    let data = vec![0u8; 4 * 64 * 3 * 8 * 8];
-    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::I32, vec![64, 3, 8, 8], &data).unwrap();
+    // The first tensor read, with the right shape but an integer dtype (the others kept, so that
+    // the file is big enough for the configuration).
     let p = dir.path().join("model.safetensors");
-    safetensors::serialize_to_file(vec![("vision_model.embeddings.patch_embedding.weight", view)], None, &p).unwrap();
+    let bytes = std::fs::read(&p).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let data = vec![0u8; 4 * 64 * 3 * 8 * 8];
+    let name = "vision_model.embeddings.patch_embedding.weight";
+    let mut views = vec![(
+        name.to_string(),
+        safetensors::tensor::TensorView::new(safetensors::Dtype::I32, vec![64, 3, 8, 8], &data).unwrap(),
+    )];
+    views.extend(st.tensors().into_iter().filter(|(n, _)| n != name));
+    safetensors::serialize_to_file(views, None, &p).unwrap();
     assert_has(
         &err(dir.path()),
         &["model.safetensors", "patch_embedding.weight", "unsupported dtype"],

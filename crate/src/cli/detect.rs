@@ -152,10 +152,9 @@ fn text_pair(clip: &Clip, args: &DetectArgs, weights: &Path) -> Result<TextPair>
         }
     };
     if let (Some(file), None) = (&args.prompts, &args.object) {
-        let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
         let sha =
             prompts::sha256_hex(&std::fs::read(weights).with_context(|| format!("cannot read {}", weights.display()))?);
-        let bundle = PromptBundle::from_bytes(&bytes, Some(&sha)).with_context(|| format!("{}", file.display()))?;
+        let bundle = PromptBundle::read_file(file, Some(&sha))?;
         return match bundle.get(&cat.name, kind) {
             Some(e) => Ok(e.text.clone()),
             None => bail!(
@@ -227,6 +226,21 @@ pub fn detect(args: DetectArgs) -> Result<()> {
     let size = args.size.unwrap_or(clip.cfg.vision.image_size as u32);
     if size == 0 || size > 4096 {
         bail!("--size must be in 1..=4096, got {size}");
+    }
+    // Counts are checked before any image is decoded.
+    if Mode::from(args.mode) == Mode::Batch && args.images.len() > musc::MAX_BATCH {
+        bail!(
+            "batch mode takes at most {} images, got {}",
+            musc::MAX_BATCH,
+            args.images.len()
+        );
+    }
+    if args.refs.len() > winclip::MAX_REFERENCES {
+        bail!(
+            "few-shot mode takes at most {} reference images, got {}",
+            winclip::MAX_REFERENCES,
+            args.refs.len()
+        );
     }
     let norm = Normalize {
         mean: clip.cfg.mean,

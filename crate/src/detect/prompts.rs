@@ -341,6 +341,10 @@ pub const BUNDLE_FORMAT: u32 = 1;
 /// Largest embedding dimension a bundle may declare.
 const MAX_EMBED_DIM: usize = 1 << 16;
 
+/// Largest prompt file accepted (bytes), checked before it is read: 64 MiB. A bundle of all
+/// bundled categories for a 768-dimensional model is about 0.3 MB.
+pub const MAX_BUNDLE_BYTES: u64 = 64 << 20;
+
 /// Lowercase hex SHA-256 of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::{Digest, Sha256};
@@ -586,10 +590,34 @@ impl PromptBundle {
         Ok(safetensors::serialize(views, Some(metadata))?)
     }
 
+    /// Reads and validates the prompt file at `path` ([`PromptBundle::from_bytes`]); its size is
+    /// checked against [`MAX_BUNDLE_BYTES`] before it is read. Errors name the file.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn read_file(path: &std::path::Path, expected_model_sha256: Option<&str>) -> Result<PromptBundle> {
+        let p = path.display();
+        let size = std::fs::metadata(path)
+            .map_err(|e| anyhow!("cannot read prompt file {p}: {e}"))?
+            .len();
+        if size > MAX_BUNDLE_BYTES {
+            bail!("prompt file {p} is {size} bytes, over the limit of {MAX_BUNDLE_BYTES} bytes");
+        }
+        let bytes = std::fs::read(path).map_err(|e| anyhow!("cannot read prompt file {p}: {e}"))?;
+        Self::from_bytes(&bytes, expected_model_sha256).with_context(|| format!("prompt file {p}"))
+    }
+
     /// Reads and validates a bundle. With `expected_model_sha256`, a bundle built for another
     /// model is rejected. Never panics on malformed input; every failure is a descriptive error.
     pub fn from_bytes(bytes: &[u8], expected_model_sha256: Option<&str>) -> Result<PromptBundle> {
         use safetensors::SafeTensors;
+        if bytes.is_empty() {
+            bail!("not a valid safetensors prompt file: it is empty (0 bytes)");
+        }
+        if bytes.len() as u64 > MAX_BUNDLE_BYTES {
+            bail!(
+                "the prompt file is {} bytes, over the limit of {MAX_BUNDLE_BYTES} bytes",
+                bytes.len()
+            );
+        }
         let (_, meta) = SafeTensors::read_metadata(bytes)
             .map_err(|e| anyhow!("not a valid safetensors prompt file (truncated or corrupt?): {e}"))?;
         let st = SafeTensors::deserialize(bytes)

@@ -114,12 +114,25 @@ fn visual_association(query: &Tensor, refs_unit: &Tensor) -> Result<Vec<f32>> {
     Ok(max.into_iter().map(|m| (1.0 - m) / 2.0).collect())
 }
 
+/// Most reference images of few-shot mode (WinCLIP+ uses 1 to 4); about 1.4 MB of features
+/// each for ViT-B/16 at 240 px.
+pub const MAX_REFERENCES: usize = 64;
+
+fn check_reference_count(k: usize) -> Result<()> {
+    if k == 0 {
+        bail!("few-shot mode needs at least one normal reference image");
+    }
+    if k > MAX_REFERENCES {
+        bail!("few-shot mode takes at most {MAX_REFERENCES} reference images, got {k}");
+    }
+    Ok(())
+}
+
 impl References {
-    /// Collects reference features (at least one image).
+    /// Collects reference features (1 to [`MAX_REFERENCES`] images).
     pub fn new(feats: &[Features]) -> Result<Self> {
-        let Some(first) = feats.first() else {
-            bail!("few-shot mode needs at least one normal reference image")
-        };
+        check_reference_count(feats.len())?;
+        let first = &feats[0];
         if feats
             .iter()
             .any(|f| f.grid != first.grid || f.windows.len() != first.windows.len())
@@ -222,5 +235,6 @@ pub fn detect_features(
 
 /// Convenience: reference features from normalised reference pixels `[K, 3, H, W]`.
 pub fn references(clip: &Clip, ref_pixels: &Tensor, cfg: &WinClipConfig) -> Result<References> {
+    check_reference_count(ref_pixels.dims().first().copied().unwrap_or(0))?;
     References::new(&features(clip, ref_pixels, cfg)?)
 }

@@ -131,11 +131,14 @@ pub use crate::preprocess::{CLIP_MEAN, CLIP_STD};
 
 /// Largest hyper-parameters accepted from a configuration file (guards against absurd sizes
 /// before anything is allocated).
-const MAX_WIDTH: usize = 8192;
-const MAX_LAYERS: usize = 128;
-const MAX_IMAGE: usize = 4096;
-const MAX_VOCAB: usize = 1 << 20;
-const MAX_CONTEXT: usize = 1024;
+pub const MAX_WIDTH: usize = 8192;
+pub const MAX_LAYERS: usize = 128;
+pub const MAX_IMAGE: usize = 4096;
+pub const MAX_VOCAB: usize = 1 << 20;
+pub const MAX_CONTEXT: usize = 1024;
+
+/// Largest configuration file accepted (bytes); real ones are under 10 KB.
+pub const MAX_CONFIG_BYTES: usize = 1 << 20;
 
 fn get_usize(obj: &Value, key: &str, default: usize) -> Result<usize> {
     match obj.get(key) {
@@ -195,6 +198,12 @@ impl ClipConfig {
     /// Parses a configuration file given its name (which selects the layout) and text.
     pub fn from_json(file_name: &str, json: &str) -> Result<Self> {
         let layout = Layout::from_config_file(file_name)?;
+        if json.len() > MAX_CONFIG_BYTES {
+            bail!(
+                "`{file_name}` is {} bytes, over the configuration size limit of {MAX_CONFIG_BYTES} bytes",
+                json.len()
+            );
+        }
         let value: Value = serde_json::from_str(json).with_context(|| format!("`{file_name}` is not valid JSON"))?;
         let cfg = match layout {
             Layout::HuggingFace => Self::from_hf(&value),
@@ -405,12 +414,40 @@ impl ClipConfig {
         Ok(())
     }
 
-    /// Number of vision parameters (for memory estimates and size checks).
-    pub fn vision_params(&self) -> usize {
+    /// Number of image tower parameters (saturating: no overflow on 32-bit targets).
+    pub fn vision_params(&self) -> u64 {
         let v = &self.vision;
-        let g = v.grid();
-        let d = v.width;
-        let layer = 4 * d * d + 4 * d + 2 * d * v.mlp_width + v.mlp_width + d + 4 * d;
-        3 * v.patch_size * v.patch_size * d + d + (g * g + 1) * d + 4 * d + v.layers * layer + d * self.embed_dim
+        let (d, mlp, p, g) = (v.width as u64, v.mlp_width as u64, v.patch_size as u64, v.grid() as u64);
+        let mul = |a: u64, b: u64| a.saturating_mul(b);
+        let layer = [mul(4 * d, d), 4 * d, mul(2 * d, mlp), mlp, d, 4 * d]
+            .into_iter()
+            .fold(0u64, u64::saturating_add);
+        [
+            mul(mul(3 * p, p), d),
+            d,
+            mul(mul(g, g).saturating_add(1), d),
+            4 * d,
+            mul(v.layers as u64, layer),
+            mul(d, self.embed_dim as u64),
+        ]
+        .into_iter()
+        .fold(0u64, u64::saturating_add)
+    }
+
+    /// Rejects weights too small to hold the image tower this configuration describes (at two
+    /// bytes per parameter, the smallest supported dtype), before any tensor is read: a
+    /// configuration that belongs to a bigger model gets one clear error instead of a shape
+    /// mismatch deep inside the file.
+    pub fn check_weights_size(&self, weights_bytes: u64, origin: &str) -> Result<()> {
+        let params = self.vision_params();
+        if weights_bytes < params.saturating_mul(2) {
+            bail!(
+                "{origin}: the configuration describes an image tower of {params} parameters (at least {} \
+                 bytes in f16), but the weights file has only {weights_bytes} bytes: the configuration and \
+                 the weights do not belong together (or the file is truncated)",
+                params.saturating_mul(2)
+            );
+        }
+        Ok(())
     }
 }

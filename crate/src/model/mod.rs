@@ -78,6 +78,7 @@ impl Clip {
     pub fn from_bytes(config_file: &str, config_json: &str, weights: &[u8], origin: &str) -> Result<Self> {
         let cfg = ClipConfig::from_json(config_file, config_json)?;
         let src = SafetensorsSource::new(weights, origin)?;
+        cfg.check_weights_size(weights.len() as u64, origin)?;
         Self::from_source(&cfg, &src)
     }
 
@@ -106,6 +107,16 @@ impl Clip {
     /// Loads `dir` (layout detected from its files). Errors name the offending file.
     pub fn load_dir(dir: &Path) -> Result<Self> {
         let files = CheckpointFiles::detect(dir)?;
+        let config_size = std::fs::metadata(&files.config)
+            .with_context(|| format!("cannot read {}", files.config.display()))?
+            .len();
+        if config_size > config::MAX_CONFIG_BYTES as u64 {
+            bail!(
+                "{}: {config_size} bytes is over the configuration size limit of {} bytes",
+                files.config.display(),
+                config::MAX_CONFIG_BYTES
+            );
+        }
         let json = std::fs::read_to_string(&files.config)
             .with_context(|| format!("cannot read {}", files.config.display()))?;
         let cfg = ClipConfig::from_json(files.layout.config_file(), &json)
@@ -122,7 +133,9 @@ impl Clip {
         }
         let bytes =
             std::fs::read(&files.weights).with_context(|| format!("cannot read {}", files.weights.display()))?;
-        let src = SafetensorsSource::new(&bytes, &files.weights.display().to_string())?;
+        let origin = files.weights.display().to_string();
+        let src = SafetensorsSource::new(&bytes, &origin)?;
+        cfg.check_weights_size(size, &origin)?;
         Self::from_source(&cfg, &src)
     }
 

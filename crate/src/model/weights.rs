@@ -6,8 +6,26 @@ use candle_core::{Device, Tensor};
 use safetensors::{Dtype, SafeTensors};
 use std::collections::HashMap;
 
-/// Largest checkpoint accepted (bytes). ViT-L/14-336 in f32 is 1.7 GB.
-pub const MAX_CHECKPOINT_BYTES: u64 = 4 * 1024 * 1024 * 1024;
+/// Largest checkpoint accepted natively (bytes): 4 GiB. ViT-L/14-336 in f32 is 1.7 GB.
+/// Checked from the file size before the file is read.
+pub const MAX_CHECKPOINT_BYTES_NATIVE: u64 = 4 * 1024 * 1024 * 1024;
+
+/// Largest checkpoint accepted by the WebAssembly build (bytes): 1 GiB. wasm32 has a 4 GiB
+/// address space and the weights are held twice while loading (the file's bytes, then f32
+/// tensors: up to 3 GiB for a 1 GiB f16 file), which leaves 1 GiB for activations. ViT-L/14 in
+/// f16 (0.86 GB with the text tower) fits; use f16 weights in the browser.
+pub const MAX_CHECKPOINT_BYTES_WASM: u64 = 1024 * 1024 * 1024;
+
+/// The checkpoint size limit of this build.
+#[cfg(not(target_arch = "wasm32"))]
+pub const MAX_CHECKPOINT_BYTES: u64 = MAX_CHECKPOINT_BYTES_NATIVE;
+/// The checkpoint size limit of this build.
+#[cfg(target_arch = "wasm32")]
+pub const MAX_CHECKPOINT_BYTES: u64 = MAX_CHECKPOINT_BYTES_WASM;
+
+/// Largest safetensors JSON header the `safetensors` crate parses (its own limit, 100 MB;
+/// real CLIP headers are under 100 KB).
+pub const MAX_SAFETENSORS_HEADER_BYTES: u64 = 100_000_000;
 
 /// A named set of tensors that the towers read their weights from.
 pub trait TensorSource {
