@@ -7,6 +7,8 @@ pub mod detect;
 pub mod embed;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod eval;
+#[cfg(feature = "gpu")]
+pub mod gpu;
 pub mod metrics;
 pub mod model;
 pub mod preprocess;
