@@ -291,6 +291,16 @@ impl GpuVision {
         &self.ctx
     }
 
+    /// Whether a failure marked this GPU unusable (callers then run the CPU path).
+    pub fn is_disabled(&self) -> bool {
+        self.disabled.load(Ordering::Relaxed)
+    }
+
+    /// Marks this GPU unusable for good (after a device loss or out-of-memory error).
+    pub fn set_disabled(&self) {
+        self.disabled.store(true, Ordering::Relaxed);
+    }
+
     fn check_alive(&self) -> Result<()> {
         if super::forced_failure("forward") {
             bail!("GPU device lost (forced by ANOSCOPE_GPU_FAIL=forward)");
@@ -917,10 +927,10 @@ impl crate::model::VisionAccel for GpuVision {
     }
 
     fn disabled(&self) -> bool {
-        self.disabled.load(Ordering::Relaxed)
+        self.is_disabled()
     }
 
     fn disable(&self) {
-        self.disabled.store(true, Ordering::Relaxed);
+        self.set_disabled();
     }
 }

@@ -61,15 +61,40 @@ fn a_index(row: u32, col: u32) -> u32 {
     return p.a_offset + g * p.a_group_stride + r * p.k + col;
 }
 
+fn write_row(r: u32, col0: u32, v: vec4<f32>) {
+    if r >= p.m {
+        return;
+    }
+    let act = (p.flags >> 2u) & 3u;
+    for (var j = 0u; j < 4u; j++) {
+        let c = col0 + 16u * j;
+        if c >= p.n {
+            continue;
+        }
+        var y = v[j];
+        if (p.flags & 1u) != 0u {
+            y += bias[c];
+        }
+        y = activate(y, act);
+        let o = r * p.n + c;
+        if (p.flags & 2u) != 0u {
+            y += out[o];
+        }
+        out[o] = y;
+    }
+}
+
 @compute @workgroup_size(16, 16)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let tid = lid.y * 16u + lid.x;
     let row0 = wid.y * TM;
     let col0 = wid.x * TN;
-    var acc: array<f32, 16>;
-    for (var i = 0u; i < 16u; i++) {
-        acc[i] = 0.0;
-    }
+    // Accumulators: acc_i[j] is output (row0 + ly + 16i, col0 + lx + 16j); no private arrays, so
+    // CPU adapters (lavapipe) keep them in registers too.
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
     for (var k0 = 0u; k0 < p.k; k0 += TK) {
         for (var i = 0u; i < 4u; i++) {
             let e = tid + i * 256u;
@@ -97,41 +122,20 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         }
         workgroupBarrier();
         for (var kk = 0u; kk < TK; kk++) {
-            var av: array<f32, 4>;
-            var wv: array<f32, 4>;
-            for (var i = 0u; i < 4u; i++) {
-                av[i] = a_tile[kk * TM + lid.y + 16u * i];
-                wv[i] = w_tile[kk * TN + lid.x + 16u * i];
-            }
-            for (var i = 0u; i < 4u; i++) {
-                for (var j = 0u; j < 4u; j++) {
-                    acc[i * 4u + j] = fma(av[i], wv[j], acc[i * 4u + j]);
-                }
-            }
+            let ab = kk * TM + lid.y;
+            let wb = kk * TN + lid.x;
+            let wv = vec4<f32>(w_tile[wb], w_tile[wb + 16u], w_tile[wb + 32u], w_tile[wb + 48u]);
+            acc0 = fma(vec4<f32>(a_tile[ab]), wv, acc0);
+            acc1 = fma(vec4<f32>(a_tile[ab + 16u]), wv, acc1);
+            acc2 = fma(vec4<f32>(a_tile[ab + 32u]), wv, acc2);
+            acc3 = fma(vec4<f32>(a_tile[ab + 48u]), wv, acc3);
         }
         workgroupBarrier();
     }
-    let act = (p.flags >> 2u) & 3u;
-    for (var i = 0u; i < 4u; i++) {
-        let r = row0 + lid.y + 16u * i;
-        if r >= p.m {
-            continue;
-        }
-        for (var j = 0u; j < 4u; j++) {
-            let c = col0 + lid.x + 16u * j;
-            if c >= p.n {
-                continue;
-            }
-            var y = acc[i * 4u + j];
-            if (p.flags & 1u) != 0u {
-                y += bias[c];
-            }
-            y = activate(y, act);
-            let o = r * p.n + c;
-            if (p.flags & 2u) != 0u {
-                y += out[o];
-            }
-            out[o] = y;
-        }
-    }
+    let r = row0 + lid.y;
+    let c = col0 + lid.x;
+    write_row(r, c, acc0);
+    write_row(r + 16u, c, acc1);
+    write_row(r + 32u, c, acc2);
+    write_row(r + 48u, c, acc3);
 }
