@@ -330,13 +330,20 @@ fn without_an_adapter_auto_runs_on_the_cpu_and_gpu_is_an_error() {
 
 #[test]
 fn a_failing_gpu_falls_back_to_the_cpu_with_a_message() {
-    if context().is_none() {
-        return;
-    }
+    let Some(ctx) = context() else { return };
     let dir = tempfile::tempdir().unwrap();
     let (ok, err, cpu) = embed(dir.path(), "cpu.safetensors", "cpu", &[]);
     assert!(ok, "{err}");
     let cpu = cpu.unwrap();
+    // `auto` takes a hardware adapter, and leaves a software one (lavapipe) for the CPU path.
+    let (ok, err, auto) = embed(dir.path(), "auto.safetensors", "auto", &[]);
+    assert!(ok, "{err}");
+    if ctx.adapter.device_type == wgpu::DeviceType::Cpu {
+        assert!(err.contains("encoder: CPU (no usable GPU: the only adapter"), "{err}");
+        same(&auto.unwrap(), &cpu);
+    } else {
+        assert!(err.contains("encoder: GPU"), "{err}");
+    }
     // A working GPU: says so, and agrees with the CPU within the tolerance.
     let (ok, err, on_gpu) = embed(dir.path(), "gpu.safetensors", "gpu", &[]);
     assert!(ok, "{err}");

@@ -156,7 +156,8 @@ impl GpuContext {
 
 /// Natively: opens the GPU for `backend` and installs a [`GpuVision`] as the accelerator of
 /// `clip`'s image tower. Returns a line saying which encoder runs (for the user). `Auto` without
-/// an adapter keeps the CPU and says why; `Gpu` without one is an error.
+/// an adapter, or with only a software (CPU) adapter, keeps the CPU and says why; `Gpu` without
+/// an adapter is an error.
 #[cfg(not(target_arch = "wasm32"))]
 pub fn attach(clip: &mut crate::model::Clip, backend: Backend) -> Result<String> {
     if backend == Backend::Cpu {
@@ -165,6 +166,13 @@ pub fn attach(clip: &mut crate::model::Clip, backend: Backend) -> Result<String>
     }
     let opened = pollster::block_on(async {
         let ctx = GpuContext::new().await?;
+        if backend == Backend::Auto && ctx.adapter.device_type == wgpu::DeviceType::Cpu {
+            // A software adapter (lavapipe, SwiftShader) is far slower than the CPU path.
+            bail!(
+                "the only adapter, {}, runs on the CPU; --backend gpu forces it",
+                ctx.describe()
+            );
+        }
         GpuVision::new(ctx, &clip.vision).await
     });
     match opened {
