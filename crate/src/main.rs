@@ -68,6 +68,7 @@ mod cli {
             if let BackendArg::Gpu = backend {
                 bail!("--backend gpu: this build has no GPU support (built without the `gpu` feature)");
             }
+            eprintln!("encoder: CPU (built without the `gpu` feature)");
             Ok(false)
         }
     }
