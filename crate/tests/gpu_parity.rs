@@ -6,6 +6,7 @@
 #![cfg(feature = "gpu")]
 mod common;
 
+use anoscope::detect::musc::{self, MuscConfig};
 use anoscope::detect::winclip::{self, WinClipConfig};
 use anoscope::detect::{fast, TextPair, TEMPERATURE};
 use anoscope::gpu::{GpuContext, GpuVision};
@@ -223,6 +224,17 @@ fn detection_modes_on_the_gpu_match_the_cpu() {
         &winclip::detect(&on_gpu, pixels, &text, None, &cfg).unwrap(),
         &winclip::detect(&cpu, pixels, &text, None, &cfg).unwrap(),
     );
+    // MuSc: a batch with hidden states from several layers.
+    let musc_px = &load(&fixtures().join("musc_tiny_expected.safetensors"))["musc_pixel_values"];
+    let cfg = MuscConfig {
+        layers: vec![1, 2, 3],
+        ..Default::default()
+    };
+    let (a, b) = (
+        musc::detect(&on_gpu, musc_px, &cfg).unwrap(),
+        musc::detect(&cpu, musc_px, &cfg).unwrap(),
+    );
+    maps("musc", &a.detections, &b.detections);
     assert!(!g.disabled(), "the GPU must not have fallen back to the CPU");
 }
 
