@@ -191,7 +191,7 @@ build_threads() {
     env -u RUSTFLAGS -u CARGO_ENCODED_RUSTFLAGS CARGO_TARGET_DIR="$dir" \
         CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS="$WASM_THREADS_RUSTFLAGS" \
         cargo "+$THREADS_TOOLCHAIN" rustc -p anoscope --lib --release --target "$WASM_TARGET" \
-        --features threads -Z build-std=panic_abort,std -- "${WASM_THREADS_LINK_ARGS[@]}"
+        --no-default-features --features threads -Z build-std=panic_abort,std -- "${WASM_THREADS_LINK_ARGS[@]}"
     local wasm_in="$dir/$WASM_TARGET/release/anoscope.wasm" out="$DIST/pkg-threads"
     [[ -f "$wasm_in" ]] || die "expected $wasm_in after the threaded build"
     wasm-bindgen --target web --typescript --out-dir "$out" "$wasm_in"

@@ -10,6 +10,8 @@ pub mod eval;
 #[cfg(not(target_arch = "wasm32"))]
 #[doc(hidden)]
 pub mod fuzzing;
+#[cfg(feature = "gpu")]
+pub mod gpu;
 pub mod metrics;
 pub mod model;
 pub mod preprocess;

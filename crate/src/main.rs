@@ -37,6 +37,42 @@ mod cli {
         Resize,
     }
 
+    /// Which encoder runs the image tower.
+    #[derive(Clone, Copy, ValueEnum)]
+    pub(crate) enum BackendArg {
+        /// The GPU (wgpu: Vulkan, Metal, DX12) when an adapter is available, else the CPU.
+        Auto,
+        /// The GPU; an error when there is no adapter.
+        Gpu,
+        /// The CPU.
+        Cpu,
+    }
+
+    /// Installs the chosen encoder on `clip` and says on stderr which one runs. Returns whether
+    /// the GPU runs. A GPU that fails later falls back to the CPU with a message.
+    pub(crate) fn use_backend(clip: &mut Clip, backend: BackendArg) -> Result<bool> {
+        #[cfg(feature = "gpu")]
+        {
+            use anoscope::gpu::Backend;
+            let b = match backend {
+                BackendArg::Auto => Backend::Auto,
+                BackendArg::Gpu => Backend::Gpu,
+                BackendArg::Cpu => Backend::Cpu,
+            };
+            eprintln!("{}", anoscope::gpu::attach(clip, b)?);
+            Ok(clip.vision.accel.is_some())
+        }
+        #[cfg(not(feature = "gpu"))]
+        {
+            let _ = clip;
+            if let BackendArg::Gpu = backend {
+                bail!("--backend gpu: this build has no GPU support (built without the `gpu` feature)");
+            }
+            eprintln!("encoder: CPU (built without the `gpu` feature)");
+            Ok(false)
+        }
+    }
+
     #[derive(Clone, Copy, ValueEnum)]
     enum Dtype {
         F32,
@@ -68,6 +104,9 @@ mod cli {
             /// Also write these hidden states (0 = after ln_pre, i = output of block i).
             #[arg(long, value_delimiter = ',', value_name = "L,L,...")]
             hidden_layers: Vec<usize>,
+            /// Encoder for the image tower.
+            #[arg(long, value_enum, default_value = "auto")]
+            backend: BackendArg,
             #[arg(long)]
             out: PathBuf,
         },
@@ -146,6 +185,9 @@ mod cli {
         /// Input side in pixels (default: the checkpoint's).
         #[arg(long)]
         size: Option<usize>,
+        /// Encoder for the image tower; with the GPU, the CPU is timed too (for the ratio).
+        #[arg(long, value_enum, default_value = "auto")]
+        backend: BackendArg,
     }
 
     #[derive(Subcommand)]
@@ -216,9 +258,10 @@ mod cli {
                 preprocess,
                 surgery_layers,
                 hidden_layers,
+                backend,
                 out,
             } => {
-                let clip = Clip::load_dir(&model)?;
+                let mut clip = Clip::load_dir(&model)?;
                 let input = match (image, pixels) {
                     (Some(path), _) => {
                         let img = preprocess::load_image(&path, &ImageLimits::default())?;
@@ -249,6 +292,7 @@ mod cli {
                     }
                     (None, None) => bail!("give --image or --pixels"),
                 };
+                use_backend(&mut clip, backend)?;
                 let named = embed_image(&clip, &input, surgery_layers.unwrap_or(0), &hidden_layers)?;
                 write_out(&out, &named)?;
                 eprintln!("wrote {}", out.display());
@@ -345,6 +389,7 @@ mod cli {
             mode,
             batch,
             size,
+            backend,
         } = args;
         let (arch, model) = (arch.as_str(), model.as_deref());
         use anoscope::detect::{fast, musc, prompts, winclip, TextPair, TEMPERATURE};
@@ -360,7 +405,7 @@ mod cli {
             std::env::set_var("RAYON_NUM_THREADS", t.to_string());
         }
         let threads = candle_core::utils::get_num_threads();
-        let clip = match model {
+        let mut clip = match model {
             Some(dir) => Clip::load_dir(dir)?,
             None => {
                 let (file, json) = arch_config(arch)?;
@@ -381,7 +426,9 @@ mod cli {
             Tensor::randn(0f32, 1f32, p, &Device::Cpu)?.to_vec1()?,
             Tensor::randn(0f32, 1f32, p, &Device::Cpu)?.to_vec1()?,
         )?;
-        let encode = || -> Result<()> {
+        let cpu_clip = clip.clone();
+        let on_gpu = use_backend(&mut clip, backend)?;
+        let encode = |clip: &Clip| -> Result<()> {
             let out = clip
                 .vision
                 .forward(&pixels, &anoscope::model::EncodeOptions::default())?;
@@ -398,52 +445,68 @@ mod cli {
             }
             m => vec![m],
         };
+        type Timed = (&'static str, f64, (f64, f64, f64));
+        let time_mode =
+            |clip: &Clip, m: BenchMode, extra: &mut serde_json::Map<String, serde_json::Value>| -> Result<Timed> {
+                Ok(match m {
+                    BenchMode::Encode => (
+                        "encode",
+                        vision_flops(&clip.cfg, size),
+                        time_median(runs, || encode(clip))?,
+                    ),
+                    BenchMode::Fast => {
+                        let k = fast::default_surgery_layers(clip);
+                        let (enc, _, _) = time_median(runs, || encode(clip))?;
+                        let t = time_median(runs, || fast::detect(clip, &pixels, &text, k, TEMPERATURE).map(|_| ()))?;
+                        extra.insert("encode_ms".into(), enc.into());
+                        extra.insert("ratio_vs_encode".into(), (t.0 / enc).into());
+                        extra.insert("surgery_layers".into(), k.into());
+                        ("fast", vision_flops(&clip.cfg, size), t)
+                    }
+                    BenchMode::Winclip => {
+                        let cfg = winclip::WinClipConfig::default();
+                        let t = time_median(runs, || winclip::detect(clip, &pixels, &text, None, &cfg).map(|_| ()))?;
+                        (
+                            "winclip",
+                            anoscope::embed::winclip_flops(&clip.cfg, size, &cfg.scales),
+                            t,
+                        )
+                    }
+                    BenchMode::Text => {
+                        let tok = ClipTokenizer::new()?;
+                        let (n, a) = prompts::winclip_ensemble("bottle");
+                        extra.insert("prompts".into(), (n.len() + a.len()).into());
+                        (
+                            "text",
+                            0.0,
+                            time_median(runs, || TextPair::from_prompts(clip, &tok, &n, &a).map(|_| ()))?,
+                        )
+                    }
+                    BenchMode::All => unreachable!("expanded above"),
+                    BenchMode::Musc => {
+                        if batch < 2 {
+                            bail!("--batch must be at least 2 for MuSc");
+                        }
+                        let px = Tensor::randn(0f32, 1f32, (batch, 3, size, size), &Device::Cpu)?;
+                        let cfg = musc::MuscConfig::default();
+                        let (m, lo, hi) = time_median(runs, || musc::detect(clip, &px, &cfg).map(|_| ()))?;
+                        extra.insert("batch".into(), batch.into());
+                        extra.insert("batch_ms".into(), m.into());
+                        let b = batch as f64;
+                        ("musc", 0.0, (m / b, lo / b, hi / b))
+                    }
+                })
+            };
         for m in modes {
             let mut extra = serde_json::Map::new();
-            let (label, flops, (median, lo, hi)) = match m {
-                BenchMode::Encode => ("encode", vision_flops(&clip.cfg, size), time_median(runs, encode)?),
-                BenchMode::Fast => {
-                    let k = fast::default_surgery_layers(&clip);
-                    let (enc, _, _) = time_median(runs, encode)?;
-                    let t = time_median(runs, || fast::detect(&clip, &pixels, &text, k, TEMPERATURE).map(|_| ()))?;
-                    extra.insert("encode_ms".into(), enc.into());
-                    extra.insert("ratio_vs_encode".into(), (t.0 / enc).into());
-                    extra.insert("surgery_layers".into(), k.into());
-                    ("fast", vision_flops(&clip.cfg, size), t)
-                }
-                BenchMode::Winclip => {
-                    let cfg = winclip::WinClipConfig::default();
-                    let t = time_median(runs, || winclip::detect(&clip, &pixels, &text, None, &cfg).map(|_| ()))?;
-                    (
-                        "winclip",
-                        anoscope::embed::winclip_flops(&clip.cfg, size, &cfg.scales),
-                        t,
-                    )
-                }
-                BenchMode::Text => {
-                    let tok = ClipTokenizer::new()?;
-                    let (n, a) = prompts::winclip_ensemble("bottle");
-                    extra.insert("prompts".into(), (n.len() + a.len()).into());
-                    (
-                        "text",
-                        0.0,
-                        time_median(runs, || TextPair::from_prompts(&clip, &tok, &n, &a).map(|_| ()))?,
-                    )
-                }
-                BenchMode::All => unreachable!("expanded above"),
-                BenchMode::Musc => {
-                    if batch < 2 {
-                        bail!("--batch must be at least 2 for MuSc");
-                    }
-                    let px = Tensor::randn(0f32, 1f32, (batch, 3, size, size), &Device::Cpu)?;
-                    let cfg = musc::MuscConfig::default();
-                    let (m, lo, hi) = time_median(runs, || musc::detect(&clip, &px, &cfg).map(|_| ()))?;
-                    extra.insert("batch".into(), batch.into());
-                    extra.insert("batch_ms".into(), m.into());
-                    let b = batch as f64;
-                    ("musc", 0.0, (m / b, lo / b, hi / b))
-                }
-            };
+            let (label, flops, (median, lo, hi)) = time_mode(&clip, m, &mut extra)?;
+            extra.insert("backend".into(), if on_gpu { "gpu" } else { "cpu" }.into());
+            if on_gpu && m != BenchMode::Text {
+                // The baseline, measured in the same run.
+                let (_, _, (cpu, _, _)) = time_mode(&cpu_clip, m, &mut serde_json::Map::new())?;
+                extra.insert("cpu_ms".into(), cpu.into());
+                extra.insert("speedup_vs_cpu".into(), (cpu / median).into());
+            }
             let gflops = if flops > 0.0 {
                 flops / (median * 1e-3) / 1e9
             } else {

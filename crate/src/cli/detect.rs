@@ -70,6 +70,9 @@ pub struct DetectArgs {
     /// Normalised inputs `pixel_values` [B,3,H,W] instead of images (stems 0, 1, ...).
     #[arg(long, conflicts_with = "images")]
     pixels: Option<PathBuf>,
+    /// Encoder for the image tower.
+    #[arg(long, value_enum, default_value = "auto")]
+    backend: super::BackendArg,
     #[arg(long)]
     out: PathBuf,
     /// Images to score.
@@ -222,7 +225,8 @@ fn write_outputs(
 
 pub fn detect(args: DetectArgs) -> Result<()> {
     let files = CheckpointFiles::detect(&args.model)?;
-    let clip = Clip::load_dir(&args.model)?;
+    let mut clip = Clip::load_dir(&args.model)?;
+    super::use_backend(&mut clip, args.backend)?;
     let size = args.size.unwrap_or(clip.cfg.vision.image_size as u32);
     if size == 0 || size > 4096 {
         bail!("--size must be in 1..=4096, got {size}");

@@ -5,6 +5,27 @@ use super::ops::interpolate_pos_embedding;
 use super::weights::{TensorSource, VisionWeights};
 use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
+use std::sync::Arc;
+
+/// An accelerator for the image tower (the GPU, [`crate::gpu::GpuVision`]). When a tower has one,
+/// its passes run there after the tower has validated the inputs; when a call fails (device lost,
+/// out of memory), the accelerator is disabled and that call and all later ones run on the CPU,
+/// with a message on stderr.
+pub trait VisionAccel: std::fmt::Debug + Send + Sync {
+    /// What runs, for messages (e.g. the adapter's name).
+    fn name(&self) -> String;
+    /// [`VisionTower::forward`] on validated inputs.
+    fn forward(&self, pixels: &Tensor, grid: (usize, usize), opts: &EncodeOptions) -> Result<VisionOutput>;
+    /// [`VisionTower::forward_embedded`] on validated inputs.
+    fn forward_embedded(&self, embeddings: &Tensor, grid: (usize, usize), opts: &EncodeOptions)
+        -> Result<VisionOutput>;
+    /// [`VisionTower::forward_subsets`] on validated inputs (at least one subset).
+    fn forward_subsets(&self, embeddings: &Tensor, subsets: &[Vec<usize>]) -> Result<Tensor>;
+    /// Whether an earlier failure disabled it.
+    fn disabled(&self) -> bool;
+    /// Disables it for good.
+    fn disable(&self);
+}
 
 /// What a full pass returns besides the projected image embedding and patch tokens.
 #[derive(Clone, Debug, Default)]
@@ -38,6 +59,8 @@ pub struct VisionOutput {
 pub struct VisionTower {
     pub cfg: ClipConfig,
     pub w: VisionWeights,
+    /// Runs the passes when set (see [`VisionAccel`]); `None` = CPU.
+    pub accel: Option<Arc<dyn VisionAccel>>,
 }
 
 impl VisionTower {
@@ -45,7 +68,47 @@ impl VisionTower {
         Ok(Self {
             cfg: cfg.clone(),
             w: VisionWeights::load(src, cfg)?,
+            accel: None,
         })
+    }
+
+    /// Runs `f` on the accelerator when there is a working one; on failure, disables it, says so
+    /// on stderr and returns `None` (the caller then runs the CPU path).
+    fn accelerated<T>(&self, f: impl FnOnce(&dyn VisionAccel) -> Result<T>) -> Option<T> {
+        let a = self.accel.as_deref().filter(|a| !a.disabled())?;
+        match f(a) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                a.disable();
+                eprintln!("anoscope: {} failed ({e:#}); falling back to the CPU", a.name());
+                None
+            }
+        }
+    }
+
+    fn check_options(&self, opts: &EncodeOptions) -> Result<()> {
+        let layers = self.cfg.vision.layers;
+        if opts.surgery_layers > layers {
+            bail!(
+                "surgery layers {} exceeds the {layers} layers of the image tower",
+                opts.surgery_layers
+            );
+        }
+        if let Some(&bad) = opts.hidden_layers.iter().find(|&&l| l > layers) {
+            bail!("hidden layer {bad} does not exist (valid: 0..={layers})");
+        }
+        Ok(())
+    }
+
+    /// Checks `pixels: [B, 3, H, W]` and returns its patch grid.
+    fn pixel_grid(&self, pixels: &Tensor) -> Result<(usize, usize)> {
+        let (_, c, h, w) = pixels
+            .dims4()
+            .map_err(|_| anyhow::anyhow!("pixels must be [B, 3, H, W], got {:?}", pixels.dims()))?;
+        if c != 3 {
+            bail!("pixels must have 3 channels, got {c}");
+        }
+        self.grid_for(h, w)
     }
 
     /// Patch grid for an input of `h × w` pixels (a remainder smaller than a patch is ignored,
@@ -61,16 +124,11 @@ impl VisionTower {
     /// Token embeddings before `ln_pre`: `[B, 1+N, D]` = [class, patches] + position embeddings
     /// (resampled when the grid differs from the checkpoint's).
     pub fn embed(&self, pixels: &Tensor) -> Result<Tensor> {
-        let (b, c, h, w) = pixels
-            .dims4()
-            .map_err(|_| anyhow::anyhow!("pixels must be [B, 3, H, W], got {:?}", pixels.dims()))?;
-        if c != 3 {
-            bail!("pixels must have 3 channels, got {c}");
-        }
+        let (gh, gw) = self.pixel_grid(pixels)?;
+        let b = pixels.dim(0)?;
         let v = &self.cfg.vision;
         let p = v.patch_size;
         let d = v.width;
-        let (gh, gw) = self.grid_for(h, w)?;
         let x = pixels.narrow(2, 0, gh * p)?.narrow(3, 0, gw * p)?;
         // im2col: [B, 3, gh, p, gw, p] -> [B, gh, gw, 3, p, p] -> [B·N, 3·p·p]
         let cols = x
@@ -99,9 +157,12 @@ impl VisionTower {
 
     /// A full pass over `pixels: [B, 3, H, W]` (already normalised).
     pub fn forward(&self, pixels: &Tensor, opts: &EncodeOptions) -> Result<VisionOutput> {
-        let (_, _, h, w) = pixels.dims4()?;
-        let grid = self.grid_for(h, w)?;
-        self.forward_embedded(&self.embed(pixels)?, grid, opts)
+        let grid = self.pixel_grid(pixels)?;
+        self.check_options(opts)?;
+        if let Some(out) = self.accelerated(|a| a.forward(pixels, grid, opts)) {
+            return Ok(out);
+        }
+        self.forward_cpu(&self.embed(pixels)?, grid, opts)
     }
 
     /// A full pass from token embeddings `[B, 1+N, D]` ([`VisionTower::embed`]) on a
@@ -113,25 +174,28 @@ impl VisionTower {
         grid: (usize, usize),
         opts: &EncodeOptions,
     ) -> Result<VisionOutput> {
+        self.check_options(opts)?;
+        let n = grid.0 * grid.1;
+        let (_, t, d) = embeddings.dims3()?;
+        if t != n + 1 || d != self.cfg.vision.width {
+            bail!(
+                "embeddings are {:?}, a {grid:?} grid needs [B, {}, {}]",
+                embeddings.dims(),
+                n + 1,
+                self.cfg.vision.width
+            );
+        }
+        if let Some(out) = self.accelerated(|a| a.forward_embedded(embeddings, grid, opts)) {
+            return Ok(out);
+        }
+        self.forward_cpu(embeddings, grid, opts)
+    }
+
+    /// The CPU (candle) pass behind [`VisionTower::forward_embedded`], on validated inputs.
+    pub fn forward_cpu(&self, embeddings: &Tensor, grid: (usize, usize), opts: &EncodeOptions) -> Result<VisionOutput> {
         let v = &self.cfg.vision;
         let layers = v.layers;
-        if opts.surgery_layers > layers {
-            bail!(
-                "surgery layers {} exceeds the {layers} layers of the image tower",
-                opts.surgery_layers
-            );
-        }
-        if let Some(&bad) = opts.hidden_layers.iter().find(|&&l| l > layers) {
-            bail!("hidden layer {bad} does not exist (valid: 0..={layers})");
-        }
         let n = grid.0 * grid.1;
-        if embeddings.dim(1)? != n + 1 {
-            bail!(
-                "embeddings hold {} tokens, a {grid:?} grid needs {}",
-                embeddings.dim(1)?,
-                n + 1
-            );
-        }
         let mut x = self.w.ln_pre.forward(embeddings)?;
         let mut hidden: Vec<Option<Tensor>> = vec![None; layers + 1];
         let keep = |i: usize| opts.hidden_layers.contains(&i);
@@ -206,6 +270,9 @@ impl VisionTower {
             if let Some(&bad) = s.iter().find(|&&i| i >= n) {
                 bail!("patch index {bad} is out of range for {n} patches");
             }
+        }
+        if let Some(out) = self.accelerated(|a| a.forward_subsets(embeddings, subsets)) {
+            return Ok(out);
         }
         let v = &self.cfg.vision;
         let emb = embeddings.squeeze(0)?;

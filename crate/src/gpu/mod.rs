@@ -1,0 +1,190 @@
+//! WebGPU acceleration of the image tower: WGSL compute kernels driven by wgpu (Vulkan, Metal or
+//! DX12 natively, the browser's WebGPU on wasm32).
+//!
+//! * [`GpuContext`]: adapter and device selection, error capture (validation, out-of-memory,
+//!   device loss become `Err`s, never panics).
+//! * [`GpuVision`]: the image tower on the GPU (f32 weights uploaded once per model, scratch
+//!   buffers reused across calls), with the same outputs as the CPU [`VisionTower`].
+//! * [`Backend`]: the user's choice (`auto`, `gpu`, `cpu`); natively, [`attach`] installs a
+//!   [`GpuVision`] as the tower's accelerator so every detection mode uses it, and the tower falls
+//!   back to the CPU (with a message) when a GPU call fails.
+//!
+//! The API is async so that it runs in the browser (buffer mapping resolves on the event loop);
+//! natively it is driven by `pollster`.
+//!
+//! Adapters without a GPU: natively, Mesa's lavapipe (Debian `mesa-vulkan-drivers`) is a CPU
+//! Vulkan adapter that wgpu picks up. Headless Chromium (148, Debian) exposes WebGPU on its CPU
+//! SwiftShader adapter with `--enable-unsafe-webgpu` alone (`chromium --headless=new
+//! --no-sandbox --enable-unsafe-webgpu`; no `shader-f16`, 1 GiB storage bindings); without that
+//! flag `requestAdapter()` returns null there.
+//!
+//! Test hook: `ANOSCOPE_GPU_FAIL=adapter` makes adapter requests fail, `ANOSCOPE_GPU_FAIL=forward`
+//! makes every GPU pass fail as a lost device would (to test the CPU fallback).
+//!
+//! [`VisionTower`]: crate::model::VisionTower
+pub mod vision;
+
+pub use vision::GpuVision;
+
+use anyhow::{anyhow, bail, Result};
+use std::sync::{Arc, Mutex};
+
+/// Which encoder runs the image tower.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Backend {
+    /// The GPU when an adapter is available, else the CPU (with a note).
+    #[default]
+    Auto,
+    /// The GPU; an error when no adapter is available.
+    Gpu,
+    /// The CPU (candle).
+    Cpu,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Auto => "auto",
+            Backend::Gpu => "gpu",
+            Backend::Cpu => "cpu",
+        }
+    }
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Backend {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(Backend::Auto),
+            "gpu" => Ok(Backend::Gpu),
+            "cpu" => Ok(Backend::Cpu),
+            _ => bail!("unknown backend {s:?} (expected auto, gpu or cpu)"),
+        }
+    }
+}
+
+/// The test hook's value (`ANOSCOPE_GPU_FAIL`), when set.
+pub(crate) fn forced_failure(what: &str) -> bool {
+    std::env::var("ANOSCOPE_GPU_FAIL").is_ok_and(|v| v.split(',').any(|p| p.trim() == what))
+}
+
+/// A wgpu device and queue, with the errors wgpu reports outside error scopes (and device loss)
+/// collected instead of panicking.
+#[derive(Clone, Debug)]
+pub struct GpuContext {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub adapter: wgpu::AdapterInfo,
+    pub limits: wgpu::Limits,
+    failure: Arc<Mutex<Option<String>>>,
+}
+
+impl GpuContext {
+    /// Requests the high-performance adapter and a device with its full limits. Fails with a
+    /// clear message when there is no adapter (no GPU, no WebGPU, no Vulkan driver).
+    pub async fn new() -> Result<Self> {
+        if forced_failure("adapter") {
+            bail!("no GPU adapter (forced by ANOSCOPE_GPU_FAIL=adapter)");
+        }
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let adapter = instance
+            .request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference: wgpu::PowerPreference::HighPerformance,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| anyhow!("no GPU adapter: {e}"))?;
+        let limits = adapter.limits();
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("anoscope"),
+                required_features: wgpu::Features::empty(),
+                required_limits: limits.clone(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| anyhow!("cannot open the GPU device: {e}"))?;
+        let failure = Arc::new(Mutex::new(None::<String>));
+        let f = failure.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            f.lock().unwrap().get_or_insert_with(|| format!("GPU error: {e}"));
+        }));
+        let f = failure.clone();
+        device.set_device_lost_callback(move |reason, msg| {
+            f.lock()
+                .unwrap()
+                .get_or_insert_with(|| format!("GPU device lost ({reason:?}): {msg}"));
+        });
+        Ok(Self {
+            device,
+            queue,
+            adapter: adapter.get_info(),
+            limits,
+            failure,
+        })
+    }
+
+    /// `"name (backend, device type)"`, for messages.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} ({:?}, {:?})",
+            self.adapter.name, self.adapter.backend, self.adapter.device_type
+        )
+    }
+
+    /// The first error wgpu reported outside an error scope, or the device loss, if any.
+    pub fn check(&self) -> Result<()> {
+        match self.failure.lock().unwrap().as_ref() {
+            Some(msg) => bail!("{msg}"),
+            None => Ok(()),
+        }
+    }
+
+    /// Largest storage buffer one binding may hold, in bytes.
+    pub fn max_binding(&self) -> u64 {
+        self.limits
+            .max_storage_buffer_binding_size
+            .min(self.limits.max_buffer_size)
+    }
+}
+
+/// Natively: opens the GPU for `backend` and installs a [`GpuVision`] as the accelerator of
+/// `clip`'s image tower. Returns a line saying which encoder runs (for the user). `Auto` without
+/// an adapter, or with only a software (CPU) adapter, keeps the CPU and says why; `Gpu` without
+/// an adapter is an error.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn attach(clip: &mut crate::model::Clip, backend: Backend) -> Result<String> {
+    if backend == Backend::Cpu {
+        clip.vision.accel = None;
+        return Ok("encoder: CPU".into());
+    }
+    let opened = pollster::block_on(async {
+        let ctx = GpuContext::new().await?;
+        if backend == Backend::Auto && ctx.adapter.device_type == wgpu::DeviceType::Cpu {
+            // A software adapter (lavapipe, SwiftShader) is far slower than the CPU path.
+            bail!(
+                "the only adapter, {}, runs on the CPU; --backend gpu forces it",
+                ctx.describe()
+            );
+        }
+        GpuVision::new(ctx, &clip.vision).await
+    });
+    match opened {
+        Ok(g) => {
+            let line = format!("encoder: GPU, {}", g.ctx().describe());
+            clip.vision.accel = Some(Arc::new(g));
+            Ok(line)
+        }
+        Err(e) if backend == Backend::Auto => {
+            clip.vision.accel = None;
+            Ok(format!("encoder: CPU (no usable GPU: {e:#})"))
+        }
+        Err(e) => Err(e.context("--backend gpu")),
+    }
+}
