@@ -8,6 +8,9 @@ const warmup = Number(q.get('warmup') || 2);
 const size = Number(q.get('size') || 224);
 // `image` (the image tower) or `text` (one prompt through the text tower, tokenizer included).
 const task = q.get('task') || 'image';
+// CLIP Surgery layers for our image pass (fast mode uses half the tower); 0 = plain encode.
+const surgery = Number(q.get('surgery') || 0);
+let wasmMemory = null;
 const PROMPT = 'a photo of a damaged bottle.';
 
 /** The same deterministic pixels for both peers (xorshift32 → roughly N(0,1) via 4 uniforms). */
@@ -49,7 +52,7 @@ async function makeOurs() {
   // One thread: the default build; more: the threaded build (wasm atomics + a rayon pool of
   // Web Workers, needs cross-origin isolation).
   const pkg = await import(threads === 1 ? '/pkg/anoscope.js' : '/pkg-threads/anoscope.js');
-  await pkg.default();
+  wasmMemory = (await pkg.default()).memory;
   if (threads > 1) await pkg.initThreadPool(threads);
   const running = pkg.threads?.() ?? 1;
   if (running !== threads) throw new Error(`asked for ${threads} threads, the module runs ${running}`);
@@ -57,7 +60,7 @@ async function makeOurs() {
   const config = await (await fetch('/model/config.json')).text();
   const model = ClipModel.load('config.json', config, await bytesOf('/model/model.safetensors'));
   if (task === 'text') return () => tensor(model.embedText([PROMPT]), 'text_embeds');
-  return (x) => tensor(model.embedImage(x, size, size, 0), 'image_embeds');
+  return (x) => tensor(model.embedImage(x, size, size, surgery), 'image_embeds');
 }
 
 async function makeOrt() {
@@ -98,6 +101,8 @@ async function main() {
     loadMs,
     times,
     medianMs: median(times),
+    // Linear memory never shrinks: its size after the runs is the module's peak.
+    wasmMemoryBytes: wasmMemory ? wasmMemory.buffer.byteLength : null,
     embeds: Array.from(embeds),
   };
 }

@@ -9,6 +9,8 @@
 //   node tests/bench/browser_bench.mjs --model /tmp/vitb16 --onnx /tmp/vitb16.onnx \
 //        [--runs 5] [--rounds 5] [--ours-threads 1,2] [--ort-threads 1,2] [--text] [--json out.json]
 //   --text also times one prompt through our text tower (compare: tests/reference/bench_text.py)
+//   --surgery K runs our pass with the CLIP Surgery path in the last K blocks (fast mode: half)
+//   Our blocks also print the wasm linear memory after the runs (its peak: it never shrinks).
 //   (our 2-thread figure needs the threaded build in www/dist/pkg-threads: ./build.sh build
 //   makes it when the nightly toolchain is there)
 //
@@ -37,6 +39,7 @@ const { values: a } = parseArgs({
     'ort-threads': { type: 'string', default: '1,2' },
     'ours-threads': { type: 'string', default: '1,2' },
     text: { type: 'boolean', default: false },
+    surgery: { type: 'string', default: '0' },
     size: { type: 'string', default: '224' },
     json: { type: 'string' },
     chromium: { type: 'string', default: '/usr/bin/chromium' },
@@ -125,7 +128,7 @@ const browser = await chromium.launch({
 async function block(peer, threads, task = 'image') {
   const page = await browser.newPage();
   page.on('pageerror', (e) => console.error(`[${peer}/${threads}] page error: ${e}`));
-  await page.goto(`${base}/bench/bench.html?peer=${peer}&task=${task}&threads=${threads}&runs=${runs}&size=${a.size}`);
+  await page.goto(`${base}/bench/bench.html?peer=${peer}&task=${task}&threads=${threads}&runs=${runs}&size=${a.size}&surgery=${a.surgery}`);
   await page.waitForFunction(() => window.__bench, null, { timeout: 30 * 60_000, polling: 500 });
   const r = await page.evaluate(() => window.__bench);
   await page.close();
@@ -145,7 +148,8 @@ try {
       const r = await block(peer, t);
       results[`${peer}/${t}`].push(r.medianMs);
       embeds[`${peer}/${t}`] = r.embeds;
-      console.error(`round ${round + 1}/${rounds} ${peer} ${t} thread(s): median ${r.medianMs.toFixed(1)} ms (load ${r.loadMs.toFixed(0)} ms)`);
+      const mem = r.wasmMemoryBytes ? `, wasm memory ${(r.wasmMemoryBytes / 2 ** 20).toFixed(0)} MiB` : '';
+      console.error(`round ${round + 1}/${rounds} ${peer} ${t} thread(s): median ${r.medianMs.toFixed(1)} ms (load ${r.loadMs.toFixed(0)} ms${mem})`);
     }
     if (a.text) {
       for (const t of oursThreads) {
