@@ -107,13 +107,25 @@ async function main() {
   };
 }
 
-main().then(
-  (r) => {
-    window.__bench = r;
-    document.getElementById('status').textContent = `done: ${r.medianMs.toFixed(0)} ms`;
-  },
-  (e) => {
-    window.__bench = { error: String(e?.stack ?? e) };
-    document.getElementById('status').textContent = `error: ${e}`;
-  },
-);
+// Our peer runs in a module Worker, as in the page (www/worker.js): there the threaded build's
+// caller blocks on Atomics.wait instead of spinning on the main thread next to its pool.
+// onnxruntime-web runs on the page's thread, as its own examples do (it starts its own workers).
+const inWorker = typeof document === 'undefined';
+
+function finish(r) {
+  window.__bench = r;
+  document.getElementById('status').textContent = r.error ? `error: ${r.error}` : `done: ${r.medianMs.toFixed(0)} ms`;
+}
+
+if (inWorker) {
+  main().then(
+    (r) => postMessage(r),
+    (e) => postMessage({ error: String(e?.stack ?? e) }),
+  );
+} else if (peer === 'ours') {
+  const w = new Worker(new URL(`bench.js${location.search}`, import.meta.url), { type: 'module' });
+  w.onmessage = ({ data }) => finish(data);
+  w.onerror = (e) => finish({ error: `worker: ${e.message}` });
+} else {
+  main().then(finish, (e) => finish({ error: String(e?.stack ?? e) }));
+}
