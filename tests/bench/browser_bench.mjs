@@ -25,6 +25,7 @@ import { extname, join, normalize, resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { chromium } from 'playwright-core';
+import { CHROMIUM_FLAGS } from '../browser/harness.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = resolve(here, '../..');
@@ -114,15 +115,8 @@ const base = `http://127.0.0.1:${server.address().port}`;
 // playwright gives every launch a fresh, temporary profile (the --user-data-dir the guide asks for).
 const browser = await chromium.launch({
   executablePath: a.chromium,
-  args: [
-    '--headless',
-    '--no-sandbox',
-    '--no-first-run',
-    '--disable-background-networking',
-    '--disable-component-update',
-    '--disable-sync',
-    '--disable-quic',
-  ],
+  headless: true,
+  args: CHROMIUM_FLAGS,
 });
 
 async function block(peer, threads, task = 'image') {

@@ -240,6 +240,18 @@ def export_onnx(model, x, cache_dir: Path) -> Path:
         print("onnx: using cached %s" % path, file=sys.stderr)
         return path
 
+    print("onnx: exporting to %s ..." % path, file=sys.stderr)
+    t0 = time.perf_counter()
+    write_image_embeds_onnx(model, x, path)
+    print("onnx: exported in %.1f s" % (time.perf_counter() - t0), file=sys.stderr)
+    return path
+
+
+def write_image_embeds_onnx(model, x, path) -> None:
+    """Exports `pixel_values -> image_embeds` of a CLIPVisionModelWithProjection to `path`
+    (legacy exporter, opset OPSET, constant folding; written to a temporary file first)."""
+    import torch
+
     class ImageEmbeds(torch.nn.Module):
         def __init__(self, m):
             super().__init__()
@@ -248,17 +260,14 @@ def export_onnx(model, x, cache_dir: Path) -> Path:
         def forward(self, pixel_values):
             return self.m(pixel_values=pixel_values).image_embeds
 
+    path = Path(path)
     tmp = path.with_suffix(".onnx.tmp")
-    print("onnx: exporting to %s ..." % path, file=sys.stderr)
-    t0 = time.perf_counter()
     with torch.no_grad():
         torch.onnx.export(
             ImageEmbeds(model), (x,), str(tmp),
             input_names=["pixel_values"], output_names=["image_embeds"],
             opset_version=OPSET, do_constant_folding=True, dynamo=False)
     os.replace(tmp, path)
-    print("onnx: exported in %.1f s" % (time.perf_counter() - t0), file=sys.stderr)
-    return path
 
 
 def check_ort_matches(model, x, ort_peer: OrtPeer) -> float:

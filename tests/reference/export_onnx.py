@@ -6,8 +6,7 @@ runs the *same* checkpoint as anoscope's wasm build (e.g. the random full-size
 ViT-B/16 from `anoscope random-weights --arch vit-b-16`).  The graph takes
 `pixel_values` [1,3,S,S] (f32) and returns `image_embeds` [1,P], the same
 function anoscope's `embedImage` computes, so the benchmark can also check that
-both runtimes agree.  Legacy (TorchScript) exporter, opset 17, constant folding,
-as tests/reference/bench_peers.py.
+both runtimes agree.  The export itself is bench_peers.write_image_embeds_onnx.
 
 Usage:
   /work/venv-ref/bin/python tests/reference/export_onnx.py --checkpoint DIR --out FILE.onnx
@@ -19,9 +18,6 @@ import argparse
 import os
 import sys
 import time
-
-OPSET = 17
-
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -37,23 +33,11 @@ def main(argv=None) -> int:
     model = CLIPVisionModelWithProjection.from_pretrained(a.checkpoint, torch_dtype=torch.float32).eval()
     size = model.config.image_size
 
-    class ImageEmbeds(torch.nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from bench_peers import write_image_embeds_onnx  # noqa: E402
 
-        def forward(self, pixel_values):
-            return self.m(pixel_values=pixel_values).image_embeds
-
-    x = torch.zeros(1, 3, size, size)
-    tmp = a.out + ".tmp"
     t0 = time.perf_counter()
-    with torch.no_grad():
-        torch.onnx.export(
-            ImageEmbeds(model), (x,), tmp,
-            input_names=["pixel_values"], output_names=["image_embeds"],
-            opset_version=OPSET, do_constant_folding=True, dynamo=False)
-    os.replace(tmp, a.out)
+    write_image_embeds_onnx(model, torch.zeros(1, 3, size, size), a.out)
     print("exported %s (%d px) in %.1f s" % (a.out, size, time.perf_counter() - t0), file=sys.stderr)
     return 0
 
