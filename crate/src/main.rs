@@ -18,7 +18,7 @@ mod cli {
     use anoscope::tokenizer::ClipTokenizer;
     use anyhow::{bail, Context, Result};
     use candle_core::{Device, Tensor};
-    use clap::{Parser, Subcommand, ValueEnum};
+    use clap::{Args, Parser, Subcommand, ValueEnum};
     use std::path::{Path, PathBuf};
     use std::time::Instant;
 
@@ -48,23 +48,51 @@ mod cli {
         Cpu,
     }
 
+    /// How the GPU stores the matrix weights (arithmetic is f32 either way).
+    #[derive(Clone, Copy, ValueEnum)]
+    pub(crate) enum GpuWeightsArg {
+        /// f16 when the checkpoint's matrices are f16 values and the adapter has shader-f16.
+        Auto,
+        F32,
+        /// f16 (rounds an f32 checkpoint; needs shader-f16).
+        F16,
+    }
+
+    /// The encoder options shared by embed, detect and bench.
+    #[derive(Args, Clone, Copy)]
+    pub(crate) struct BackendOpts {
+        /// Encoder for the image tower (with bench and the GPU, the CPU is timed too, for the
+        /// ratio).
+        #[arg(long, value_enum, default_value = "auto")]
+        backend: BackendArg,
+        /// How the GPU stores the matrix weights.
+        #[arg(long, value_enum, default_value = "auto")]
+        gpu_weights: GpuWeightsArg,
+    }
+
     /// Installs the chosen encoder on `clip` and says on stderr which one runs. Returns whether
     /// the GPU runs. A GPU that fails later falls back to the CPU with a message.
-    pub(crate) fn use_backend(clip: &mut Clip, backend: BackendArg) -> Result<bool> {
+    pub(crate) fn use_backend(clip: &mut Clip, opts: BackendOpts) -> Result<bool> {
+        let BackendOpts { backend, gpu_weights } = opts;
         #[cfg(feature = "gpu")]
         {
-            use anoscope::gpu::Backend;
+            use anoscope::gpu::{Backend, WeightStorage};
             let b = match backend {
                 BackendArg::Auto => Backend::Auto,
                 BackendArg::Gpu => Backend::Gpu,
                 BackendArg::Cpu => Backend::Cpu,
             };
-            eprintln!("{}", anoscope::gpu::attach(clip, b)?);
+            let w = match gpu_weights {
+                GpuWeightsArg::Auto => WeightStorage::Auto,
+                GpuWeightsArg::F32 => WeightStorage::F32,
+                GpuWeightsArg::F16 => WeightStorage::F16,
+            };
+            eprintln!("{}", anoscope::gpu::attach(clip, b, w)?);
             Ok(clip.vision.accel.is_some())
         }
         #[cfg(not(feature = "gpu"))]
         {
-            let _ = clip;
+            let _ = (clip, gpu_weights);
             if let BackendArg::Gpu = backend {
                 bail!("--backend gpu: this build has no GPU support (built without the `gpu` feature)");
             }
@@ -104,9 +132,8 @@ mod cli {
             /// Also write these hidden states (0 = after ln_pre, i = output of block i).
             #[arg(long, value_delimiter = ',', value_name = "L,L,...")]
             hidden_layers: Vec<usize>,
-            /// Encoder for the image tower.
-            #[arg(long, value_enum, default_value = "auto")]
-            backend: BackendArg,
+            #[command(flatten)]
+            backend: BackendOpts,
             #[arg(long)]
             out: PathBuf,
         },
@@ -131,7 +158,7 @@ mod cli {
             #[arg(long)]
             out: PathBuf,
         },
-        /// Time the encoder or a detection mode (batch 1) after a warm-up; median per image.
+        /// Time the encoder or a detection mode after a warm-up; median per image.
         Bench(BenchArgs),
         /// Convert a checkpoint's floating-point tensors to another storage type (f16 for the
         /// browser: half the download; computation stays f32).
@@ -179,15 +206,15 @@ mod cli {
         /// What to time.
         #[arg(long, value_enum, default_value = "encode")]
         mode: BenchMode,
-        /// Batch size for --mode musc.
-        #[arg(long, default_value_t = 16)]
-        batch: usize,
+        /// Images per call: for --mode musc the batch (default 16); for encode the batch the
+        /// tower runs at once (default 1), reported per image.
+        #[arg(long)]
+        batch: Option<usize>,
         /// Input side in pixels (default: the checkpoint's).
         #[arg(long)]
         size: Option<usize>,
-        /// Encoder for the image tower; with the GPU, the CPU is timed too (for the ratio).
-        #[arg(long, value_enum, default_value = "auto")]
-        backend: BackendArg,
+        #[command(flatten)]
+        backend: BackendOpts,
     }
 
     #[derive(Subcommand)]
@@ -420,7 +447,19 @@ mod cli {
         if size < clip.cfg.vision.patch_size || size > 4096 {
             bail!("--size must be in {}..=4096, got {size}", clip.cfg.vision.patch_size);
         }
+        let encode_batch = match mode {
+            BenchMode::Encode => batch.unwrap_or(1),
+            _ => 1,
+        };
+        if encode_batch == 0 || encode_batch > 256 {
+            bail!("--batch must be in 1..=256, got {encode_batch}");
+        }
+        let batch = batch.unwrap_or(16);
         let pixels = Tensor::randn(0f32, 1f32, (1, 3, size, size), &Device::Cpu)?;
+        let encode_pixels = match encode_batch {
+            1 => pixels.clone(),
+            b => Tensor::randn(0f32, 1f32, (b, 3, size, size), &Device::Cpu)?,
+        };
         let p = clip.cfg.embed_dim;
         let text = TextPair::new(
             Tensor::randn(0f32, 1f32, p, &Device::Cpu)?.to_vec1()?,
@@ -428,10 +467,10 @@ mod cli {
         )?;
         let cpu_clip = clip.clone();
         let on_gpu = use_backend(&mut clip, backend)?;
-        let encode = |clip: &Clip| -> Result<()> {
+        let encode = |clip: &Clip, pixels: &Tensor| -> Result<()> {
             let out = clip
                 .vision
-                .forward(&pixels, &anoscope::model::EncodeOptions::default())?;
+                .forward(pixels, &anoscope::model::EncodeOptions::default())?;
             out.image_embeds.flatten_all()?.to_vec1::<f32>()?;
             Ok(())
         };
@@ -449,14 +488,15 @@ mod cli {
         let time_mode =
             |clip: &Clip, m: BenchMode, extra: &mut serde_json::Map<String, serde_json::Value>| -> Result<Timed> {
                 Ok(match m {
-                    BenchMode::Encode => (
-                        "encode",
-                        vision_flops(&clip.cfg, size),
-                        time_median(runs, || encode(clip))?,
-                    ),
+                    BenchMode::Encode => {
+                        let (m, lo, hi) = time_median(runs, || encode(clip, &encode_pixels))?;
+                        let b = encode_batch as f64;
+                        extra.insert("batch".into(), encode_batch.into());
+                        ("encode", vision_flops(&clip.cfg, size), (m / b, lo / b, hi / b))
+                    }
                     BenchMode::Fast => {
                         let k = fast::default_surgery_layers(clip);
-                        let (enc, _, _) = time_median(runs, || encode(clip))?;
+                        let (enc, _, _) = time_median(runs, || encode(clip, &pixels))?;
                         let t = time_median(runs, || fast::detect(clip, &pixels, &text, k, TEMPERATURE).map(|_| ()))?;
                         extra.insert("encode_ms".into(), enc.into());
                         extra.insert("ratio_vs_encode".into(), (t.0 / enc).into());

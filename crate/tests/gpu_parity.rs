@@ -9,7 +9,7 @@ mod common;
 use anoscope::detect::musc::{self, MuscConfig};
 use anoscope::detect::winclip::{self, WinClipConfig};
 use anoscope::detect::{fast, TextPair, TEMPERATURE};
-use anoscope::gpu::{GpuContext, GpuVision};
+use anoscope::gpu::{GpuContext, GpuVision, WeightStorage};
 use anoscope::model::{Clip, EncodeOptions, VisionAccel};
 use candle_core::{Device, Tensor};
 use common::{fixtures, flat, load};
@@ -20,6 +20,9 @@ use std::sync::Arc;
 
 /// GPU against CPU (f32 weights, f32 arithmetic in another order).
 const TOL: f32 = 1e-3;
+/// GPU with an f32 checkpoint's matrices rounded to f16 against the CPU, relative to the largest
+/// |value| of the output.
+const F16_REL_TOL: f32 = 1e-2;
 
 fn expected(layout: &str) -> HashMap<String, Tensor> {
     load(&fixtures().join(format!("{layout}_expected.safetensors")))
@@ -66,9 +69,13 @@ fn close(what: &str, ours: &Tensor, want: &Tensor, tol: f32) -> f32 {
     max
 }
 
-fn check_tower(layout: &str) {
+/// `f16_checkpoint`: the layout's fixture stores f16 weights, so `WeightStorage::Auto` keeps them
+/// in f16 on the GPU (where the adapter has `shader-f16`; lavapipe has) at no loss.
+fn check_tower(layout: &str, f16_checkpoint: bool) {
     let clip = model(layout);
     let Some(g) = gpu(&clip) else { return };
+    eprintln!("{layout}: weights stored in {}", if g.half() { "f16" } else { "f32" });
+    assert_eq!(g.half(), f16_checkpoint && g.ctx().has_f16());
     let exp = expected(layout);
     let pixels = &exp["pixel_values"];
     for (surgery, hidden) in [(2, vec![0, 1]), (1, vec![])] {
@@ -177,12 +184,60 @@ fn check_tower(layout: &str) {
 
 #[test]
 fn hf_tower_on_the_gpu_matches_the_cpu_and_transformers() {
-    check_tower("hf_tiny");
+    check_tower("hf_tiny", true);
 }
 
 #[test]
 fn openclip_tower_on_the_gpu_matches_the_cpu_and_open_clip() {
-    check_tower("openclip_tiny");
+    check_tower("openclip_tiny", false);
+}
+
+/// f16 weight storage forced on an f32 checkpoint rounds the matrices: a looser bound, relative to
+/// the outputs' scale; f32 storage forced on an f16 checkpoint changes nothing.
+#[test]
+fn f16_weight_storage_has_a_stated_bound_and_f32_can_be_forced() {
+    let Some(ctx) = context() else { return };
+    if !ctx.has_f16() {
+        eprintln!("SKIPPED: {} has no shader-f16", ctx.describe());
+        return;
+    }
+    let clip = model("openclip_tiny");
+    let exp = expected("openclip_tiny");
+    let pixels = &exp["pixel_values"];
+    let opts = EncodeOptions {
+        hidden_layers: vec![],
+        surgery_layers: 2,
+    };
+    let cpu = clip.vision.forward(pixels, &opts).unwrap();
+    let g = pollster::block_on(GpuVision::with_storage(ctx.clone(), &clip.vision, WeightStorage::F16)).unwrap();
+    assert!(g.half());
+    let out = pollster::block_on(g.forward(pixels, &opts)).unwrap();
+    for (what, a, b) in [
+        ("image_embeds", &out.image_embeds, &cpu.image_embeds),
+        ("patch_tokens", &out.patch_tokens, &cpu.patch_tokens),
+        (
+            "surgery_tokens",
+            out.surgery_tokens.as_ref().unwrap(),
+            cpu.surgery_tokens.as_ref().unwrap(),
+        ),
+        ("last_hidden_state", &out.last_hidden_state, &cpu.last_hidden_state),
+    ] {
+        let scale = flat(b).iter().map(|x| x.abs()).fold(0f32, f32::max);
+        let max = close(&format!("f16-stored {what}"), a, b, F16_REL_TOL * scale);
+        // f16 rounding shows: the test would pass for the wrong reason if it did not.
+        assert!(max > 1e-7, "{what}: f16 storage left no trace ({max:e})");
+    }
+    let hf = model("hf_tiny");
+    let exp = expected("hf_tiny");
+    let g = pollster::block_on(GpuVision::with_storage(ctx, &hf.vision, WeightStorage::F32)).unwrap();
+    assert!(!g.half());
+    let out = pollster::block_on(g.forward(&exp["pixel_values"], &EncodeOptions::default())).unwrap();
+    close(
+        "f32-stored hf_tiny image_embeds",
+        &out.image_embeds,
+        &exp["image_embeds"],
+        TOL,
+    );
 }
 
 #[test]
@@ -360,6 +415,42 @@ fn a_failing_gpu_falls_back_to_the_cpu_with_a_message() {
     let (ok, err, on_gpu) = embed(dir.path(), "gpu.safetensors", "gpu", &[]);
     assert!(ok, "{err}");
     assert!(err.contains("encoder: GPU"), "{err}");
+    // hf_tiny's checkpoint is f16: stored so on the GPU where the adapter allows.
+    let want = if ctx.has_f16() { "f16 weights" } else { "f32 weights" };
+    assert!(
+        err.lines().any(|l| l.starts_with("encoder: GPU") && l.ends_with(want)),
+        "{err}"
+    );
+    let model = fixtures().join("hf_tiny");
+    let (ok, err) = run_env(
+        &[
+            "bench",
+            "--model",
+            model.to_str().unwrap(),
+            "--backend",
+            "gpu",
+            "--gpu-weights",
+            "f32",
+            "--runs",
+            "1",
+        ],
+        &[],
+    );
+    assert!(ok, "{err}");
+    assert!(err.contains("encoder: GPU") && err.contains("f32 weights"), "{err}");
+    let (ok, err) = run_env(
+        &[
+            "bench",
+            "--model",
+            model.to_str().unwrap(),
+            "--backend",
+            "gpu",
+            "--gpu-weights",
+            "f8",
+        ],
+        &[],
+    );
+    assert!(!ok && err.contains("invalid value 'f8'"), "{err}");
     let on_gpu = on_gpu.unwrap();
     for (k, t) in &cpu {
         close(&format!("cli {k}"), &on_gpu[k], t, TOL);
@@ -429,4 +520,32 @@ fn vit_b16_on_the_gpu_matches_the_cpu() {
     let got = pollster::block_on(g.forward_subsets(&emb, &subsets)).unwrap();
     let want = clip.vision.forward_subsets(&emb, &subsets, 64).unwrap();
     close("vit-b-16 window_embeds", &got, &want, TOL);
+    // The f32 checkpoint's matrices rounded to f16 on the GPU (where the adapter allows).
+    if !g.ctx().has_f16() {
+        eprintln!(
+            "vit-b-16 f16 storage: SKIPPED ({} has no shader-f16)",
+            g.ctx().describe()
+        );
+        return;
+    }
+    drop(g);
+    let ctx = context().unwrap();
+    let g = pollster::block_on(GpuVision::with_storage(ctx, &clip.vision, WeightStorage::F16)).unwrap();
+    let out = pollster::block_on(g.forward(&pixels, &opts)).unwrap();
+    for (what, a, b) in [
+        ("image_embeds", &out.image_embeds, &cpu.image_embeds),
+        ("patch_tokens", &out.patch_tokens, &cpu.patch_tokens),
+        (
+            "surgery_tokens",
+            out.surgery_tokens.as_ref().unwrap(),
+            cpu.surgery_tokens.as_ref().unwrap(),
+        ),
+        ("last_hidden_state", &out.last_hidden_state, &cpu.last_hidden_state),
+    ] {
+        let scale = flat(b).iter().map(|x| x.abs()).fold(0f32, f32::max);
+        close(&format!("vit-b-16 f16-stored {what}"), a, b, F16_REL_TOL * scale);
+    }
+    let got = pollster::block_on(g.forward_subsets(&emb, &subsets)).unwrap();
+    let scale = flat(&want).iter().map(|x| x.abs()).fold(0f32, f32::max);
+    close("vit-b-16 f16-stored window_embeds", &got, &want, F16_REL_TOL * scale);
 }

@@ -70,9 +70,8 @@ pub struct DetectArgs {
     /// Normalised inputs `pixel_values` [B,3,H,W] instead of images (stems 0, 1, ...).
     #[arg(long, conflicts_with = "images")]
     pixels: Option<PathBuf>,
-    /// Encoder for the image tower.
-    #[arg(long, value_enum, default_value = "auto")]
-    backend: super::BackendArg,
+    #[command(flatten)]
+    backend: super::BackendOpts,
     #[arg(long)]
     out: PathBuf,
     /// Images to score.

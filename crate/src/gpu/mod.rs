@@ -69,6 +69,42 @@ impl std::str::FromStr for Backend {
     }
 }
 
+/// How the GPU stores the matrix weights (QKV, output, MLP, patch and projection matrices);
+/// arithmetic is f32 either way.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WeightStorage {
+    /// f16 where that loses nothing (every matrix weight is exactly an f16 value, as in the f16
+    /// checkpoints the page serves) and the adapter has `shader-f16`; f32 otherwise.
+    #[default]
+    Auto,
+    /// f32 always.
+    F32,
+    /// f16 always (rounds f32 checkpoints to f16; an error without `shader-f16`).
+    F16,
+}
+
+impl WeightStorage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WeightStorage::Auto => "auto",
+            WeightStorage::F32 => "f32",
+            WeightStorage::F16 => "f16",
+        }
+    }
+}
+
+impl std::str::FromStr for WeightStorage {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(WeightStorage::Auto),
+            "f32" => Ok(WeightStorage::F32),
+            "f16" => Ok(WeightStorage::F16),
+            _ => bail!("unknown GPU weight storage {s:?} (expected auto, f32 or f16)"),
+        }
+    }
+}
+
 /// The test hook's value (`ANOSCOPE_GPU_FAIL`), when set.
 pub(crate) fn forced_failure(what: &str) -> bool {
     std::env::var("ANOSCOPE_GPU_FAIL").is_ok_and(|v| v.split(',').any(|p| p.trim() == what))
@@ -101,10 +137,12 @@ impl GpuContext {
             .await
             .map_err(|e| anyhow!("no GPU adapter: {e}"))?;
         let limits = adapter.limits();
+        // f16 weight storage where the adapter offers it (see `WeightStorage`).
+        let features = adapter.features() & wgpu::Features::SHADER_F16;
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("anoscope"),
-                required_features: wgpu::Features::empty(),
+                required_features: features,
                 required_limits: limits.clone(),
                 ..Default::default()
             })
@@ -138,6 +176,11 @@ impl GpuContext {
         )
     }
 
+    /// Whether shaders may use `f16` (the device was opened with `shader-f16`).
+    pub fn has_f16(&self) -> bool {
+        self.device.features().contains(wgpu::Features::SHADER_F16)
+    }
+
     /// The first error wgpu reported outside an error scope, or the device loss, if any.
     pub fn check(&self) -> Result<()> {
         match self.failure.lock().unwrap().as_ref() {
@@ -159,7 +202,7 @@ impl GpuContext {
 /// an adapter, or with only a software (CPU) adapter, keeps the CPU and says why; `Gpu` without
 /// an adapter is an error.
 #[cfg(not(target_arch = "wasm32"))]
-pub fn attach(clip: &mut crate::model::Clip, backend: Backend) -> Result<String> {
+pub fn attach(clip: &mut crate::model::Clip, backend: Backend, storage: WeightStorage) -> Result<String> {
     if backend == Backend::Cpu {
         clip.vision.accel = None;
         return Ok("encoder: CPU".into());
@@ -173,11 +216,15 @@ pub fn attach(clip: &mut crate::model::Clip, backend: Backend) -> Result<String>
                 ctx.describe()
             );
         }
-        GpuVision::new(ctx, &clip.vision).await
+        GpuVision::with_storage(ctx, &clip.vision, storage).await
     });
     match opened {
         Ok(g) => {
-            let line = format!("encoder: GPU, {}", g.ctx().describe());
+            let line = format!(
+                "encoder: GPU, {}, {} weights",
+                g.ctx().describe(),
+                if g.half() { "f16" } else { "f32" }
+            );
             clip.vision.accel = Some(Arc::new(g));
             Ok(line)
         }

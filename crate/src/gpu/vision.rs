@@ -4,9 +4,10 @@
 //! matmul → attention → output matmul (+ residual) → LayerNorm → fc1 (+ activation) → fc2
 //! (+ residual), and finally `ln_post` + projection of the class and patch tokens.
 //!
-//! Weights are uploaded once (f32). Scratch buffers are kept by name and reused across calls
+//! Weights are uploaded once: f32, or the matrices in f16 where the adapter has `shader-f16`
+//! (see [`WeightStorage`]; arithmetic stays f32). Scratch buffers are kept by name and reused across calls
 //! (grown when a larger input needs more); interpolated position embeddings are cached per grid.
-use super::GpuContext;
+use super::{GpuContext, WeightStorage};
 use crate::model::ops::interpolate_pos_embedding;
 use crate::model::weights::{Linear, Norm};
 use crate::model::{Activation, ClipConfig, EncodeOptions, VisionOutput, VisionTower};
@@ -31,6 +32,8 @@ enum Kernel {
     Im2col,
     Embed,
     Gather,
+    /// The matmul with f16 weights (compiled only when the weights are stored in f16).
+    MatmulF16,
 }
 
 /// Workgroups along x per row of the grid for 1-D dispatches (under the 65535 limit).
@@ -159,6 +162,7 @@ pub struct GpuVision {
     pos_embedding: Tensor,
     pipes: Vec<wgpu::ComputePipeline>,
     w: Weights,
+    half: bool,
     dummy: wgpu::Buffer,
     state: Mutex<State>,
     disabled: AtomicBool,
@@ -168,9 +172,30 @@ fn f32_data(t: &Tensor) -> Result<Vec<f32>> {
     Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
 }
 
+/// The matrices that [`WeightStorage`] applies to.
+fn matrices(tower: &VisionTower) -> Vec<&Tensor> {
+    let w = &tower.w;
+    let mut m = vec![&w.patch_w_t, &w.proj];
+    for b in &w.blocks {
+        m.extend([&b.qkv.w_t, &b.out.w_t, &b.fc1.w_t, &b.fc2.w_t]);
+    }
+    m
+}
+
+/// Whether every value of `t` is exactly an f16 value (f16 storage then loses nothing).
+fn exact_in_f16(t: &Tensor) -> Result<bool> {
+    Ok(f32_data(t)?.iter().all(|&x| half::f16::from_f32(x).to_f32() == x))
+}
+
 impl GpuVision {
-    /// Compiles the kernels and uploads the weights of `tower` (f32).
+    /// Compiles the kernels and uploads the weights of `tower`, stored as [`WeightStorage::Auto`]
+    /// decides.
     pub async fn new(ctx: GpuContext, tower: &VisionTower) -> Result<Self> {
+        Self::with_storage(ctx, tower, WeightStorage::Auto).await
+    }
+
+    /// [`GpuVision::new`] with the matrix weights stored as `storage` says.
+    pub async fn with_storage(ctx: GpuContext, tower: &VisionTower, storage: WeightStorage) -> Result<Self> {
         let v = &tower.cfg.vision;
         if !v.width.is_multiple_of(v.heads) || v.head_dim() > MAX_HEAD_DIM {
             bail!(
@@ -179,33 +204,51 @@ impl GpuVision {
                 v.heads
             );
         }
+        let half = match storage {
+            WeightStorage::F32 => false,
+            WeightStorage::F16 if !ctx.has_f16() => bail!(
+                "f16 weights need the `shader-f16` feature, which {} lacks",
+                ctx.describe()
+            ),
+            WeightStorage::F16 => true,
+            WeightStorage::Auto => {
+                ctx.has_f16()
+                    && matrices(tower)
+                        .into_iter()
+                        .try_fold(true, |all, t| Ok::<_, anyhow::Error>(all && exact_in_f16(t)?))?
+            }
+        };
         let device = &ctx.device;
         let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let val = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let pipes = [
-            ("matmul", MATMUL),
-            ("layernorm", LAYERNORM),
-            ("attention", ATTENTION),
-            ("im2col", IM2COL),
-            ("embed", EMBED),
-            ("gather", GATHER),
-        ]
-        .iter()
-        .map(|(name, src)| {
-            let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some(name),
-                source: wgpu::ShaderSource::Wgsl((*src).into()),
-            });
-            device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some(name),
-                layout: None,
-                module: &module,
-                entry_point: Some("main"),
-                compilation_options: Default::default(),
-                cache: None,
+        let mut sources = vec![
+            ("matmul", MATMUL.replace("WT", "f32")),
+            ("layernorm", LAYERNORM.into()),
+            ("attention", ATTENTION.into()),
+            ("im2col", IM2COL.into()),
+            ("embed", EMBED.into()),
+            ("gather", GATHER.into()),
+        ];
+        if half {
+            sources.push(("matmul_f16", format!("enable f16;\n{}", MATMUL.replace("WT", "f16"))));
+        }
+        let pipes = sources
+            .iter()
+            .map(|(name, src)| {
+                let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some(name),
+                    source: wgpu::ShaderSource::Wgsl(src.as_str().into()),
+                });
+                device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(name),
+                    layout: None,
+                    module: &module,
+                    entry_point: Some("main"),
+                    compilation_options: Default::default(),
+                    cache: None,
+                })
             })
-        })
-        .collect::<Vec<_>>();
+            .collect::<Vec<_>>();
         let upload = |t: &Tensor, label: &str| -> Result<wgpu::Buffer> {
             let data = f32_data(t)?;
             let buf = device.create_buffer(&wgpu::BufferDescriptor {
@@ -224,10 +267,29 @@ impl GpuVision {
                 eps: n.eps,
             })
         };
+        // A matrix: f32, or f16 (two values per 32-bit word; padded to a whole word).
+        let matrix = |t: &Tensor, label: &str| -> Result<wgpu::Buffer> {
+            if !half {
+                return upload(t, label);
+            }
+            let mut data: Vec<half::f16> = f32_data(t)?.into_iter().map(half::f16::from_f32).collect();
+            if data.len() % 2 == 1 {
+                data.push(half::f16::ZERO);
+            }
+            let bits: Vec<u16> = data.iter().map(|h| h.to_bits()).collect();
+            let buf = device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: (2 * bits.len().max(2)) as u64,
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            ctx.queue.write_buffer(&buf, 0, bytemuck::cast_slice(&bits));
+            Ok(buf)
+        };
         let linear = |l: &Linear, label: &str| -> Result<GLinear> {
             let (k, n) = l.w_t.dims2()?;
             Ok(GLinear {
-                w: upload(&l.w_t, label)?,
+                w: matrix(&l.w_t, label)?,
                 b: l.bias.as_ref().map(|b| upload(b, label)).transpose()?,
                 k,
                 n,
@@ -238,7 +300,7 @@ impl GpuVision {
         let (jk, jn) = tw.proj.dims2()?;
         let w = Weights {
             patch: GLinear {
-                w: upload(&tw.patch_w_t, "patch")?,
+                w: matrix(&tw.patch_w_t, "patch")?,
                 b: None,
                 k: pk,
                 n: pn,
@@ -261,7 +323,7 @@ impl GpuVision {
                 .collect::<Result<_>>()?,
             ln_post: norm(&tw.ln_post, "ln_post")?,
             proj: GLinear {
-                w: upload(&tw.proj, "proj")?,
+                w: matrix(&tw.proj, "proj")?,
                 b: None,
                 k: jk,
                 n: jn,
@@ -281,6 +343,7 @@ impl GpuVision {
             pos_embedding: tower.w.pos_embedding.clone(),
             pipes,
             w,
+            half,
             dummy,
             state: Mutex::new(State::default()),
             disabled: AtomicBool::new(false),
@@ -289,6 +352,11 @@ impl GpuVision {
 
     pub fn ctx(&self) -> &GpuContext {
         &self.ctx
+    }
+
+    /// Whether the matrix weights are stored in f16.
+    pub fn half(&self) -> bool {
+        self.half
     }
 
     /// Whether a failure marked this GPU unusable (callers then run the CPU path).
@@ -676,8 +744,9 @@ impl GpuVision {
             0,
         ];
         let bias = lin.b.clone().unwrap_or_else(|| self.dummy.clone());
+        let kernel = if self.half { Kernel::MatmulF16 } else { Kernel::Matmul };
         rec.dispatch(
-            Kernel::Matmul,
+            kernel,
             &words,
             vec![a.clone(), lin.w.clone(), bias, out.clone()],
             [lin.n.div_ceil(64) as u32, m.div_ceil(64) as u32, 1],

@@ -1,5 +1,8 @@
 // out[M, N] (+)= act(A[M, K] @ W[K, N] + bias[N]): 64×64 output tiles, 16-deep K slices staged in
 // workgroup memory, 4×4 outputs per thread (rows ly + 16i, columns lx + 16j).
+// W's element type is the placeholder `WT`: `f32`, or `f16` (weights stored in half precision
+// where the adapter has `shader-f16`; the source then starts with `enable f16;`). Arithmetic is
+// f32 either way.
 // A's row r is read at a_offset + (r / a_rows_per_group) · a_group_stride + (r % a_rows_per_group) · K,
 // which picks e.g. the class token or the patch tokens out of a [B, T, D] buffer.
 struct Params {
@@ -17,7 +20,7 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read> w: array<f32>;
+@group(0) @binding(2) var<storage, read> w: array<WT>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 
@@ -116,7 +119,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             let gc = col0 + c;
             var v = 0.0;
             if gr < p.k && gc < p.n {
-                v = w[gr * p.n + gc];
+                v = f32(w[gr * p.n + gc]);
             }
             w_tile[r * TN + c] = v;
         }
