@@ -69,7 +69,7 @@ async function chooseBackend(params) {
   const b = params.get('backend');
   gpu.backend = b === 'gpu' || b === 'cpu' ? b : 'auto';
   if (gpu.backend === 'cpu') {
-    gpu.note = 'the CPU was chosen (?backend=cpu)';
+    gpu.note = 'chosen with ?backend=cpu';
     return;
   }
   const probe = await probeWebGpu();
