@@ -68,7 +68,7 @@ export function formatBytes(n) {
 
 /** Promise-based request/response wrapper around the detector worker. */
 export class DetectorClient {
-  constructor(url, { onProgress, onReady, onFatal } = {}) {
+  constructor(url, { onProgress, onReady, onFatal, onBackend } = {}) {
     this.worker = new Worker(url, { type: 'module' });
     this.pending = new Map();
     this.nextId = 1;
@@ -82,6 +82,8 @@ export class DetectorClient {
           reject(new Error(data.error));
         } else if (data.type === 'progress') {
           onProgress?.(data);
+        } else if (data.type === 'backend') {
+          onBackend?.(data);
         } else if (this.pending.has(data.id)) {
           const { resolve: ok, reject: fail } = this.pending.get(data.id);
           this.pending.delete(data.id);

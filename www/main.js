@@ -5,6 +5,7 @@ const $ = (id) => document.getElementById(id);
 const els = {
   engine: $('engine-status'),
   backend: $('backend'),
+  backendChoice: $('backend-choice'),
   message: $('message'),
   modelStatus: $('model-status'),
   modelSources: $('model-sources'),
@@ -96,23 +97,46 @@ function onProgress({ stage, done, total, label }) {
 
 // ?threads=N forces the worker's thread count (1 = the single-threaded build); default: all cores
 // when the page is cross-origin isolated and the threaded build exists.
+// ?backend=auto|gpu|cpu picks where the image tower runs (auto: WebGPU on a hardware adapter, else
+// the CPU); ?gpufail=adapter|forward is the test hook that makes the GPU fail.
 const workerUrl = new URL('./worker.js', import.meta.url);
-const threadsParam = new URLSearchParams(location.search).get('threads');
+const pageParams = new URLSearchParams(location.search);
+const threadsParam = pageParams.get('threads');
 if (threadsParam && /^[0-9]{1,3}$/.test(threadsParam)) workerUrl.searchParams.set('threads', threadsParam);
+const backendParam = pageParams.get('backend');
+if (['auto', 'gpu', 'cpu'].includes(backendParam)) workerUrl.searchParams.set('backend', backendParam);
+const gpuFailParam = pageParams.get('gpufail');
+if (gpuFailParam && /^[a-z,]{1,40}$/.test(gpuFailParam)) workerUrl.searchParams.set('gpufail', gpuFailParam);
 const client = new DetectorClient(workerUrl, {
   onProgress,
   onFatal: (error) => {
     setStatus(els.engine, error, 'error');
     showMessage(error);
   },
+  onBackend: (b) => {
+    showBackend(b);
+    if (b.failure) showMessage(`${b.failure}. Running on the CPU (WebAssembly) instead.`, 'warn');
+  },
 });
 
-function showBackend(threads = 1) {
-  const cpu = threads > 1 ? `CPU (WebAssembly SIMD, ${threads} threads)` : 'CPU (WebAssembly SIMD, 1 thread)';
-  els.backend.textContent = cpu + ('gpu' in navigator ? '; WebGPU is available in this browser but not used yet' : '');
-  els.backend.dataset.threads = String(threads);
+/** b: the worker's backend info {gpu, backend, label, note, failure, threads}. */
+function showBackend(b) {
+  if (!b) {
+    els.backend.textContent = '?';
+    return;
+  }
+  els.backend.textContent = b.label + (b.failure ? ` (${b.failure})` : b.note ? ` (${b.note})` : '');
+  els.backend.dataset.threads = String(b.threads);
+  els.backend.dataset.gpu = String(!!b.gpu);
+  els.backendChoice.value = b.backend;
 }
-showBackend();
+els.backendChoice.value = ['gpu', 'cpu'].includes(backendParam) ? backendParam : 'auto';
+els.backendChoice.addEventListener('change', () => {
+  const url = new URL(location.href);
+  if (els.backendChoice.value === 'auto') url.searchParams.delete('backend');
+  else url.searchParams.set('backend', els.backendChoice.value);
+  location.assign(url);
+});
 
 function enableInputs(on) {
   for (const el of [els.imageFiles, els.folderFiles, els.category, els.encode, els.webcam, els.promptFile]) {
@@ -392,7 +416,9 @@ async function show(result, t0) {
   state.current = result;
   await redraw();
   const ms = performance.now() - t0;
-  document.dispatchEvent(new CustomEvent('anoscope:drawn', { detail: { ms, score: result.score, name: result.name } }));
+  document.dispatchEvent(
+    new CustomEvent('anoscope:drawn', { detail: { ms, score: result.score, name: result.name, map: result.map } }),
+  );
 }
 
 function needModel() {
@@ -790,7 +816,10 @@ if ('serviceWorker' in navigator) {
 client.ready.then(
   async (info) => {
     state.limits = info.limits;
-    showBackend(info.threads);
+    showBackend(info.backend);
+    if (info.backend.failure) {
+      showMessage(`${info.backend.failure}. Running on the CPU (WebAssembly) instead.`, 'warn');
+    }
     setStatus(els.engine, `Detector ready (anoscope ${info.version}).`, 'ok');
     els.modelFiles.disabled = false;
     await setupModelSources();

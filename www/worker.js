@@ -1,8 +1,10 @@
 // Module worker: the only owner of the WebAssembly detector. Everything that touches the
 // model (loading, text encoding, scoring, MuSc batches, overlays) runs here so the page never
 // freezes. Messages: {id, type, payload} in; {id, ok, result|error} or {type:'progress', ...} out.
-// The wasm package is imported once start() has picked the build: pkg-threads (wasm threads, a
-// rayon pool of Web Workers) on a cross-origin isolated page with more than one core, else pkg.
+// The wasm package is imported once start() has picked the build: pkg (single-threaded, with the
+// WebGPU image tower) when the image tower is to run on WebGPU (see probeWebGpu), else
+// pkg-threads (wasm threads, a rayon pool of Web Workers) on a cross-origin isolated page with
+// more than one core, else pkg.
 let wasm = null;
 let ClipModel, Image, renderOverlay;
 import { sha256Hex, fetchWithProgress, WEIGHTS_CACHE } from './common.js';
@@ -14,6 +16,18 @@ let batchResult = null; // BatchResult
 let current = null; // {input: Uint8Array, map: Float32Array, width, height}
 const textCache = new Map();
 const state = { limits: null };
+// Where the image tower runs. ?backend=auto|gpu|cpu and the test hook ?gpufail=adapter|forward
+// come from the page's URL (forwarded by main.js).
+const gpu = {
+  backend: 'auto',
+  wanted: false, // WebGPU is to be used (the single-threaded build is loaded)
+  active: false, // the loaded model's image tower is on the GPU
+  adapter: null, // the adapter's description
+  weights: 'f32', // how the GPU stores the matrices (f16 where lossless and supported)
+  note: '', // why the CPU runs (no WebGPU, a software adapter, …)
+  failure: null, // the GPU failure that switched to the CPU (shown by the page)
+};
+let cpuThreads = 1;
 
 function progress(stage, done, total, extra = {}) {
   postMessage({ type: 'progress', stage, done, total, ...extra });
@@ -28,12 +42,100 @@ function wantedThreads(build, requested) {
   return n > 1 ? n : 0;
 }
 
+/**
+ * The WebGPU adapter the image tower would run on: {name, software} or {error}. A software
+ * adapter (SwiftShader, which headless Chromium offers with --enable-unsafe-webgpu; any fallback
+ * adapter) is far slower than the CPU path, so ?backend=auto leaves it alone, as the CLI's
+ * --backend auto skips CPU adapters.
+ */
+async function probeWebGpu() {
+  if (!navigator.gpu) return { error: 'this browser offers no WebGPU' };
+  let adapter;
+  try {
+    adapter = await navigator.gpu.requestAdapter({ powerPreference: 'high-performance' });
+  } catch (e) {
+    return { error: `the WebGPU adapter request failed: ${e?.message ?? e}` };
+  }
+  if (!adapter) return { error: 'WebGPU offers no adapter here' };
+  const info = adapter.info ?? {};
+  const name = info.description || [info.vendor, info.architecture].filter(Boolean).join(' ') || 'unnamed adapter';
+  const software =
+    !!(adapter.isFallbackAdapter || info.isFallbackAdapter) ||
+    /swiftshader|llvmpipe|lavapipe|software|warp/i.test(`${info.vendor} ${info.architecture} ${info.device} ${info.description}`);
+  return { name: software && !/swiftshader/i.test(name) ? `${name}, software` : name, software };
+}
+
+/** Decides whether the image tower runs on WebGPU (fills `gpu`). */
+async function chooseBackend(params) {
+  const b = params.get('backend');
+  gpu.backend = b === 'gpu' || b === 'cpu' ? b : 'auto';
+  if (gpu.backend === 'cpu') {
+    gpu.note = 'chosen with ?backend=cpu';
+    return;
+  }
+  const probe = await probeWebGpu();
+  if (probe.error) {
+    gpu.note = probe.error;
+    if (gpu.backend === 'gpu') gpu.failure = `WebGPU is not available (${probe.error})`;
+  } else if (gpu.backend === 'auto' && probe.software) {
+    gpu.note = `the only WebGPU adapter, ${probe.name}, runs on the CPU; ?backend=gpu forces it`;
+  } else {
+    gpu.wanted = true;
+    gpu.adapter = probe.name;
+  }
+}
+
+/** What the page shows: {gpu, label, note, failure, threads}. */
+function backendInfo() {
+  const cpu = `CPU (WebAssembly SIMD, ${cpuThreads} thread${cpuThreads === 1 ? '' : 's'})`;
+  return {
+    gpu: gpu.active,
+    backend: gpu.backend,
+    label: gpu.active ? `GPU (WebGPU, ${gpu.adapter}, ${gpu.weights} weights)` : cpu,
+    note: gpu.active ? '' : gpu.note,
+    failure: gpu.failure,
+    threads: cpuThreads,
+  };
+}
+
+/** The GPU failed: the CPU runs from now on (this session), and the page says why. */
+function gpuFailed(reason) {
+  gpu.active = false;
+  gpu.wanted = false;
+  gpu.failure = reason;
+  gpu.note = 'WebGPU failed';
+  postMessage({ type: 'backend', ...backendInfo() });
+}
+
+/** Puts a freshly loaded model's image tower on the GPU when the page runs on WebGPU. */
+async function attachGpu(m) {
+  if (!gpu.wanted) return;
+  progress('load', 0, 1, { label: 'uploading the image tower to the GPU' });
+  try {
+    // "<adapter>, f16 weights" (f16 storage where the adapter has shader-f16 and loses nothing).
+    const desc = await m.useGpu();
+    gpu.weights = /f16 weights$/.test(desc) ? 'f16' : 'f32';
+    gpu.active = true;
+    postMessage({ type: 'backend', ...backendInfo() });
+  } catch (e) {
+    gpuFailed(`WebGPU could not start (${e?.message ?? e})`);
+  }
+}
+
+/** After a GPU call: a pass that failed was redone on the CPU; say so and stay there. */
+function checkGpu(m) {
+  if (gpu.active && !m.gpuActive()) gpuFailed(`WebGPU failed (${m.gpuFailure() ?? 'unknown error'})`);
+}
+
 /** Picks the build, fetches its wasm, checks its sha256 against build.json, then instantiates it. */
 async function start() {
   const build = await (await fetch('./build.json', { cache: 'no-cache' })).json();
+  const params = new URL(self.location.href).searchParams;
+  await chooseBackend(params);
   // ?threads=N on the page URL (forwarded by main.js) forces a thread count; 1 = the plain build.
-  const requested = Number(new URL(self.location.href).searchParams.get('threads') || 0);
-  const threads = wantedThreads(build, requested);
+  // WebGPU runs in the plain build (the threaded one has no GPU code).
+  const requested = Number(params.get('threads') || 0);
+  const threads = gpu.wanted ? 0 : wantedThreads(build, requested);
   const entry = threads ? build.wasmThreads : build.wasm;
   const dir = threads ? 'pkg-threads' : 'pkg';
   const res = await fetch(`./${entry.url}`);
@@ -51,7 +153,11 @@ async function start() {
   if (threads) await wasm.initThreadPool(threads);
   ({ ClipModel, Image, renderOverlay } = wasm);
   state.limits = JSON.parse(wasm.limits());
-  return { version: wasm.version(), limits: state.limits, build, threads: wasm.threads() };
+  cpuThreads = wasm.threads();
+  // Test hook: ?gpufail=adapter (useGpu fails) or forward (every GPU pass fails).
+  if (gpu.wanted && wasm.setGpuFailure) wasm.setGpuFailure(params.get('gpufail') || '');
+  if (gpu.wanted && !wasm.setGpuFailure) gpuFailed('this build of the module has no WebGPU code');
+  return { version: wasm.version(), limits: state.limits, build, threads: cpuThreads, backend: backendInfo() };
 }
 
 const ready = start().then(
@@ -175,6 +281,7 @@ const handlers = {
     progress('load', 0, 1, { label: 'building the model' });
     const t0 = performance.now();
     const next = ClipModel.load(p.configName, configText, weights);
+    await attachGpu(next);
     const weightsSha256 = p.weightsSha256 ?? (await sha256Hex(weights));
     let prompts = null;
     if (p.promptsUrl) {
@@ -217,7 +324,7 @@ const handlers = {
     return { length: pair.length };
   },
   /** {mode, file: {name, bytes} | rgba: {data, width, height}, text: {...}} */
-  detect({ mode, file, rgba, text }) {
+  async detect({ mode, file, rgba, text }) {
     const m = needModel();
     if (mode === 'fewshot' && !refs) throw new Error('few-shot mode needs at least one normal reference image in the tray');
     const pair = textFor(text);
@@ -229,20 +336,23 @@ const handlers = {
     }
     const t0 = performance.now();
     try {
-      const det = m.detect(mode, image, pair, mode === 'fewshot' ? refs : undefined);
+      const r = mode === 'fewshot' ? refs : undefined;
+      const det = gpu.active ? await m.detectAsync(mode, image, pair, r) : m.detect(mode, image, pair, r);
+      checkGpu(m);
       return publish(det, { ms: performance.now() - t0, name: file?.name, sourceWidth: image.width, sourceHeight: image.height });
     } finally {
       image.free();
     }
   },
-  references({ files }) {
+  async references({ files }) {
     const m = needModel();
     const lim = state.limits;
     if (files.length > lim.maxReferences) {
       throw new Error(`few-shot mode takes 1 to ${lim.maxReferences} normal reference images, got ${files.length}`);
     }
     // The images move into wasm (references() takes them over).
-    const next = m.references(decodeAll(files));
+    const next = gpu.active ? await m.referencesAsync(decodeAll(files)) : m.references(decodeAll(files));
+    checkGpu(m);
     if (refs) refs.free();
     refs = next;
     return { count: files.length };
@@ -252,7 +362,7 @@ const handlers = {
     refs = null;
     return {};
   },
-  batch({ files }) {
+  async batch({ files }) {
     const m = needModel();
     const lim = state.limits;
     if (files.length < 2 || files.length > lim.maxBatch) {
@@ -260,7 +370,9 @@ const handlers = {
     }
     const images = decodeAll(files); // moved into wasm by batch()
     const t0 = performance.now();
-    const res = m.batch(images, (done, total, stage) => progress('batch', done, total, { label: stage }));
+    const report = (done, total, stage) => progress('batch', done, total, { label: stage });
+    const res = gpu.active ? await m.batchAsync(images, report) : m.batch(images, report);
+    checkGpu(m);
     if (batchResult) batchResult.free();
     batchResult = res;
     const scores = Array.from(res.scores());

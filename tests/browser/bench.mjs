@@ -1,5 +1,8 @@
 // Time from drop to heatmap drawn in headless Chromium, for one checkpoint folder.
 //   node tests/browser/bench.mjs MODEL_DIR [--runs N] [--mode fast|winclip] [--image FILE]
+//                                [--backend auto|gpu|cpu] [--threads N]
+// --backend is the page's ?backend= (gpu forces WebGPU, SwiftShader included: Chromium runs with
+// harness.mjs's CHROMIUM_FLAGS, --enable-unsafe-webgpu among them); --threads its ?threads=.
 // MODEL_DIR holds config.json + model.safetensors (Hugging Face layout) or the open_clip pair.
 // The site (www/dist, built) is copied, the checkpoint is served with it as model "bench",
 // one warm-up drop encodes the prompts, then N drops are timed; prints the median.
@@ -15,12 +18,17 @@ const opt = (name, dflt) => {
   return i >= 0 ? args[i + 1] : dflt;
 };
 if (!dir) {
-  console.error('usage: node tests/browser/bench.mjs MODEL_DIR [--runs N] [--mode fast|winclip] [--image FILE]');
+  console.error(
+    'usage: node tests/browser/bench.mjs MODEL_DIR [--runs N] [--mode fast|winclip] [--image FILE] [--backend auto|gpu|cpu] [--threads N]',
+  );
   process.exit(2);
 }
 const runs = Number(opt('runs', 5));
 const mode = opt('mode', 'fast');
 const imgName = opt('image', 'bottle_broken_large_000.png');
+const backend = opt('backend', 'auto');
+if (!['auto', 'gpu', 'cpu'].includes(backend)) throw new Error(`--backend ${backend}: expected auto, gpu or cpu`);
+const threads = opt('threads', '');
 
 const site = makeSite();
 mkdirSync(join(site, 'models', 'bench'), { recursive: true });
@@ -40,10 +48,13 @@ execFileSync('node', [join(ROOT, 'tests', 'browser', 'site-index.mjs'), site], {
 const server = await serve(site);
 const b = await browser();
 try {
-  const { page } = await openPage(b.context, `${server.url}?model=bench`);
+  const query = `?model=bench&backend=${backend}${threads ? `&threads=${threads}` : ''}`;
+  const { page } = await openPage(b.context, `${server.url}${query}`);
   await ready(page);
   await page.waitForFunction(() => /^Loaded /.test(document.getElementById('model-status').textContent), null, { timeout: 600_000 });
   console.log(await page.textContent('#model-status'));
+  const backendText = await page.textContent('#backend');
+  console.log(`backend: ${backendText}`);
   await page.selectOption('#mode', mode);
   const file = { name: basename(imgName), type: imgName.endsWith('.png') ? 'image/png' : 'image/jpeg', bytes: image(imgName) };
   const warm = await dropAndWait(page, [file]);
@@ -56,7 +67,10 @@ try {
   times.sort((a, c) => a - c);
   const median = times[Math.floor(times.length / 2)];
   const ua = await page.evaluate(() => navigator.userAgent);
-  console.log(JSON.stringify({ model: dir, mode, runs, median_ms: Math.round(median), min_ms: Math.round(times[0]), max_ms: Math.round(times.at(-1)), browser: ua }));
+  if (backend === 'gpu' && !/^GPU/.test(await page.textContent('#backend'))) {
+    console.log(`warning: the GPU was not used to the end: ${await page.textContent('#backend')}`);
+  }
+  console.log(JSON.stringify({ model: dir, mode, backend: backendText, runs, median_ms: Math.round(median), min_ms: Math.round(times[0]), max_ms: Math.round(times.at(-1)), browser: ua }));
 } finally {
   await b.close();
   server.stop();

@@ -15,6 +15,8 @@ export const CHROMIUM = process.env.ANOSCOPE_CHROMIUM || '/usr/bin/chromium';
 const TARGET = process.env.CARGO_TARGET_DIR || join(ROOT, 'target');
 export const CLI = join(TARGET, 'debug', 'anoscope');
 
+// --enable-unsafe-webgpu: Chromium 148 on Linux offers WebGPU only with it (headless, it is the
+// CPU SwiftShader adapter: no shader-f16; webgpu.test.mjs forces it with ?backend=gpu).
 export const CHROMIUM_FLAGS = [
   '--no-sandbox',
   '--no-first-run',
@@ -179,18 +181,24 @@ export async function pasteFile(page, file) {
   );
 }
 
-/** Resolves when the page has drawn the next result; returns its {ms, score, name}. */
-export function nextDrawn(page) {
-  return page.evaluate(
-    () => new Promise((resolve) => document.addEventListener('anoscope:drawn', (e) => resolve(e.detail), { once: true })),
+/** The page's `anoscope:drawn` detail with the map (a Float32Array there) as a plain array. */
+const drawnDetail = () =>
+  new Promise((resolve) =>
+    document.addEventListener(
+      'anoscope:drawn',
+      (e) => resolve({ ...e.detail, map: e.detail.map ? Array.from(e.detail.map) : undefined }),
+      { once: true },
+    ),
   );
+
+/** Resolves when the page has drawn the next result; returns its {ms, score, name, map}. */
+export function nextDrawn(page) {
+  return page.evaluate(drawnDetail);
 }
 
 /** Drops files and waits for the drawn result. */
 export async function dropAndWait(page, files, selector = '#drop') {
-  const drawn = page.evaluate(
-    () => new Promise((resolve) => document.addEventListener('anoscope:drawn', (e) => resolve(e.detail), { once: true })),
-  );
+  const drawn = page.evaluate(drawnDetail);
   await dropFiles(page, selector, files);
   return drawn;
 }

@@ -410,3 +410,44 @@ test('a detection drawn with renderOverlay holds a non-uniform heatmap', () => {
   for (let i = 0; i < S * S; i++) colours.add(rgba.subarray(4 * i, 4 * i + 3).join());
   assert.ok(colours.size > 10, `${colours.size} colours`);
 });
+
+// The asynchronous (WebGPU) API. Node has no WebGPU: useGpu rejects and the *Async calls run the
+// same detection code on the CPU, so they must equal the synchronous calls exactly.
+test('useGpu rejects without WebGPU; detectAsync, referencesAsync, batchAsync equal the synchronous calls', async () => {
+  if (!model.useGpu) {
+    console.log('this package has no WebGPU API (built without the gpu feature)');
+    return;
+  }
+  const m = loadModel();
+  await assert.rejects(m.useGpu(), /no WebGPU here \(navigator\.gpu is missing\)/);
+  assert.equal(m.gpuActive(), false);
+  assert.equal(m.gpuFailure(), undefined);
+  const pair = m.textPair('bottle', undefined, false);
+  const file = 'tests/images/bottle_broken_large_000_64.png';
+  const refImg = () => Image.decode(read('tests/data/tiny_mvtec/bottle/train/good/000.png'));
+  const refs = m.references([refImg()]);
+  const refsAsync = await m.referencesAsync([refImg()]);
+  assert.equal(refsAsync.length, 1);
+  for (const mode of ['fast', 'winclip', 'fewshot']) {
+    const img = Image.decode(read(file));
+    const a = m.detect(mode, img, pair, refs);
+    const b = await m.detectAsync(mode, img, pair, refsAsync);
+    assert.equal(b.score, a.score, mode);
+    assert.equal(maxAbs(b.map(), a.map()), 0, mode);
+    assert.deepEqual(b.input(), a.input());
+    img.free();
+  }
+  const img = Image.decode(read(file));
+  await assert.rejects(m.detectAsync('nope', img, pair), /unknown mode `nope`/);
+  await assert.rejects(m.detectAsync('fewshot', img, pair), /few-shot mode needs normal reference images/);
+  const batchImgs = () => ['000', '001', '002'].map((s) => Image.decode(read(`tests/data/tiny_mvtec/bottle/test/good/${s}.png`)));
+  const calls = [];
+  const x = m.batch(batchImgs());
+  const y = await m.batchAsync(batchImgs(), (done, total, stage) => calls.push([done, total, stage]));
+  assert.deepEqual(Array.from(y.scores()), Array.from(x.scores()));
+  assert.equal(maxAbs(y.detection(1).map(), x.detection(1).map()), 0);
+  assert.equal(calls.at(-1)[0], calls.at(-1)[1]);
+  await assert.rejects(m.batchAsync([Image.decode(read(file))]), /scores 2 to 64 images together, got 1/);
+  img.free();
+  m.free();
+});

@@ -10,6 +10,7 @@
 //! CLIP Surgery's "feature surgery" (subtracting the class-mean feature) changes nothing for two
 //! classes under softmax — it subtracts the same amount from both logits — so it is not applied.
 use super::aggregate::bilinear_resize;
+use super::passes::{self, Passes};
 use super::{Detection, TextPair};
 use crate::model::{Clip, EncodeOptions};
 use anyhow::{bail, Result};
@@ -28,18 +29,32 @@ pub fn detect(
     surgery_layers: usize,
     temperature: f32,
 ) -> Result<Vec<Detection>> {
+    passes::now(detect_on(clip, &clip.vision, pixels, text, surgery_layers, temperature))
+}
+
+/// [`detect`] with the image tower's passes run by `tower` (see [`Passes`]).
+pub async fn detect_on(
+    clip: &Clip,
+    tower: &impl Passes,
+    pixels: &Tensor,
+    text: &TextPair,
+    surgery_layers: usize,
+    temperature: f32,
+) -> Result<Vec<Detection>> {
     text.check_model(clip)?;
     if surgery_layers == 0 {
         bail!("fast mode needs at least one surgery layer");
     }
     let (_, _, h, w) = pixels.dims4()?;
-    let out = clip.vision.forward(
-        pixels,
-        &EncodeOptions {
-            hidden_layers: vec![],
-            surgery_layers,
-        },
-    )?;
+    let out = tower
+        .forward(
+            pixels,
+            &EncodeOptions {
+                hidden_layers: vec![],
+                surgery_layers,
+            },
+        )
+        .await?;
     let grid = out.grid;
     let images = out.image_embeds.to_vec2::<f32>()?;
     let tokens = out.surgery_tokens.expect("surgery requested").to_vec3::<f32>()?;

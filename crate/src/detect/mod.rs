@@ -4,6 +4,7 @@
 pub mod aggregate;
 pub mod fast;
 pub mod musc;
+pub mod passes;
 pub mod prompts;
 pub mod winclip;
 
@@ -170,12 +171,36 @@ pub fn score_image(
     surgery_layers: usize,
     cfg: &winclip::WinClipConfig,
 ) -> Result<Detection> {
+    passes::now(score_image_on(
+        clip,
+        &clip.vision,
+        pixels,
+        mode,
+        text,
+        refs,
+        surgery_layers,
+        cfg,
+    ))
+}
+
+/// [`score_image`] with the image tower's passes run by `tower` (see [`passes::Passes`]).
+#[allow(clippy::too_many_arguments)] // score_image's arguments and the tower
+pub async fn score_image_on(
+    clip: &Clip,
+    tower: &impl passes::Passes,
+    pixels: &Tensor,
+    mode: Mode,
+    text: &TextPair,
+    refs: Option<&winclip::References>,
+    surgery_layers: usize,
+    cfg: &winclip::WinClipConfig,
+) -> Result<Detection> {
     let dets = match mode {
-        Mode::Fast => fast::detect(clip, pixels, text, surgery_layers, TEMPERATURE)?,
-        Mode::Winclip => winclip::detect(clip, pixels, text, None, cfg)?,
+        Mode::Fast => fast::detect_on(clip, tower, pixels, text, surgery_layers, TEMPERATURE).await?,
+        Mode::Winclip => winclip::detect_on(clip, tower, pixels, text, None, cfg).await?,
         Mode::Fewshot => {
             let refs = refs.context("few-shot mode needs at least one normal reference image")?;
-            winclip::detect(clip, pixels, text, Some(refs), cfg)?
+            winclip::detect_on(clip, tower, pixels, text, Some(refs), cfg).await?
         }
         Mode::Batch => bail!("batch mode scores a whole batch together (musc::detect), not one image"),
     };

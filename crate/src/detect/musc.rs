@@ -19,6 +19,7 @@
 //! Memory: features are `n × |r| × |layers| × N × D` floats; distances are computed one image
 //! against the batch at a time (`N × n·N` similarities), never the whole `nN × nN` matrix.
 use super::aggregate::bilinear_resize_align_corners;
+use super::passes::{self, Passes};
 use super::Detection;
 use crate::model::{Clip, EncodeOptions};
 use anyhow::{bail, Result};
@@ -216,6 +217,17 @@ pub fn detect_with_progress(
     cfg: &MuscConfig,
     progress: &mut dyn FnMut(usize, usize, &str) -> Result<()>,
 ) -> Result<MuscOutput> {
+    passes::now(detect_with_progress_on(clip, &clip.vision, pixels, cfg, progress))
+}
+
+/// [`detect_with_progress`] with the image tower's passes run by `tower` (see [`Passes`]).
+pub async fn detect_with_progress_on(
+    clip: &Clip,
+    tower: &impl Passes,
+    pixels: &Tensor,
+    cfg: &MuscConfig,
+    progress: &mut dyn FnMut(usize, usize, &str) -> Result<()>,
+) -> Result<MuscOutput> {
     let (n, _, h, w) = pixels.dims4()?;
     if n < 2 {
         bail!("batch mode (MuSc) needs at least 2 images, got {n}");
@@ -244,13 +256,15 @@ pub fn detect_with_progress(
     let mut embeds = Vec::with_capacity(n);
     let mut grid = (0, 0);
     for i in 0..n {
-        let out = clip.vision.forward(
-            &pixels.narrow(0, i, 1)?,
-            &EncodeOptions {
-                hidden_layers: layers.clone(),
-                surgery_layers: 0,
-            },
-        )?;
+        let out = tower
+            .forward(
+                &pixels.narrow(0, i, 1)?,
+                &EncodeOptions {
+                    hidden_layers: layers.clone(),
+                    surgery_layers: 0,
+                },
+            )
+            .await?;
         grid = out.grid;
         let np = grid.0 * grid.1;
         embeds.push(out.image_embeds.squeeze(0)?.to_vec1::<f32>()?);

@@ -16,6 +16,7 @@
 //!
 //! [`VisionTower::forward_subsets`]: crate::model::VisionTower::forward_subsets
 use super::aggregate::{bilinear_resize, harmonic_aggregation, harmonic_mean_maps, make_windows};
+use super::passes::{self, Passes};
 use super::{Detection, TextPair, TEMPERATURE};
 use crate::model::{Clip, EncodeOptions};
 use anyhow::{bail, Result};
@@ -56,14 +57,24 @@ pub struct Features {
 
 /// Encodes each image of normalised `pixels: [B, 3, H, W]`.
 pub fn features(clip: &Clip, pixels: &Tensor, cfg: &WinClipConfig) -> Result<Vec<Features>> {
+    passes::now(features_on(clip, &clip.vision, pixels, cfg))
+}
+
+/// [`features`] with the image tower's passes run by `tower` (see [`Passes`]).
+pub async fn features_on(
+    clip: &Clip,
+    tower: &impl Passes,
+    pixels: &Tensor,
+    cfg: &WinClipConfig,
+) -> Result<Vec<Features>> {
     let (b, _, h, w) = pixels.dims4()?;
     let mut out = Vec::with_capacity(b);
     for i in 0..b {
         let px = pixels.narrow(0, i, 1)?;
         let emb = clip.vision.embed(&px)?;
-        let full = clip
-            .vision
-            .forward_embedded(&emb, clip.vision.grid_for(h, w)?, &EncodeOptions::default())?;
+        let full = tower
+            .forward_embedded(&emb, clip.vision.grid_for(h, w)?, &EncodeOptions::default())
+            .await?;
         let grid = full.grid;
         let n = grid.0 * grid.1;
         let patch_tokens = clip
@@ -77,7 +88,7 @@ pub fn features(clip: &Clip, pixels: &Tensor, cfg: &WinClipConfig) -> Result<Vec
             if subsets.is_empty() {
                 bail!("a {s}×{s} window does not fit the {}×{} patch grid", grid.0, grid.1);
             }
-            windows.push(clip.vision.forward_subsets(&emb, &subsets, cfg.window_batch)?);
+            windows.push(tower.forward_subsets(&emb, &subsets, cfg.window_batch).await?);
         }
         out.push(Features {
             image_embed: full.image_embeds.squeeze(0)?.to_vec1()?,
@@ -203,8 +214,20 @@ pub fn detect(
     refs: Option<&References>,
     cfg: &WinClipConfig,
 ) -> Result<Vec<Detection>> {
+    passes::now(detect_on(clip, &clip.vision, pixels, text, refs, cfg))
+}
+
+/// [`detect`] with the image tower's passes run by `tower` (see [`Passes`]).
+pub async fn detect_on(
+    clip: &Clip,
+    tower: &impl Passes,
+    pixels: &Tensor,
+    text: &TextPair,
+    refs: Option<&References>,
+    cfg: &WinClipConfig,
+) -> Result<Vec<Detection>> {
     text.check_model(clip)?;
-    let feats = features(clip, pixels, cfg)?;
+    let feats = features_on(clip, tower, pixels, cfg).await?;
     feats.iter().map(|f| detect_features(f, text, refs, cfg)).collect()
 }
 
@@ -235,6 +258,16 @@ pub fn detect_features(
 
 /// Convenience: reference features from normalised reference pixels `[K, 3, H, W]`.
 pub fn references(clip: &Clip, ref_pixels: &Tensor, cfg: &WinClipConfig) -> Result<References> {
+    passes::now(references_on(clip, &clip.vision, ref_pixels, cfg))
+}
+
+/// [`references`] with the image tower's passes run by `tower` (see [`Passes`]).
+pub async fn references_on(
+    clip: &Clip,
+    tower: &impl Passes,
+    ref_pixels: &Tensor,
+    cfg: &WinClipConfig,
+) -> Result<References> {
     check_reference_count(ref_pixels.dims().first().copied().unwrap_or(0))?;
-    References::new(&features(clip, ref_pixels, cfg)?)
+    References::new(&features_on(clip, tower, ref_pixels, cfg).await?)
 }

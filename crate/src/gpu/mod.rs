@@ -105,9 +105,29 @@ impl std::str::FromStr for WeightStorage {
     }
 }
 
-/// The test hook's value (`ANOSCOPE_GPU_FAIL`), when set.
+/// Failures forced by [`force_failure`] (the browser's test hook; there is no environment there).
+static FORCED: Mutex<String> = Mutex::new(String::new());
+
+/// Forces failures as `ANOSCOPE_GPU_FAIL` does (`"adapter"`, `"forward"`, comma-separated; `""`
+/// clears), for the page's tests.
+pub fn force_failure(what: &str) {
+    *FORCED.lock().unwrap_or_else(|e| e.into_inner()) = what.to_string();
+}
+
+/// The test hook's value (`ANOSCOPE_GPU_FAIL`, or [`force_failure`]), when set.
 pub(crate) fn forced_failure(what: &str) -> bool {
-    std::env::var("ANOSCOPE_GPU_FAIL").is_ok_and(|v| v.split(',').any(|p| p.trim() == what))
+    let has = |v: &str| v.split(',').any(|p| p.trim() == what);
+    std::env::var("ANOSCOPE_GPU_FAIL").is_ok_and(|v| has(&v)) || has(&FORCED.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
+/// Whether `navigator.gpu` exists (wgpu's WebGPU backend assumes it does).
+#[cfg(target_arch = "wasm32")]
+fn browser_has_webgpu() -> bool {
+    let get = |v: &wasm_bindgen::JsValue, k: &str| js_sys::Reflect::get(v, &k.into()).ok();
+    get(&js_sys::global().into(), "navigator")
+        .filter(|n| !n.is_undefined() && !n.is_null())
+        .and_then(|n| get(&n, "gpu"))
+        .is_some_and(|g| !g.is_undefined() && !g.is_null())
 }
 
 /// A wgpu device and queue, with the errors wgpu reports outside error scopes (and device loss)
@@ -127,6 +147,10 @@ impl GpuContext {
     pub async fn new() -> Result<Self> {
         if forced_failure("adapter") {
             bail!("no GPU adapter (forced by ANOSCOPE_GPU_FAIL=adapter)");
+        }
+        #[cfg(target_arch = "wasm32")]
+        if !browser_has_webgpu() {
+            bail!("no WebGPU here (navigator.gpu is missing)");
         }
         let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
         let adapter = instance

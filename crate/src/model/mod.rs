@@ -9,7 +9,7 @@ pub mod weights;
 
 pub use config::{Activation, ClipConfig, Layout, PosInterp, TextConfig, VisionConfig};
 pub use text::TextTower;
-pub use vision::{EncodeOptions, VisionAccel, VisionOutput, VisionTower};
+pub use vision::{AsyncVisionAccel, EncodeOptions, VisionAccel, VisionOutput, VisionTower};
 pub use weights::{MapSource, SafetensorsSource, TensorSource};
 
 use crate::tokenizer::{ClipTokenizer, Padding};

@@ -27,6 +27,31 @@ pub trait VisionAccel: std::fmt::Debug + Send + Sync {
     fn disable(&self);
 }
 
+/// An accelerator whose passes are asynchronous: the browser's WebGPU, where results arrive on the
+/// event loop and cannot be waited for. The detection modes reach it through
+/// [`crate::detect::passes::Accelerated`] ([`VisionTower::forward_on`] and its siblings): inputs
+/// are validated by the tower, a failed pass is redone on the CPU and the accelerator is told
+/// ([`AsyncVisionAccel::fail`]) so that it stays off.
+#[allow(async_fn_in_trait)] // used on one thread (the page's worker); no Send bound wanted
+pub trait AsyncVisionAccel {
+    /// [`VisionTower::forward`] on validated inputs.
+    async fn forward(&self, pixels: &Tensor, grid: (usize, usize), opts: &EncodeOptions) -> Result<VisionOutput>;
+    /// [`VisionTower::forward_embedded`] on validated inputs.
+    async fn forward_embedded(
+        &self,
+        embeddings: &Tensor,
+        grid: (usize, usize),
+        opts: &EncodeOptions,
+    ) -> Result<VisionOutput>;
+    /// [`VisionTower::forward_subsets`] on validated inputs (at least one subset).
+    async fn forward_subsets(&self, embeddings: &Tensor, subsets: &[Vec<usize>]) -> Result<Tensor>;
+    /// Whether an earlier failure disabled it.
+    fn disabled(&self) -> bool;
+    /// Disables it for good after `error` (a pass failed; the call is redone on the CPU). The
+    /// accelerator reports the error as it sees fit.
+    fn fail(&self, error: &anyhow::Error);
+}
+
 /// What a full pass returns besides the projected image embedding and patch tokens.
 #[derive(Clone, Debug, Default)]
 pub struct EncodeOptions {
@@ -239,23 +264,10 @@ impl VisionTower {
         })
     }
 
-    /// Token-subset passes (WinCLIP's windows): for each subset of patch indices (0-based,
-    /// row-major over the grid; all subsets the same length), the class token and those patch
-    /// tokens of `embeddings: [1, 1+N, D]` (from [`VisionTower::embed`]) go through
-    /// `ln_pre` → all blocks → `ln_post` (class token) → projection. Subsets are run
-    /// `batch_size` at a time. Returns `[M, P]`.
-    pub fn forward_subsets(&self, embeddings: &Tensor, subsets: &[Vec<usize>], batch_size: usize) -> Result<Tensor> {
-        let (one, t, _) = embeddings.dims3()?;
-        if one != 1 {
-            bail!("token-subset passes take the embeddings of one image, got a batch of {one}");
-        }
-        let n = t - 1;
+    /// Checks token subsets over `n` patches; returns their common length (`None`: no subsets).
+    fn subset_len(&self, n: usize, subsets: &[Vec<usize>]) -> Result<Option<usize>> {
         let Some(k) = subsets.first().map(Vec::len) else {
-            return Ok(Tensor::zeros(
-                (0, self.cfg.embed_dim),
-                candle_core::DType::F32,
-                &Device::Cpu,
-            )?);
+            return Ok(None);
         };
         if k == 0 {
             bail!("token subsets must not be empty");
@@ -271,6 +283,85 @@ impl VisionTower {
                 bail!("patch index {bad} is out of range for {n} patches");
             }
         }
+        Ok(Some(k))
+    }
+
+    /// [`VisionTower::forward`] on an asynchronous accelerator: validated here, run there, redone
+    /// on the CPU (this tower's own path) when it fails.
+    pub async fn forward_on<A: AsyncVisionAccel + ?Sized>(
+        &self,
+        accel: &A,
+        pixels: &Tensor,
+        opts: &EncodeOptions,
+    ) -> Result<VisionOutput> {
+        let grid = self.pixel_grid(pixels)?;
+        self.check_options(opts)?;
+        if !accel.disabled() {
+            match accel.forward(pixels, grid, opts).await {
+                Ok(out) => return Ok(out),
+                Err(e) => accel.fail(&e),
+            }
+        }
+        self.forward(pixels, opts)
+    }
+
+    /// [`VisionTower::forward_embedded`] on an asynchronous accelerator (see
+    /// [`VisionTower::forward_on`]).
+    pub async fn forward_embedded_on<A: AsyncVisionAccel + ?Sized>(
+        &self,
+        accel: &A,
+        embeddings: &Tensor,
+        grid: (usize, usize),
+        opts: &EncodeOptions,
+    ) -> Result<VisionOutput> {
+        self.check_options(opts)?;
+        let (_, t, d) = embeddings.dims3()?;
+        if !accel.disabled() && t == grid.0 * grid.1 + 1 && d == self.cfg.vision.width {
+            match accel.forward_embedded(embeddings, grid, opts).await {
+                Ok(out) => return Ok(out),
+                Err(e) => accel.fail(&e),
+            }
+        }
+        // Also the error for embeddings that do not fit the grid.
+        self.forward_embedded(embeddings, grid, opts)
+    }
+
+    /// [`VisionTower::forward_subsets`] on an asynchronous accelerator (see
+    /// [`VisionTower::forward_on`]).
+    pub async fn forward_subsets_on<A: AsyncVisionAccel + ?Sized>(
+        &self,
+        accel: &A,
+        embeddings: &Tensor,
+        subsets: &[Vec<usize>],
+        batch_size: usize,
+    ) -> Result<Tensor> {
+        let (one, t, _) = embeddings.dims3()?;
+        if one == 1 && !accel.disabled() && self.subset_len(t - 1, subsets)?.is_some() {
+            match accel.forward_subsets(embeddings, subsets).await {
+                Ok(out) => return Ok(out),
+                Err(e) => accel.fail(&e),
+            }
+        }
+        self.forward_subsets(embeddings, subsets, batch_size)
+    }
+
+    /// Token-subset passes (WinCLIP's windows): for each subset of patch indices (0-based,
+    /// row-major over the grid; all subsets the same length), the class token and those patch
+    /// tokens of `embeddings: [1, 1+N, D]` (from [`VisionTower::embed`]) go through
+    /// `ln_pre` → all blocks → `ln_post` (class token) → projection. Subsets are run
+    /// `batch_size` at a time. Returns `[M, P]`.
+    pub fn forward_subsets(&self, embeddings: &Tensor, subsets: &[Vec<usize>], batch_size: usize) -> Result<Tensor> {
+        let (one, t, _) = embeddings.dims3()?;
+        if one != 1 {
+            bail!("token-subset passes take the embeddings of one image, got a batch of {one}");
+        }
+        let Some(k) = self.subset_len(t - 1, subsets)? else {
+            return Ok(Tensor::zeros(
+                (0, self.cfg.embed_dim),
+                candle_core::DType::F32,
+                &Device::Cpu,
+            )?);
+        };
         if let Some(out) = self.accelerated(|a| a.forward_subsets(embeddings, subsets)) {
             return Ok(out);
         }

@@ -57,7 +57,7 @@ impl Detection {
 }
 
 impl Detection {
-    fn new(d: det::Detection, input: &RgbImage) -> Self {
+    pub(super) fn new(d: det::Detection, input: &RgbImage) -> Self {
         Self {
             score: d.score,
             width: d.width,
@@ -70,9 +70,9 @@ impl Detection {
 
 /// Few-shot reference features, kept in wasm under a handle so that `detect` can borrow them
 /// from an optional argument (wasm-bindgen can only move optional class arguments).
-struct RefSet {
+pub(super) struct RefSet {
     model: u32,
-    refs: winclip::References,
+    pub refs: winclip::References,
 }
 
 thread_local! {
@@ -124,10 +124,57 @@ fn ref_set(refs: &JsValue) -> Result<Option<Rc<RefSet>>> {
         .context("these reference images were released (free()); call references(images) again")
 }
 
+/// What a per-image detection needs besides the pixels ([`ClipModel::score_args`]).
+pub(super) struct ScoreArgs {
+    pub mode: Mode,
+    pub pair: TextPair,
+    pub refs: Option<Rc<RefSet>>,
+    pub surgery_layers: usize,
+}
+
+/// Keeps few-shot features under a new handle for model `model`.
+pub(super) fn register(model: u32, refs: winclip::References, count: usize) -> References {
+    let handle = NEXT_REF_SET.fetch_add(1, Ordering::Relaxed);
+    let set = Rc::new(RefSet { model, refs });
+    REF_SETS.with(|r| r.borrow_mut().insert(handle, set));
+    References { handle, count }
+}
+
+/// MuSc's progress callback calling the page's `progress(done, total, stage)`, if any.
+pub(super) fn batch_progress(progress: Option<&js_sys::Function>) -> impl FnMut(usize, usize, &str) -> Result<()> + '_ {
+    move |done, total, stage| {
+        if let Some(f) = progress {
+            f.call3(
+                &JsValue::NULL,
+                &JsValue::from(done as u32),
+                &JsValue::from(total as u32),
+                &JsValue::from_str(stage),
+            )
+            .map_err(|e| anyhow!("batch stopped: {}", super::js_message(&e)))?;
+        }
+        Ok(())
+    }
+}
+
 /// The results of one batch (MuSc) run.
 #[wasm_bindgen]
 pub struct BatchResult {
     detections: Vec<Detection>,
+}
+
+impl BatchResult {
+    /// The page's result: maps on one range for the batch, with the pictures the model saw.
+    pub(super) fn new(mut out: musc::MuscOutput, inputs: &[RgbImage]) -> Self {
+        musc::unit_range_maps(&mut out.detections);
+        Self {
+            detections: out
+                .detections
+                .into_iter()
+                .zip(inputs)
+                .map(|(d, input)| Detection::new(d, input))
+                .collect(),
+        }
+    }
 }
 
 #[wasm_bindgen]
@@ -191,6 +238,26 @@ impl ClipModel {
         refs: &JsValue,
         surgery_layers: usize,
     ) -> Result<det::Detection> {
+        let args = self.score_args(mode, text, refs, surgery_layers)?;
+        det::score_image(
+            &self.clip,
+            pixels,
+            args.mode,
+            &args.pair,
+            args.refs.as_ref().map(|s| &s.refs),
+            args.surgery_layers,
+            &winclip::WinClipConfig::default(),
+        )
+    }
+
+    /// Checks and resolves the arguments of a per-image detection.
+    pub(super) fn score_args(
+        &self,
+        mode: &str,
+        text: &[f32],
+        refs: &JsValue,
+        surgery_layers: usize,
+    ) -> Result<ScoreArgs> {
         let mode: Mode = mode.parse()?;
         if mode == Mode::Batch {
             bail!("batch mode scores several images together: call batch(images)");
@@ -218,21 +285,23 @@ impl ClipModel {
         } else {
             surgery_layers
         };
-        det::score_image(
-            &self.clip,
-            pixels,
+        Ok(ScoreArgs {
             mode,
-            &pair,
-            set.as_ref().map(|s| &s.refs),
-            k,
-            &winclip::WinClipConfig::default(),
-        )
+            pair,
+            refs: set,
+            surgery_layers: k,
+        })
+    }
+
+    /// The model's input for one image: the resized picture and its `[1, 3, S, S]` pixels.
+    pub(super) fn image_input(&self, image: &Image) -> Result<(RgbImage, Tensor)> {
+        let (resized, chw) = self.model_input(&image.img);
+        let s = resized.width() as usize;
+        Ok((resized, Tensor::from_vec(chw, (1, 3, s, s), &Device::Cpu)?))
     }
 
     fn detect_impl(&self, mode: &str, image: &Image, text: &[f32], refs: &JsValue) -> Result<Detection> {
-        let (resized, chw) = self.model_input(&image.img);
-        let s = resized.width() as usize;
-        let t = Tensor::from_vec(chw, (1, 3, s, s), &Device::Cpu)?;
+        let (resized, t) = self.image_input(image)?;
         let d = self.score(mode, &t, text, refs, 0)?;
         Ok(Detection::new(d, &resized))
     }
@@ -249,54 +318,42 @@ impl ClipModel {
     }
 
     fn register(&self, refs: winclip::References, count: usize) -> References {
-        let handle = NEXT_REF_SET.fetch_add(1, Ordering::Relaxed);
-        let set = Rc::new(RefSet { model: self.id, refs });
-        REF_SETS.with(|r| r.borrow_mut().insert(handle, set));
-        References { handle, count }
+        register(self.id, refs, count)
     }
 
-    fn references_impl(&self, images: &[Image]) -> Result<References> {
+    /// Checks the number of reference images and preprocesses them into one batch.
+    pub(super) fn references_input(&self, images: &[Image]) -> Result<Tensor> {
         if images.is_empty() || images.len() > MAX_REFERENCES {
             bail!(
                 "few-shot mode takes 1 to {MAX_REFERENCES} normal reference images, got {}",
                 images.len()
             );
         }
-        let (_, t) = self.batch_input(images)?;
+        Ok(self.batch_input(images)?.1)
+    }
+
+    fn references_impl(&self, images: &[Image]) -> Result<References> {
+        let t = self.references_input(images)?;
         let refs = winclip::references(&self.clip, &t, &winclip::WinClipConfig::default())?;
         Ok(self.register(refs, images.len()))
     }
 
-    fn batch_impl(&self, images: &[Image], progress: Option<&js_sys::Function>) -> Result<BatchResult> {
+    /// Checks the batch size and preprocesses the images (the resized pictures and one batch).
+    pub(super) fn batch_images(&self, images: &[Image]) -> Result<(Vec<RgbImage>, Tensor)> {
         if images.len() < 2 || images.len() > MAX_BATCH {
             bail!(
                 "batch mode (MuSc) scores 2 to {MAX_BATCH} images together, got {}",
                 images.len()
             );
         }
-        let (inputs, t) = self.batch_input(images)?;
-        let mut report = |done: usize, total: usize, stage: &str| -> Result<()> {
-            if let Some(f) = progress {
-                f.call3(
-                    &JsValue::NULL,
-                    &JsValue::from(done as u32),
-                    &JsValue::from(total as u32),
-                    &JsValue::from_str(stage),
-                )
-                .map_err(|e| anyhow!("batch stopped: {}", super::js_message(&e)))?;
-            }
-            Ok(())
-        };
-        let mut out = musc::detect_with_progress(&self.clip, &t, &musc::MuscConfig::default(), &mut report)?;
-        musc::unit_range_maps(&mut out.detections);
-        Ok(BatchResult {
-            detections: out
-                .detections
-                .into_iter()
-                .zip(&inputs)
-                .map(|(d, input)| Detection::new(d, input))
-                .collect(),
-        })
+        self.batch_input(images)
+    }
+
+    fn batch_impl(&self, images: &[Image], progress: Option<&js_sys::Function>) -> Result<BatchResult> {
+        let (inputs, t) = self.batch_images(images)?;
+        let mut report = batch_progress(progress);
+        let out = musc::detect_with_progress(&self.clip, &t, &musc::MuscConfig::default(), &mut report)?;
+        Ok(BatchResult::new(out, &inputs))
     }
 }
 

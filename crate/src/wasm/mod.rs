@@ -5,10 +5,15 @@
 //! * [`version`], [`limits`], [`render_overlay`] (`renderOverlay`);
 //! * [`Image`]: a decoded RGB image;
 //! * [`ClipModel`]: checkpoint, prompt bundle, text pairs, `detect`, `references`, `batch`;
-//! * [`Detection`], [`References`], [`BatchResult`]: results.
+//! * [`Detection`], [`References`], [`BatchResult`]: results;
+//! * with the `gpu` feature (the single-threaded build), `ClipModel.useGpu` and the asynchronous
+//!   `detectAsync`, `referencesAsync`, `batchAsync` that run the image tower on WebGPU, and the
+//!   test hook `setGpuFailure`.
 //!
 //! Every error is a thrown JS `Error` whose message the page shows as it is.
 mod detect;
+#[cfg(feature = "gpu")]
+mod gpu;
 mod image;
 mod model;
 

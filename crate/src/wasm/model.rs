@@ -240,3 +240,11 @@ impl ClipModel {
         to_safetensors(&named).map_err(js_err)
     }
 }
+
+/// Frees the model's GPU tower with it.
+impl Drop for ClipModel {
+    fn drop(&mut self) {
+        #[cfg(feature = "gpu")]
+        super::gpu::forget(self.id);
+    }
+}
