@@ -4,6 +4,7 @@
 //!
 //! * [`version`], [`limits`], [`render_overlay`] (`renderOverlay`);
 //! * [`Image`]: a decoded RGB image;
+//! * [`ClipLoader`]: a checkpoint streamed in chunks, image tower first;
 //! * [`ClipModel`]: checkpoint, prompt bundle, text pairs, `detect`, `references`, `batch`;
 //! * [`Detection`], [`References`], [`BatchResult`]: results.
 //!
@@ -11,10 +12,12 @@
 mod detect;
 mod image;
 mod model;
+mod stream;
 
 pub use self::detect::{BatchResult, Detection, References};
 pub use self::image::Image;
 pub use self::model::ClipModel;
+pub use self::stream::ClipLoader;
 
 use wasm_bindgen::prelude::*;
 
