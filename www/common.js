@@ -68,7 +68,7 @@ export function formatBytes(n) {
 
 /** Promise-based request/response wrapper around the detector worker. */
 export class DetectorClient {
-  constructor(url, { onProgress, onReady, onFatal, onBackend } = {}) {
+  constructor(url, { onProgress, onReady, onFatal, onBackend, onModel } = {}) {
     this.worker = new Worker(url, { type: 'module' });
     this.pending = new Map();
     this.nextId = 1;
@@ -84,6 +84,9 @@ export class DetectorClient {
           onProgress?.(data);
         } else if (data.type === 'backend') {
           onBackend?.(data);
+        } else if (data.type === 'model') {
+          // The rest of a streamed checkpoint arrived and checked out (ok) or failed (error).
+          onModel?.(data);
         } else if (this.pending.has(data.id)) {
           const { resolve: ok, reject: fail } = this.pending.get(data.id);
           this.pending.delete(data.id);

@@ -109,6 +109,7 @@ const gpuFailParam = pageParams.get('gpufail');
 if (gpuFailParam && /^[a-z,]{1,40}$/.test(gpuFailParam)) workerUrl.searchParams.set('gpufail', gpuFailParam);
 const client = new DetectorClient(workerUrl, {
   onProgress,
+  onModel,
   onFatal: (error) => {
     setStatus(els.engine, error, 'error');
     showMessage(error);
@@ -160,7 +161,7 @@ async function run(label, fn) {
 async function loadModel(spec) {
   setStatus(els.modelStatus, `Loading ${spec.label}…`, 'busy');
   enableInputs(false);
-  const info = await run('Could not load the model', () => client.call('load', spec, spec.weights ? [spec.weights] : []));
+  const info = await run('Could not load the model', () => client.call('load', spec));
   els.progressBox.hidden = true;
   if (!info) {
     if (state.model) {
@@ -173,16 +174,7 @@ async function loadModel(spec) {
   }
   state.model = info;
   state.results = [];
-  const note = info.test
-    ? ' Its scores mean nothing: use it only to try the page.'
-    : info.promptFile
-      ? ''
-      : ' No prompt file: prompts are encoded in the page with the text tower.';
-  setStatus(
-    els.modelStatus,
-    `Loaded ${info.label} (input ${info.imageSize} px${info.hasText ? ', text tower' : ''}) in ${Math.round(info.ms)} ms.${note}`,
-    info.test ? 'warn' : 'ok',
-  );
+  showLoaded(info);
   document.body.dataset.model = info.label;
   const previous = els.category.value;
   els.category.replaceChildren(
@@ -197,6 +189,38 @@ async function loadModel(spec) {
   if (info.categories.includes(want)) els.category.value = want;
   enableInputs(true);
   return true;
+}
+
+/** The model status line. A streamed checkpoint is usable once its image tower is in
+ * (`complete` false): the rest (text tower, integrity check) follows, then onModel. */
+function showLoaded(info) {
+  const note = info.test
+    ? ' Its scores mean nothing: use it only to try the page.'
+    : info.promptFile
+      ? ''
+      : ' No prompt file: prompts are encoded in the page with the text tower.';
+  const rest = info.complete ? '' : ' Ready for images; the rest of the checkpoint is still loading.';
+  const text = info.hasText ? ', text tower' : info.textInFile && info.promptFile ? ', text tower loaded when a custom prompt needs it' : '';
+  setStatus(
+    els.modelStatus,
+    `Loaded ${info.label} (input ${info.imageSize} px${text}) in ${Math.round(info.ms)} ms.${rest}${note}`,
+    info.test ? 'warn' : 'ok',
+  );
+}
+
+/** The end of a streamed load: the whole checkpoint checked out, or it failed (model dropped). */
+function onModel({ ok, label, hasText, ms, error }) {
+  if (!state.model || state.model.label !== label) return;
+  els.progressBox.hidden = true;
+  if (ok) {
+    Object.assign(state.model, { complete: true, hasText, ms });
+    showLoaded(state.model);
+    return;
+  }
+  state.model = null;
+  enableInputs(false);
+  setStatus(els.modelStatus, 'No model loaded.', 'error');
+  showMessage(`Could not load the model: ${error}`);
 }
 
 function specFromServed(m) {
@@ -342,7 +366,8 @@ async function handleCheckpointFiles(files) {
     test: false,
     configName: /^open_clip_config\.json$/.test(config.name) ? 'open_clip_config.json' : 'config.json',
     configText: await config.text(),
-    weights: await weights.arrayBuffer(),
+    // Read in slices by the worker as it loads (never copied whole).
+    weightsFile: weights,
   });
 }
 

@@ -6,11 +6,12 @@
 // pkg-threads (wasm threads, a rayon pool of Web Workers) on a cross-origin isolated page with
 // more than one core, else pkg.
 let wasm = null;
-let ClipModel, Image, renderOverlay;
+let ClipLoader, Image, renderOverlay;
 import { sha256Hex, fetchWithProgress, WEIGHTS_CACHE } from './common.js';
 
 let model = null; // ClipModel
-let modelInfo = null; // {label, weightsSha256, test}
+let modelInfo = null; // {label, weightsSha256, test, source, rest}
+let loadGen = 0; // the latest load; an older load's background stream stops
 let refs = null; // References (few-shot)
 let batchResult = null; // BatchResult
 let current = null; // {input: Uint8Array, map: Float32Array, width, height}
@@ -151,7 +152,7 @@ async function start() {
   wasm = await import(`./${dir}/anoscope.js`);
   await wasm.default({ module_or_path: bytes });
   if (threads) await wasm.initThreadPool(threads);
-  ({ ClipModel, Image, renderOverlay } = wasm);
+  ({ ClipLoader, Image, renderOverlay } = wasm);
   state.limits = JSON.parse(wasm.limits());
   cpuThreads = wasm.threads();
   // Test hook: ?gpufail=adapter (useGpu fails) or forward (every GPU pass fails).
@@ -209,11 +210,35 @@ function publish(det, extra = {}) {
   return out;
 }
 
-function textFor({ category, object, descriptions, defects }) {
-  const m = needModel();
+/** The text tower for prompts the prompt file does not cover: the rest of the checkpoint when it
+ * is still streaming in, else (loaded without it) a second pass over the cached file. */
+async function ensureText(spec) {
+  let m = needModel();
+  if (m.hasText() || m.promptFileCovers(spec.category, spec.object || undefined, !!spec.descriptions, spec.defects?.length ? spec.defects : undefined)) return m;
+  const info = modelInfo;
+  if (info.rest) await info.rest;
+  m = needModel();
+  if (modelInfo !== info || m.hasText() || !info.textInFile) return m;
+  const label = 'loading the text tower for custom prompts';
+  progress('download', 0, 0, { label });
+  const src = await openWeights(info.source, label, state.limits.maxCheckpointBytes, false);
+  const loader = new ClipLoader(info.source.configName, info.source.configText, 'weights', src.total || undefined, false, true);
+  const stream = { loader, src, it: src.chunks[Symbol.asyncIterator](), label, expectSha: info.weightsSha256, gen: loadGen };
+  try {
+    await feed(stream, () => false);
+    await verify(stream);
+    if (modelInfo === info) loader.attachText(m);
+  } finally {
+    loader.free();
+  }
+  return needModel();
+}
+
+async function textFor({ category, object, descriptions, defects }) {
   const key = JSON.stringify([category, object ?? null, !!descriptions, defects ?? null]);
   let pair = textCache.get(key);
   if (!pair) {
+    const m = await ensureText({ category, object, descriptions, defects });
     // The text tower reports (prompts encoded, total); a prompt-file hit reports nothing.
     const t0 = performance.now();
     let encoded = false;
@@ -231,6 +256,126 @@ function textFor({ category, object, descriptions, defects }) {
     textCache.set(key, pair);
   }
   return pair;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Streaming checkpoint loads: the file's chunks go into a ClipLoader (wasm) as they arrive, so the
+// page never holds the whole file; the image tower is usable as soon as its bytes are in.
+
+const SLICE_BYTES = 4 << 20;
+
+/** A dropped file read in slices. */
+async function* blobChunks(blob) {
+  for (let at = 0; at < blob.size; at += SLICE_BYTES) {
+    yield new Uint8Array(await blob.slice(at, at + SLICE_BYTES).arrayBuffer());
+  }
+}
+
+/** A response body; a body shorter than its Content-Length is an error (truncated download). */
+async function* bodyChunks(res, total, maxBytes) {
+  if (!res.body) {
+    yield new Uint8Array(await res.arrayBuffer());
+    return;
+  }
+  const reader = res.body.getReader();
+  let done = 0;
+  let finished = false;
+  try {
+    for (;;) {
+      let step;
+      try {
+        step = await reader.read();
+      } catch (e) {
+        throw new Error(`the download broke off after ${done} of ${total || '?'} bytes (${e?.message ?? e})`);
+      }
+      if (step.done) break;
+      done += step.value.byteLength;
+      if (done > maxBytes) throw new Error(`the download exceeds ${maxBytes} bytes, the most the page accepts`);
+      yield step.value;
+    }
+    finished = true;
+  } finally {
+    if (!finished) reader.cancel().catch(() => {});
+  }
+  if (total && done !== total) throw new Error(`the download is truncated: got ${done} of ${total} bytes`);
+}
+
+/** The weights of a load spec as chunks: a dropped file, the Cache API copy, or a download
+ * (copied into the cache as it streams when `store`; `settle(ok)` keeps or drops that copy). */
+async function openWeights(p, label, maxBytes, store = true) {
+  if (p.weightsFile) {
+    return { total: p.weightsFile.size, chunks: blobChunks(p.weightsFile), settle: async () => {} };
+  }
+  const cache = await caches.open(WEIGHTS_CACHE);
+  let res = await cache.match(p.weightsUrl);
+  const cached = !!res;
+  if (!res) {
+    res = await fetch(p.weightsUrl);
+    if (!res.ok) throw new Error(`download of ${label} failed: HTTP ${res.status} for ${p.weightsUrl}`);
+  }
+  // Refused before anything is read into memory.
+  const total = Number(res.headers.get('content-length')) || 0;
+  if (total > maxBytes) throw new Error(`${label} is ${total} bytes; the page accepts at most ${maxBytes} bytes`);
+  const put = !cached && store && p.weightsSha256 ? cache.put(p.weightsUrl, res.clone()).catch(() => {}) : null;
+  return {
+    total,
+    chunks: bodyChunks(res, total, maxBytes),
+    async settle(ok) {
+      if (put) await put;
+      if (!ok && (put || cached)) await cache.delete(p.weightsUrl);
+    },
+  };
+}
+
+/** Pushes chunks until `stop()` or the end (`s.ended`). With an expected sha256 a loader error
+ * waits for the end: a corrupt download is reported as such, as before. */
+async function feed(s, stop) {
+  let last = 0;
+  for (;;) {
+    if (s.gen !== loadGen) {
+      await s.it.return?.();
+      throw new Error('another model is being loaded');
+    }
+    const step = await s.it.next();
+    if (step.done) {
+      s.ended = true;
+      progress('download', s.loader.received(), s.src.total || s.loader.received(), { label: s.label });
+      return;
+    }
+    try {
+      s.loader.push(step.value);
+    } catch (e) {
+      if (!s.expectSha) throw e;
+      s.error ??= e;
+    }
+    const now = performance.now();
+    if (now - last > 100) {
+      last = now;
+      progress('download', s.loader.received(), s.src.total, { label: s.label });
+    }
+    if (!s.error && stop()) return;
+  }
+}
+
+/** After the end: the sha256 (when known), then the loader's own checks; keeps or drops the cached copy. */
+async function verify(s) {
+  const got = s.loader.sha256();
+  if (s.expectSha && got !== s.expectSha) {
+    await s.src.settle(false);
+    throw new Error(
+      `download of ${s.label} is incomplete or corrupt: sha256 ${got} (${s.loader.received()} bytes), ` +
+        `expected ${s.expectSha}. Nothing was loaded; try again.`,
+    );
+  }
+  try {
+    if (s.error) throw s.error;
+    s.loader.finish();
+  } catch (e) {
+    await s.src.settle(false);
+    throw e;
+  }
+  await s.src.settle(true);
+  return got;
 }
 
 async function getBytes(url, label, expectSha, maxBytes = state.limits.maxCheckpointBytes) {
@@ -262,36 +407,47 @@ async function getBytes(url, label, expectSha, maxBytes = state.limits.maxCheckp
 }
 
 const handlers = {
-  /** {label, test, configName, configText?, configUrl?, weights?(ArrayBuffer), weightsUrl?, weightsSha256?,
-   *   configSha256?, promptsUrl?} */
+  /** {label, test, configName, configText?, configUrl?, weightsFile?(File), weightsUrl?, weightsSha256?,
+   *   configSha256?, promptsUrl?}. Resolves once the image tower is in; the rest of the file
+   *   streams on, then a {type: 'model'} message says whether the whole checkpoint checked out. */
   async load(p) {
     const lim = (await ready).limits;
     const configText = p.configText ?? new TextDecoder().decode(await getBytes(p.configUrl, p.configName, p.configSha256));
-    let weights;
-    if (p.weights) {
-      weights = new Uint8Array(p.weights);
-    } else {
-      weights = await getBytes(p.weightsUrl, `${p.label} weights`, p.weightsSha256);
+    if (p.weightsFile && p.weightsFile.size > lim.maxCheckpointBytes) {
+      throw new Error(`this checkpoint is ${p.weightsFile.size} bytes; the page accepts at most ${lim.maxCheckpointBytes} bytes`);
     }
-    if (weights.byteLength > lim.maxCheckpointBytes) {
-      throw new Error(
-        `this checkpoint is ${weights.byteLength} bytes; the page accepts at most ${lim.maxCheckpointBytes} bytes`,
-      );
-    }
-    progress('load', 0, 1, { label: 'building the model' });
+    const gen = ++loadGen;
     const t0 = performance.now();
-    const next = ClipModel.load(p.configName, configText, weights);
-    await attachGpu(next);
-    const weightsSha256 = p.weightsSha256 ?? (await sha256Hex(weights));
-    let prompts = null;
-    if (p.promptsUrl) {
-      try {
+    const label = `${p.label} weights`;
+    // The text tower is loaded now only when no prompt file covers the bundled categories.
+    const wantText = !p.promptsUrl;
+    const src = await openWeights(p, label, lim.maxCheckpointBytes);
+    let loader;
+    try {
+      loader = new ClipLoader(p.configName, configText, 'weights', src.total || undefined, true, wantText);
+    } catch (e) {
+      await src.settle(false);
+      throw e;
+    }
+    const s = { loader, src, it: src.chunks[Symbol.asyncIterator](), label, expectSha: p.weightsSha256, gen };
+    let next = null;
+    let sha = null;
+    try {
+      await feed(s, () => loader.visionReady());
+      if (s.ended) sha = await verify(s);
+      progress('load', 0, 1, { label: 'building the model' });
+      next = loader.takeModel();
+      await attachGpu(next);
+      if (s.ended && wantText) loader.attachText(next);
+      if (p.promptsUrl) {
         const bundle = await getBytes(p.promptsUrl, 'prompt file', p.promptsSha256);
-        prompts = next.loadPrompts(bundle, weightsSha256);
-      } catch (e) {
-        next.free();
-        throw e;
+        next.loadPrompts(bundle, p.weightsSha256 ?? sha);
       }
+    } catch (e) {
+      next?.free();
+      loader.free();
+      if (!s.ended) await s.it.return?.().catch(() => {});
+      throw e;
     }
     if (model) model.free();
     if (refs) refs.free();
@@ -300,34 +456,74 @@ const handlers = {
     batchResult = null;
     textCache.clear();
     model = next;
-    modelInfo = { label: p.label, weightsSha256, test: !!p.test };
+    const info = {
+      label: p.label,
+      weightsSha256: p.weightsSha256 ?? sha,
+      test: !!p.test,
+      textInFile: loader.fileHasText() ?? false,
+      source: { weightsFile: p.weightsFile, weightsUrl: p.weightsUrl, weightsSha256: p.weightsSha256, configName: p.configName, configText },
+      rest: null,
+    };
+    modelInfo = info;
+    const readyMs = performance.now() - t0;
+    if (s.ended) {
+      loader.free();
+    } else {
+      // The rest of the file (the text tower, or only bytes to check) streams on in the background;
+      // requests that need it (custom prompts, a dropped prompt file) wait for `rest`.
+      info.rest = (async () => {
+        try {
+          await feed(s, () => false);
+          const got = await verify(s);
+          if (modelInfo !== info) return;
+          if (wantText) loader.attachText(next);
+          info.weightsSha256 ??= got;
+          postMessage({ type: 'model', ok: true, label: p.label, hasText: next.hasText(), ms: performance.now() - t0 });
+        } catch (e) {
+          if (modelInfo !== info) return;
+          next.free();
+          model = null;
+          modelInfo = null;
+          textCache.clear();
+          postMessage({ type: 'model', ok: false, label: p.label, error: e?.message ?? String(e) });
+        } finally {
+          loader.free();
+          info.rest = null;
+        }
+      })();
+    }
     progress('load', 1, 1, { label: 'model ready' });
     return {
       label: p.label,
       test: !!p.test,
       imageSize: model.imageSize(),
       hasText: model.hasText(),
+      textInFile: info.textInFile,
+      complete: s.ended,
       categories: model.categories(),
-      promptFile: !!prompts,
-      ms: performance.now() - t0,
+      promptFile: !!p.promptsUrl,
+      ms: readyMs,
     };
   },
   /** A prompt file dropped or picked by the user for the loaded model. */
-  loadPrompts({ bytes }) {
+  async loadPrompts({ bytes }) {
+    // A dropped checkpoint's sha256 is known once all of it is in.
+    if (modelInfo?.rest) await modelInfo.rest;
     const m = needModel();
     const cats = m.loadPrompts(new Uint8Array(bytes), modelInfo.weightsSha256);
     textCache.clear();
     return { categories: cats };
   },
-  text(p) {
-    const pair = textFor(p);
+  async text(p) {
+    const pair = await textFor(p);
     return { length: pair.length };
   },
   /** {mode, file: {name, bytes} | rgba: {data, width, height}, text: {...}} */
   async detect({ mode, file, rgba, text }) {
-    const m = needModel();
+    needModel();
     if (mode === 'fewshot' && !refs) throw new Error('few-shot mode needs at least one normal reference image in the tray');
-    const pair = textFor(text);
+    const pair = await textFor(text);
+    const m = needModel();
     let image;
     if (rgba) {
       image = Image.fromRgba(new Uint8Array(rgba.data), rgba.width, rgba.height);

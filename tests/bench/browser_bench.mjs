@@ -11,6 +11,9 @@
 //   --text also times one prompt through our text tower (compare: tests/reference/bench_text.py)
 //   --surgery K runs our pass with the CLIP Surgery path in the last K blocks (fast mode: half)
 //   Our blocks also print the wasm linear memory after the runs (its peak: it never shrinks).
+//   --load stream loads our checkpoint as the page does (ClipLoader fed with the fetch body's
+//   chunks, image tower only unless --text; "ready" = image tower usable); --load whole (default)
+//   hands the whole file over at once. --ort-threads '' runs ours alone (then --onnx is optional).
 //   (our 2-thread figure needs the threaded build in www/dist/pkg-threads: ./build.sh build
 //   makes it when the nightly toolchain is there)
 //
@@ -41,12 +44,13 @@ const { values: a } = parseArgs({
     'ours-threads': { type: 'string', default: '1,2' },
     text: { type: 'boolean', default: false },
     surgery: { type: 'string', default: '0' },
+    load: { type: 'string', default: 'whole' },
     size: { type: 'string', default: '224' },
     json: { type: 'string' },
     chromium: { type: 'string', default: '/usr/bin/chromium' },
   },
 });
-if (!a.model || !a.onnx) {
+if (!a.model || (!a.onnx && a['ort-threads'] !== '')) {
   console.error('usage: node tests/bench/browser_bench.mjs --model CHECKPOINT_DIR --onnx MODEL.onnx [--runs 5] [--rounds 5]');
   process.exit(2);
 }
@@ -58,11 +62,11 @@ const oursThreads = a['ours-threads'].split(',').filter(Boolean).map(Number);
 const mounts = {
   '/pkg/': resolve(a.pkg),
   ...(oursThreads.some((t) => t > 1) ? { '/pkg-threads/': resolve(a['pkg-threads']) } : {}),
-  '/ort/': join(here, 'node_modules/onnxruntime-web/dist'),
+  ...(ortThreads.length ? { '/ort/': join(here, 'node_modules/onnxruntime-web/dist') } : {}),
   '/model/': resolve(a.model),
   '/bench/': here,
 };
-const single = { '/onnx/model.onnx': resolve(a.onnx) };
+const single = a.onnx ? { '/onnx/model.onnx': resolve(a.onnx) } : {};
 for (const [p, dir] of Object.entries({ ...mounts, ...single })) {
   try {
     statSync(dir);
@@ -122,7 +126,7 @@ const browser = await chromium.launch({
 async function block(peer, threads, task = 'image') {
   const page = await browser.newPage();
   page.on('pageerror', (e) => console.error(`[${peer}/${threads}] page error: ${e}`));
-  await page.goto(`${base}/bench/bench.html?peer=${peer}&task=${task}&threads=${threads}&runs=${runs}&size=${a.size}&surgery=${a.surgery}`);
+  await page.goto(`${base}/bench/bench.html?peer=${peer}&task=${task}&threads=${threads}&runs=${runs}&size=${a.size}&surgery=${a.surgery}&load=${a.load}`);
   await page.waitForFunction(() => window.__bench, null, { timeout: 30 * 60_000, polling: 500 });
   const r = await page.evaluate(() => window.__bench);
   await page.close();
@@ -143,7 +147,8 @@ try {
       results[`${peer}/${t}`].push(r.medianMs);
       embeds[`${peer}/${t}`] = r.embeds;
       const mem = r.wasmMemoryBytes ? `, wasm memory ${(r.wasmMemoryBytes / 2 ** 20).toFixed(0)} MiB` : '';
-      console.error(`round ${round + 1}/${rounds} ${peer} ${t} thread(s): median ${r.medianMs.toFixed(1)} ms (load ${r.loadMs.toFixed(0)} ms${mem})`);
+      const ready = peer === 'ours' ? `, ${r.load} load: image tower ready at ${r.readyMs.toFixed(0)} ms` : '';
+      console.error(`round ${round + 1}/${rounds} ${peer} ${t} thread(s): median ${r.medianMs.toFixed(1)} ms (load ${r.loadMs.toFixed(0)} ms${ready}${mem})`);
     }
     if (a.text) {
       for (const t of oursThreads) {

@@ -156,6 +156,12 @@ test('custom prompt typed: the text encoder runs, and scoring uses it', { timeou
     texts.some((t) => /encoding prompts with the text tower: \d+ of \d+/.test(t)),
     `text-encoding progress: ${JSON.stringify(texts)}`,
   );
+  // The prompt file covers the bundled categories, so the text tower was not loaded with the
+  // model: the custom prompt loads it (from the Cache API copy), with a progress bar.
+  assert.ok(
+    texts.some((t) => /^loading the text tower for custom prompts: [\d.]+ (B|kB|MB)/.test(t)),
+    `text tower loading progress: ${JSON.stringify(texts)}`,
+  );
   const withCustom = await dropAndWait(page, [bottle()]);
   await page.fill('#object', '');
   await page.fill('#defects', '');

@@ -3,6 +3,7 @@
 pub mod config;
 pub mod ops;
 pub mod random;
+pub mod stream;
 pub mod text;
 pub mod vision;
 pub mod weights;

@@ -242,7 +242,8 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]
             ))
         })
         .collect::<Result<Vec<_>>>()?;
-    safetensors::serialize_to_file(views, None, path).with_context(|| format!("cannot write {}", path.display()))?;
+    let bytes = super::stream::serialize_vision_first(&views)?;
+    std::fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }
 

@@ -11,9 +11,9 @@ use std::collections::HashMap;
 pub const MAX_CHECKPOINT_BYTES_NATIVE: u64 = 4 * 1024 * 1024 * 1024;
 
 /// Largest checkpoint accepted by the WebAssembly build (bytes): 1 GiB. wasm32 has a 4 GiB
-/// address space and the weights are held twice while loading (the file's bytes, then f32
-/// tensors: up to 3 GiB for a 1 GiB f16 file), which leaves 1 GiB for activations. ViT-L/14 in
-/// f16 (0.86 GB with the text tower) fits; use f16 weights in the browser.
+/// address space; the page streams the file ([`super::stream`]), so only its f32 tensors are
+/// held (up to 2 GiB for a 1 GiB f16 file), which leaves room for activations. ViT-L/14 in f16
+/// (0.86 GB with the text tower) fits; use f16 weights in the browser.
 pub const MAX_CHECKPOINT_BYTES_WASM: u64 = 1024 * 1024 * 1024;
 
 /// The checkpoint size limit of this build.
@@ -341,6 +341,7 @@ impl TextWeights {
 
 /// Rewrites a safetensors buffer with every floating-point tensor stored as `dtype`
 /// (`F16` halves the browser download; `F32` undoes it). Other tensors are copied unchanged.
+/// The image tower's data comes first, so that the page can use it before the text tower is in.
 pub fn convert_safetensors(bytes: &[u8], origin: &str, dtype: Dtype) -> Result<Vec<u8>> {
     if !matches!(dtype, Dtype::F16 | Dtype::F32) {
         bail!("conversion target must be F16 or F32, got {dtype:?}");
@@ -367,5 +368,5 @@ pub fn convert_safetensors(bytes: &[u8], origin: &str, dtype: Dtype) -> Result<V
         .iter()
         .map(|(n, d, s, b)| Ok((n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b)?)))
         .collect::<Result<Vec<_>>>()?;
-    Ok(safetensors::serialize(views, None)?)
+    super::stream::serialize_vision_first(&views)
 }

@@ -4,6 +4,7 @@
 //!
 //! * [`version`], [`limits`], [`render_overlay`] (`renderOverlay`);
 //! * [`Image`]: a decoded RGB image;
+//! * [`ClipLoader`]: a checkpoint streamed in chunks, image tower first;
 //! * [`ClipModel`]: checkpoint, prompt bundle, text pairs, `detect`, `references`, `batch`;
 //! * [`Detection`], [`References`], [`BatchResult`]: results;
 //! * with the `gpu` feature (the single-threaded build), `ClipModel.useGpu` and the asynchronous
@@ -16,10 +17,12 @@ mod detect;
 mod gpu;
 mod image;
 mod model;
+mod stream;
 
 pub use self::detect::{BatchResult, Detection, References};
 pub use self::image::Image;
 pub use self::model::ClipModel;
+pub use self::stream::ClipLoader;
 
 use wasm_bindgen::prelude::*;
 

@@ -34,6 +34,23 @@ fn tokenizer(slot: &mut Option<ClipTokenizer>) -> Result<&ClipTokenizer> {
 }
 
 impl ClipModel {
+    /// A model from an already built [`Clip`] (the streaming loader's image tower).
+    pub(crate) fn from_clip(clip: Clip) -> ClipModel {
+        ClipModel {
+            clip,
+            tokenizer: None,
+            bundle: None,
+            id: NEXT_MODEL_ID.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
+    /// Gives the model its text tower (loaded after the image tower).
+    pub(crate) fn set_text(&mut self, text: Option<crate::model::TextTower>) {
+        if text.is_some() {
+            self.clip.text = text;
+        }
+    }
+
     /// See [`ClipModel::load_prompts`].
     fn load_prompts_impl(&mut self, bytes: &[u8], weights_sha256: Option<&str>) -> Result<Vec<String>> {
         let bundle = PromptBundle::from_bytes(bytes, None)?;
@@ -144,12 +161,7 @@ impl ClipModel {
             )));
         }
         let clip = Clip::from_bytes(config_file_name, config_json, weights, "weights").map_err(js_err)?;
-        Ok(ClipModel {
-            clip,
-            tokenizer: None,
-            bundle: None,
-            id: NEXT_MODEL_ID.fetch_add(1, Ordering::Relaxed),
-        })
+        Ok(ClipModel::from_clip(clip))
     }
 
     /// The checkpoint's input side in pixels.
@@ -178,6 +190,25 @@ impl ClipModel {
     pub fn load_prompts(&mut self, bundle: &[u8], weights_sha256: Option<String>) -> Result<Vec<String>, JsError> {
         self.load_prompts_impl(bundle, weights_sha256.as_deref())
             .map_err(js_err)
+    }
+
+    /// Whether the loaded prompt file answers `textPair` with these arguments, so that no text
+    /// tower is needed (the page then loads the text tower only for custom prompts).
+    #[wasm_bindgen(js_name = promptFileCovers)]
+    pub fn prompt_file_covers(
+        &self,
+        category: &str,
+        object: Option<String>,
+        descriptions: bool,
+        defects: Option<Vec<String>>,
+    ) -> bool {
+        let custom = object.is_some_and(|o| !o.trim().is_empty()) || defects.is_some_and(|d| !d.is_empty());
+        let kind = if descriptions {
+            EnsembleKind::Descriptions
+        } else {
+            EnsembleKind::WinClip
+        };
+        !custom && self.bundle.as_ref().and_then(|b| b.get(category, kind)).is_some()
     }
 
     /// The loaded bundle's categories, else the built-in list (MVTec AD, VisA and `object`).
