@@ -10,7 +10,7 @@ use anoscope::detect::musc::{self, MuscConfig};
 use anoscope::detect::winclip::{self, WinClipConfig};
 use anoscope::detect::{fast, TextPair, TEMPERATURE};
 use anoscope::gpu::{GpuContext, GpuVision, WeightStorage};
-use anoscope::model::{Clip, EncodeOptions, VisionAccel};
+use anoscope::model::{Clip, EncodeOptions, VisionAccel, VisionOutput};
 use candle_core::{Device, Tensor};
 use common::{fixtures, flat, load};
 use std::collections::HashMap;
@@ -67,6 +67,28 @@ fn close(what: &str, ours: &Tensor, want: &Tensor, tol: f32) -> f32 {
         "{what}: reference is (near) zero, the test would prove nothing"
     );
     max
+}
+
+/// The image tower's main outputs of `out` against `cpu` under the f16-storage bound (relative
+/// to each output's largest |value|); returns each output's max |Δ|.
+fn close_f16(what: &str, out: &VisionOutput, cpu: &VisionOutput) -> Vec<f32> {
+    let pairs = [
+        ("image_embeds", &out.image_embeds, &cpu.image_embeds),
+        ("patch_tokens", &out.patch_tokens, &cpu.patch_tokens),
+        (
+            "surgery_tokens",
+            out.surgery_tokens.as_ref().unwrap(),
+            cpu.surgery_tokens.as_ref().unwrap(),
+        ),
+        ("last_hidden_state", &out.last_hidden_state, &cpu.last_hidden_state),
+    ];
+    pairs
+        .into_iter()
+        .map(|(name, a, b)| {
+            let scale = flat(b).iter().map(|x| x.abs()).fold(0f32, f32::max);
+            close(&format!("{what} f16-stored {name}"), a, b, F16_REL_TOL * scale)
+        })
+        .collect()
 }
 
 /// `f16_checkpoint`: the layout's fixture stores f16 weights, so `WeightStorage::Auto` keeps them
@@ -212,20 +234,9 @@ fn f16_weight_storage_has_a_stated_bound_and_f32_can_be_forced() {
     let g = pollster::block_on(GpuVision::with_storage(ctx.clone(), &clip.vision, WeightStorage::F16)).unwrap();
     assert!(g.half());
     let out = pollster::block_on(g.forward(pixels, &opts)).unwrap();
-    for (what, a, b) in [
-        ("image_embeds", &out.image_embeds, &cpu.image_embeds),
-        ("patch_tokens", &out.patch_tokens, &cpu.patch_tokens),
-        (
-            "surgery_tokens",
-            out.surgery_tokens.as_ref().unwrap(),
-            cpu.surgery_tokens.as_ref().unwrap(),
-        ),
-        ("last_hidden_state", &out.last_hidden_state, &cpu.last_hidden_state),
-    ] {
-        let scale = flat(b).iter().map(|x| x.abs()).fold(0f32, f32::max);
-        let max = close(&format!("f16-stored {what}"), a, b, F16_REL_TOL * scale);
+    for max in close_f16("openclip_tiny", &out, &cpu) {
         // f16 rounding shows: the test would pass for the wrong reason if it did not.
-        assert!(max > 1e-7, "{what}: f16 storage left no trace ({max:e})");
+        assert!(max > 1e-7, "f16 storage left no trace ({max:e})");
     }
     let hf = model("hf_tiny");
     let exp = expected("hf_tiny");
@@ -532,19 +543,7 @@ fn vit_b16_on_the_gpu_matches_the_cpu() {
     let ctx = context().unwrap();
     let g = pollster::block_on(GpuVision::with_storage(ctx, &clip.vision, WeightStorage::F16)).unwrap();
     let out = pollster::block_on(g.forward(&pixels, &opts)).unwrap();
-    for (what, a, b) in [
-        ("image_embeds", &out.image_embeds, &cpu.image_embeds),
-        ("patch_tokens", &out.patch_tokens, &cpu.patch_tokens),
-        (
-            "surgery_tokens",
-            out.surgery_tokens.as_ref().unwrap(),
-            cpu.surgery_tokens.as_ref().unwrap(),
-        ),
-        ("last_hidden_state", &out.last_hidden_state, &cpu.last_hidden_state),
-    ] {
-        let scale = flat(b).iter().map(|x| x.abs()).fold(0f32, f32::max);
-        close(&format!("vit-b-16 f16-stored {what}"), a, b, F16_REL_TOL * scale);
-    }
+    close_f16("vit-b-16", &out, &cpu);
     let got = pollster::block_on(g.forward_subsets(&emb, &subsets)).unwrap();
     let scale = flat(&want).iter().map(|x| x.abs()).fold(0f32, f32::max);
     close("vit-b-16 f16-stored window_embeds", &got, &want, F16_REL_TOL * scale);
