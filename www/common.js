@@ -10,34 +10,46 @@ export async function sha256Hex(bytes) {
 }
 
 /**
- * Reads a Response body to a Uint8Array, reporting (bytesDone, bytesTotal) as it goes.
- * A body shorter than its Content-Length is an error (truncated download).
+ * A Response body as chunks (Uint8Arrays) as they arrive. A body longer than `maxBytes`, or
+ * shorter than its Content-Length `total` (a truncated download), is an error.
  */
-export async function fetchWithProgress(res, onProgress, maxBytes = Infinity) {
-  const total = Number(res.headers.get('content-length')) || 0;
+export async function* responseChunks(res, maxBytes = Infinity, total = Number(res.headers.get('content-length')) || 0) {
   if (!res.body) {
-    const bytes = new Uint8Array(await res.arrayBuffer());
-    onProgress(bytes.byteLength, total || bytes.byteLength);
-    return bytes;
+    yield new Uint8Array(await res.arrayBuffer());
+    return;
   }
   const reader = res.body.getReader();
+  let done = 0;
+  let finished = false;
+  try {
+    for (;;) {
+      let step;
+      try {
+        step = await reader.read();
+      } catch (e) {
+        throw new Error(`the download broke off after ${done} of ${total || '?'} bytes (${e?.message ?? e})`);
+      }
+      if (step.done) break;
+      done += step.value.byteLength;
+      if (done > maxBytes) throw new Error(`the download exceeds ${maxBytes} bytes, the most the page accepts`);
+      yield step.value;
+    }
+    finished = true;
+  } finally {
+    if (!finished) reader.cancel().catch(() => {});
+  }
+  if (total && done !== total) throw new Error(`the download is truncated: got ${done} of ${total} bytes`);
+}
+
+/** Reads a Response body to a Uint8Array (see responseChunks), reporting (bytesDone, bytesTotal). */
+export async function fetchWithProgress(res, onProgress, maxBytes = Infinity) {
+  const total = Number(res.headers.get('content-length')) || 0;
   const chunks = [];
   let done = 0;
   let last = 0;
-  for (;;) {
-    let step;
-    try {
-      step = await reader.read();
-    } catch (e) {
-      throw new Error(`the download broke off after ${done} of ${total || '?'} bytes (${e?.message ?? e})`);
-    }
-    if (step.done) break;
-    chunks.push(step.value);
-    done += step.value.byteLength;
-    if (done > maxBytes) {
-      await reader.cancel();
-      throw new Error(`the download exceeds ${maxBytes} bytes, the most the page accepts`);
-    }
+  for await (const chunk of responseChunks(res, maxBytes, total)) {
+    chunks.push(chunk);
+    done += chunk.byteLength;
     const now = performance.now();
     if (now - last > 100) {
       last = now;
@@ -45,9 +57,6 @@ export async function fetchWithProgress(res, onProgress, maxBytes = Infinity) {
     }
   }
   onProgress(done, total || done);
-  if (total && done !== total) {
-    throw new Error(`the download is truncated: got ${done} of ${total} bytes`);
-  }
   const out = new Uint8Array(done);
   let at = 0;
   for (const c of chunks) {

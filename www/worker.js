@@ -7,7 +7,7 @@
 // more than one core, else pkg.
 let wasm = null;
 let ClipLoader, Image, renderOverlay;
-import { sha256Hex, fetchWithProgress, WEIGHTS_CACHE } from './common.js';
+import { sha256Hex, fetchWithProgress, responseChunks, WEIGHTS_CACHE } from './common.js';
 
 let model = null; // ClipModel
 let modelInfo = null; // {label, weightsSha256, test, source, rest}
@@ -271,35 +271,6 @@ async function* blobChunks(blob) {
   }
 }
 
-/** A response body; a body shorter than its Content-Length is an error (truncated download). */
-async function* bodyChunks(res, total, maxBytes) {
-  if (!res.body) {
-    yield new Uint8Array(await res.arrayBuffer());
-    return;
-  }
-  const reader = res.body.getReader();
-  let done = 0;
-  let finished = false;
-  try {
-    for (;;) {
-      let step;
-      try {
-        step = await reader.read();
-      } catch (e) {
-        throw new Error(`the download broke off after ${done} of ${total || '?'} bytes (${e?.message ?? e})`);
-      }
-      if (step.done) break;
-      done += step.value.byteLength;
-      if (done > maxBytes) throw new Error(`the download exceeds ${maxBytes} bytes, the most the page accepts`);
-      yield step.value;
-    }
-    finished = true;
-  } finally {
-    if (!finished) reader.cancel().catch(() => {});
-  }
-  if (total && done !== total) throw new Error(`the download is truncated: got ${done} of ${total} bytes`);
-}
-
 /** The weights of a load spec as chunks: a dropped file, the Cache API copy, or a download
  * (copied into the cache as it streams when `store`; `settle(ok)` keeps or drops that copy). */
 async function openWeights(p, label, maxBytes, store = true) {
@@ -319,7 +290,7 @@ async function openWeights(p, label, maxBytes, store = true) {
   const put = !cached && store && p.weightsSha256 ? cache.put(p.weightsUrl, res.clone()).catch(() => {}) : null;
   return {
     total,
-    chunks: bodyChunks(res, total, maxBytes),
+    chunks: responseChunks(res, maxBytes, total),
     async settle(ok) {
       if (put) await put;
       if (!ok && (put || cached)) await cache.delete(p.weightsUrl);
