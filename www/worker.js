@@ -113,9 +113,8 @@ async function attachGpu(m) {
   if (!gpu.wanted) return;
   progress('load', 0, 1, { label: 'uploading the image tower to the GPU' });
   try {
-    // "<adapter>, f16 weights" (f16 storage where the adapter has shader-f16 and loses nothing).
-    const desc = await m.useGpu();
-    gpu.weights = /f16 weights$/.test(desc) ? 'f16' : 'f32';
+    await m.useGpu();
+    gpu.weights = m.gpuWeights();
     gpu.active = true;
     postMessage({ type: 'backend', ...backendInfo() });
   } catch (e) {

@@ -433,34 +433,22 @@ fn a_failing_gpu_falls_back_to_the_cpu_with_a_message() {
         "{err}"
     );
     let model = fixtures().join("hf_tiny");
-    let (ok, err) = run_env(
-        &[
+    let bench_gpu = |weights: &str| {
+        let args = [
             "bench",
             "--model",
             model.to_str().unwrap(),
             "--backend",
             "gpu",
-            "--gpu-weights",
-            "f32",
             "--runs",
             "1",
-        ],
-        &[],
-    );
+        ];
+        run_env(&[&args[..], &["--gpu-weights", weights]].concat(), &[])
+    };
+    let (ok, err) = bench_gpu("f32");
     assert!(ok, "{err}");
     assert!(err.contains("encoder: GPU") && err.contains("f32 weights"), "{err}");
-    let (ok, err) = run_env(
-        &[
-            "bench",
-            "--model",
-            model.to_str().unwrap(),
-            "--backend",
-            "gpu",
-            "--gpu-weights",
-            "f8",
-        ],
-        &[],
-    );
+    let (ok, err) = bench_gpu("f8");
     assert!(!ok && err.contains("invalid value 'f8'"), "{err}");
     let on_gpu = on_gpu.unwrap();
     for (k, t) in &cpu {

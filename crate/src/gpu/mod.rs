@@ -83,28 +83,6 @@ pub enum WeightStorage {
     F16,
 }
 
-impl WeightStorage {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            WeightStorage::Auto => "auto",
-            WeightStorage::F32 => "f32",
-            WeightStorage::F16 => "f16",
-        }
-    }
-}
-
-impl std::str::FromStr for WeightStorage {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "auto" => Ok(WeightStorage::Auto),
-            "f32" => Ok(WeightStorage::F32),
-            "f16" => Ok(WeightStorage::F16),
-            _ => bail!("unknown GPU weight storage {s:?} (expected auto, f32 or f16)"),
-        }
-    }
-}
-
 /// Failures forced by [`force_failure`] (the browser's test hook; there is no environment there).
 static FORCED: Mutex<String> = Mutex::new(String::new());
 

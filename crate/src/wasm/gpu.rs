@@ -92,11 +92,7 @@ impl ClipModel {
             let run = async {
                 let ctx = GpuContext::new().await?;
                 let vision = GpuVision::new(ctx, &tower).await?;
-                let name = format!(
-                    "{}, {} weights",
-                    vision.ctx().describe(),
-                    if vision.half() { "f16" } else { "f32" }
-                );
+                let name = vision.ctx().describe();
                 let gpu = Rc::new(WebGpu {
                     vision,
                     failure: RefCell::new(None),
@@ -113,6 +109,14 @@ impl ClipModel {
     #[wasm_bindgen(js_name = gpuActive)]
     pub fn gpu_active(&self) -> bool {
         self.gpu().is_some_and(|g| !g.disabled())
+    }
+
+    /// How the GPU stores the image tower's matrices: `"f16"` (where the adapter has
+    /// `shader-f16` and that loses nothing) or `"f32"`; `undefined` before `useGpu`.
+    #[wasm_bindgen(js_name = gpuWeights)]
+    pub fn gpu_weights(&self) -> Option<String> {
+        self.gpu()
+            .map(|g| if g.vision.half() { "f16" } else { "f32" }.to_string())
     }
 
     /// The error that switched the GPU off (the call was redone on the CPU), if any.
