@@ -137,11 +137,25 @@ export async function ready(page) {
 }
 
 /** Clicks the interface test model button and waits until it is loaded. */
-export async function loadTestModel(page) {
+export async function loadTestModel(page, { complete = false } = {}) {
   await page.getByRole('button', { name: TEST_MODEL_BUTTON }).click();
-  await page.waitForFunction(() => /^Loaded /.test(document.getElementById('model-status').textContent), null, {
-    timeout: 60_000,
-  });
+  await waitLoaded(page, '', { complete });
+}
+
+/**
+ * Waits for the model status line to say `Loaded <label>`. A streamed checkpoint says so once
+ * its image tower is in; with `complete` this also waits for the rest of the file to arrive and
+ * pass its sha256 check, which is when the downloaded copy is in the Cache API.
+ */
+export async function waitLoaded(page, label, { complete = false, timeout = 60_000 } = {}) {
+  await page.waitForFunction(
+    ({ label, complete }) => {
+      const t = document.getElementById('model-status').textContent;
+      return t.startsWith(`Loaded ${label}`) && !(complete && /still loading/.test(t));
+    },
+    { label, complete },
+    { timeout },
+  );
 }
 
 export function image(name) {

@@ -25,7 +25,7 @@ test('after one visit the page works with the network off', { timeout: 90_000 },
     await page.evaluate(async () => {
       await navigator.serviceWorker.ready;
     });
-    await loadTestModel(page); // downloads (and caches) the test model
+    await loadTestModel(page, { complete: true }); // downloads (and caches) the test model
     await dropAndWait(page, [{ name: 'a.jpg', type: 'image/jpeg', bytes: image('bottle_good_000.jpg') }]);
     // The SW must control the page before going offline: reload once online.
     await page.reload();
