@@ -254,6 +254,7 @@ mod cli {
     }
 
     pub fn run() -> i32 {
+        anoscope::model::ops::init_cpu_threads();
         let cli = match Cli::try_parse() {
             Ok(c) => c,
             Err(e) => e.exit(),
