@@ -9,7 +9,7 @@
 import { execFileSync } from 'node:child_process';
 import { existsSync, linkSync, copyFileSync, mkdirSync } from 'node:fs';
 import { basename, join } from 'node:path';
-import { ROOT, browser, dropAndWait, image, makeSite, openPage, ready, serve } from './harness.mjs';
+import { ROOT, browser, dropAndWait, image, makeSite, openPage, ready, serve, waitLoaded } from './harness.mjs';
 
 const args = process.argv.slice(2);
 const dir = args.find((a, i) => !a.startsWith('--') && !args[i - 1]?.startsWith('--'));
@@ -51,7 +51,7 @@ try {
   const query = `?model=bench&backend=${backend}${threads ? `&threads=${threads}` : ''}`;
   const { page } = await openPage(b.context, `${server.url}${query}`);
   await ready(page);
-  await page.waitForFunction(() => /^Loaded /.test(document.getElementById('model-status').textContent), null, { timeout: 600_000 });
+  await waitLoaded(page, '', { timeout: 600_000 });
   console.log(await page.textContent('#model-status'));
   const backendText = await page.textContent('#backend');
   console.log(`backend: ${backendText}`);

@@ -83,7 +83,7 @@ fn slice_threads() -> usize {
 /// workers spin after each op while rayon's threads run the matmuls, and on a 2-core machine
 /// they take turns with them), unless `CANDLE_NUM_THREADS` is set already. The blocks' row-wise
 /// work (LayerNorm, bias, activation, softmax) is spread by [`par_slices`] on rayon's pool
-/// instead. On a 2-core machine, `anoscope bench --threads 2`: ViT-B/16 encode in 0.80x the
+/// instead. On a 2-core machine, `anoscope bench --threads 2`: ViT-B/16 encode in 0.77-0.86x the
 /// time.
 #[cfg(not(target_arch = "wasm32"))]
 pub fn init_cpu_threads() {
