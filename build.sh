@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# anoscope build driver.
+# anoscope build driver. Each command first installs what it needs and is missing (one line a step).
 #
-#   ./build.sh [build]           build the wasm crate and assemble the static site in www/dist/
-#   ./build.sh serve [--port N]  build, then serve www/dist on http://127.0.0.1:N/ (default 8080)
-#   ./build.sh test              fmt, clippy, cargo test, wasm build, wasm-vs-native parity test,
-#                                the page in headless Chromium (tests/browser)
+#   ./build.sh serve [--port N]  set up, build, then serve www/dist on http://127.0.0.1:N/ (default 8080)
+#   ./build.sh test              set up (plus Chromium, lavapipe), then fmt, clippy, cargo test, both
+#                                wasm builds, the wasm-vs-native parity test, the page in headless Chromium
+#   ./build.sh [build]           set up, build the wasm crate and assemble the static site in www/dist/
+#   ./build.sh setup [serve|test]  only install what that command needs (default: test)
 #   ./build.sh weights [...]     download + verify the checkpoints in weights/manifest.json
 #   ./build.sh help
 #
-# Environment: CARGO_TARGET_DIR is honoured. ANOSCOPE_WASM_OPT=0 skips wasm-opt.
+# Environment: CARGO_TARGET_DIR is honoured. ANOSCOPE_NO_INSTALL=1 installs nothing (names what is
+# missing). ANOSCOPE_WASM_OPT=0 skips wasm-opt; ANOSCOPE_THREADS=0 skips the threaded build.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")"
@@ -50,23 +52,286 @@ die() {
 }
 
 usage() {
-    sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
+}
+
+# ---------------------------------------------------------------------------
+# set-up: what building, serving and testing need, installed when missing
+# ---------------------------------------------------------------------------
+# Every step is idempotent and prints one line: what it installs, why, and how long it took (or
+# that it is already there). An installer's own output goes to $SETUP_LOGS/<step>.log, whose last
+# lines are shown when it fails. A failed step leaves nothing half-installed (rustup, cargo install
+# and apt-get install atomically; a failed npm ci removes node_modules) and names the command
+# that installs the piece by hand. ANOSCOPE_NO_INSTALL=1 installs nothing: each missing piece is
+# named with that command instead.
+
+SETUP_LOGS="$TARGET_DIR/setup-logs"
+APT_UPDATED=0
+
+# The usual cargo bin dir, where `cargo install` puts wasm-bindgen-cli.
+cargo_bin_dir() { printf '%s/bin' "${CARGO_HOME:-$HOME/.cargo}"; }
+
+setup_ok() { printf 'setup: ok         %s\n' "$*"; }
+setup_skip() { printf 'setup: skipped    %s\n' "$*"; }
+
+# Why an installer failed, in one line: its first error line and its last words (skipping backtrace
+# frames), as in "error: download of config.json failed … Could not resolve host: index.crates.io".
+log_reason() {
+    local first last
+    first=$(grep -m 1 -E '^(error|E|npm (error|ERR!))[: ]' "$1" | cut -c1-160 || true)
+    last=$(sed '/^Stack backtrace:/,$d' "$1" | grep -v '^[[:space:]]*$' | tail -n 1 |
+        sed -E 's/^[[:space:]]*([0-9]+: )?//' | cut -c1-160 || true)
+    if [[ -z "$first" || "$first" == "$last" ]]; then
+        printf '%s' "${last:-no output}"
+    else
+        printf '%s … %s' "$first" "$last"
+    fi
+}
+
+# setup_install NAME WHAT WHY HOW FUNCTION [ARGS…]: runs FUNCTION ARGS with its output in
+# $SETUP_LOGS/NAME.log. On success prints one line with the time taken; on failure prints why,
+# the log's last lines and HOW (the command that installs it by hand), and returns 1.
+setup_install() {
+    local name="$1" what="$2" why="$3" how="$4" start log
+    shift 4
+    log="$SETUP_LOGS/$name.log"
+    if [[ "${ANOSCOPE_NO_INSTALL:-0}" == 1 ]]; then
+        printf 'setup: missing    %s (%s); install it with: %s\n' "$what" "$why" "$how" >&2
+        return 1
+    fi
+    mkdir -p "$SETUP_LOGS"
+    printf 'setup: installing %s (%s) ... ' "$what" "$why"
+    start=$SECONDS
+    if ("$@") >"$log" 2>&1 </dev/null; then
+        printf 'done in %ss\n' "$((SECONDS - start))"
+        return 0
+    fi
+    printf 'FAILED after %ss: %s\n' "$((SECONDS - start))" "$(log_reason "$log")"
+    printf 'error: could not install %s (log: %s); install it with: %s\n' "$what" "$log" "$how" >&2
+    return 1
+}
+
+# Rust itself is not installed here: rustup is the way to get it, and it asks about the machine.
+setup_rust() {
+    if ! command -v cargo >/dev/null 2>&1 && [[ -f "${CARGO_HOME:-$HOME/.cargo}/env" ]]; then
+        # shellcheck disable=SC1091
+        source "${CARGO_HOME:-$HOME/.cargo}/env"
+    fi
+    command -v cargo >/dev/null 2>&1 ||
+        die "Rust is required and was not found: install it with rustup (https://rustup.rs), then rerun"
+    command -v rustup >/dev/null 2>&1 ||
+        die "rustup is required to add the wasm32 target and components (https://rustup.rs); found cargo without it"
+    setup_ok "Rust: $(rustc --version)"
+}
+
+setup_node() {
+    command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 ||
+        die "Node.js >= 20 with npm is required and was not found: install it (e.g. apt-get install nodejs npm), then rerun"
+    local major
+    major="$(node -p 'process.versions.node.split(".")[0]')"
+    ((major >= 20)) || die "Node.js >= 20 is required (found $(node --version)): upgrade it, then rerun"
+    setup_ok "Node.js $(node --version), npm $(npm --version)"
+}
+
+setup_wasm_target() {
+    if rustup target list --installed | grep -qx "$WASM_TARGET"; then
+        setup_ok "Rust target $WASM_TARGET"
+        return 0
+    fi
+    setup_install wasm-target "Rust target $WASM_TARGET" "the browser build compiles to it" \
+        "rustup target add $WASM_TARGET" rustup target add "$WASM_TARGET"
+}
+
+setup_components() {
+    local c missing=()
+    cargo fmt --version >/dev/null 2>&1 || missing+=(rustfmt)
+    cargo clippy --version >/dev/null 2>&1 || missing+=(clippy)
+    if ((${#missing[@]} == 0)); then
+        setup_ok "rustfmt and clippy"
+        return 0
+    fi
+    for c in "${missing[@]}"; do
+        setup_install "component-$c" "the $c component" "the tests check formatting and lints" \
+            "rustup component add $c" rustup component add "$c" || return 1
+    done
+}
+
+# wasm-bindgen-cli must be the crate's exact pin: the JS glue and the wasm module are made together.
+wasm_bindgen_found() {
+    local v
+    v="$(wasm-bindgen --version 2>/dev/null || true)"
+    [[ "$v" == "wasm-bindgen $WASM_BINDGEN_VERSION" ]]
+}
+
+setup_wasm_bindgen() {
+    local bin
+    bin="$(cargo_bin_dir)"
+    # cargo's bin dir may be off PATH (a fresh CARGO_HOME); this script finds it there.
+    [[ ":$PATH:" == *":$bin:"* ]] || export PATH="$bin:$PATH"
+    if wasm_bindgen_found; then
+        setup_ok "wasm-bindgen-cli $WASM_BINDGEN_VERSION ($(command -v wasm-bindgen))"
+        return 0
+    fi
+    local found
+    found="$(wasm-bindgen --version 2>/dev/null || echo none)"
+    setup_install wasm-bindgen "wasm-bindgen-cli $WASM_BINDGEN_VERSION into $bin" \
+        "the crate pins wasm-bindgen $WASM_BINDGEN_VERSION, found: $found; compiles once, ~6 min on 2 cores" \
+        "cargo install wasm-bindgen-cli --version $WASM_BINDGEN_VERSION" \
+        cargo install wasm-bindgen-cli --version "$WASM_BINDGEN_VERSION" --force || return 1
+    hash -r
+    wasm_bindgen_found || {
+        printf 'error: wasm-bindgen %s was installed into %s but another one comes first on PATH (%s); remove it or put %s first\n' \
+            "$WASM_BINDGEN_VERSION" "$bin" "$(command -v wasm-bindgen)" "$bin" >&2
+        return 1
+    }
+}
+
+npm_ci() {
+    if ! npm ci --no-audit --no-fund; then
+        rm -rf node_modules
+        return 1
+    fi
+    sha256_of package-lock.json >node_modules/.anoscope-lock-sha256
+}
+
+# node_modules as package-lock.json pins it: npm's binaryen (wasm-opt) and playwright-core.
+setup_npm() {
+    local want
+    want="$(sha256_of package-lock.json)"
+    if [[ -f node_modules/.anoscope-lock-sha256 && "$(cat node_modules/.anoscope-lock-sha256)" == "$want" ]]; then
+        setup_ok "npm packages (package-lock.json unchanged)"
+        return 0
+    fi
+    setup_install npm "npm packages with npm ci" \
+        "npm's binaryen for wasm-opt, playwright-core to drive Chromium in the tests" "npm ci" npm_ci
+}
+
+threads_toolchain_install() {
+    if rustup run "$THREADS_TOOLCHAIN" rustc --version >/dev/null 2>&1; then
+        rustup component add rust-src --toolchain "$THREADS_TOOLCHAIN"
+    else
+        rustup toolchain install "$THREADS_TOOLCHAIN" --profile minimal --component rust-src
+    fi
+}
+
+# Optional: the threaded wasm build needs nightly with rust-src (std rebuilt with atomics). Without
+# it the page runs on one thread, unless ANOSCOPE_REQUIRE_THREADS=1 (CI) makes it required.
+setup_threads_toolchain() {
+    if [[ "${ANOSCOPE_THREADS:-1}" == 0 ]]; then
+        setup_skip "the $THREADS_TOOLCHAIN toolchain for the threaded wasm build (ANOSCOPE_THREADS=0)"
+        return 0
+    fi
+    if have_threads_toolchain; then
+        setup_ok "$THREADS_TOOLCHAIN toolchain with rust-src (threaded wasm build)"
+        return 0
+    fi
+    if setup_install threads-toolchain "the $THREADS_TOOLCHAIN toolchain with rust-src" \
+        "the threaded wasm build rebuilds std with atomics; optional" \
+        "rustup toolchain install $THREADS_TOOLCHAIN --profile minimal --component rust-src" \
+        threads_toolchain_install && have_threads_toolchain; then
+        return 0
+    fi
+    if [[ "${ANOSCOPE_REQUIRE_THREADS:-0}" == 1 ]]; then
+        printf 'error: ANOSCOPE_REQUIRE_THREADS=1 but the %s toolchain with rust-src is not available\n' "$THREADS_TOOLCHAIN" >&2
+        return 1
+    fi
+    setup_skip "threaded wasm build: no $THREADS_TOOLCHAIN toolchain with rust-src; the page will run on one thread"
+}
+
+# apt-get install as root, or through password-less sudo; one apt-get update per run.
+apt_install() {
+    local sudo=()
+    command -v apt-get >/dev/null 2>&1 || { echo "no apt-get on this machine" >&2; return 1; }
+    if [[ "$(id -u)" != 0 ]]; then
+        sudo -n true 2>/dev/null || { echo "apt-get needs root: not root, and sudo asks for a password" >&2; return 1; }
+        sudo=(sudo -n)
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    if ((APT_UPDATED == 0)); then
+        "${sudo[@]}" apt-get update -q || return 1
+    fi
+    "${sudo[@]}" apt-get install -y -q --no-install-recommends "$@"
+}
+
+# How a person installs Debian packages by hand: as root, or through sudo.
+apt_how() {
+    local sudo=sudo
+    [[ "$(id -u)" != 0 ]] || sudo=
+    printf '%s' "${sudo:+$sudo }apt-get install $*"
+}
+
+# Debian's Chromium for the browser suite; playwright-core never downloads a browser.
+setup_chromium() {
+    local chromium="${ANOSCOPE_CHROMIUM:-/usr/bin/chromium}"
+    if [[ -x "$chromium" ]]; then
+        setup_ok "Chromium ($("$chromium" --version 2>/dev/null || echo "$chromium"))"
+        return 0
+    fi
+    [[ -z "${ANOSCOPE_CHROMIUM:-}" ]] || die "ANOSCOPE_CHROMIUM=$ANOSCOPE_CHROMIUM is not an executable"
+    setup_install chromium "Debian's chromium" "the browser tests drive it headless" \
+        "$(apt_how chromium fonts-dejavu-core)" apt_install chromium fonts-dejavu-core || return 1
+    # apt_install ran in setup_install's subshell: its apt-get update counts for the next step too.
+    APT_UPDATED=1
+}
+
+have_lavapipe() { compgen -G "/usr/share/vulkan/icd.d/lvp_icd*.json" >/dev/null; }
+
+# Mesa's lavapipe, a CPU Vulkan adapter: the GPU parity tests run on machines without a GPU. Without
+# it they print why and pass, unless ANOSCOPE_REQUIRE_GPU=1 (CI) makes it required.
+setup_lavapipe() {
+    if have_lavapipe; then
+        setup_ok "lavapipe (Mesa's CPU Vulkan, for the GPU parity tests)"
+        return 0
+    fi
+    if setup_install lavapipe "Mesa's lavapipe (mesa-vulkan-drivers)" \
+        "a CPU Vulkan adapter, so the GPU parity tests run without a GPU" \
+        "$(apt_how mesa-vulkan-drivers)" apt_install mesa-vulkan-drivers; then
+        APT_UPDATED=1
+        return 0
+    fi
+    [[ "${ANOSCOPE_REQUIRE_GPU:-0}" != 1 ]] || return 1
+    setup_skip "lavapipe: the GPU parity tests will skip"
+}
+
+# setup_step FUNCTION: runs one step; a failed one is counted and the next steps still run, so
+# one run names every missing piece.
+SETUP_FAILED=0
+setup_step() {
+    "$@" || SETUP_FAILED=$((SETUP_FAILED + 1))
+}
+
+# setup serve|test: what `./build.sh serve` (and build) or `./build.sh test` needs.
+setup() {
+    local what="$1" start=$SECONDS
+    log "set-up for ./build.sh $what (installs only what is missing)"
+    setup_rust
+    setup_node
+    setup_step setup_wasm_target
+    [[ "$what" != test ]] || setup_step setup_components
+    setup_step setup_wasm_bindgen
+    setup_step setup_npm
+    setup_step setup_threads_toolchain
+    if [[ "$what" == test ]]; then
+        setup_step setup_chromium
+        setup_step setup_lavapipe
+    fi
+    if ((SETUP_FAILED)); then
+        [[ "${ANOSCOPE_NO_INSTALL:-0}" != 1 ]] || die "ANOSCOPE_NO_INSTALL=1 and the pieces above are missing"
+        die "set-up incomplete: $SETUP_FAILED step(s) failed above; nothing else was run"
+    fi
+    printf 'setup: done in %ss\n' "$((SECONDS - start))"
 }
 
 # ---------------------------------------------------------------------------
 # wasm build + site assembly
 # ---------------------------------------------------------------------------
 
+# A guard for build_site: setup serve|test installs these.
 check_wasm_tools() {
-    if command -v rustup >/dev/null 2>&1; then
-        rustup target list --installed | grep -qx "$WASM_TARGET" ||
-            die "Rust target $WASM_TARGET missing: rustup target add $WASM_TARGET"
-    fi
-    local v
-    v="$(wasm-bindgen --version 2>/dev/null || true)"
-    [[ "$v" == "wasm-bindgen $WASM_BINDGEN_VERSION" ]] ||
-        die "wasm-bindgen $WASM_BINDGEN_VERSION is required (found: ${v:-none}); install it with:
-    cargo install wasm-bindgen-cli --version $WASM_BINDGEN_VERSION"
+    rustup target list --installed | grep -qx "$WASM_TARGET" ||
+        die "Rust target $WASM_TARGET missing: ./build.sh setup installs it (rustup target add $WASM_TARGET)"
+    wasm_bindgen_found ||
+        die "wasm-bindgen $WASM_BINDGEN_VERSION missing: ./build.sh setup installs it (cargo install wasm-bindgen-cli --version $WASM_BINDGEN_VERSION)"
 }
 
 cargo_wasm() {
@@ -99,6 +364,47 @@ size_report() {
     fi
 }
 
+# pkg_for KIND WASM_IN OUT [WASM_OPT_FLAGS…]: wasm-bindgen --target web (+ wasm-opt -O3 when npm's
+# binaryen is installed) of WASM_IN into OUT. The result is cached under $TARGET_DIR/site-cache,
+# keyed by the module's sha256, the tools' versions and this code: a rebuild whose module did not
+# change copies the cached output instead of running the tools again.
+pkg_for() {
+    local kind="$1" wasm_in="$2" out="$3" wasm_opt="$ROOT/node_modules/.bin/wasm-opt" opt=none key cache
+    shift 3
+    # Only npm's binaryen: Debian's wasm-opt 108 corrupts wasm-bindgen output.
+    if [[ "${ANOSCOPE_WASM_OPT:-1}" == 0 ]]; then
+        opt=skipped
+    elif [[ -x "$wasm_opt" ]]; then
+        opt="$("$wasm_opt" --version)"
+    fi
+    key=$(printf '%s\n' "$(sha256_of "$wasm_in")" "$(wasm-bindgen --version)" "$opt" "$*" \
+        "$(declare -f pkg_for same_origin_thread_workers)" | sha256_of /dev/stdin)
+    cache="$TARGET_DIR/site-cache/pkg-$kind-${key:0:16}"
+    if [[ -d "$cache" ]]; then
+        echo "$kind module unchanged: wasm-bindgen and wasm-opt output reused from $cache"
+    else
+        log "wasm-bindgen --target web ($kind module)"
+        rm -rf "$cache.tmp"
+        wasm-bindgen --target web --typescript --out-dir "$cache.tmp" "$wasm_in"
+        [[ "$kind" != threads ]] || same_origin_thread_workers "$cache.tmp"
+        case "$opt" in
+        skipped) echo "wasm-opt: skipped (ANOSCOPE_WASM_OPT=0)" ;;
+        none) echo "wasm-opt: not installed (run 'npm ci' for npm's binaryen); shipping wasm-bindgen output as is" ;;
+        *)
+            log "wasm-opt -O3 ($opt)"
+            "$wasm_opt" -O3 "$@" "$cache.tmp/anoscope_bg.wasm" -o "$cache.tmp/anoscope_bg.wasm.opt"
+            mv -f "$cache.tmp/anoscope_bg.wasm.opt" "$cache.tmp/anoscope_bg.wasm"
+            ;;
+        esac
+        mv "$cache.tmp" "$cache"
+        # Keep the two newest outputs of each kind.
+        find "$TARGET_DIR/site-cache" -maxdepth 1 -name "pkg-$kind-*" -printf '%T@ %p\n' | sort -rn |
+            tail -n +3 | cut -d' ' -f2- | xargs -r rm -rf
+    fi
+    mkdir -p "$out"
+    cp -R "$cache/." "$out/"
+}
+
 build_site() {
     check_wasm_tools
     log "cargo build (wasm32, release, $WASM_RUSTFLAGS)"
@@ -106,23 +412,9 @@ build_site() {
     local wasm_in="$TARGET_DIR/$WASM_TARGET/release/anoscope.wasm"
     [[ -f "$wasm_in" ]] || die "expected $wasm_in after the build"
 
-    log "wasm-bindgen --target web -> www/dist/pkg"
     rm -rf "$DIST"
-    mkdir -p "$PKG"
-    wasm-bindgen --target web --typescript --out-dir "$PKG" "$wasm_in"
+    pkg_for single "$wasm_in" "$PKG" "${WASM_OPT_FEATURES[@]}"
     local wasm_out="$PKG/anoscope_bg.wasm"
-
-    # Only npm's binaryen: Debian's wasm-opt 108 corrupts wasm-bindgen output.
-    local wasm_opt="$ROOT/node_modules/.bin/wasm-opt"
-    if [[ "${ANOSCOPE_WASM_OPT:-1}" == 0 ]]; then
-        echo "wasm-opt: skipped (ANOSCOPE_WASM_OPT=0)"
-    elif [[ -x "$wasm_opt" ]]; then
-        log "wasm-opt -O3 ($("$wasm_opt" --version))"
-        "$wasm_opt" -O3 "${WASM_OPT_FEATURES[@]}" "$wasm_out" -o "$wasm_out.opt"
-        mv -f "$wasm_out.opt" "$wasm_out"
-    else
-        echo "wasm-opt: not installed (run 'npm ci' for npm's binaryen); shipping wasm-bindgen output as is"
-    fi
 
     build_threads
 
@@ -194,14 +486,7 @@ build_threads() {
         --no-default-features --features threads -Z build-std=panic_abort,std -- "${WASM_THREADS_LINK_ARGS[@]}"
     local wasm_in="$dir/$WASM_TARGET/release/anoscope.wasm" out="$DIST/pkg-threads"
     [[ -f "$wasm_in" ]] || die "expected $wasm_in after the threaded build"
-    wasm-bindgen --target web --typescript --out-dir "$out" "$wasm_in"
-    same_origin_thread_workers "$out"
-    local wasm_opt="$ROOT/node_modules/.bin/wasm-opt"
-    if [[ "${ANOSCOPE_WASM_OPT:-1}" != 0 && -x "$wasm_opt" ]]; then
-        "$wasm_opt" -O3 "${WASM_OPT_FEATURES[@]}" --enable-threads "$out/anoscope_bg.wasm" \
-            -o "$out/anoscope_bg.wasm.opt"
-        mv -f "$out/anoscope_bg.wasm.opt" "$out/anoscope_bg.wasm"
-    fi
+    pkg_for threads "$wasm_in" "$out" "${WASM_OPT_FEATURES[@]}" --enable-threads
     printf 'threaded '
     size_report "$out/anoscope_bg.wasm"
 }
@@ -256,10 +541,18 @@ cmd_serve() {
     if ! [[ "$port" =~ ^[0-9]{1,5}$ ]] || ((10#$port > 65535)); then
         die "invalid port '$port'"
     fi
+    local start=$SECONDS
+    setup serve
     build_site
     local exe
     exe=$(native_cli)
-    log "serving www/dist (the URL is printed below)"
+    log "ready in $((SECONDS - start))s; serving www/dist"
+    cat <<'EOF2'
+next: open the URL below. To try the page at once click "Use the interface test model" (random
+      weights: it shows how the page works, its scores mean nothing), then drop, paste or pick a
+      photo. For real weights click "Download clip-vit-base-patch16 from huggingface.co …", or stop
+      the server, run ./build.sh weights and serve again. Ctrl-C stops the server.
+EOF2
     exec "$exe" serve --dir "$DIST" --port "$port"
 }
 
@@ -313,6 +606,8 @@ t_cargo_test() {
     cargo build -p anoscope --bin anoscope
 }
 t_wasm_build() { build_site; }
+# The set-up's own checks: a newcomer's machine, simulated (tests/setup).
+t_setup() { node --test tests/setup/*.test.mjs; }
 
 t_parity() {
     local exe="$TARGET_DIR/debug/anoscope" layout i model
@@ -361,6 +656,7 @@ cmd_test() {
 
     run_phase "cargo fmt --check" t_fmt
     run_phase "cargo clippy -D warnings" t_clippy
+    run_phase "set-up (node --test)" t_setup
     run_phase "cargo test (native)" t_cargo_test
     run_phase "wasm build + site" t_wasm_build
     if phase_ok "cargo test (native)" && phase_ok "wasm build + site"; then
@@ -556,11 +852,20 @@ main() {
     case "$cmd" in
     build)
         (($# == 0)) || die "build takes no arguments"
+        setup serve
         build_site
+        ;;
+    setup)
+        (($# <= 1)) || die "usage: ./build.sh setup [serve|test]"
+        case "${1:-test}" in
+        serve | test) setup "${1:-test}" ;;
+        *) die "usage: ./build.sh setup [serve|test]" ;;
+        esac
         ;;
     serve) cmd_serve "$@" ;;
     test)
         (($# == 0)) || die "test takes no arguments"
+        setup test
         cmd_test
         ;;
     weights) cmd_weights "$@" ;;
