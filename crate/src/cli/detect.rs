@@ -1,4 +1,8 @@
-//! `anoscope detect` and `anoscope prompts build`.
+//! `anoscope detect`: scores images (or normalised pixels) with one detection mode and writes a
+//! score, map and overlay per image. The modes themselves are in [`anoscope::detect`]; the
+//! `--mode` and encoder flags are shared with other subcommands in [`super::args`]; building a
+//! prompt bundle for `--prompts` is `prompts build` ([`super::prompts`]).
+use super::args::{use_backend, BackendOpts, ModeArg};
 use anoscope::detect::prompts::{self, EnsembleKind, PromptBundle};
 use anoscope::detect::winclip::{self, WinClipConfig};
 use anoscope::detect::{fast, musc, score_image, Detection, Mode, TextPair};
@@ -8,34 +12,11 @@ use anoscope::render;
 use anoscope::tokenizer::ClipTokenizer;
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
-use clap::{Args, ValueEnum};
+use clap::Args;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// `--mode` on the command line (the same modes for `detect` and `eval`).
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum ModeArg {
-    /// One pass with value-to-value (CLIP Surgery) tokens (default; webcam, weak machines).
-    Fast,
-    /// WinCLIP: multi-scale windows, harmonic aggregation (accurate, heavy).
-    Winclip,
-    /// WinCLIP+: WinCLIP plus normal reference images.
-    Fewshot,
-    /// MuSc: the images score each other (at least 2, no text).
-    Batch,
-}
-
-impl From<ModeArg> for Mode {
-    fn from(m: ModeArg) -> Self {
-        match m {
-            ModeArg::Fast => Mode::Fast,
-            ModeArg::Winclip => Mode::Winclip,
-            ModeArg::Fewshot => Mode::Fewshot,
-            ModeArg::Batch => Mode::Batch,
-        }
-    }
-}
-
+/// The flags of `anoscope detect`.
 #[derive(Args)]
 pub struct DetectArgs {
     /// Checkpoint directory (Hugging Face or open_clip layout).
@@ -71,7 +52,7 @@ pub struct DetectArgs {
     #[arg(long, conflicts_with = "images")]
     pixels: Option<PathBuf>,
     #[command(flatten)]
-    backend: super::BackendOpts,
+    backend: BackendOpts,
     #[arg(long)]
     out: PathBuf,
     /// Images to score.
@@ -222,10 +203,11 @@ fn write_outputs(
     render::save_png(&img, &out.join(format!("{stem}.overlay.png")))
 }
 
+/// Runs `anoscope detect`.
 pub fn detect(args: DetectArgs) -> Result<()> {
     let files = CheckpointFiles::detect(&args.model)?;
     let mut clip = Clip::load_dir(&args.model)?;
-    super::use_backend(&mut clip, args.backend)?;
+    use_backend(&mut clip, args.backend)?;
     let size = args.size.unwrap_or(clip.cfg.vision.image_size as u32);
     if size == 0 || size > 4096 {
         bail!("--size must be in 1..=4096, got {size}");
@@ -320,69 +302,5 @@ pub fn detect(args: DetectArgs) -> Result<()> {
         )?;
         super::emit(&format!("{}\t{:.4}\t{:.0} ms", inputs.stems[i], det.score, ms));
     }
-    Ok(())
-}
-
-#[derive(Args)]
-pub struct PromptsBuildArgs {
-    #[arg(long)]
-    model: PathBuf,
-    /// Categories to include (default: all bundled ones).
-    #[arg(long, value_delimiter = ',')]
-    categories: Vec<String>,
-    #[arg(long)]
-    out: PathBuf,
-}
-
-pub fn prompts_build(args: PromptsBuildArgs) -> Result<()> {
-    let files = CheckpointFiles::detect(&args.model)?;
-    let clip = Clip::load_dir(&args.model)?;
-    let weights = std::fs::read(&files.weights).with_context(|| format!("cannot read {}", files.weights.display()))?;
-    let sha = prompts::sha256_hex(&weights);
-    drop(weights);
-    let all = prompts::categories()?;
-    let cats: Vec<_> = if args.categories.is_empty() {
-        all
-    } else {
-        args.categories
-            .iter()
-            .map(|c| prompts::category(c)?.with_context(|| format!("unknown category `{c}`")))
-            .collect::<Result<_>>()?
-    };
-    let tok = ClipTokenizer::new()?;
-    let model_id = args
-        .model
-        .file_name()
-        .map(|s| s.to_string_lossy().to_string())
-        .unwrap_or_default();
-    let bar = indicatif::ProgressBar::new(0);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} ensembles, {elapsed} elapsed, ETA {eta}")
-            .expect("valid template"),
-    );
-    let bundle = prompts::build_bundle(
-        &clip,
-        &tok,
-        &model_id,
-        &sha,
-        &cats,
-        &[EnsembleKind::WinClip, EnsembleKind::Descriptions],
-        &mut |done, total| {
-            bar.set_length(total as u64);
-            bar.set_position(done as u64);
-        },
-    )?;
-    bar.finish();
-    let bytes = bundle.to_bytes()?;
-    if let Some(parent) = args.out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
-    }
-    std::fs::write(&args.out, &bytes).with_context(|| format!("cannot write {}", args.out.display()))?;
-    eprintln!(
-        "wrote {} ({} ensembles, {} bytes, model sha256 {sha})",
-        args.out.display(),
-        bundle.entries.len(),
-        bytes.len()
-    );
     Ok(())
 }

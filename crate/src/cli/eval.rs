@@ -1,12 +1,14 @@
-//! `anoscope eval`: a detection mode over a dataset in the MVTec AD layout, with metrics (the
-//! logic is in [`anoscope::eval`]).
-use super::detect::ModeArg;
+//! `anoscope eval`: a detection mode over a dataset in the MVTec AD layout, with metrics: the
+//! flags and the progress bar. The logic is in [`anoscope::eval`]; `--mode` is shared with
+//! `detect` in [`super::args`].
+use super::args::ModeArg;
 use anoscope::eval::{self, EvalOptions, Progress};
 use anyhow::Result;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
 
+/// The flags of `anoscope eval`.
 #[derive(Args)]
 pub struct EvalArgs {
     /// Checkpoint directory (Hugging Face or open_clip layout).
@@ -80,6 +82,7 @@ impl Progress for Bar {
     }
 }
 
+/// Runs `anoscope eval`: the evaluation, then the metrics table and a summary line on stdout.
 pub fn eval(args: EvalArgs) -> Result<()> {
     let opts = EvalOptions {
         model: args.model,

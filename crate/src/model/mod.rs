@@ -1,5 +1,9 @@
 //! CLIP encoders (image and text towers) on candle, loaded from Hugging Face transformers or
-//! open_clip checkpoints.
+//! open_clip checkpoints: the [`Clip`] model and [`CheckpointFiles`] here, the towers, weights,
+//! configuration and loaders in the submodules. The checkpoint limits and format details that the
+//! whole-file reader ([`weights`]) and the streaming reader ([`stream`]) share are in
+//! [`checkpoint`]. Detection on top of the encoders is in [`crate::detect`], not here.
+pub mod checkpoint;
 pub mod config;
 pub mod ops;
 pub mod random;
@@ -8,10 +12,11 @@ pub mod text;
 pub mod vision;
 pub mod weights;
 
+pub use checkpoint::TensorSource;
 pub use config::{Activation, ClipConfig, Layout, PosInterp, TextConfig, VisionConfig};
 pub use text::TextTower;
 pub use vision::{AsyncVisionAccel, EncodeOptions, VisionAccel, VisionOutput, VisionTower};
-pub use weights::{MapSource, SafetensorsSource, TensorSource};
+pub use weights::{MapSource, SafetensorsSource};
 
 use crate::tokenizer::{ClipTokenizer, Padding};
 use anyhow::{bail, Context, Result};
@@ -125,11 +130,11 @@ impl Clip {
         let size = std::fs::metadata(&files.weights)
             .with_context(|| format!("cannot read {}", files.weights.display()))?
             .len();
-        if size > weights::MAX_CHECKPOINT_BYTES {
+        if size > checkpoint::MAX_CHECKPOINT_BYTES {
             bail!(
                 "{}: {size} bytes is over the checkpoint size limit of {} bytes",
                 files.weights.display(),
-                weights::MAX_CHECKPOINT_BYTES
+                checkpoint::MAX_CHECKPOINT_BYTES
             );
         }
         let bytes =

@@ -1,5 +1,6 @@
 //! Deterministic full-size random checkpoints (for benchmarks and full-size parity checks:
-//! speed does not depend on the values, and fidelity can be checked on any values).
+//! speed does not depend on the values, and fidelity can be checked on any values). The files
+//! are written in the vision-first order of [`super::checkpoint::serialize_vision_first`].
 use super::config::{ClipConfig, Layout};
 use super::weights::MapSource;
 use anyhow::{bail, Context, Result};
@@ -242,7 +243,7 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]
             ))
         })
         .collect::<Result<Vec<_>>>()?;
-    let bytes = super::stream::serialize_vision_first(&views)?;
+    let bytes = super::checkpoint::serialize_vision_first(&views)?;
     std::fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }

@@ -8,24 +8,20 @@
 //! The image tower is built as soon as its last tensor is in: with a checkpoint whose data
 //! section holds the image tower first ([`serialize_vision_first`], what `anoscope convert` and
 //! `random-weights` write), images can be scored while the text tower is still arriving.
+//!
+//! The size limits, the image-tower test and the vision-first writer are shared with the
+//! whole-file reader ([`super::weights`]) and live in [`super::checkpoint`] (the last two are
+//! re-exported here under their old paths).
+pub use super::checkpoint::{is_image_tower_tensor, serialize_vision_first};
+use super::checkpoint::{TensorSource, MAX_CHECKPOINT_BYTES, MAX_SAFETENSORS_HEADER_BYTES};
 use super::config::ClipConfig;
-use super::weights::{TensorSource, MAX_CHECKPOINT_BYTES, MAX_SAFETENSORS_HEADER_BYTES};
 use super::{Clip, TextTower, VisionTower};
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{Device, Tensor};
-use safetensors::tensor::{Metadata, SafeTensorError, TensorView};
+use safetensors::tensor::{Metadata, SafeTensorError};
 use safetensors::{Dtype, SafeTensors};
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
-
-/// Whether `name` belongs to the image tower (or is the shared `logit_scale`) in either layout:
-/// Hugging Face `vision_model.*` / `visual_projection.*`, open_clip `visual.*`.
-pub fn is_image_tower_tensor(name: &str) -> bool {
-    name.starts_with("vision_model.")
-        || name.starts_with("visual_projection.")
-        || name.starts_with("visual.")
-        || name == "logit_scale"
-}
 
 /// The safetensors error of a file whose size does not match its header (truncated, or bytes
 /// after the last tensor): today's message for the same file read whole.
@@ -41,6 +37,7 @@ pub struct Towers {
 }
 
 impl Towers {
+    /// Both towers.
     pub const ALL: Towers = Towers {
         vision: true,
         text: true,
@@ -577,49 +574,4 @@ pub fn load_chunked(cfg: &ClipConfig, bytes: &[u8], origin: &str, chunk: usize) 
     }
     l.finish()?;
     l.into_clip()
-}
-
-/// Serializes tensors as safetensors with the image tower's data first (after any 8-byte
-/// tensors, which keeps every tensor aligned when the floats share one dtype), then the rest;
-/// within each group larger dtypes first, then by name (the `safetensors` crate's own order).
-/// Any reader accepts it: the format only asks for contiguous offsets, in any order.
-pub fn serialize_vision_first(tensors: &[(String, TensorView<'_>)]) -> Result<Vec<u8>> {
-    let mut order: Vec<usize> = (0..tensors.len()).collect();
-    let key = |i: &usize| {
-        let (name, v) = &tensors[*i];
-        let size = v.dtype().bitsize();
-        (
-            size < 64,
-            !is_image_tower_tensor(name),
-            std::cmp::Reverse(size),
-            name.clone(),
-        )
-    };
-    order.sort_by_key(key);
-    let mut header = serde_json::Map::new();
-    let mut offset = 0usize;
-    for &i in &order {
-        let (name, v) = &tensors[i];
-        let len = v.data().len();
-        header.insert(
-            name.clone(),
-            serde_json::json!({
-                "dtype": v.dtype(),
-                "shape": v.shape(),
-                "data_offsets": [offset, offset + len],
-            }),
-        );
-        offset += len;
-    }
-    let mut json = serde_json::to_string(&header)?.into_bytes();
-    while json.len() % 8 != 0 {
-        json.push(b' ');
-    }
-    let mut out = Vec::with_capacity(8 + json.len() + offset);
-    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
-    out.extend_from_slice(&json);
-    for &i in &order {
-        out.extend_from_slice(tensors[i].1.data());
-    }
-    Ok(out)
 }

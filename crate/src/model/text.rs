@@ -1,7 +1,9 @@
-//! The CLIP text tower.
+//! The CLIP text tower (its weights are read by [`super::weights`]; tokenizing is
+//! [`crate::tokenizer`]).
+use super::checkpoint::TensorSource;
 use super::config::ClipConfig;
 use super::ops::{causal_mask, eot_positions};
-use super::weights::{TensorSource, TextWeights};
+use super::weights::TextWeights;
 use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
 

@@ -1,8 +1,10 @@
 //! The CLIP ViT image tower: full passes with projected patch tokens, hidden states and the
-//! value-to-value ("surgery") dense path, and token-subset passes for WinCLIP windows.
+//! value-to-value ("surgery") dense path, and token-subset passes for WinCLIP windows. Its
+//! weights are read by [`super::weights`]; the GPU accelerator it can hand passes to is `crate::gpu`.
+use super::checkpoint::TensorSource;
 use super::config::ClipConfig;
 use super::ops::interpolate_pos_embedding;
-use super::weights::{TensorSource, VisionWeights};
+use super::weights::VisionWeights;
 use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
 use std::sync::Arc;

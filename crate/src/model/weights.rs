@@ -1,39 +1,20 @@
 //! Reading checkpoint tensors (safetensors, f32/f16/bf16) into the common weight structs of
-//! the two towers, whatever the key naming of the layout.
+//! the two towers, whatever the key naming of the layout: the whole-file reader
+//! ([`SafetensorsSource`]), in-memory tensors ([`MapSource`]), the weight structs and their
+//! loaders, and `anoscope convert`'s dtype rewrite ([`convert_safetensors`]). The size limits,
+//! the [`TensorSource`] trait and the vision-first write order live in [`super::checkpoint`]
+//! (re-exported here under their old paths). The streaming reader (`model::stream`) builds on
+//! this module; this module does not use it.
+use super::checkpoint::serialize_vision_first;
+pub use super::checkpoint::{
+    TensorSource, MAX_CHECKPOINT_BYTES, MAX_CHECKPOINT_BYTES_NATIVE, MAX_CHECKPOINT_BYTES_WASM,
+    MAX_SAFETENSORS_HEADER_BYTES,
+};
 use super::config::{ClipConfig, Layout};
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use safetensors::{Dtype, SafeTensors};
 use std::collections::HashMap;
-
-/// Largest checkpoint accepted natively (bytes): 4 GiB. ViT-L/14-336 in f32 is 1.7 GB.
-/// Checked from the file size before the file is read.
-pub const MAX_CHECKPOINT_BYTES_NATIVE: u64 = 4 * 1024 * 1024 * 1024;
-
-/// Largest checkpoint accepted by the WebAssembly build (bytes): 1 GiB. wasm32 has a 4 GiB
-/// address space; the page streams the file ([`super::stream`]), so only its f32 tensors are
-/// held (up to 2 GiB for a 1 GiB f16 file), which leaves room for activations. ViT-L/14 in f16
-/// (0.86 GB with the text tower) fits; use f16 weights in the browser.
-pub const MAX_CHECKPOINT_BYTES_WASM: u64 = 1024 * 1024 * 1024;
-
-/// The checkpoint size limit of this build.
-#[cfg(not(target_arch = "wasm32"))]
-pub const MAX_CHECKPOINT_BYTES: u64 = MAX_CHECKPOINT_BYTES_NATIVE;
-/// The checkpoint size limit of this build.
-#[cfg(target_arch = "wasm32")]
-pub const MAX_CHECKPOINT_BYTES: u64 = MAX_CHECKPOINT_BYTES_WASM;
-
-/// Largest safetensors JSON header the `safetensors` crate parses (its own limit, 100 MB;
-/// real CLIP headers are under 100 KB).
-pub const MAX_SAFETENSORS_HEADER_BYTES: u64 = 100_000_000;
-
-/// A named set of tensors that the towers read their weights from.
-pub trait TensorSource {
-    /// The tensor `name` as f32, checked to have `shape` and only finite values.
-    fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor>;
-    /// Whether `name` exists.
-    fn contains(&self, name: &str) -> bool;
-}
 
 /// Tensors read lazily from a safetensors buffer.
 pub struct SafetensorsSource<'a> {
@@ -43,6 +24,8 @@ pub struct SafetensorsSource<'a> {
 }
 
 impl<'a> SafetensorsSource<'a> {
+    /// Parses the header of `bytes` (checked against [`MAX_CHECKPOINT_BYTES`]); `origin` names
+    /// the file in errors.
     pub fn new(bytes: &'a [u8], origin: &str) -> Result<Self> {
         if bytes.is_empty() {
             bail!("{origin}: the file is empty (0 bytes), not a safetensors checkpoint");
@@ -62,6 +45,7 @@ impl<'a> SafetensorsSource<'a> {
         })
     }
 
+    /// The names of every tensor in the file.
     pub fn names(&self) -> Vec<String> {
         self.st.names().into_iter().map(|s| s.to_string()).collect()
     }
@@ -251,6 +235,7 @@ fn block(src: &dyn TensorSource, layout: Layout, prefix: &str, d: usize, mlp: us
 }
 
 impl VisionWeights {
+    /// Reads the image tower's weights in the layout of `cfg`.
     pub fn load(src: &dyn TensorSource, cfg: &ClipConfig) -> Result<Self> {
         let v = &cfg.vision;
         let (d, p, g) = (v.width, v.patch_size, v.grid());
@@ -303,6 +288,7 @@ impl TextWeights {
         })
     }
 
+    /// Reads the text tower's weights in the layout of `cfg`.
     pub fn load(src: &dyn TensorSource, cfg: &ClipConfig) -> Result<Self> {
         let t = &cfg.text;
         let d = t.width;
@@ -368,5 +354,5 @@ pub fn convert_safetensors(bytes: &[u8], origin: &str, dtype: Dtype) -> Result<V
         .iter()
         .map(|(n, d, s, b)| Ok((n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b)?)))
         .collect::<Result<Vec<_>>>()?;
-    super::stream::serialize_vision_first(&views)
+    serialize_vision_first(&views)
 }
