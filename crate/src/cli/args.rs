@@ -42,8 +42,9 @@ pub(crate) struct BackendOpts {
     gpu_weights: GpuWeightsArg,
 }
 
-/// Installs the chosen encoder on `clip` and says on stderr which one runs. Returns whether
-/// the GPU runs. A GPU that fails later falls back to the CPU with a message.
+/// Installs the chosen encoder on `clip` and says on stderr which one runs (with `-v`, first what
+/// the GPU probe found). Returns whether the GPU runs. A GPU that fails later falls back to the
+/// CPU with a message.
 pub(crate) fn use_backend(clip: &mut Clip, opts: BackendOpts) -> Result<bool> {
     let BackendOpts { backend, gpu_weights } = opts;
     #[cfg(feature = "gpu")]
@@ -59,7 +60,11 @@ pub(crate) fn use_backend(clip: &mut Clip, opts: BackendOpts) -> Result<bool> {
             GpuWeightsArg::F32 => WeightStorage::F32,
             GpuWeightsArg::F16 => WeightStorage::F16,
         };
-        eprintln!("{}", anoscope::gpu::attach(clip, b, w)?);
+        let attached = anoscope::gpu::attach(clip, b, w)?;
+        if super::verbose() {
+            eprintln!("{}", attached.probe);
+        }
+        eprintln!("{}", attached.encoder);
         Ok(clip.vision.accel.is_some())
     }
     #[cfg(not(feature = "gpu"))]
@@ -67,6 +72,9 @@ pub(crate) fn use_backend(clip: &mut Clip, opts: BackendOpts) -> Result<bool> {
         let _ = (clip, gpu_weights);
         if let BackendArg::Gpu = backend {
             bail!("--backend gpu: this build has no GPU support (built without the `gpu` feature)");
+        }
+        if super::verbose() {
+            eprintln!("gpu probe: not run (built without the `gpu` feature)");
         }
         eprintln!("encoder: CPU (built without the `gpu` feature)");
         Ok(false)

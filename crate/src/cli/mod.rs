@@ -19,13 +19,25 @@ use anyhow::{Context, Result};
 use candle_core::Tensor;
 use clap::{Parser, Subcommand};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 // The whole command line (its help text is the `about` below).
 #[derive(Parser)]
 #[command(name = "anoscope", version, about = "Zero-shot visual anomaly detection with CLIP")]
 struct Cli {
+    /// Say more on stderr: what the GPU probe found.
+    #[arg(short, long, global = true)]
+    verbose: bool,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+/// `-v` / `--verbose` was given (set once, before dispatch).
+static VERBOSE: AtomicBool = AtomicBool::new(false);
+
+/// Whether to say more on stderr (`-v`).
+pub(crate) fn verbose() -> bool {
+    VERBOSE.load(Ordering::Relaxed)
 }
 
 // The subcommands; each variant's doc comment is its `--help` summary.
@@ -86,6 +98,7 @@ pub fn run() -> i32 {
         Ok(c) => c,
         Err(e) => e.exit(),
     };
+    VERBOSE.store(cli.verbose, Ordering::Relaxed);
     match dispatch(cli.cmd) {
         Ok(()) => 0,
         Err(e) => {

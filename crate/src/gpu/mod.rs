@@ -18,10 +18,15 @@
 //! --no-sandbox --enable-unsafe-webgpu`; no `shader-f16`, 1 GiB storage bindings); without that
 //! flag `requestAdapter()` returns null there.
 //!
+//! On Linux the probe (instance and adapter enumeration) keeps libwayland's `XDG_RUNTIME_DIR`
+//! complaint, which Mesa's device-select layer provokes, off stderr: see `gpu/quiet.rs`.
+//!
 //! Test hook: `ANOSCOPE_GPU_FAIL=adapter` makes adapter requests fail, `ANOSCOPE_GPU_FAIL=forward`
 //! makes every GPU pass fail as a lost device would (to test the CPU fallback).
 //!
 //! [`VisionTower`]: crate::model::VisionTower
+#[cfg(target_os = "linux")]
+mod quiet;
 pub mod vision;
 
 pub use vision::GpuVision;
@@ -116,7 +121,21 @@ pub struct GpuContext {
     pub queue: wgpu::Queue,
     pub adapter: wgpu::AdapterInfo,
     pub limits: wgpu::Limits,
+    /// Lines the adapter probe kept off stderr (libwayland's, on Linux: see `gpu/quiet.rs`).
+    pub hidden_probe_lines: usize,
     failure: Arc<Mutex<Option<String>>>,
+}
+
+/// A wgpu instance for every backend this build has, and its high-performance adapter.
+async fn request_adapter() -> Result<wgpu::Adapter> {
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    instance
+        .request_adapter(&wgpu::RequestAdapterOptions {
+            power_preference: wgpu::PowerPreference::HighPerformance,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| anyhow!("no GPU adapter: {e}"))
 }
 
 impl GpuContext {
@@ -130,14 +149,12 @@ impl GpuContext {
         if !browser_has_webgpu() {
             bail!("no WebGPU here (navigator.gpu is missing)");
         }
-        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-        let adapter = instance
-            .request_adapter(&wgpu::RequestAdapterOptions {
-                power_preference: wgpu::PowerPreference::HighPerformance,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| anyhow!("no GPU adapter: {e}"))?;
+        // Natively wgpu-core answers at once, so the probe can run to completion inside `quiet`.
+        #[cfg(target_os = "linux")]
+        let (adapter, hidden_probe_lines) = quiet::probe(|| pollster::block_on(request_adapter()));
+        #[cfg(not(target_os = "linux"))]
+        let (adapter, hidden_probe_lines) = (request_adapter().await, 0);
+        let adapter = adapter?;
         let limits = adapter.limits();
         // f16 weight storage where the adapter offers it (see `WeightStorage`).
         let features = adapter.features() & wgpu::Features::SHADER_F16;
@@ -166,6 +183,7 @@ impl GpuContext {
             queue,
             adapter: adapter.get_info(),
             limits,
+            hidden_probe_lines,
             failure,
         })
     }
@@ -199,18 +217,42 @@ impl GpuContext {
     }
 }
 
-/// Natively: opens the GPU for `backend` and installs a [`GpuVision`] as the accelerator of
-/// `clip`'s image tower. Returns a line saying which encoder runs (for the user). `Auto` without
-/// an adapter, or with only a software (CPU) adapter, keeps the CPU and says why; `Gpu` without
-/// an adapter is an error.
+/// What [`attach`] did, in one line each for the user.
 #[cfg(not(target_arch = "wasm32"))]
-pub fn attach(clip: &mut crate::model::Clip, backend: Backend, storage: WeightStorage) -> Result<String> {
+#[derive(Clone, Debug)]
+pub struct Attached {
+    /// Which encoder runs: `encoder: GPU, …` or `encoder: CPU …` (with why, under `Auto`).
+    pub encoder: String,
+    /// What the adapter probe found: `gpu probe: found <adapter>`, `gpu probe: <why none>` or
+    /// `gpu probe: not run (--backend cpu)`.
+    pub probe: String,
+}
+
+/// Natively: opens the GPU for `backend` and installs a [`GpuVision`] as the accelerator of
+/// `clip`'s image tower. Returns lines saying which encoder runs and what the probe found (for
+/// the user). `Auto` without an adapter, or with only a software (CPU) adapter, keeps the CPU and
+/// says why; `Gpu` without an adapter is an error.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn attach(clip: &mut crate::model::Clip, backend: Backend, storage: WeightStorage) -> Result<Attached> {
     if backend == Backend::Cpu {
         clip.vision.accel = None;
-        return Ok("encoder: CPU".into());
+        return Ok(Attached {
+            encoder: "encoder: CPU".into(),
+            probe: "gpu probe: not run (--backend cpu)".into(),
+        });
     }
+    let mut probe = String::new();
     let opened = pollster::block_on(async {
-        let ctx = GpuContext::new().await?;
+        let ctx = GpuContext::new()
+            .await
+            .inspect_err(|e| probe = format!("gpu probe: {e:#}"))?;
+        probe = format!("gpu probe: found {}", ctx.describe());
+        if ctx.hidden_probe_lines > 0 {
+            probe += &format!(
+                "; {} libwayland line(s) about XDG_RUNTIME_DIR left off stderr",
+                ctx.hidden_probe_lines
+            );
+        }
         if backend == Backend::Auto && ctx.adapter.device_type == wgpu::DeviceType::Cpu {
             // A software adapter (lavapipe, SwiftShader) is far slower than the CPU path.
             bail!(
@@ -222,17 +264,20 @@ pub fn attach(clip: &mut crate::model::Clip, backend: Backend, storage: WeightSt
     });
     match opened {
         Ok(g) => {
-            let line = format!(
+            let encoder = format!(
                 "encoder: GPU, {}, {} weights",
                 g.ctx().describe(),
                 if g.half() { "f16" } else { "f32" }
             );
             clip.vision.accel = Some(Arc::new(g));
-            Ok(line)
+            Ok(Attached { encoder, probe })
         }
         Err(e) if backend == Backend::Auto => {
             clip.vision.accel = None;
-            Ok(format!("encoder: CPU (no usable GPU: {e:#})"))
+            Ok(Attached {
+                encoder: format!("encoder: CPU (no usable GPU: {e:#})"),
+                probe,
+            })
         }
         Err(e) => Err(e.context("--backend gpu")),
     }

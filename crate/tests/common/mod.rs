@@ -17,10 +17,16 @@ pub fn fixtures() -> PathBuf {
 
 /// Runs the `anoscope` binary: (success, stdout, stderr). Fails the test on any panic.
 pub fn run(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_anoscope"))
-        .args(args)
-        .output()
-        .unwrap();
+    run_without(args, &[])
+}
+
+/// [`run`] with the environment variables `unset` removed from the binary's environment.
+pub fn run_without(args: &[&str], unset: &[&str]) -> (bool, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_anoscope"));
+    for var in unset {
+        cmd.env_remove(var);
+    }
+    let out = cmd.args(args).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(!stderr.contains("panicked"), "panic for {args:?}: {stderr}");
     (
