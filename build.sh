@@ -701,7 +701,7 @@ The checkpoint download did not complete. Alternatives:
     files listed in weights/manifest.json by hand), then copy the folder into
     weights/checkpoints/<name>/ here (see weights/README.md).
   * The native CLI takes any checkpoint folder directly:
-        anoscope embed --model /path/to/checkpoint --image IMG --out OUT.safetensors
+        anoscope embed --model /path/to/checkpoint --out OUT.safetensors IMG
   * The page accepts a checkpoint picked from disk: choose the config
     (config.json or open_clip_config.json) and the .safetensors file.
 EOF

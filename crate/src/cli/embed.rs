@@ -10,7 +10,7 @@ use candle_core::{Device, Tensor};
 use clap::{Args, ValueEnum};
 use std::path::PathBuf;
 
-/// How `--image` is brought to the input size.
+/// How the image is brought to the input size.
 #[derive(Clone, Copy, ValueEnum)]
 enum Preprocess {
     /// Shortest side to the size (bicubic), then center crop (CLIP / open_clip).
@@ -19,23 +19,27 @@ enum Preprocess {
     Resize,
 }
 
-/// The flags of `anoscope embed`.
+/// The flags of `anoscope embed`. The input is one of: the image path (positional, as for
+/// `detect`), `--image IMG` (the old spelling, deprecated) or `--pixels FILE`.
 #[derive(Args)]
 pub struct EmbedArgs {
     /// Checkpoint directory (Hugging Face or open_clip layout).
     #[arg(long)]
     model: PathBuf,
     /// Image file (PNG, JPEG, WebP, BMP, GIF, TIFF).
-    #[arg(long, conflicts_with = "pixels", required_unless_present = "pixels")]
+    #[arg(value_name = "IMG", conflicts_with = "pixels", required_unless_present_any = ["pixels", "image_flag"])]
     image: Option<PathBuf>,
+    /// Deprecated spelling of the positional IMG.
+    #[arg(long = "image", value_name = "IMG", hide = true, conflicts_with_all = ["image", "pixels"])]
+    image_flag: Option<PathBuf>,
     /// Already-normalised input: safetensors with `pixel_values` [1,3,H,W].
     #[arg(long)]
     pixels: Option<PathBuf>,
-    /// Input side in pixels for --image (default: the checkpoint's image size).
-    #[arg(long, requires = "image")]
+    /// Input side in pixels for IMG (default: the checkpoint's image size).
+    #[arg(long, conflicts_with = "pixels")]
     size: Option<u32>,
-    /// Preprocessing for --image.
-    #[arg(long, value_enum, default_value = "clip", requires = "image")]
+    /// Preprocessing for IMG.
+    #[arg(long, value_enum, default_value = "clip", conflicts_with = "pixels")]
     preprocess: Preprocess,
     /// Run the value-to-value (CLIP Surgery) path in the last K blocks.
     #[arg(long, value_name = "K")]
@@ -54,6 +58,7 @@ pub fn embed(args: EmbedArgs) -> Result<()> {
     let EmbedArgs {
         model,
         image,
+        image_flag,
         pixels,
         size,
         preprocess,
@@ -62,8 +67,11 @@ pub fn embed(args: EmbedArgs) -> Result<()> {
         backend,
         out,
     } = args;
+    if image_flag.is_some() {
+        super::warn_at_exit("--image is deprecated; pass the image path positionally: anoscope embed … IMG");
+    }
     let mut clip = Clip::load_dir(&model)?;
-    let input = match (image, pixels) {
+    let input = match (image.or(image_flag), pixels) {
         (Some(path), _) => {
             let img = preprocess::load_image(&path, &ImageLimits::default())?;
             let s = size.unwrap_or(clip.cfg.vision.image_size as u32);
@@ -91,7 +99,7 @@ pub fn embed(args: EmbedArgs) -> Result<()> {
             }
             Tensor::from_vec(values, shape.to_vec(), &Device::Cpu)?
         }
-        (None, None) => bail!("give --image or --pixels"),
+        (None, None) => bail!("give an image (IMG) or --pixels FILE"),
     };
     use_backend(&mut clip, backend)?;
     let named = embed_image(&clip, &input, surgery_layers.unwrap_or(0), &hidden_layers)?;

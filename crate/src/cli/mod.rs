@@ -1,8 +1,9 @@
-//! The command line: the clap [`Cli`] / [`Cmd`] definitions, parsing and dispatch, and the two
+//! The command line: the clap [`Cli`] / [`Cmd`] definitions, parsing and dispatch, and the
 //! output helpers the subcommands share ([`emit`] for stdout lines, [`write_out`] for tensor
-//! files). Each subcommand's flags and work live in its own file; the argument types several
-//! subcommands share (encoder backend, storage dtype, detection mode) are in [`args`]. The
-//! detection, evaluation and model logic itself is in the library (`anoscope::…`), not here.
+//! files, [`warn_at_exit`] for warnings said after the result, [`verbose`] for `-v`). Each
+//! subcommand's flags and work live in its own file; the argument types several subcommands
+//! share (encoder backend, storage dtype, detection mode) are in [`args`]. The detection,
+//! evaluation and model logic itself is in the library (`anoscope::…`), not here.
 mod args;
 mod bench;
 mod convert;
@@ -20,6 +21,7 @@ use candle_core::Tensor;
 use clap::{Parser, Subcommand};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 
 // The whole command line (its help text is the `about` below).
 #[derive(Parser)]
@@ -81,6 +83,15 @@ pub(crate) fn emit(line: &str) {
     }
 }
 
+/// Warnings said once the subcommand has finished, after its error if it failed: an error stays
+/// the first line on stderr.
+static AT_EXIT: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Says `warning: {msg}` on stderr when the subcommand has finished.
+pub(crate) fn warn_at_exit(msg: &str) {
+    AT_EXIT.lock().unwrap_or_else(|e| e.into_inner()).push(msg.to_string());
+}
+
 /// Writes named tensors as one safetensors file, creating its folder.
 fn write_out(path: &Path, named: &[(String, Tensor)]) -> Result<()> {
     let bytes = to_safetensors(named)?;
@@ -99,13 +110,17 @@ pub fn run() -> i32 {
         Err(e) => e.exit(),
     };
     VERBOSE.store(cli.verbose, Ordering::Relaxed);
-    match dispatch(cli.cmd) {
+    let code = match dispatch(cli.cmd) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("error: {e:#}");
             1
         }
+    };
+    for msg in AT_EXIT.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+        eprintln!("warning: {msg}");
     }
+    code
 }
 
 fn dispatch(cmd: Cmd) -> Result<()> {
