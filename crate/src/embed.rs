@@ -1,5 +1,6 @@
 //! The `embed` / `embed-text` operations with safetensors output: one implementation for the
-//! CLI, the tests and the browser (wasm).
+//! CLI, the tests and the browser (wasm). Also the FLOP estimates `anoscope bench` reports
+//! ([`vision_flops`], [`winclip_flops`]). The tower passes themselves are in [`crate::model`].
 use crate::model::{Clip, EncodeOptions};
 use crate::tokenizer::ClipTokenizer;
 use anyhow::{bail, Result};
@@ -39,9 +40,9 @@ pub fn to_safetensors(named: &[(String, Tensor)]) -> Result<Vec<u8>> {
 }
 
 /// Runs the image tower on normalised `pixels: [1, 3, H, W]` and returns the named outputs:
-/// `image_embeds` [1,P], `patch_tokens` [1,N,P], `last_hidden_state` [1,1+N,D],
-/// `surgery_tokens` [1,N,P] (when `surgery_layers > 0`) and `hidden_state_{i}` for each
-/// requested layer.
+/// `image_embeds` `[1, P]`, `patch_tokens` `[1, N, P]`, `last_hidden_state` `[1, 1+N, D]`,
+/// `surgery_tokens` `[1, N, P]` (when `surgery_layers > 0`) and `hidden_state_{i}`
+/// `[1, 1+N, D]` for each requested layer.
 pub fn embed_image(
     clip: &Clip,
     pixels: &Tensor,
@@ -67,7 +68,8 @@ pub fn embed_image(
     Ok(named)
 }
 
-/// Encodes `texts`: `text_embeds` [T,P] and `input_ids` [T,77] (the checkpoint's own padding).
+/// Encodes `texts`: `text_embeds` `[T, P]` and `input_ids` `[T, 77]` (the checkpoint's own
+/// padding).
 pub fn embed_text(clip: &Clip, tokenizer: &ClipTokenizer, texts: &[&str]) -> Result<Vec<(String, Tensor)>> {
     if texts.is_empty() {
         bail!("no text given");

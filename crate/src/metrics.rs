@@ -245,8 +245,11 @@ pub fn f1_max(scores: &[f32], labels: &[bool]) -> Option<f64> {
 /// Image-level metrics (one score and one label per image).
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct ImageMetrics {
+    /// [`auroc`] of the scores, in [0, 1].
     pub auroc: Option<f64>,
+    /// [`average_precision`] of the scores, in [0, 1].
     pub ap: Option<f64>,
+    /// [`f1_max`] of the scores, in [0, 1].
     pub f1max: Option<f64>,
 }
 
@@ -303,6 +306,7 @@ impl Default for AupimoOptions {
 pub struct PixelOptions {
     /// AUPRO's false-positive-rate limit (anomalib: 0.3).
     pub aupro_fpr_limit: f64,
+    /// Settings of the AUPIMO computation.
     pub aupimo: AupimoOptions,
 }
 

@@ -320,7 +320,9 @@ pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
 /// (torchvision's `ToTensor` then `Normalize`).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Normalize {
+    /// Per-channel (RGB) mean, on the `[0, 1]` scale.
     pub mean: [f32; 3],
+    /// Per-channel (RGB) standard deviation, on the `[0, 1]` scale.
     pub std: [f32; 3],
 }
 

@@ -3,7 +3,7 @@
 //!
 //! Shared by the CLI (`anoscope detect` writes `<stem>.overlay.png`), the evaluation report (worst
 //! false positives / negatives) and the browser, which draws [`heatmap_rgba`]'s bytes on a canvas.
-//! Everything here is pure and compiles for `wasm32`; only [`save_png`] touches the filesystem and
+//! Everything here is pure and compiles for `wasm32`; only `save_png` touches the filesystem and
 //! exists on native targets only.
 //!
 //! Conventions:
@@ -111,7 +111,9 @@ pub fn colormap(v: f32) -> [u8; 3] {
 /// A linear map from raw values to `[0, 1]`: `lo` goes to 0 and `hi` to 1, values outside clamp.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Normalization {
+    /// The raw value drawn as 0 (the colormap's lowest colour).
     pub lo: f32,
+    /// The raw value drawn as 1 (the colormap's highest colour).
     pub hi: f32,
 }
 

@@ -1,6 +1,12 @@
 //! Detection modes on top of the CLIP encoders: zero-shot WinCLIP (accurate), zero-shot fast
 //! dense (one pass, v-v tokens), few-shot WinCLIP+ (normal references) and batch MuSc. One
 //! implementation serves the CLI, the tests and the browser.
+//!
+//! Here: the class pair ([`TextPair`]), the [`Mode`] choice, the per-image result
+//! ([`Detection`]) and [`score_image`]. Each mode is in its own module; the prompt ensembles and
+//! bundles are in [`prompts`], the shared arithmetic in [`aggregate`], the image-tower interface
+//! in [`passes`]. Dataset evaluation (`crate::eval`), metrics ([`crate::metrics`]) and drawing
+//! maps ([`crate::render`]) are not here.
 pub mod aggregate;
 pub mod fast;
 pub mod musc;
@@ -22,7 +28,9 @@ pub const PROMPT_BATCH: usize = 64;
 /// The two class embeddings a zero-shot score compares against, as unit vectors.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TextPair {
+    /// Unit-length embedding of the normal class, `[P]` (the model's `embed_dim`).
     pub normal: Vec<f32>,
+    /// Unit-length embedding of the anomalous class, `[P]`, the same length as `normal`.
     pub anomalous: Vec<f32>,
 }
 
@@ -102,6 +110,7 @@ impl TextPair {
         Ok(())
     }
 
+    /// Embedding dimension P of the pair (must equal the model's `embed_dim`).
     pub fn dim(&self) -> usize {
         self.normal.len()
     }
@@ -127,8 +136,10 @@ pub enum Mode {
 }
 
 impl Mode {
+    /// Every mode, for parsing and listing (`fast`, `winclip`, `fewshot`, `batch`).
     pub const ALL: [Mode; 4] = [Mode::Fast, Mode::Winclip, Mode::Fewshot, Mode::Batch];
 
+    /// The mode's name on the command line and in `run.json` (`"fast"`, `"winclip"`, …).
     pub fn as_str(self) -> &'static str {
         match self {
             Mode::Fast => "fast",
@@ -210,13 +221,18 @@ pub async fn score_image_on(
 /// The result for one image.
 #[derive(Clone, Debug)]
 pub struct Detection {
-    /// Image anomaly score in [0, 1].
+    /// Image anomaly score, higher = more anomalous: a probability in [0, 1] in the text modes, a
+    /// batch-relative RsCIN score (normally in [0, 1]) in batch mode.
     pub score: f32,
-    /// Anomaly map at the input resolution, row-major `height × width`, values in [0, 1].
+    /// Anomaly map at the input resolution, row-major `height × width`: in [0, 1] for the text
+    /// modes; batch mode's holds raw patch distances (see [`musc::unit_range_maps`]).
     pub map: Vec<f32>,
+    /// Height of `map` in pixels (the model input's, not the original image's).
     pub height: usize,
+    /// Width of `map` in pixels (the model input's, not the original image's).
     pub width: usize,
-    /// The map on the patch grid before upsampling, row-major.
+    /// The map on the patch grid before upsampling, row-major `grid.0 × grid.1`.
     pub grid_map: Vec<f32>,
+    /// Patch grid `(rows, columns)` of `grid_map`.
     pub grid: (usize, usize),
 }

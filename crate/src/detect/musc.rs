@@ -186,6 +186,7 @@ pub fn rscin(raw: &[f32], embeds: &[Vec<f32>], k_list: &[usize]) -> (Vec<f32>, V
 /// Intermediate results of a MuSc run (for tests and inspection).
 #[derive(Clone, Debug)]
 pub struct MuscOutput {
+    /// One result per input image, in input order: the RsCIN score and the raw (unscaled) map.
     pub detections: Vec<Detection>,
     /// `[n][N]` patch scores averaged over layers and r.
     pub patch_scores: Vec<Vec<f32>>,
@@ -204,8 +205,9 @@ pub fn detect(clip: &Clip, pixels: &Tensor, cfg: &MuscConfig) -> Result<MuscOutp
     detect_with_progress(clip, pixels, cfg, &mut |_, _, _| Ok(()))
 }
 
-/// Progress stage names passed to [`detect_with_progress`]'s callback.
+/// Progress stage of [`detect_with_progress`]'s callback while the images are encoded.
 pub const STAGE_ENCODING: &str = "encoding";
+/// Progress stage of [`detect_with_progress`]'s callback while the (r, layer) pairs are scored.
 pub const STAGE_SCORING: &str = "scoring";
 
 /// [`detect`], calling `progress(done, total, stage)` after each step: one per image encoded

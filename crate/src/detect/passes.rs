@@ -50,7 +50,9 @@ impl Passes for VisionTower {
 /// The tower's passes on an asynchronous accelerator (the browser's WebGPU), redone on the CPU
 /// when one fails ([`VisionTower::forward_on`]).
 pub struct Accelerated<'a, A: ?Sized> {
+    /// The tower whose weights the passes use, and whose CPU path redoes a failed pass.
     pub tower: &'a VisionTower,
+    /// The asynchronous accelerator that runs the passes first.
     pub accel: &'a A,
 }
 

@@ -176,8 +176,11 @@ const _: () =
 /// to fit `"a photo of a {object} with {defect}"`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Category {
+    /// Category name, as a dataset folder names it (`metal_nut`); see [`check_category_name`].
     pub name: String,
+    /// Object name substituted into the prompt templates (`metal nut`).
     pub object: String,
+    /// Defect descriptions (at most [`MAX_DEFECTS`]); may be empty.
     pub defects: Vec<String>,
 }
 
@@ -288,6 +291,7 @@ pub enum EnsembleKind {
 }
 
 impl EnsembleKind {
+    /// Every kind: what [`EnsembleKind::parse`] accepts and a bundle may hold per category.
     pub const ALL: [EnsembleKind; 2] = [EnsembleKind::WinClip, EnsembleKind::Descriptions];
 
     /// `"winclip"` or `"descriptions"`.
@@ -362,12 +366,17 @@ fn check_sha256(what: &str, s: &str) -> Result<String> {
 /// Text embeddings of one category and ensemble kind.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BundleEntry {
+    /// Name of the category the prompts were built for ([`Category::name`]).
     pub category: String,
+    /// Object name the prompts used ([`Category::object`]).
     pub object: String,
+    /// The ensemble the prompts came from.
     pub kind: EnsembleKind,
-    /// Prompts averaged on each side.
+    /// Number of normal prompts averaged (1 to [`MAX_PROMPTS_PER_SIDE`]).
     pub n_normal: usize,
+    /// Number of anomalous prompts averaged (1 to [`MAX_PROMPTS_PER_SIDE`]).
     pub n_anomalous: usize,
+    /// The averaged class embeddings, unit vectors of length [`PromptBundle::embed_dim`].
     pub text: TextPair,
 }
 
@@ -383,10 +392,15 @@ impl BundleEntry {
 /// unit vectors), and a JSON index under the metadata key [`BUNDLE_METADATA_KEY`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct PromptBundle {
+    /// Free-form name of the model it was built for (`prompts build` uses the model folder's
+    /// name); informational, not checked.
     pub model_id: String,
-    /// Lowercase hex SHA-256 of the model's weights file; checked on load.
+    /// Lowercase hex SHA-256 of the model's weights file; checked on load when the caller knows
+    /// the model's hash.
     pub model_sha256: String,
+    /// Dimension P of every embedding (the model's joint image-text space).
     pub embed_dim: usize,
+    /// One entry per category and ensemble kind (no duplicates).
     pub entries: Vec<BundleEntry>,
 }
 

@@ -27,6 +27,7 @@ use candle_core::Tensor;
 pub struct WinClipConfig {
     /// Window sides in patches (anomalib: 2 and 3).
     pub scales: Vec<usize>,
+    /// Softmax temperature τ of the two-class scores (default [`TEMPERATURE`], 0.07).
     pub temperature: f32,
     /// Windows per token-subset batch (bounds memory; does not change results).
     pub window_batch: usize,
@@ -51,7 +52,9 @@ pub struct Features {
     pub patch_tokens: Tensor,
     /// Per scale, `[M_s, P]` window embeddings (projected class token of each window pass).
     pub windows: Vec<Tensor>,
+    /// Patch grid `(rows, columns)`; N = rows · columns.
     pub grid: (usize, usize),
+    /// Input size `(height, width)` in pixels, the size of the upsampled map.
     pub size: (usize, usize),
 }
 
@@ -105,11 +108,13 @@ pub async fn features_on(
 /// L2-normalised.
 #[derive(Clone, Debug)]
 pub struct References {
+    /// Number of reference images K (1 to [`MAX_REFERENCES`]).
     pub k: usize,
-    /// `[K·N, D]`
+    /// `[K·N, D]` patch tokens of all references (after `ln_post`, unprojected).
     pub patch_tokens: Tensor,
     /// Per scale, `[K·M_s, P]`.
     pub windows: Vec<Tensor>,
+    /// Patch grid `(rows, columns)` the references were encoded at; images must match it.
     pub grid: (usize, usize),
 }
 

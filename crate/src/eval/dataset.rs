@@ -30,6 +30,7 @@ pub struct TestImage {
     pub defect: String,
     /// File name without its extension.
     pub stem: String,
+    /// The image file.
     pub path: PathBuf,
     /// The mask of an anomalous image (`None` for good images and categories without masks).
     pub mask: Option<PathBuf>,
@@ -49,6 +50,7 @@ impl TestImage {
 pub struct CategoryData {
     /// The category folder's name.
     pub name: String,
+    /// The category folder (`ROOT/<category>`, or `ROOT` itself for a single category).
     pub dir: PathBuf,
     /// `train/good` images sorted by file name (may be empty).
     pub train_good: Vec<PathBuf>,
@@ -73,7 +75,9 @@ impl CategoryData {
 /// A scanned dataset.
 #[derive(Clone, Debug)]
 pub struct Dataset {
+    /// The dataset folder as given.
     pub root: PathBuf,
+    /// The categories found (only those asked for, when some were), sorted by name.
     pub categories: Vec<CategoryData>,
     /// Things that were skipped (extra files, folders without `test/`, missing `ground_truth/`).
     pub notes: Vec<String>,

@@ -11,24 +11,35 @@ use std::path::{Path, PathBuf};
 /// One scored test image (`records/<category>/<defect>/<stem>.json`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ImageRecord {
+    /// The dataset category ([`super::CategoryData::name`]).
     pub category: String,
+    /// The `test/` subfolder (`good` for normal images).
     pub defect: String,
+    /// File name without its extension.
     pub stem: String,
     /// The image file.
     pub path: String,
+    /// The ground-truth label: `true` unless the image is in `test/good`.
     pub anomalous: bool,
+    /// The image anomaly score ([`crate::detect::Detection::score`]).
     pub score: f32,
+    /// Width of the stored anomaly map in pixels (the model input's).
     pub map_width: usize,
+    /// Height of the stored anomaly map in pixels (the model input's).
     pub map_height: usize,
+    /// Width of the original image file in pixels.
     pub image_width: u32,
+    /// Height of the original image file in pixels.
     pub image_height: u32,
-    /// Detection time (batch mode: the category's time divided by its images).
+    /// Milliseconds to load, preprocess and score the image (batch mode: the category's time
+    /// divided by its images).
     pub ms: f64,
 }
 
 /// Paths inside an output folder.
 #[derive(Clone, Debug)]
 pub struct OutDir {
+    /// The output folder (`--out`).
     pub root: PathBuf,
 }
 

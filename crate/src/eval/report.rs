@@ -61,20 +61,31 @@ pub fn scores_csv(records: &[ImageRecord]) -> String {
 /// The metrics of one category (or their mean): fractions in [0, 1], `None` where undefined.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct CategoryMetrics {
+    /// Image-level AUROC of the scores ([`metrics::auroc`]).
     pub image_auroc: Option<f64>,
+    /// Image-level average precision ([`metrics::average_precision`]).
     pub image_ap: Option<f64>,
+    /// Image-level best F1 over thresholds ([`metrics::f1_max`]).
     pub image_f1max: Option<f64>,
+    /// Pixel-level AUROC of the maps against the masks (`None` without `ground_truth/`).
     pub pixel_auroc: Option<f64>,
+    /// Pixel-level average precision (`None` without `ground_truth/`).
     pub pixel_ap: Option<f64>,
+    /// Pixel-level best F1 over thresholds (`None` without `ground_truth/`).
     pub pixel_f1max: Option<f64>,
+    /// Area under the per-region overlap curve up to FPR 0.3, normalised ([`metrics::aupro`]).
     pub aupro: Option<f64>,
+    /// Mean per-image AUPIMO over the anomalous images ([`metrics::aupimo`]).
     pub aupimo: Option<f64>,
+    /// Number of normal test images (a total in the mean row).
     pub n_good: usize,
+    /// Number of anomalous test images (a total in the mean row).
     pub n_anomalous: usize,
 }
 
 impl CategoryMetrics {
-    /// The eight metric values in [`METRIC_COLUMNS`] order.
+    /// The eight metric values, in the order of the first eight [`METRIC_COLUMNS`] (the two counts
+    /// are not included).
     pub fn values(&self) -> [Option<f64>; 8] {
         [
             self.image_auroc,
@@ -139,6 +150,7 @@ pub fn mean_metrics(per: &[CategoryMetrics]) -> CategoryMetrics {
 
 /// What [`category_metrics`] returns besides the metrics.
 pub struct MetricsDetail {
+    /// The category's metrics.
     pub metrics: CategoryMetrics,
     /// Smallest and largest map value over the category (the overlay range of batch mode).
     pub map_range: (f32, f32),

@@ -76,14 +76,21 @@ pub struct Settings {
     pub model: String,
     /// SHA-256 of the weights file.
     pub model_sha256: String,
+    /// Size of the weights file in bytes.
     pub model_bytes: u64,
     /// The dataset folder, canonicalised.
     pub dataset: String,
+    /// The detection mode.
     pub mode: Mode,
+    /// Side of the square model input in pixels (maps are `size × size`).
     pub size: u32,
+    /// Number of few-shot references (`Some` in fewshot mode only).
     pub shots: Option<usize>,
+    /// Seed of the reference draw (recorded, and compared by `--resume`, in every mode).
     pub seed: u64,
+    /// Fast mode's surgery layers K (`Some` in fast mode only).
     pub surgery_layers: Option<usize>,
+    /// The `--prompt-category` override (`None`: matched per category folder).
     pub prompt_category: Option<String>,
 }
 
@@ -135,10 +142,13 @@ pub fn file_sha256(path: &Path) -> Result<String> {
 /// Options of [`run`] (the `anoscope eval` flags).
 #[derive(Clone, Debug)]
 pub struct EvalOptions {
+    /// The checkpoint folder ([`CheckpointFiles::detect`]).
     pub model: PathBuf,
+    /// The dataset folder in the MVTec AD layout (see the [module docs](super)).
     pub dataset: PathBuf,
     /// Categories to evaluate (empty: all).
     pub categories: Vec<String>,
+    /// The detection mode.
     pub mode: Mode,
     /// Few-shot references (fewshot only; default 1).
     pub shots: Option<usize>,
@@ -150,6 +160,7 @@ pub struct EvalOptions {
     pub prompt_category: Option<String>,
     /// Fast mode's surgery layers (default [`fast::default_surgery_layers`]).
     pub surgery_layers: Option<usize>,
+    /// The output folder (see the [module docs](super)).
     pub out: PathBuf,
     /// Continue a previous run in `out` (same settings), skipping finished images.
     pub resume: bool,
@@ -178,12 +189,15 @@ impl Progress for NoProgress {}
 /// What [`run`] returns.
 #[derive(Clone, Debug)]
 pub struct EvalSummary {
+    /// Each category's name and metrics, in dataset order.
     pub categories: Vec<(String, CategoryMetrics)>,
+    /// The across-category mean ([`mean_metrics`]).
     pub mean: CategoryMetrics,
     /// Images scored by this run.
     pub new_images: usize,
     /// Images taken over from a previous run (`--resume`).
     pub resumed_images: usize,
+    /// Wall time of the whole run in seconds.
     pub seconds: f64,
     /// The markdown table (also written to `metrics.md`).
     pub markdown: String,

@@ -5,7 +5,7 @@
 //!   device loss become `Err`s, never panics).
 //! * [`GpuVision`]: the image tower on the GPU (f32 weights uploaded once per model, scratch
 //!   buffers reused across calls), with the same outputs as the CPU [`VisionTower`].
-//! * [`Backend`]: the user's choice (`auto`, `gpu`, `cpu`); natively, [`attach`] installs a
+//! * [`Backend`]: the user's choice (`auto`, `gpu`, `cpu`); natively, `attach` installs a
 //!   [`GpuVision`] as the tower's accelerator so every detection mode uses it, and the tower falls
 //!   back to the CPU (with a message) when a GPU call fails.
 //!
@@ -47,6 +47,7 @@ pub enum Backend {
 }
 
 impl Backend {
+    /// The name `--backend` takes (`"auto"`, `"gpu"`, `"cpu"`).
     pub fn as_str(self) -> &'static str {
         match self {
             Backend::Auto => "auto",
@@ -117,9 +118,13 @@ fn browser_has_webgpu() -> bool {
 /// collected instead of panicking.
 #[derive(Clone, Debug)]
 pub struct GpuContext {
+    /// The device the buffers, pipelines and dispatches are created on.
     pub device: wgpu::Device,
+    /// The device's queue for uploads and submissions.
     pub queue: wgpu::Queue,
+    /// Name, backend and type of the adapter, for messages ([`GpuContext::describe`]).
     pub adapter: wgpu::AdapterInfo,
+    /// The adapter's full limits, which the device was opened with.
     pub limits: wgpu::Limits,
     /// Lines the adapter probe kept off stderr (libwayland's, on Linux: see `gpu/quiet.rs`).
     pub hidden_probe_lines: usize,

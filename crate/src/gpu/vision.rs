@@ -350,6 +350,7 @@ impl GpuVision {
         })
     }
 
+    /// The device this tower's weights live on.
     pub fn ctx(&self) -> &GpuContext {
         &self.ctx
     }

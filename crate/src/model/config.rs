@@ -12,7 +12,9 @@ use serde_json::Value;
 /// Which key naming scheme a checkpoint uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Layout {
+    /// Hugging Face transformers: `config.json` + `model.safetensors`, `vision_model.…` keys.
     HuggingFace,
+    /// open_clip: `open_clip_config.json` + `open_clip_model.safetensors`, `visual.…` keys.
     OpenClip,
 }
 
@@ -81,13 +83,21 @@ pub enum PosInterp {
 /// Image tower hyper-parameters.
 #[derive(Clone, Debug, PartialEq)]
 pub struct VisionConfig {
+    /// Width D of the residual stream (768 for ViT-B).
     pub width: usize,
+    /// Number of transformer blocks (12 for ViT-B).
     pub layers: usize,
+    /// Attention heads per block; must divide `width`.
     pub heads: usize,
+    /// Hidden width of each block's MLP (usually 4 · `width`).
     pub mlp_width: usize,
+    /// Side of a square patch in pixels (16 for ViT-B/16).
     pub patch_size: usize,
+    /// Side of the square input the checkpoint was trained at, in pixels (224, 240, 336, …).
     pub image_size: usize,
+    /// LayerNorm epsilon.
     pub ln_eps: f64,
+    /// Activation of the MLPs.
     pub act: Activation,
 }
 
@@ -96,6 +106,7 @@ impl VisionConfig {
     pub fn grid(&self) -> usize {
         self.image_size / self.patch_size
     }
+    /// Width of one attention head (`width / heads`).
     pub fn head_dim(&self) -> usize {
         self.width / self.heads
     }
@@ -104,37 +115,56 @@ impl VisionConfig {
 /// Text tower hyper-parameters.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TextConfig {
+    /// Width Dt of the residual stream (512 for ViT-B CLIP).
     pub width: usize,
+    /// Number of transformer blocks.
     pub layers: usize,
+    /// Attention heads per block; must divide `width`.
     pub heads: usize,
+    /// Hidden width of each block's MLP (usually 4 · `width`).
     pub mlp_width: usize,
+    /// Rows of the token embedding (49 408 for CLIP's BPE vocabulary).
     pub vocab_size: usize,
+    /// Most tokens per prompt, start- and end-of-text included (77 for CLIP).
     pub context_length: usize,
+    /// LayerNorm epsilon.
     pub ln_eps: f64,
+    /// Activation of the MLPs.
     pub act: Activation,
 }
 
 /// Everything needed to build and feed a CLIP model.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ClipConfig {
+    /// The checkpoint's key naming scheme.
     pub layout: Layout,
+    /// Image tower hyper-parameters.
     pub vision: VisionConfig,
+    /// Text tower hyper-parameters (transformers' defaults for a vision-only configuration).
     pub text: TextConfig,
     /// Dimension of the joint image-text space (P).
     pub embed_dim: usize,
+    /// Per-channel (RGB) mean of the input normalisation (default [`CLIP_MEAN`]).
     pub mean: [f32; 3],
+    /// Per-channel (RGB) standard deviation of the input normalisation (default [`CLIP_STD`]).
     pub std: [f32; 3],
+    /// How position embeddings are resampled for an input size other than `image_size`.
     pub pos_interp: PosInterp,
 }
 
 pub use crate::preprocess::{CLIP_MEAN, CLIP_STD};
 
 /// Largest hyper-parameters accepted from a configuration file (guards against absurd sizes
-/// before anything is allocated).
+/// before anything is allocated). This one bounds the tower widths, head counts and `embed_dim`
+/// (MLP widths may be 8 times it).
 pub const MAX_WIDTH: usize = 8192;
+/// Most blocks a tower may have.
 pub const MAX_LAYERS: usize = 128;
+/// Largest image size and patch size accepted, in pixels.
 pub const MAX_IMAGE: usize = 4096;
+/// Largest text vocabulary accepted.
 pub const MAX_VOCAB: usize = 1 << 20;
+/// Largest text context length accepted, in tokens.
 pub const MAX_CONTEXT: usize = 1024;
 
 /// Largest configuration file accepted (bytes); real ones are under 10 KB.

@@ -26,8 +26,11 @@ use std::path::{Path, PathBuf};
 /// A loaded CLIP model: the image tower, and the text tower when the checkpoint has one.
 #[derive(Clone, Debug)]
 pub struct Clip {
+    /// The configuration both towers were built from.
     pub cfg: ClipConfig,
+    /// The image tower.
     pub vision: VisionTower,
+    /// The text tower; `None` for a vision-only checkpoint or a model still streaming in.
     pub text: Option<TextTower>,
     /// `exp(logit_scale)` of the checkpoint, when stored.
     pub logit_scale: Option<f32>,
@@ -36,8 +39,11 @@ pub struct Clip {
 /// The two files of a checkpoint directory.
 #[derive(Clone, Debug)]
 pub struct CheckpointFiles {
+    /// The layout the file names identify.
     pub layout: Layout,
+    /// The configuration file (`config.json` or `open_clip_config.json`).
     pub config: PathBuf,
+    /// The safetensors weights file (`model.safetensors` or `open_clip_model.safetensors`).
     pub weights: PathBuf,
 }
 

@@ -1,4 +1,9 @@
-//! Small tensor operations shared by both towers.
+//! The building blocks both towers run: the forward passes of the weight structs ([`Norm`],
+//! [`Linear`], a transformer [`Block`] with its optional v-v path), the MLP activation, the CPU
+//! parallelism helpers ([`par_slices`], [`split_ranges`]), bicubic position-embedding resampling,
+//! and the text tower's causal mask and end-of-text positions. The weight structs and their
+//! loading are in [`super::weights`]; whole-tower passes are in [`super::vision`] and
+//! [`super::text`].
 use super::config::{Activation, PosInterp};
 use super::weights::{Block, Linear, Norm};
 use anyhow::Result;
@@ -45,7 +50,9 @@ pub fn activation(x: &Tensor, act: Activation) -> Result<Tensor> {
 /// Result of one block: the new residual stream, and the v-v attention output (after the output
 /// projection) when asked for.
 pub struct BlockOut {
+    /// The block's output residual stream, `[B, T, D]`.
     pub x: Tensor,
+    /// The v-v attention output, `[B, T, D]`, when the block was asked for it (not added to `x`).
     pub vv: Option<Tensor>,
 }
 

@@ -216,7 +216,9 @@ pub fn random_source(cfg: &ClipConfig, seed: u64, with_text: bool) -> Result<Map
 /// Storage type of a written checkpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StoreDtype {
+    /// 32-bit floats (exact).
     F32,
+    /// 16-bit IEEE half floats (values rounded to nearest; half the size).
     F16,
 }
 

@@ -32,7 +32,9 @@ fn invalid(origin: &str, e: SafeTensorError) -> anyhow::Error {
 /// Which towers a [`StreamLoader`] builds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Towers {
+    /// Build the image tower (otherwise its tensors are skipped without being buffered).
     pub vision: bool,
+    /// Build the text tower (otherwise its tensors are skipped without being buffered).
     pub text: bool,
 }
 

@@ -10,11 +10,14 @@ use candle_core::{Device, Tensor};
 /// The text tower of a CLIP model.
 #[derive(Clone, Debug)]
 pub struct TextTower {
+    /// The model configuration (its text hyper-parameters and `embed_dim`).
     pub cfg: ClipConfig,
+    /// The tower's weights.
     pub w: TextWeights,
 }
 
 impl TextTower {
+    /// Reads the text tower's weights from `src` in the layout of `cfg`.
     pub fn load(src: &dyn TensorSource, cfg: &ClipConfig) -> Result<Self> {
         Ok(Self {
             cfg: cfg.clone(),

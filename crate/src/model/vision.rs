@@ -9,7 +9,7 @@ use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
 use std::sync::Arc;
 
-/// An accelerator for the image tower (the GPU, [`crate::gpu::GpuVision`]). When a tower has one,
+/// An accelerator for the image tower (the GPU, `crate::gpu::GpuVision`). When a tower has one,
 /// its passes run there after the tower has validated the inputs; when a call fails (device lost,
 /// out of memory), the accelerator is disabled and that call and all later ones run on the CPU,
 /// with a message on stderr.
@@ -84,13 +84,16 @@ pub struct VisionOutput {
 /// The image tower of a CLIP model.
 #[derive(Clone, Debug)]
 pub struct VisionTower {
+    /// The model configuration (its vision hyper-parameters, `embed_dim` and `pos_interp`).
     pub cfg: ClipConfig,
+    /// The tower's weights (on the CPU; an accelerator keeps its own copy).
     pub w: VisionWeights,
     /// Runs the passes when set (see [`VisionAccel`]); `None` = CPU.
     pub accel: Option<Arc<dyn VisionAccel>>,
 }
 
 impl VisionTower {
+    /// Reads the image tower's weights from `src` in the layout of `cfg`, with no accelerator.
     pub fn load(src: &dyn TensorSource, cfg: &ClipConfig) -> Result<Self> {
         Ok(Self {
             cfg: cfg.clone(),

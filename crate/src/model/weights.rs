@@ -128,27 +128,37 @@ impl TensorSource for MapSource {
 /// LayerNorm parameters.
 #[derive(Clone, Debug)]
 pub struct Norm {
+    /// Per-channel scale (γ), `[D]`.
     pub weight: Tensor,
+    /// Per-channel shift (β), `[D]`.
     pub bias: Tensor,
+    /// Added to the variance before the square root.
     pub eps: f32,
 }
 
 /// A linear layer stored transposed (`[in, out]`, contiguous) so that `x @ w_t + b` is one gemm.
 #[derive(Clone, Debug)]
 pub struct Linear {
+    /// The weight matrix transposed, `[in, out]`, contiguous.
     pub w_t: Tensor,
+    /// Added to every output row, `[out]` (`None`: no bias).
     pub bias: Option<Tensor>,
 }
 
 /// One pre-norm transformer block.
 #[derive(Clone, Debug)]
 pub struct Block {
+    /// LayerNorm before attention.
     pub ln_1: Norm,
     /// Fused q, k, v projection: `[D, 3D]`.
     pub qkv: Linear,
+    /// Attention output projection, `[D, D]`.
     pub out: Linear,
+    /// LayerNorm before the MLP.
     pub ln_2: Norm,
+    /// First MLP layer, `[D, mlp_width]` (followed by the activation).
     pub fc1: Linear,
+    /// Second MLP layer, `[mlp_width, D]`.
     pub fc2: Linear,
 }
 
@@ -157,11 +167,15 @@ pub struct Block {
 pub struct VisionWeights {
     /// Patch embedding as a matmul: `[3·p·p, D]` (channel-major, then rows, then columns).
     pub patch_w_t: Tensor,
+    /// The learned class token, `[D]`.
     pub class_embedding: Tensor,
     /// `[grid² + 1, D]` as stored in the checkpoint.
     pub pos_embedding: Tensor,
+    /// LayerNorm on the embedded tokens before the first block.
     pub ln_pre: Norm,
+    /// The transformer blocks, first to last.
     pub blocks: Vec<Block>,
+    /// LayerNorm on the last block's output, before the projection.
     pub ln_post: Norm,
     /// `[D, P]`.
     pub proj: Tensor,
@@ -170,9 +184,13 @@ pub struct VisionWeights {
 /// Text tower weights.
 #[derive(Clone, Debug)]
 pub struct TextWeights {
+    /// Token embedding table, `[vocab_size, Dt]`.
     pub token_embedding: Tensor,
+    /// Position embeddings, `[context_length, Dt]`.
     pub pos_embedding: Tensor,
+    /// The transformer blocks, first to last.
     pub blocks: Vec<Block>,
+    /// LayerNorm on the last block's output, before the projection.
     pub ln_final: Norm,
     /// `[Dt, P]`.
     pub proj: Tensor,

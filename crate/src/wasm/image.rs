@@ -35,11 +35,13 @@ impl Image {
         Ok(Image { img })
     }
 
+    /// Width in pixels.
     #[wasm_bindgen(getter)]
     pub fn width(&self) -> u32 {
         self.img.width()
     }
 
+    /// Height in pixels.
     #[wasm_bindgen(getter)]
     pub fn height(&self) -> u32 {
         self.img.height()

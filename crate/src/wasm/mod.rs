@@ -2,7 +2,8 @@
 //! code the CLI runs (decoding and preprocessing, the detection modes, the overlays). JS never
 //! reimplements preprocessing, scoring or colormaps.
 //!
-//! * [`version`], [`limits`], [`render_overlay`] (`renderOverlay`);
+//! * [`version`], [`threads`], [`limits`], [`render_overlay`] (`renderOverlay`), and with the
+//!   `threads` feature `initThreadPool`;
 //! * [`Image`]: a decoded RGB image;
 //! * [`ClipLoader`]: a checkpoint streamed in chunks, image tower first;
 //! * [`ClipModel`]: checkpoint, prompt bundle, text pairs, `detect`, `references`, `batch`;
@@ -34,8 +35,9 @@ pub const MAX_REFERENCES: usize = 16;
 /// [`crate::detect::musc::MAX_BATCH`].
 pub const MAX_BATCH: usize = 64;
 
-/// Largest checkpoint file accepted by [`ClipModel::load`]: the bytes and the model's tensors
-/// must both fit wasm32's 4 GiB of memory (ViT-B/16 is 300 MB in f16, 600 MB in f32).
+/// Largest checkpoint file accepted by [`ClipModel::load`] (and by [`ClipLoader`] when the file's
+/// size is declared): the bytes and the model's tensors must both fit wasm32's 4 GiB of memory
+/// (ViT-B/16 is 300 MB in f16, 600 MB in f32).
 pub const MAX_CHECKPOINT_BYTES: usize = 1 << 30;
 
 pub(crate) fn js_err(e: anyhow::Error) -> JsError {

@@ -148,6 +148,7 @@ impl ClipModel {
 
 #[wasm_bindgen]
 impl ClipModel {
+    /// Loads a model from a whole checkpoint in memory (`ClipLoader` streams one instead).
     /// `configFileName` is `config.json` (Hugging Face) or `open_clip_config.json` (open_clip);
     /// `weights` the safetensors bytes (at most `limits().maxCheckpointBytes`).
     pub fn load(config_file_name: &str, config_json: &str, weights: &[u8]) -> Result<ClipModel, JsError> {
@@ -261,8 +262,8 @@ impl ClipModel {
         to_safetensors(&named).map_err(js_err)
     }
 
-    /// Tokenizes and encodes prompts. Returns safetensors bytes with `text_embeds` [T,P] and
-    /// `input_ids` [T,77].
+    /// Tokenizes and encodes prompts. Returns safetensors bytes with `text_embeds` `[T, P]` and
+    /// `input_ids` `[T, 77]`.
     #[wasm_bindgen(js_name = embedText)]
     pub fn embed_text(&mut self, texts: Vec<String>) -> Result<Vec<u8>, JsError> {
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();

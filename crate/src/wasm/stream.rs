@@ -19,6 +19,7 @@ pub struct ClipLoader {
 
 #[wasm_bindgen]
 impl ClipLoader {
+    /// A loader for one checkpoint file, before its first byte.
     /// `configFileName` is `config.json` (Hugging Face) or `open_clip_config.json` (open_clip);
     /// `totalBytes` the file size when known (checked against the limit and the header before any
     /// tensor); `vision` / `text` select the towers to build (the other one's bytes are skipped).
