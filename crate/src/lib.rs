@@ -17,10 +17,14 @@
 //! The command line (argument parsing, progress bars, output files) is the `anoscope` binary's
 //! (`src/cli/`), not this library's. `fuzzing` (native, hidden) holds the fuzz targets' bodies
 //! and is not public API.
+#![warn(missing_docs)]
+
 pub mod detect;
 pub mod embed;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod eval;
+// Public only for `fuzz/` and the regression test; hidden, so `missing_docs` skips it (its items
+// are documented all the same).
 #[cfg(not(target_arch = "wasm32"))]
 #[doc(hidden)]
 pub mod fuzzing;
