@@ -22,7 +22,8 @@
 //! Test images are resized to a `size × size` square (the model input) and scored by one of the
 //! [`crate::detect`] modes ([`Mode`]). Pixel metrics are computed at that resolution: each mask
 //! is thresholded at `> 127` (on its brightest channel) at its own resolution, then resized to
-//! `size × size` with nearest neighbour (half-pixel centres, [`resize_mask_nearest`]).
+//! `size × size` with nearest neighbour picking exactly the source pixels of Pillow's
+//! `Image.resize(…, Image.NEAREST)` ([`resize_mask_nearest`], [`nearest_source_indices`]).
 //!
 //! # Output folder
 //!
@@ -61,8 +62,8 @@ mod report;
 mod runner;
 
 pub use dataset::{
-    check_mask_aspect, image_dims, is_image_path, load_mask, read_mask, resize_mask_nearest, scan_dataset,
-    select_references, CategoryData, Dataset, TestImage, ASPECT_TOLERANCE, GOOD, IMAGE_EXTENSIONS,
+    check_mask_aspect, image_dims, is_image_path, load_mask, nearest_source_indices, read_mask, resize_mask_nearest,
+    scan_dataset, select_references, CategoryData, Dataset, TestImage, ASPECT_TOLERANCE, GOOD, IMAGE_EXTENSIONS,
 };
 pub use output::{read_finished, read_map, write_atomic, write_map, write_record, ImageRecord, OutDir};
 pub use report::{
