@@ -395,9 +395,10 @@ pub fn select_references(train_good: &[PathBuf], k: usize, seed: u64) -> Result<
 /// Where the exact centre `(i + ½)·n_in / n_out` is an integer (a tie between two source
 /// pixels) the rounding of `a` and of the running sum decides: 448 → 40 takes 27 for output 2
 /// (exact 28.0), 195 for output 17 (exact 196.0), but 84 for output 7 (exact 84.0). The exact
-/// rational `⌊(2i + 1)·n_in / (2·n_out)⌋` (used before) takes the upper pixel at every tie, as
-/// does torch's `interpolate(mode="nearest-exact")` (`⌊(i + ½)·s⌋` in f32, `s = n_in / n_out`)
-/// at 448 → 40; torch's `nearest` (`⌊i·s⌋`, no half-pixel offset) is another convention again.
+/// rational `⌊(2i + 1)·n_in / (2·n_out)⌋` (used before) takes the upper pixel at every tie, and
+/// so, by its formula, does torch's `interpolate(mode="nearest-exact")` (`⌊(i + ½)·s⌋` in f32,
+/// `s = n_in / n_out`) at 448 → 40; torch's `nearest` (`⌊i·s⌋`, no half-pixel offset) is
+/// another convention again.
 pub fn nearest_source_indices(n_in: usize, n_out: usize) -> Vec<Option<usize>> {
     // `a[0] = (double)(box[2] - box[0]) / xsize` with `float box[4] = {0, 0, xsize_in, …}`.
     let a = f64::from(n_in as f32) / n_out as f64;
