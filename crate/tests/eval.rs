@@ -113,16 +113,32 @@ fn read_map(p: &Path) -> (Vec<f32>, usize, usize) {
     (m.flatten_all().unwrap().to_vec1().unwrap(), w, h)
 }
 
-/// A mask thresholded at > 127 and resized with nearest neighbour (half-pixel centres), written
+/// The source pixel of each of `n_out` outputs of Pillow's `Image.resize(…, Image.NEAREST)`
+/// from `n_in`, written independently of the library from Pillow's `ImagingScaleAffine`: scale
+/// `(double)(float)n_in / n_out`, a running f64 sum from half the scale, truncated.
+fn pillow_nearest(n_in: usize, n_out: usize) -> Vec<usize> {
+    let scale = n_in as f32 as f64 / n_out as f64;
+    let mut x = scale / 2.0;
+    let mut out = Vec::new();
+    for _ in 0..n_out {
+        out.push(x.trunc() as usize);
+        x += scale;
+    }
+    assert!(out.iter().all(|&i| i < n_in));
+    out
+}
+
+/// A mask thresholded at > 127 and resized with Pillow's nearest neighbour, written
 /// independently of the library.
 fn read_mask(p: &Path, w: usize, h: usize) -> Vec<bool> {
     let img = image::open(p).unwrap().to_luma8();
-    let (mw, mh) = (img.width() as usize, img.height() as usize);
+    let (xs, ys) = (
+        pillow_nearest(img.width() as usize, w),
+        pillow_nearest(img.height() as usize, h),
+    );
     let mut out = Vec::with_capacity(w * h);
-    for y in 0..h {
-        let sy = (((y as f64 + 0.5) * mh as f64 / h as f64).floor() as usize).min(mh - 1);
-        for x in 0..w {
-            let sx = (((x as f64 + 0.5) * mw as f64 / w as f64).floor() as usize).min(mw - 1);
+    for &sy in &ys {
+        for &sx in &xs {
             out.push(img.get_pixel(sx as u32, sy as u32).0[0] > 127);
         }
     }
@@ -396,4 +412,106 @@ fn dataset_problems_are_clear_errors_or_notes() {
     assert!(e.contains("cable") && e.contains("bottle"), "{e}");
     let e = eval_err(&tiny(), &out("prompt"), &["--prompt-category", "nonsense"]);
     assert!(e.contains("nonsense"), "{e}");
+}
+
+/// The exact-rational half-pixel convention used before (`⌊(2i + 1)·n_in / (2·n_out)⌋`), to show
+/// that the fixtures exercise ties where it and Pillow pick different pixels.
+fn rational_nearest(n_in: usize, n_out: usize) -> Vec<usize> {
+    (0..n_out).map(|i| (2 * i + 1) * n_in / (2 * n_out)).collect()
+}
+
+/// A mask resized by picking `xs` × `ys`.
+fn pick(mask: &[bool], w: usize, xs: &[usize], ys: &[usize]) -> Vec<bool> {
+    ys.iter()
+        .flat_map(|&y| xs.iter().map(move |&x| mask[y * w + x]))
+        .collect()
+}
+
+#[test]
+fn masks_resize_as_pillow_nearest() {
+    // tests/fixtures/mask_resize: written by tests/reference/make_mask_resize_fixtures.py.
+    let dir = repo().join("tests/fixtures/mask_resize");
+    let r = read_json(&dir.join("reference.json"));
+
+    // Source indices: every table, and the ties of 448 → 40 where the exact rational differs.
+    let tables = r["indices"].as_array().unwrap();
+    assert!(tables.len() >= 50);
+    let mut ties = 0;
+    for t in tables {
+        let (n_in, n_out) = (
+            t["n_in"].as_u64().unwrap() as usize,
+            t["n_out"].as_u64().unwrap() as usize,
+        );
+        let want: Vec<Option<usize>> = t["src"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| Some(v.as_u64().unwrap() as usize))
+            .collect();
+        assert_eq!(
+            anoscope::eval::nearest_source_indices(n_in, n_out),
+            want,
+            "{n_in} → {n_out}"
+        );
+        let want: Vec<usize> = want.into_iter().map(Option::unwrap).collect();
+        assert_eq!(pillow_nearest(n_in, n_out), want, "test helper {n_in} → {n_out}");
+        let rational = rational_nearest(n_in, n_out);
+        ties += rational.iter().zip(&want).filter(|(a, b)| a != b).count();
+        if (n_in, n_out) == (448, 40) {
+            let diff: Vec<usize> = (0..n_out).filter(|&i| rational[i] != want[i]).collect();
+            assert_eq!(
+                diff,
+                [2, 17, 22, 27, 32, 37],
+                "448 → 40: the ties Pillow resolves downwards"
+            );
+        }
+    }
+    assert!(ties > 0);
+
+    // A real MVTec AD bottle mask (448×448) at every fixture size: bit for bit as Pillow, and
+    // at 40×40 (the case) the old convention differs.
+    let masks = r["masks"].as_array().unwrap();
+    assert_eq!(masks.len(), 1);
+    let m = &masks[0];
+    let src = repo().join(m["source"].as_str().unwrap());
+    assert_eq!(
+        anoscope::eval::file_sha256(&src).unwrap(),
+        m["sha256"].as_str().unwrap()
+    );
+    let (full, w, h) = anoscope::eval::read_mask(&src).unwrap();
+    assert_eq!((w, h), (448, 448));
+    let mut old_differs = Vec::new();
+    for o in m["outputs"].as_array().unwrap() {
+        let (ow, oh) = (
+            o["width"].as_u64().unwrap() as usize,
+            o["height"].as_u64().unwrap() as usize,
+        );
+        let pil: Vec<bool> = image::open(dir.join(o["file"].as_str().unwrap()))
+            .unwrap()
+            .to_luma8()
+            .pixels()
+            .map(|p| p.0[0] > 127)
+            .collect();
+        assert_eq!(pil.len(), ow * oh);
+        assert_eq!(
+            pil.iter().filter(|&&v| v).count() as u64,
+            o["anomalous"].as_u64().unwrap()
+        );
+        let ours = anoscope::eval::load_mask(&src, ow, oh).unwrap();
+        assert!(
+            ours == pil,
+            "{ow}x{oh}: {} pixels differ from Pillow",
+            ours.iter().zip(&pil).filter(|(a, b)| a != b).count()
+        );
+        assert_eq!(read_mask(&src, ow, oh), pil, "test helper {ow}x{oh}");
+        let old = pick(&full, w, &rational_nearest(w, ow), &rational_nearest(h, oh));
+        let n = old.iter().zip(&pil).filter(|(a, b)| a != b).count();
+        if n > 0 {
+            old_differs.push((ow, oh, n));
+        }
+    }
+    assert!(
+        old_differs.iter().any(|&(w, h, _)| (w, h) == (40, 40)),
+        "the real mask must exercise a tie at 40×40: {old_differs:?}"
+    );
 }

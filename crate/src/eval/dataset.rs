@@ -387,8 +387,41 @@ pub fn select_references(train_good: &[PathBuf], k: usize, seed: u64) -> Result<
 // ---------------------------------------------------------------------------------------------
 // Masks
 
-/// Nearest-neighbour resize of a `w × h` mask to `out_w × out_h` with half-pixel centres
-/// (source index `⌊(2i + 1)·w / (2·out_w)⌋`, as PIL's `NEAREST` and torch's `nearest-exact`).
+/// The source index along one axis of each of `n_out` output pixels in a nearest-neighbour
+/// resize from `n_in` pixels, exactly as Pillow's `Image.resize(…, Image.NEAREST)` (Pillow
+/// 13.0.0: `_resize_impl` in `_imaging.c` → `ImagingScaleAffine` in `libImaging/Geometry.c`):
+/// the scale `a = (double)(float)n_in / n_out` (the box is `float`), the first source
+/// coordinate `xo = a · 0.5`, then `xo += a` per output pixel (an f64 running sum, not
+/// `(i + ½)·a`), and the index `(int)xo` (truncation; `-1` for `xo < 0`). `None` where that
+/// index is outside `0..n_in` (Pillow fills those pixels with 0; mirrored, though it does not
+/// happen at sizes that fit in memory).
+///
+/// Where the exact centre `(i + ½)·n_in / n_out` is an integer (a tie between two source
+/// pixels) the rounding of `a` and of the running sum decides: 448 → 40 takes 27 for output 2
+/// (exact 28.0), 195 for output 17 (exact 196.0), but 84 for output 7 (exact 84.0). The exact
+/// rational `⌊(2i + 1)·n_in / (2·n_out)⌋` (used before) takes the upper pixel at every tie, and
+/// so, by its formula, does torch's `interpolate(mode="nearest-exact")` (`⌊(i + ½)·s⌋` in f32,
+/// `s = n_in / n_out`) at 448 → 40; torch's `nearest` (`⌊i·s⌋`, no half-pixel offset) is
+/// another convention again.
+pub fn nearest_source_indices(n_in: usize, n_out: usize) -> Vec<Option<usize>> {
+    // `a[0] = (double)(box[2] - box[0]) / xsize` with `float box[4] = {0, 0, xsize_in, …}`.
+    let a = f64::from(n_in as f32) / n_out as f64;
+    // `xo = a[2] + a[0] * 0.5` with `a[2] = box[0] = 0`.
+    let mut xo = 0.0 + a * 0.5;
+    (0..n_out)
+        .map(|_| {
+            // `COORD(v) ((v) < 0.0 ? -1 : ((int)(v)))`
+            let i = if xo < 0.0 { -1 } else { xo as i64 };
+            xo += a;
+            usize::try_from(i).ok().filter(|&i| i < n_in)
+        })
+        .collect()
+}
+
+/// Nearest-neighbour resize of a `w × h` mask to `out_w × out_h` picking exactly the source
+/// pixels Pillow's `Image.resize((out_w, out_h), Image.NEAREST)` picks
+/// ([`nearest_source_indices`] on each axis; outputs whose source is outside the mask are
+/// normal, as Pillow's zero fill).
 ///
 /// # Panics
 /// If `mask.len() != w * h`, or the mask is empty while the output is not.
@@ -398,11 +431,13 @@ pub fn resize_mask_nearest(mask: &[bool], w: usize, h: usize, out_w: usize, out_
         return Vec::new();
     }
     assert!(w * h > 0, "resize_mask_nearest: empty mask");
-    let xs: Vec<usize> = (0..out_w).map(|x| ((2 * x + 1) * w / (2 * out_w)).min(w - 1)).collect();
+    let xs = nearest_source_indices(w, out_w);
     let mut out = Vec::with_capacity(out_w * out_h);
-    for y in 0..out_h {
-        let sy = ((2 * y + 1) * h / (2 * out_h)).min(h - 1);
-        out.extend(xs.iter().map(|&sx| mask[sy * w + sx]));
+    for sy in nearest_source_indices(h, out_h) {
+        out.extend(
+            xs.iter()
+                .map(|sx| matches!((sy, sx), (Some(sy), Some(sx)) if mask[sy * w + sx])),
+        );
     }
     out
 }
@@ -449,7 +484,7 @@ mod tests {
     }
 
     #[test]
-    fn nearest_resize_uses_half_pixel_centres() {
+    fn nearest_resize_uses_pillows_source_pixels() {
         // 4x1 → 2x1 takes source columns 1 and 3.
         let m = [false, true, false, true];
         assert_eq!(resize_mask_nearest(&m, 4, 1, 2, 1), vec![true, true]);
@@ -462,6 +497,14 @@ mod tests {
             vec![true, true, false, false, true, true, false, false]
         );
         assert!(resize_mask_nearest(&[], 0, 0, 0, 0).is_empty());
+        // 448 → 40: at the exact ties 28.0 and 196.0 Pillow's running f64 sum lands just below
+        // (27, 195), at 84.0 on it (84); the exact rational takes the upper pixel every time.
+        let s = nearest_source_indices(448, 40);
+        assert_eq!((s[2], s[7], s[17], s[39]), (Some(27), Some(84), Some(195), Some(442)));
+        assert_eq!(s[0], Some(5));
+        // Upsampling by an integer factor has no ties.
+        let s: Vec<usize> = nearest_source_indices(3, 6).into_iter().map(Option::unwrap).collect();
+        assert_eq!(s, [0, 0, 1, 1, 2, 2]);
     }
 
     #[test]

@@ -22,7 +22,8 @@
 //! Test images are resized to a `size × size` square (the model input) and scored by one of the
 //! [`crate::detect`] modes ([`Mode`]). Pixel metrics are computed at that resolution: each mask
 //! is thresholded at `> 127` (on its brightest channel) at its own resolution, then resized to
-//! `size × size` with nearest neighbour (half-pixel centres, [`resize_mask_nearest`]).
+//! `size × size` with nearest neighbour picking exactly the source pixels of Pillow's
+//! `Image.resize(…, Image.NEAREST)` ([`resize_mask_nearest`], [`nearest_source_indices`]).
 //!
 //! # Output folder
 //!
@@ -30,15 +31,19 @@
 //! OUT/run.json                                   settings, references, versions, timings
 //! OUT/records/<category>/<defect>/<stem>.json    one [`ImageRecord`] per finished image
 //! OUT/maps/<category>/<defect>/<stem>.map.safetensors   `anomaly_map` [H,W] f32
+//! OUT/timings/<category>/<defect>/<stem>.json    `{"ms": …}`: its detection time ([`ImageTiming`])
 //! OUT/scores.csv                                 category,defect,stem,label,score
 //! OUT/metrics.json, OUT/metrics.csv, OUT/metrics.md
 //! OUT/overlays/<category>/{fp,fn}_<rank>__<defect>__<stem>.png   image | overlay | mask
 //! ```
 //!
-//! Each image's map and record are written as soon as it is scored, atomically (a temporary
-//! name, then a rename; the record last), so an interrupted run leaves only complete results and
-//! [`EvalOptions::resume`] skips them. Batch mode (MuSc) scores a category's test images
-//! together, so it resumes per category. Everything needed to recompute the metrics
+//! Each image's map, timing and record are written as soon as it is scored, atomically (a
+//! temporary name `.<file>.tmp` next to the file, then a rename; the record last), so an
+//! interrupted run leaves only complete results and [`EvalOptions::resume`] skips them. Batch
+//! mode (MuSc) scores a category's test images together, so it resumes per category. A run
+//! killed at any point and resumed until it completes leaves every file byte-identical to an
+//! uninterrupted run's, except `timings/` and, in `run.json`, the times and the new / resumed
+//! counts of the invocations (`crate/tests/eval_resume.rs`). Everything needed to recompute the metrics
 //! independently is in `scores.csv`, `maps/` and the dataset's masks; `metrics.json` holds the
 //! values of [`crate::metrics`] on exactly these, pushed in `scores.csv` order.
 //!
@@ -61,10 +66,12 @@ mod report;
 mod runner;
 
 pub use dataset::{
-    check_mask_aspect, image_dims, is_image_path, load_mask, read_mask, resize_mask_nearest, scan_dataset,
-    select_references, CategoryData, Dataset, TestImage, ASPECT_TOLERANCE, GOOD, IMAGE_EXTENSIONS,
+    check_mask_aspect, image_dims, is_image_path, load_mask, nearest_source_indices, read_mask, resize_mask_nearest,
+    scan_dataset, select_references, CategoryData, Dataset, TestImage, ASPECT_TOLERANCE, GOOD, IMAGE_EXTENSIONS,
 };
-pub use output::{read_finished, read_map, write_atomic, write_map, write_record, ImageRecord, OutDir};
+pub use output::{
+    read_finished, read_map, write_atomic, write_map, write_record, write_timing, ImageRecord, ImageTiming, OutDir,
+};
 pub use report::{
     category_metrics, csv_field, image_level_metrics, markdown_table, mean_metrics, metrics_csv, metrics_json,
     scores_csv, CategoryMetrics, MetricsDetail, METRIC_COLUMNS,

@@ -1,10 +1,14 @@
-//! The output folder of an evaluation: its paths ([`OutDir`]), the per-image records and
-//! anomaly maps, and atomic writes (a temporary name, then a rename), so an interrupted run
+//! The output folder of an evaluation: its paths ([`OutDir`]), the per-image records, anomaly
+//! maps and timings, and atomic writes (a temporary name, then a rename), so an interrupted run
 //! leaves only complete files and `--resume` can trust them ([`read_finished`]). What the
 //! records and maps are turned into (CSV, metrics, tables, overlays) is in `report.rs`.
+//!
+//! Results (records, maps, and everything computed from them) hold nothing that depends on
+//! when or in how many invocations they were computed, so a resumed run's files are
+//! byte-identical to an uninterrupted one's; times live apart, in `timings/` and `run.json`.
 use super::dataset::TestImage;
 use anyhow::{Context, Result};
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -31,6 +35,12 @@ pub struct ImageRecord {
     pub image_width: u32,
     /// Height of the original image file in pixels.
     pub image_height: u32,
+}
+
+/// How long one test image took (`timings/<category>/<defect>/<stem>.json`), kept apart from its
+/// [`ImageRecord`] so that results do not depend on the run that computed them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ImageTiming {
     /// Milliseconds to load, preprocess and score the image (batch mode: the category's time
     /// divided by its images).
     pub ms: f64,
@@ -74,6 +84,15 @@ impl OutDir {
             .join(format!("{stem}.map.safetensors"))
     }
 
+    /// The detection time of one test image.
+    pub fn timing(&self, category: &str, defect: &str, stem: &str) -> PathBuf {
+        self.root
+            .join("timings")
+            .join(category)
+            .join(defect)
+            .join(format!("{stem}.json"))
+    }
+
     /// The folder of a category's worst-case overlays.
     pub fn overlays(&self, category: &str) -> PathBuf {
         self.root.join("overlays").join(category)
@@ -106,14 +125,19 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
 }
 
-/// Writes `anomaly_map` `[height, width]` f32 as safetensors, atomically.
+/// Writes `anomaly_map` `[height, width]` f32 as safetensors, atomically ([`write_atomic`]:
+/// serialised in memory, so the only temporary file is the one named after `path`, which the
+/// next write of the same map replaces; candle's `save_safetensors` would go through a
+/// randomly named temporary file that a killed run leaves behind).
 pub fn write_map(path: &Path, map: &[f32], width: usize, height: usize) -> Result<()> {
-    create_parent(path)?;
-    let tmp = temp_path(path);
-    Tensor::from_slice(map, (height, width), &Device::Cpu)?
-        .save_safetensors("anomaly_map", &tmp)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
+    anyhow::ensure!(
+        map.len() == width * height,
+        "anomaly map of {} values is not {width}x{height}",
+        map.len()
+    );
+    let bytes: Vec<u8> = map.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![height, width], &bytes)?;
+    write_atomic(path, &safetensors::serialize([("anomaly_map", view)], None)?)
 }
 
 /// Reads `anomaly_map` `[H, W]` from a safetensors file: (values, width, height).
@@ -128,6 +152,11 @@ pub fn read_map(path: &Path) -> Result<(Vec<f32>, usize, usize)> {
         .with_context(|| format!("{}: `anomaly_map` must be [H, W]", path.display()))?;
     let values = t.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
     Ok((values, w, h))
+}
+
+/// Writes an image's timing (before its record).
+pub fn write_timing(path: &Path, t: &ImageTiming) -> Result<()> {
+    write_atomic(path, (serde_json::to_string(t)? + "\n").as_bytes())
 }
 
 /// Writes a record (after its map: the record marks the image as finished).
@@ -180,7 +209,6 @@ mod tests {
             map_height: 2,
             image_width: 4,
             image_height: 4,
-            ms: 2.0,
         };
         write_record(&out.record("c", "good", "000"), &r).unwrap();
         assert_eq!(read_finished(&out, "c", &img), Some(r));

@@ -354,7 +354,6 @@ mod tests {
             map_height: 2,
             image_width: 2,
             image_height: 2,
-            ms: 1.0,
         };
         assert_eq!(
             scores_csv(&[r]),

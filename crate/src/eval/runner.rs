@@ -4,7 +4,9 @@
 //! scored, then the report. The dataset scan is in `dataset.rs`, the output folder's files in
 //! `output.rs`, the metrics and tables in `report.rs`.
 use super::dataset::{scan_dataset, select_references, TestImage, GOOD};
-use super::output::{read_finished, write_atomic, write_map, write_record, ImageRecord, OutDir};
+use super::output::{
+    read_finished, write_atomic, write_map, write_record, write_timing, ImageRecord, ImageTiming, OutDir,
+};
 use super::report::{
     category_metrics, markdown_table, mean_metrics, metrics_csv, metrics_json, scores_csv, write_worst_overlays,
     CategoryMetrics,
@@ -266,7 +268,8 @@ impl Scorer<'_> {
     }
 }
 
-/// Writes one image's map, then its record (which marks it finished); returns the record.
+/// Writes one image's map, its timing, then its record (which marks it finished); returns the
+/// record.
 fn save_result(
     out: &OutDir,
     cat: &str,
@@ -287,8 +290,8 @@ fn save_result(
         map_height: det.height,
         image_width: dims.0,
         image_height: dims.1,
-        ms,
     };
+    write_timing(&out.timing(cat, &img.defect, &img.stem), &ImageTiming { ms })?;
     write_record(&out.record(cat, &img.defect, &img.stem), &r)?;
     Ok(r)
 }

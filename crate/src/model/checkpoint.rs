@@ -7,11 +7,12 @@
 //! text tower arrives.
 //!
 //! Kept apart so that the dependencies run one way: `weights` and `stream` use this module,
-//! `stream` uses `weights`, and this module uses neither. Decoding tensor data and assembling the
-//! towers' weights are not here.
-use anyhow::Result;
+//! `stream` uses `weights`, and this module uses neither. Decoding tensor bytes to f32
+//! ([`decode_floats`]) is here, for both readers; assembling the towers' weights is not.
+use anyhow::{bail, Result};
 use candle_core::Tensor;
 use safetensors::tensor::TensorView;
+use safetensors::Dtype;
 
 /// Largest checkpoint accepted natively (bytes): 4 GiB. ViT-L/14-336 in f32 is 1.7 GB.
 /// Checked from the file size before the file is read.
@@ -33,6 +34,36 @@ pub const MAX_CHECKPOINT_BYTES: u64 = MAX_CHECKPOINT_BYTES_WASM;
 /// Largest safetensors JSON header the `safetensors` crate parses (its own limit, 100 MB;
 /// real CLIP headers are under 100 KB).
 pub const MAX_SAFETENSORS_HEADER_BYTES: u64 = 100_000_000;
+
+/// Appends the little-endian float `bytes` of a tensor stored as `dtype` (F32, F16, BF16 or F64)
+/// to `out` as f32; the one decoder of tensor data for the whole-file and the streaming reader.
+/// `bytes` holds whole elements only; another dtype is an error.
+pub fn decode_floats(dtype: Dtype, bytes: &[u8], out: &mut Vec<f32>) -> Result<()> {
+    match dtype {
+        Dtype::F32 => out.extend(
+            bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+        ),
+        Dtype::F16 => out.extend(
+            bytes
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()),
+        ),
+        Dtype::BF16 => out.extend(
+            bytes
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()),
+        ),
+        Dtype::F64 => out.extend(
+            bytes
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32),
+        ),
+        other => bail!("unsupported dtype {other:?} (expected F32, F16 or BF16)"),
+    }
+    Ok(())
+}
 
 /// A named set of tensors that the towers read their weights from.
 pub trait TensorSource {

@@ -12,8 +12,8 @@
 //! The size limits, the image-tower test and the vision-first writer are shared with the
 //! whole-file reader ([`super::weights`]) and live in [`super::checkpoint`] (the last two are
 //! re-exported here under their old paths).
+use super::checkpoint::{decode_floats, TensorSource, MAX_CHECKPOINT_BYTES, MAX_SAFETENSORS_HEADER_BYTES};
 pub use super::checkpoint::{is_image_tower_tensor, serialize_vision_first};
-use super::checkpoint::{TensorSource, MAX_CHECKPOINT_BYTES, MAX_SAFETENSORS_HEADER_BYTES};
 use super::config::ClipConfig;
 use super::{Clip, TextTower, VisionTower};
 use anyhow::{anyhow, bail, Context, Result};
@@ -78,29 +78,7 @@ struct Partial {
 impl Partial {
     fn decode(&mut self, bytes: &[u8]) {
         let base = self.values.len();
-        match self.dtype {
-            Dtype::F32 => self.values.extend(
-                bytes
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
-            ),
-            Dtype::F16 => self.values.extend(
-                bytes
-                    .chunks_exact(2)
-                    .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()),
-            ),
-            Dtype::BF16 => self.values.extend(
-                bytes
-                    .chunks_exact(2)
-                    .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()),
-            ),
-            Dtype::F64 => self.values.extend(
-                bytes
-                    .chunks_exact(8)
-                    .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32),
-            ),
-            _ => unreachable!("only float dtypes are decoded"),
-        }
+        decode_floats(self.dtype, bytes, &mut self.values).expect("only float dtypes are decoded");
         if self.first_bad.is_none() {
             if let Some(i) = self.values[base..].iter().position(|v| !v.is_finite()) {
                 self.first_bad = Some((base + i, self.values[base + i]));

@@ -53,26 +53,9 @@ impl<'a> SafetensorsSource<'a> {
 
 /// Decodes a safetensors tensor view to f32 values.
 pub fn view_to_f32(view: &safetensors::tensor::TensorView<'_>) -> Result<Vec<f32>> {
-    let data = view.data();
-    Ok(match view.dtype() {
-        Dtype::F32 => data
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-        Dtype::F16 => data
-            .chunks_exact(2)
-            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        Dtype::BF16 => data
-            .chunks_exact(2)
-            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        Dtype::F64 => data
-            .chunks_exact(8)
-            .map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32)
-            .collect(),
-        other => bail!("unsupported dtype {other:?} (expected F32, F16 or BF16)"),
-    })
+    let mut out = Vec::with_capacity(view.shape().iter().product());
+    super::checkpoint::decode_floats(view.dtype(), view.data(), &mut out)?;
+    Ok(out)
 }
 
 fn check_finite(values: &[f32], what: &str) -> Result<()> {

@@ -36,9 +36,9 @@ pub const MAX_REFERENCES: usize = 16;
 pub const MAX_BATCH: usize = 64;
 
 /// Largest checkpoint file accepted by [`ClipModel::load`] (and by [`ClipLoader`] when the file's
-/// size is declared): the bytes and the model's tensors must both fit wasm32's 4 GiB of memory
-/// (ViT-B/16 is 300 MB in f16, 600 MB in f32).
-pub const MAX_CHECKPOINT_BYTES: usize = 1 << 30;
+/// size is declared), in bytes: the build's limit,
+/// [`crate::model::checkpoint::MAX_CHECKPOINT_BYTES_WASM`] (its one home), as a length.
+pub const MAX_CHECKPOINT_BYTES: usize = crate::model::checkpoint::MAX_CHECKPOINT_BYTES_WASM as usize;
 
 pub(crate) fn js_err(e: anyhow::Error) -> JsError {
     JsError::new(&format!("{e:#}"))
