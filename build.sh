@@ -286,7 +286,6 @@ setup_lavapipe() {
     if setup_install lavapipe "Mesa's lavapipe (mesa-vulkan-drivers)" \
         "a CPU Vulkan adapter, so the GPU parity tests run without a GPU" \
         "$(apt_how mesa-vulkan-drivers)" apt_install mesa-vulkan-drivers; then
-        APT_UPDATED=1
         return 0
     fi
     [[ "${ANOSCOPE_REQUIRE_GPU:-0}" != 1 ]] || return 1
@@ -325,14 +324,6 @@ setup() {
 # ---------------------------------------------------------------------------
 # wasm build + site assembly
 # ---------------------------------------------------------------------------
-
-# A guard for build_site: setup serve|test installs these.
-check_wasm_tools() {
-    rustup target list --installed | grep -qx "$WASM_TARGET" ||
-        die "Rust target $WASM_TARGET missing: ./build.sh setup installs it (rustup target add $WASM_TARGET)"
-    wasm_bindgen_found ||
-        die "wasm-bindgen $WASM_BINDGEN_VERSION missing: ./build.sh setup installs it (cargo install wasm-bindgen-cli --version $WASM_BINDGEN_VERSION)"
-}
 
 cargo_wasm() {
     if [[ -n "${RUSTFLAGS:-}${CARGO_ENCODED_RUSTFLAGS:-}" ]]; then
@@ -406,7 +397,6 @@ pkg_for() {
 }
 
 build_site() {
-    check_wasm_tools
     log "cargo build (wasm32, release, $WASM_RUSTFLAGS)"
     cargo_wasm build -p anoscope --lib --release --target "$WASM_TARGET"
     local wasm_in="$TARGET_DIR/$WASM_TARGET/release/anoscope.wasm"

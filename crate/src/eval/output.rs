@@ -7,8 +7,9 @@
 //! when or in how many invocations they were computed, so a resumed run's files are
 //! byte-identical to an uninterrupted one's; times live apart, in `timings/` and `run.json`.
 use super::dataset::TestImage;
+use crate::embed::to_safetensors;
 use anyhow::{Context, Result};
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -126,7 +127,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// Writes `anomaly_map` `[height, width]` f32 as safetensors, atomically ([`write_atomic`]:
-/// serialised in memory, so the only temporary file is the one named after `path`, which the
+/// serialised in memory by [`to_safetensors`], so the only temporary file is the one named after `path`, which the
 /// next write of the same map replaces; candle's `save_safetensors` would go through a
 /// randomly named temporary file that a killed run leaves behind).
 pub fn write_map(path: &Path, map: &[f32], width: usize, height: usize) -> Result<()> {
@@ -135,9 +136,8 @@ pub fn write_map(path: &Path, map: &[f32], width: usize, height: usize) -> Resul
         "anomaly map of {} values is not {width}x{height}",
         map.len()
     );
-    let bytes: Vec<u8> = map.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![height, width], &bytes)?;
-    write_atomic(path, &safetensors::serialize([("anomaly_map", view)], None)?)
+    let map = Tensor::from_slice(map, (height, width), &Device::Cpu)?;
+    write_atomic(path, &to_safetensors(&[("anomaly_map".to_string(), map)])?)
 }
 
 /// Reads `anomaly_map` `[H, W]` from a safetensors file: (values, width, height).
