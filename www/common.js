@@ -77,7 +77,7 @@ export function formatBytes(n) {
 
 /** Promise-based request/response wrapper around the detector worker. */
 export class DetectorClient {
-  constructor(url, { onProgress, onReady, onFatal, onBackend, onModel } = {}) {
+  constructor(url, { onProgress, onReady, onFatal, onBackend, onModel, onStorage } = {}) {
     this.worker = new Worker(url, { type: 'module' });
     this.pending = new Map();
     this.nextId = 1;
@@ -96,6 +96,9 @@ export class DetectorClient {
         } else if (data.type === 'model') {
           // The rest of a streamed checkpoint arrived and checked out (ok) or failed (error).
           onModel?.(data);
+        } else if (data.type === 'storage') {
+          // Whether a downloaded file was kept for offline use (or why not).
+          onStorage?.(data);
         } else if (this.pending.has(data.id)) {
           const { resolve: ok, reject: fail } = this.pending.get(data.id);
           this.pending.delete(data.id);

@@ -1,5 +1,9 @@
 // The page's UI thread: inputs, drawing and messages. All model work happens in worker.js.
 import { DetectorClient, formatBytes, servedModels, verdict, WEIGHTS_CACHE } from './common.js';
+import { checkPage, refusedClient } from './deploy.js';
+
+// This file's version, stamped by tests/browser/site-index.mjs (see deploy.js).
+const BUILD_ID = 'dev';
 
 const $ = (id) => document.getElementById(id);
 const els = {
@@ -107,9 +111,18 @@ const backendParam = pageParams.get('backend');
 if (['auto', 'gpu', 'cpu'].includes(backendParam)) workerUrl.searchParams.set('backend', backendParam);
 const gpuFailParam = pageParams.get('gpufail');
 if (gpuFailParam && /^[a-z,]{1,40}$/.test(gpuFailParam)) workerUrl.searchParams.set('gpufail', gpuFailParam);
-const client = new DetectorClient(workerUrl, {
+// ?cachefail=quota|unavailable|cleared: the test hook that makes storing the checkpoint fail.
+const cacheFailParam = pageParams.get('cachefail');
+if (['quota', 'unavailable', 'cleared'].includes(cacheFailParam)) workerUrl.searchParams.set('cachefail', cacheFailParam);
+// The worker checks that it is this page's version (deploy.js).
+workerUrl.searchParams.set('build', BUILD_ID);
+// A half-deployed site (this page and the server's build.json differ) starts no worker.
+const deploy = await checkPage(BUILD_ID, location.href);
+if (deploy.problem) refuseToStart(deploy.problem);
+const client = deploy.problem ? refusedClient(deploy.problem) : new DetectorClient(workerUrl, {
   onProgress,
   onModel,
+  onStorage,
   onFatal: (error) => {
     setStatus(els.engine, error, 'error');
     showMessage(error);
@@ -119,6 +132,13 @@ const client = new DetectorClient(workerUrl, {
     if (b.failure) showMessage(`${b.failure}. Running on the CPU (WebAssembly) instead.`, 'warn');
   },
 });
+
+/** The page and the server are from different versions: say which, start nothing. */
+function refuseToStart(problem) {
+  setStatus(els.engine, 'Not started: this page and the server are from different versions of the site.', 'error');
+  showMessage(problem);
+  document.body.dataset.deploy = 'mismatch';
+}
 
 /** b: the worker's backend info {gpu, backend, label, note, failure, threads}. */
 function showBackend(b) {
@@ -160,6 +180,8 @@ async function run(label, fn) {
 
 async function loadModel(spec) {
   setStatus(els.modelStatus, `Loading ${spec.label}…`, 'busy');
+  state.storageFailures?.clear();
+  onStorage({ ok: true, file: '' });
   enableInputs(false);
   const info = await run('Could not load the model', () => client.call('load', spec));
   els.progressBox.hidden = true;
@@ -206,6 +228,23 @@ function showLoaded(info) {
     `Loaded ${info.label} (input ${info.imageSize} px${text}) in ${Math.round(info.ms)} ms.${rest}${note}`,
     info.test ? 'warn' : 'ok',
   );
+}
+
+/**
+ * Whether the worker kept a downloaded file of the model for offline use ({ok, file, weights,
+ * bytes, reason}): while any was refused, one line says offline use is unavailable and why.
+ */
+function onStorage({ ok, file, weights, bytes, reason }) {
+  const failed = (state.storageFailures ??= new Map());
+  if (ok) failed.delete(file);
+  else failed.set(file, { file, weights, bytes, reason });
+  const el = $('storage-note');
+  const worst = [...failed.values()].sort((a, b) => Number(b.weights) - Number(a.weights) || b.bytes - a.bytes)[0];
+  el.hidden = !worst;
+  el.textContent = worst
+    ? `Offline use is unavailable: ${worst.weights ? `the ${formatBytes(worst.bytes)} model` : `the model's ${worst.file}`} could ` +
+      `not be kept in the browser's storage (${worst.reason}). It runs now from the download; the next visit downloads it again.`
+    : '';
 }
 
 /** The end of a streamed load: the whole checkpoint checked out, or it failed (model dropped). */
@@ -274,7 +313,8 @@ function button(text, onClick, cls = '') {
 
 async function setupModelSources() {
   const [served, manifest] = await Promise.all([servedModels(location.href), manifestModels()]);
-  const cache = await caches.open(WEIGHTS_CACHE).catch(() => null);
+  // No Cache API (some private windows, insecure origins): nothing is listed as downloaded.
+  const cache = typeof caches === 'undefined' ? null : await caches.open(WEIGHTS_CACHE).catch(() => null);
   const real = served.filter((m) => !m.test);
   const test = served.filter((m) => m.test);
   const rows = [];
@@ -845,7 +885,10 @@ client.ready.then(
     if (info.backend.failure) {
       showMessage(`${info.backend.failure}. Running on the CPU (WebAssembly) instead.`, 'warn');
     }
-    setStatus(els.engine, `Detector ready (anoscope ${info.version}).`, 'ok');
+    setStatus(els.engine, `Detector ready (anoscope ${info.version}, build ${info.buildId}).`, 'ok');
+    // Which version runs (the tests read these): the build id and the wasm's sha256.
+    document.body.dataset.build = info.buildId;
+    document.body.dataset.wasmSha256 = info.wasmSha256;
     els.modelFiles.disabled = false;
     await setupModelSources();
     document.body.dataset.ready = 'true';

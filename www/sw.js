@@ -1,12 +1,21 @@
 // Service worker: keeps the app shell, the wasm package, the prompt files and the model index
 // so that after one visit the page works with the network off. Checkpoint files are cached by
 // the detector worker itself (Cache API, sha256-checked), so they pass through here untouched.
-const SHELL_CACHE = 'anoscope-shell-v2';
+//
+// One version at a time (docs/page.md, "Upgrades and deployment"): BUILD_ID is stamped by
+// tests/browser/site-index.mjs, so every deploy changes this file and the browser installs the
+// new worker. It caches its version only when build.json carries the same id and every file it
+// keeps has the sha256 build.json lists: a half-deployed server fails the install, and the old
+// version stays in charge (and keeps working offline). Once active it deletes every other
+// version's shell cache; the checkpoint cache (anoscope-weights-*) is never touched here.
+const BUILD_ID = 'dev';
+const SHELL_CACHE = `anoscope-shell-${BUILD_ID}`;
 const SHELL = [
   './',
   'index.html',
   'main.js',
   'common.js',
+  'deploy.js',
   'worker.js',
   'style.css',
   'anomaly-detector.js',
@@ -22,16 +31,57 @@ const SHELL = [
 
 const SHELL_URLS = new Set(SHELL.map((p) => new URL(p, self.location.href).href));
 
+async function sha256Hex(bytes) {
+  const digest = await crypto.subtle.digest('SHA-256', bytes);
+  return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+/** Fetches `path` past the HTTP cache and checks it against build.json; a Response to keep. */
+async function verified(path, want) {
+  const res = await fetch(new Request(path, { cache: 'no-cache' }));
+  if (!res.ok) throw new Error(`${path}: HTTP ${res.status}`);
+  const bytes = await res.arrayBuffer();
+  const got = await sha256Hex(bytes);
+  if (got !== want) throw new Error(`${path} has sha256 ${got}, but build.json of version ${BUILD_ID} lists ${want}`);
+  return new Response(bytes, { status: res.status, statusText: res.statusText, headers: res.headers });
+}
+
+/** This version's files, every one checked, or an error naming the first that does not match. */
+async function consistentShell() {
+  const res = await fetch(new Request('build.json', { cache: 'no-cache' }));
+  if (!res.ok) throw new Error(`build.json: HTTP ${res.status}`);
+  const text = await res.text();
+  const build = JSON.parse(text);
+  if (build.id !== BUILD_ID) {
+    throw new Error(`sw.js is version ${BUILD_ID} but the server's build.json says ${build.id}: the site is being redeployed`);
+  }
+  const files = build.files ?? {};
+  // The threaded build's files (pkg-threads/, listed in build.json) when the site has it.
+  const paths = [...SHELL, ...(build.wasmThreads?.files ?? [])].filter((p) => p !== 'build.json');
+  const entries = await Promise.all(
+    paths.map(async (path) => {
+      const want = files[path === './' ? 'index.html' : path];
+      // A file this build does not have (e.g. no weights/manifest.json) is not kept.
+      return want ? [path, await verified(path, want)] : null;
+    }),
+  );
+  entries.push(['build.json', new Response(text, { status: 200, headers: res.headers })]);
+  return entries.filter(Boolean);
+}
+
 self.addEventListener('install', (event) => {
   event.waitUntil(
     (async () => {
-      const cache = await caches.open(SHELL_CACHE);
-      // One missing optional file (e.g. no manifest) must not stop the rest from being cached.
-      await Promise.all(SHELL.map((path) => cache.add(new Request(path, { cache: 'no-cache' })).catch(() => {})));
-      // The threaded build's files (pkg-threads/, listed in build.json) when the site has it.
-      const build = await cache.match('build.json').then((r) => r?.json()).catch(() => null);
-      const extra = build?.wasmThreads?.files ?? [];
-      await Promise.all(extra.map((path) => cache.add(new Request(path, { cache: 'no-cache' })).catch(() => {})));
+      // Everything is fetched and checked before anything is stored: all of a version or none.
+      const entries = await consistentShell();
+      try {
+        const cache = await caches.open(SHELL_CACHE);
+        for (const [path, res] of entries) await cache.put(path, res);
+      } catch (e) {
+        // Out of quota (a private window) or storage cleared: no half-stored version is left.
+        await caches.delete(SHELL_CACHE).catch(() => {});
+        throw e;
+      }
       await self.skipWaiting();
     })(),
   );
@@ -54,16 +104,15 @@ self.addEventListener('fetch', (event) => {
   if (req.method !== 'GET' || url.origin !== self.location.origin) return;
   const inThreadsPkg = url.pathname.startsWith(new URL('pkg-threads/', self.location.href).pathname);
   if (!SHELL_URLS.has(url.origin + url.pathname) && !inThreadsPkg) return;
-  // Network first (so a rebuilt site is picked up), the cached copy when offline.
+  // Network first (so a redeployed site is picked up at once; the page and the detector worker
+  // check that what they got is one version), the installed version when offline. Responses are
+  // not stored here: the cache holds exactly one checked version, written by install.
   event.respondWith(
     (async () => {
-      const cache = await caches.open(SHELL_CACHE);
       try {
-        const res = await fetch(req);
-        if (res.ok) await cache.put(req, res.clone());
-        return res;
+        return await fetch(req);
       } catch (e) {
-        const hit = await cache.match(req, { ignoreSearch: true });
+        const hit = await caches.open(SHELL_CACHE).then((c) => c.match(req, { ignoreSearch: true }));
         if (hit) return hit;
         throw e;
       }

@@ -8,6 +8,10 @@
 let wasm = null;
 let ClipLoader, Image, renderOverlay;
 import { sha256Hex, fetchWithProgress, responseChunks, WEIGHTS_CACHE } from './common.js';
+import { checkWorker, fetchVerified } from './deploy.js';
+
+// This file's version, stamped by tests/browser/site-index.mjs (see deploy.js).
+const BUILD_ID = 'dev';
 
 let model = null; // ClipModel
 let modelInfo = null; // {label, weightsSha256, test, source, rest}
@@ -131,6 +135,8 @@ function checkGpu(m) {
 async function start() {
   const build = await (await fetch('./build.json', { cache: 'no-cache' })).json();
   const params = new URL(self.location.href).searchParams;
+  // One version: this file, the page that started it (?build=) and build.json (deploy.js).
+  checkWorker(build, BUILD_ID, params.get('build'));
   await chooseBackend(params);
   // ?threads=N on the page URL (forwarded by main.js) forces a thread count; 1 = the plain build.
   // WebGPU runs in the plain build (the threaded one has no GPU code).
@@ -138,16 +144,9 @@ async function start() {
   const threads = gpu.wanted ? 0 : wantedThreads(build, requested);
   const entry = threads ? build.wasmThreads : build.wasm;
   const dir = threads ? 'pkg-threads' : 'pkg';
-  const res = await fetch(`./${entry.url}`);
-  if (!res.ok) throw new Error(`${entry.url}: HTTP ${res.status}`);
-  const bytes = new Uint8Array(await res.arrayBuffer());
-  const got = await sha256Hex(bytes);
-  if (got !== entry.sha256) {
-    throw new Error(
-      `the WebAssembly module failed its integrity check (sha256 ${got}, expected ${entry.sha256}); ` +
-        'reload the page, or rebuild the site with ./build.sh',
-    );
-  }
+  // The wasm and its glue code must be the ones build.json lists (else: damaged or mid-deploy).
+  const { bytes } = await fetchVerified(`./${entry.url}`, entry.sha256, build, `The WebAssembly module (${entry.url})`);
+  if (entry.js) await fetchVerified(`./${entry.js.url}`, entry.js.sha256, build, `Its glue code (${entry.js.url})`);
   wasm = await import(`./${dir}/anoscope.js`);
   await wasm.default({ module_or_path: bytes });
   if (threads) await wasm.initThreadPool(threads);
@@ -157,7 +156,16 @@ async function start() {
   // Test hook: ?gpufail=adapter (useGpu fails) or forward (every GPU pass fails).
   if (gpu.wanted && wasm.setGpuFailure) wasm.setGpuFailure(params.get('gpufail') || '');
   if (gpu.wanted && !wasm.setGpuFailure) gpuFailed('this build of the module has no WebGPU code');
-  return { version: wasm.version(), limits: state.limits, build, threads: cpuThreads, backend: backendInfo() };
+  return {
+    version: wasm.version(),
+    limits: state.limits,
+    build,
+    buildId: BUILD_ID,
+    wasmUrl: entry.url,
+    wasmSha256: entry.sha256,
+    threads: cpuThreads,
+    backend: backendInfo(),
+  };
 }
 
 const ready = start().then(
@@ -166,7 +174,8 @@ const ready = start().then(
     return info;
   },
   (e) => {
-    postMessage({ type: 'fatal', error: `could not start the WebAssembly module: ${e?.message ?? e}` });
+    const error = e?.name === 'DeployMismatch' ? e.message : `could not start the WebAssembly module: ${e?.message ?? e}`;
+    postMessage({ type: 'fatal', error });
     throw e;
   },
 );
@@ -270,14 +279,87 @@ async function* blobChunks(blob) {
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Offline copies (Cache API). Storing can be refused (quota exceeded, no storage in a private
+// window, site data cleared while the page is open): the model still loads from the download,
+// and a {type: 'storage'} message tells the page why offline use is unavailable. A copy is kept
+// with the sha256 it was stored for (x-anoscope-sha256): one stored for another sha256 (the site
+// was redeployed with a new file) is dropped and downloaded again; every copy is checked again
+// as it is read.
+
+// Test hook: ?cachefail=quota (every put fails as over quota), unavailable (no Cache API),
+// cleared (the site's storage is cleared right after each put), forwarded by main.js.
+const cacheFail = new URL(self.location.href).searchParams.get('cachefail') || '';
+const SHA_HEADER = 'x-anoscope-sha256';
+
+/** Why storing failed, in a few words. */
+function storageReason(e) {
+  if (e?.name === 'QuotaExceededError') return 'the storage quota is exceeded';
+  if (e?.name === 'SecurityError') return 'the browser gives this page no storage here, as in some private windows';
+  if (e?.name === 'Cleared') return "the site's stored data was cleared while the page was open";
+  return `${e?.name ?? 'Error'}: ${e?.message ?? e}`;
+}
+
+/** The checkpoint cache: {cache} or {cache: null, reason} where the browser offers none. */
+async function weightsCache() {
+  try {
+    if (cacheFail === 'unavailable' || typeof caches === 'undefined') {
+      throw new DOMException('no Cache API in this context', 'SecurityError');
+    }
+    return { cache: await caches.open(WEIGHTS_CACHE), reason: null };
+  } catch (e) {
+    return { cache: null, reason: storageReason(e) };
+  }
+}
+
+/** The stored copy of `url` unless it was stored for another sha256 (then it is dropped). */
+async function cachedCopy(cache, url, sha256) {
+  const hit = cache ? await cache.match(url) : undefined;
+  if (!hit) return undefined;
+  const stored = hit.headers.get(SHA_HEADER);
+  if (sha256 && stored && stored !== sha256) {
+    await cache.delete(url);
+    return undefined;
+  }
+  return hit;
+}
+
+/**
+ * Stores `body` (a ReadableStream or bytes) as the copy of `url`: {ok: true}, or {ok: false,
+ * reason}; never throws. A Cache API put is all or nothing, so a refused or broken one leaves no
+ * entry; afterwards the entry is looked up again (a put into storage cleared meanwhile "succeeds").
+ */
+async function storeCopy({ cache, reason }, url, body, sha256, total) {
+  try {
+    if (!cache) {
+      await body?.cancel?.(); // an unread copy of a stream would be held in memory
+      return { ok: false, reason };
+    }
+    if (cacheFail === 'quota') {
+      await body?.cancel?.();
+      throw new DOMException('test hook ?cachefail=quota', 'QuotaExceededError');
+    }
+    const headers = new Headers({ 'content-type': 'application/octet-stream', [SHA_HEADER]: sha256 });
+    if (total) headers.set('content-length', String(total));
+    await cache.put(url, new Response(body, { headers }));
+    if (cacheFail === 'cleared') await caches.delete(WEIGHTS_CACHE);
+    if (!(await caches.open(WEIGHTS_CACHE).then((c) => c.match(url)))) throw new DOMException('the copy is gone', 'Cleared');
+    return { ok: true };
+  } catch (e) {
+    return { ok: false, reason: storageReason(e) };
+  }
+}
+
 /** The weights of a load spec as chunks: a dropped file, the Cache API copy, or a download
- * (copied into the cache as it streams when `store`; `settle(ok)` keeps or drops that copy). */
+ * (copied into the cache as it streams when `store`; `settle(ok)` keeps or drops that copy and
+ * tells the page whether it was kept). */
 async function openWeights(p, label, maxBytes, store = true) {
   if (p.weightsFile) {
     return { total: p.weightsFile.size, chunks: blobChunks(p.weightsFile), settle: async () => {} };
   }
-  const cache = await caches.open(WEIGHTS_CACHE);
-  let res = await cache.match(p.weightsUrl);
+  const storage = await weightsCache();
+  const { cache } = storage;
+  let res = await cachedCopy(cache, p.weightsUrl, p.weightsSha256);
   const cached = !!res;
   if (!res) {
     res = await fetch(p.weightsUrl);
@@ -286,13 +368,14 @@ async function openWeights(p, label, maxBytes, store = true) {
   // Refused before anything is read into memory.
   const total = Number(res.headers.get('content-length')) || 0;
   if (total > maxBytes) throw new Error(`${label} is ${total} bytes; the page accepts at most ${maxBytes} bytes`);
-  const put = !cached && store && p.weightsSha256 ? cache.put(p.weightsUrl, res.clone()).catch(() => {}) : null;
+  const put = !cached && store && p.weightsSha256 ? storeCopy(storage, p.weightsUrl, res.clone().body, p.weightsSha256, total) : null;
   return {
     total,
     chunks: responseChunks(res, maxBytes, total),
     async settle(ok) {
-      if (put) await put;
-      if (!ok && (put || cached)) await cache.delete(p.weightsUrl);
+      const stored = put ? await put : null;
+      if (!ok && cache && (stored?.ok || cached)) await cache.delete(p.weightsUrl);
+      if (ok && stored) postMessage({ type: 'storage', file: label, weights: true, bytes: total, ...stored });
     },
   };
 }
@@ -349,29 +432,36 @@ async function verify(s) {
 }
 
 async function getBytes(url, label, expectSha, maxBytes = state.limits.maxCheckpointBytes) {
-  const cache = await caches.open(WEIGHTS_CACHE);
-  let res = await cache.match(url);
-  let cached = !!res;
-  if (!res) {
-    res = await fetch(url);
-    if (!res.ok) throw new Error(`download of ${label} failed: HTTP ${res.status} for ${url}`);
+  const storage = await weightsCache();
+  const read = async (res) => {
+    // Refused before anything is read into memory.
+    const announced = Number(res.headers.get('content-length'));
+    if (announced > maxBytes) {
+      throw new Error(`${label} is ${announced} bytes; the page accepts at most ${maxBytes} bytes`);
+    }
+    return fetchWithProgress(res, (done, total) => progress('download', done, total, { label }), maxBytes);
+  };
+  const hit = await cachedCopy(storage.cache, url, expectSha);
+  if (hit) {
+    const bytes = await read(hit).catch(() => null);
+    if (bytes && (!expectSha || (await sha256Hex(bytes)) === expectSha)) return bytes;
+    // A damaged copy is dropped and the file downloaded again.
+    await storage.cache.delete(url);
   }
-  // Refused before anything is read into memory.
-  const announced = Number(res.headers.get('content-length'));
-  if (announced > maxBytes) {
-    throw new Error(`${label} is ${announced} bytes; the page accepts at most ${maxBytes} bytes`);
-  }
-  const bytes = await fetchWithProgress(res, (done, total) => progress('download', done, total, { label }), maxBytes);
+  const res = await fetch(url);
+  if (!res.ok) throw new Error(`download of ${label} failed: HTTP ${res.status} for ${url}`);
+  const bytes = await read(res);
   if (expectSha) {
     const got = await sha256Hex(bytes);
     if (got !== expectSha) {
-      if (cached) await cache.delete(url);
       throw new Error(
         `download of ${label} is incomplete or corrupt: sha256 ${got} (${bytes.byteLength} bytes), ` +
           `expected ${expectSha}. Nothing was loaded; try again.`,
       );
     }
-    if (!cached) await cache.put(url, new Response(bytes, { headers: { 'content-type': 'application/octet-stream' } }));
+    // Stored only once checked.
+    const stored = await storeCopy(storage, url, bytes, expectSha, bytes.byteLength);
+    postMessage({ type: 'storage', file: label, weights: false, bytes: bytes.byteLength, ...stored });
   }
   return bytes;
 }

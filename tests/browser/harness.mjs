@@ -48,10 +48,13 @@ export function makeSite(extra = {}) {
   return dir;
 }
 
-/** Starts `anoscope serve --dir DIR --port 0`; resolves to {url, log, stop}. `log` holds every request line. */
-export function serve(dir) {
+/**
+ * Starts `anoscope serve --dir DIR --port 0` (or `port`: to serve again at the same origin after
+ * kill()); resolves to {url, log, stop}. `log` holds every request line.
+ */
+export function serve(dir, { port = 0 } = {}) {
   return new Promise((resolve, reject) => {
-    const child = spawn(CLI, ['serve', '--dir', dir, '--port', '0'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(CLI, ['serve', '--dir', dir, '--port', String(port)], { stdio: ['ignore', 'pipe', 'pipe'] });
     const log = [];
     let out = '';
     let err = '';
@@ -68,8 +71,13 @@ export function serve(dir) {
         resolve({
           url: m[1],
           log,
-          /** Stops the server, keeping the site directory (the "network" goes away). */
-          kill: () => child.kill(),
+          /** Stops the server, keeping the site directory (the "network" goes away); resolves once it exited. */
+          kill: () =>
+            new Promise((done) => {
+              if (child.exitCode !== null || child.signalCode !== null) return done();
+              child.once('exit', () => done());
+              child.kill();
+            }),
           stop: () => {
             child.kill();
             rmSync(dir, { recursive: true, force: true });

@@ -1,12 +1,12 @@
-// Writes www/dist/models.json (the checkpoints the site serves) and www/dist/build.json (sha256
-// of the wasm the worker checks before instantiating it). Usage: node site-index.mjs DIST_DIR
+// Indexes an assembled site: writes DIST/models.json (the checkpoints the site serves), stamps the
+// build id into DIST/index.html, main.js, worker.js and sw.js, and writes DIST/build.json (the id,
+// the sha256 of the wasm the worker checks before instantiating it, and of every file of the
+// page). Usage: node site-index.mjs DIST_DIR; tests import indexSite() to make a second version.
 import { createHash } from 'node:crypto';
 import { createReadStream, existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
-import { join, relative } from 'node:path';
+import { join, relative, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { gzipSync } from 'node:zlib';
-
-const dist = process.argv[2];
-if (!dist) throw new Error('usage: node site-index.mjs DIST_DIR');
 
 function sha256(path) {
   return new Promise((resolve, reject) => {
@@ -18,12 +18,15 @@ function sha256(path) {
   });
 }
 
-async function fileEntry(path) {
-  return { url: relative(dist, path).split('\\').join('/'), size: statSync(path).size, sha256: await sha256(path) };
+const sha256Bytes = (bytes) => createHash('sha256').update(bytes).digest('hex');
+const urlOf = (dist, path) => relative(dist, path).split('\\').join('/');
+
+async function fileEntry(dist, path) {
+  return { url: urlOf(dist, path), size: statSync(path).size, sha256: await sha256(path) };
 }
 
 /** A checkpoint folder: {configName, config, weights, prompts?} or null when incomplete. */
-async function checkpoint(dir) {
+async function checkpoint(dist, dir) {
   for (const [configName, weightsName] of [
     ['config.json', 'model.safetensors'],
     ['open_clip_config.json', 'open_clip_model.safetensors'],
@@ -32,71 +35,146 @@ async function checkpoint(dir) {
       const prompts = join(dir, 'prompts.safetensors');
       return {
         configName,
-        config: await fileEntry(join(dir, configName)),
-        weights: await fileEntry(join(dir, weightsName)),
-        prompts: existsSync(prompts) ? await fileEntry(prompts) : undefined,
+        config: await fileEntry(dist, join(dir, configName)),
+        weights: await fileEntry(dist, join(dir, weightsName)),
+        prompts: existsSync(prompts) ? await fileEntry(dist, prompts) : undefined,
       };
     }
   }
   return null;
 }
 
-const models = [];
-const served = join(dist, 'weights', 'checkpoints');
-if (existsSync(served)) {
-  // f16 conversions first: half the download for the same results.
-  const names = readdirSync(served).sort((a, b) => Number(b.endsWith('-f16')) - Number(a.endsWith('-f16')) || a.localeCompare(b));
-  for (const name of names) {
-    const c = await checkpoint(join(served, name));
-    if (c) models.push({ name, label: name, test: false, ...c });
+async function writeModels(dist) {
+  const models = [];
+  const served = join(dist, 'weights', 'checkpoints');
+  if (existsSync(served)) {
+    // f16 conversions first: half the download for the same results.
+    const names = readdirSync(served).sort((a, b) => Number(b.endsWith('-f16')) - Number(a.endsWith('-f16')) || a.localeCompare(b));
+    for (const name of names) {
+      const c = await checkpoint(dist, join(served, name));
+      if (c) models.push({ name, label: name, test: false, ...c });
+    }
   }
-}
-const extra = join(dist, 'models');
-if (existsSync(extra)) {
-  for (const name of readdirSync(extra).sort()) {
-    const c = await checkpoint(join(extra, name));
-    if (!c) continue;
-    const test = name.startsWith('test-');
-    models.push({
-      name,
-      label: test ? 'interface test model (random weights, meaningless scores)' : name,
-      test,
-      ...c,
-    });
+  const extra = join(dist, 'models');
+  if (existsSync(extra)) {
+    for (const name of readdirSync(extra).sort()) {
+      const c = await checkpoint(dist, join(extra, name));
+      if (!c) continue;
+      const test = name.startsWith('test-');
+      models.push({
+        name,
+        label: test ? 'interface test model (random weights, meaningless scores)' : name,
+        test,
+        ...c,
+      });
+    }
   }
+  writeFileSync(join(dist, 'models.json'), `${JSON.stringify({ schema: 1, models }, null, 2)}\n`);
+  return models;
 }
-writeFileSync(join(dist, 'models.json'), `${JSON.stringify({ schema: 1, models }, null, 2)}\n`);
 
-const wasmPath = join(dist, 'pkg', 'anoscope_bg.wasm');
-const wasm = readFileSync(wasmPath);
-const build = {
-  schema: 1,
-  wasm: {
-    url: 'pkg/anoscope_bg.wasm',
-    size: wasm.length,
-    gzipSize: gzipSync(wasm, { level: 9 }).length,
-    sha256: createHash('sha256').update(wasm).digest('hex'),
-  },
+// ---------------------------------------------------------------------------------------------
+// The build id. Every file the page is made of (all of the site but the checkpoints and
+// build.json) goes into it, so any change to the site makes a new id, and with it new bytes of
+// sw.js: the browser installs the new service worker. The id is stamped where the page, the
+// worker and the service worker can compare it (docs/page.md, "Upgrades and deployment").
+
+/** Files that carry the id, and the pattern of the stamp (group 1 = the id). */
+export const STAMPS = {
+  'index.html': /(<meta name="anoscope-build" content=")([^"]*)(">)/,
+  'main.js': /^(const BUILD_ID = ')([^']*)(';)/m,
+  'worker.js': /^(const BUILD_ID = ')([^']*)(';)/m,
+  'sw.js': /^(const BUILD_ID = ')([^']*)(';)/m,
 };
-// The threaded build (when built): its wasm and every file the service worker must keep offline.
-const threadsDir = join(dist, 'pkg-threads');
-if (existsSync(join(threadsDir, 'anoscope_bg.wasm'))) {
-  const tw = readFileSync(join(threadsDir, 'anoscope_bg.wasm'));
-  const files = [];
+const UNSTAMPED = 'dev';
+
+/** Directories of checkpoints: fetched and cached by the worker, not part of the page. */
+const CHECKPOINT_DIRS = ['weights/checkpoints/', 'models/'];
+
+/** The page's files, relative to dist, sorted: all but checkpoints and build.json. */
+function pageFiles(dist) {
+  const out = [];
   const walk = (d) => {
     for (const e of readdirSync(d, { withFileTypes: true })) {
-      if (e.isDirectory()) walk(join(d, e.name));
-      else if (/\.(js|wasm)$/.test(e.name)) files.push(relative(dist, join(d, e.name)).split('\\').join('/'));
+      const p = join(d, e.name);
+      const rel = urlOf(dist, p);
+      if (CHECKPOINT_DIRS.some((c) => `${rel}/`.startsWith(c))) continue;
+      if (statSync(p).isDirectory()) walk(p);
+      else if (rel !== 'build.json') out.push(rel);
     }
   };
-  walk(threadsDir);
-  build.wasmThreads = {
-    url: 'pkg-threads/anoscope_bg.wasm',
-    size: tw.length,
-    gzipSize: gzipSync(tw, { level: 9 }).length,
-    sha256: createHash('sha256').update(tw).digest('hex'),
-    files: files.sort(),
+  walk(dist);
+  return out.sort();
+}
+
+/** Writes `id` into every stamped file (a missing stamp is an error: the check would be lost). */
+export function stampSite(dist, id) {
+  for (const [file, pattern] of Object.entries(STAMPS)) {
+    const path = join(dist, file);
+    const text = readFileSync(path, 'utf8');
+    if (!pattern.test(text)) throw new Error(`${path}: the build-id stamp (${pattern}) is missing`);
+    writeFileSync(path, text.replace(pattern, `$1${id}$3`));
+  }
+}
+
+/** The id of the site as it is: sha256 over each page file (stamps reset), 16 hex digits. */
+export function buildId(dist) {
+  const h = createHash('sha256');
+  for (const rel of pageFiles(dist)) {
+    let bytes = readFileSync(join(dist, rel));
+    if (STAMPS[rel]) bytes = Buffer.from(bytes.toString('utf8').replace(STAMPS[rel], `$1${UNSTAMPED}$3`));
+    h.update(`${rel}\0${sha256Bytes(bytes)}\n`);
+  }
+  return h.digest('hex').slice(0, 16);
+}
+
+function wasmEntry(dist, dir) {
+  const wasm = readFileSync(join(dist, dir, 'anoscope_bg.wasm'));
+  return {
+    url: `${dir}/anoscope_bg.wasm`,
+    size: wasm.length,
+    gzipSize: gzipSync(wasm, { level: 9 }).length,
+    sha256: sha256Bytes(wasm),
+    // The wasm-bindgen glue that must come from the same build.
+    js: { url: `${dir}/anoscope.js`, sha256: sha256Bytes(readFileSync(join(dist, dir, 'anoscope.js'))) },
   };
 }
-writeFileSync(join(dist, 'build.json'), `${JSON.stringify(build, null, 2)}\n`);
-console.log(`models.json: ${models.map((m) => m.name).join(', ') || 'no checkpoint'}; build.json: wasm sha256 ${build.wasm.sha256}`);
+
+/**
+ * Indexes `dist`: models.json, the build id stamped into the page's files, build.json. Safe to
+ * run again on an indexed site (after changing files): the stamps are replaced.
+ */
+export async function indexSite(dist) {
+  const models = await writeModels(dist);
+  const id = buildId(dist);
+  stampSite(dist, id);
+  const build = { schema: 2, id, wasm: wasmEntry(dist, 'pkg') };
+  // The threaded build (when built): its wasm and every file the service worker must keep offline.
+  const threadsDir = join(dist, 'pkg-threads');
+  if (existsSync(join(threadsDir, 'anoscope_bg.wasm'))) {
+    const files = [];
+    const walk = (d) => {
+      for (const e of readdirSync(d, { withFileTypes: true })) {
+        if (e.isDirectory()) walk(join(d, e.name));
+        else if (/\.(js|wasm)$/.test(e.name)) files.push(urlOf(dist, join(d, e.name)));
+      }
+    };
+    walk(threadsDir);
+    build.wasmThreads = { ...wasmEntry(dist, 'pkg-threads'), files: files.sort() };
+  }
+  // sha256 of every page file as served (stamped): the service worker caches a version only when
+  // every file it keeps matches (a half-deployed server is not cached).
+  build.files = {};
+  for (const rel of pageFiles(dist)) build.files[rel] = await sha256(join(dist, rel));
+  writeFileSync(join(dist, 'build.json'), `${JSON.stringify(build, null, 2)}\n`);
+  return { id, build, models };
+}
+
+if (process.argv[1] && fileURLToPath(import.meta.url) === resolve(process.argv[1])) {
+  const dist = process.argv[2];
+  if (!dist) throw new Error('usage: node site-index.mjs DIST_DIR');
+  const { id, build, models } = await indexSite(dist);
+  console.log(
+    `models.json: ${models.map((m) => m.name).join(', ') || 'no checkpoint'}; build.json: build ${id}, wasm sha256 ${build.wasm.sha256}`,
+  );
+}
