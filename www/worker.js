@@ -371,6 +371,7 @@ async function openWeights(p, label, maxBytes, store = true) {
   const put = !cached && store && p.weightsSha256 ? storeCopy(storage, p.weightsUrl, res.clone().body, p.weightsSha256, total) : null;
   return {
     total,
+    cached,
     chunks: responseChunks(res, maxBytes, total),
     async settle(ok) {
       const stored = put ? await put : null;
@@ -415,6 +416,13 @@ async function verify(s) {
   const got = s.loader.sha256();
   if (s.expectSha && got !== s.expectSha) {
     await s.src.settle(false);
+    if (s.src.cached) {
+      // Never trusted: a damaged copy in the browser's storage is removed, the next load downloads.
+      throw new Error(
+        `the stored copy of ${s.label} is damaged: sha256 ${got} (${s.loader.received()} bytes), expected ` +
+          `${s.expectSha}. It was removed; load the model again to download it.`,
+      );
+    }
     throw new Error(
       `download of ${s.label} is incomplete or corrupt: sha256 ${got} (${s.loader.received()} bytes), ` +
         `expected ${s.expectSha}. Nothing was loaded; try again.`,
