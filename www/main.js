@@ -123,7 +123,8 @@ const client = deploy.problem ? refusedClient(deploy.problem) : new DetectorClie
   onProgress,
   onModel,
   onStorage,
-  onFatal: (error) => {
+  onFatal: (error, { deploy: mismatch } = {}) => {
+    if (mismatch) return refuseToStart(error); // the worker found files of another version
     setStatus(els.engine, error, 'error');
     showMessage(error);
   },

@@ -175,7 +175,7 @@ const ready = start().then(
   },
   (e) => {
     const error = e?.name === 'DeployMismatch' ? e.message : `could not start the WebAssembly module: ${e?.message ?? e}`;
-    postMessage({ type: 'fatal', error });
+    postMessage({ type: 'fatal', error, deploy: e?.name === 'DeployMismatch' });
     throw e;
   },
 );

@@ -118,10 +118,11 @@ test('a tampered wasm module is refused before instantiation', { timeout: 90_000
   const b = await browser();
   try {
     const { page } = await openPage(b.context, own.url);
-    await page.waitForFunction(() => /integrity check/.test(document.getElementById('engine-status').textContent), null, {
+    await page.waitForFunction(() => /integrity check/.test(document.getElementById('message').textContent), null, {
       timeout: 60_000,
     });
-    const text = await page.textContent('#engine-status');
+    const text = await page.textContent('#message');
+    assert.match(await page.textContent('#engine-status'), /^Not started: this page and the server are from different versions/);
     assert.match(
       text,
       /^The WebAssembly module \(pkg(-threads)?\/anoscope_bg\.wasm\) failed its integrity check \(sha256 [0-9a-f]{64}, expected [0-9a-f]{64}\): it is not the file build\.json of version [0-9a-f]{16} lists\..*Nothing was started\.$/,

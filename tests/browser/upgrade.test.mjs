@@ -229,6 +229,7 @@ test('a half-deployed site is refused with the mismatch named; the deploy comple
       ),
     );
     assert.match(text, /a deploy in progress: reload in a minute/);
+    assert.equal(await page.getAttribute('body', 'data-deploy'), 'mismatch');
     assert.equal(hits(own, MODEL, mark) + hits(own, CONFIG, mark), 0, 'a model was loaded');
     assert.equal(await page.textContent('#model-status'), 'No model loaded.');
     assert.equal(await page.getAttribute('body', 'data-ready'), null);
