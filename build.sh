@@ -425,7 +425,7 @@ build_site() {
         done < <(find weights/checkpoints -type f \( -name '*.json' -o -name '*.safetensors' \) -print0)
     fi
     test_model_site
-    log "models.json + build.json (sha256 of the wasm and of every served checkpoint file)"
+    log "models.json + build.json (build id stamped into the page; sha256 of the wasm, every page and checkpoint file)"
     node tests/browser/site-index.mjs "$DIST"
     size_report "$wasm_out"
     echo "site: $DIST"
