@@ -111,7 +111,7 @@ test('no Cache API (private window) and storage cleared while the page is open (
   }
 });
 
-test('a real small quota (CDP Storage.overrideQuotaForOrigin): the same, and with the quota back the copy is kept', { timeout: 180_000 }, async () => {
+test('a real small quota (CDP Storage.overrideQuotaForOrigin): the same; with the quota back the copy is kept; cleared for real, downloaded again', { timeout: 180_000 }, async () => {
   const own = await serve(makeSite());
   const b = await browser();
   try {
@@ -138,6 +138,19 @@ test('a real small quota (CDP Storage.overrideQuotaForOrigin): the same, and wit
     assert.equal(await loadAndScore(page), score);
     assert.equal(hits(own, MODEL, mark), 1);
     assert.equal(await note(page), '');
+    await waitStored(page, url, await modelSha(page));
+
+    // The site's storage cleared for real (as "Clear site data" does) while the page is open: the
+    // loaded model keeps scoring, and the next visit downloads the checkpoint again and keeps it.
+    await cdp.send('Storage.clearDataForOrigin', { origin, storageTypes: 'cache_storage' });
+    assert.equal(await storedWeights(page, url), null);
+    const d = await dropAndWait(page, [{ name: 'g.jpg', type: 'image/jpeg', bytes: image('bottle_good_002.jpg') }]);
+    assert.ok(Number.isFinite(d.score));
+    const before = own.log.length;
+    await page.reload();
+    await ready(page);
+    assert.equal(await loadAndScore(page), score);
+    assert.equal(hits(own, MODEL, before), 1);
     await waitStored(page, url, await modelSha(page));
     assert.deepEqual(problems, []);
   } finally {
