@@ -145,7 +145,7 @@ async function start() {
   const entry = threads ? build.wasmThreads : build.wasm;
   const dir = threads ? 'pkg-threads' : 'pkg';
   // The wasm and its glue code must be the ones build.json lists (else: damaged or mid-deploy).
-  const { bytes } = await fetchVerified(`./${entry.url}`, entry.sha256, build, `The WebAssembly module (${entry.url})`);
+  const { bytes, sha256: wasmSha256 } = await fetchVerified(`./${entry.url}`, entry.sha256, build, `The WebAssembly module (${entry.url})`);
   if (entry.js) await fetchVerified(`./${entry.js.url}`, entry.js.sha256, build, `Its glue code (${entry.js.url})`);
   wasm = await import(`./${dir}/anoscope.js`);
   await wasm.default({ module_or_path: bytes });
@@ -162,7 +162,7 @@ async function start() {
     build,
     buildId: BUILD_ID,
     wasmUrl: entry.url,
-    wasmSha256: entry.sha256,
+    wasmSha256, // as computed from the bytes instantiated
     threads: cpuThreads,
     backend: backendInfo(),
   };
