@@ -28,9 +28,13 @@ export async function fetchBuild(base) {
   }
 }
 
+/** The page's files that carry no stamp: checked against build.json's sha256 by checkPage. */
+const UNSTAMPED = ['common.js', 'deploy.js', 'style.css'];
+
 /**
  * The page's check, before the worker starts: index.html's stamp, main.js's and build.json's id
- * must agree. Returns {build, problem}: problem is the message to show, or null.
+ * must agree, and the server's copies of the page's unstamped files must be the ones build.json
+ * lists. Returns {build, problem}: problem is the message to show, or null.
  */
 export async function checkPage(mainId, base) {
   const pageId = document.querySelector('meta[name="anoscope-build"]')?.content || '(none)';
@@ -44,6 +48,24 @@ export async function checkPage(mainId, base) {
     problem =
       `This page is version ${pageId} but the server's build.json says ${build.id ?? '(no id)'} ` +
       `(wasm sha256 ${short(build.wasm?.sha256)}): ${AGAIN}`;
+  }
+  for (const file of problem ? [] : UNSTAMPED) {
+    const want = build.files?.[file];
+    if (!want) continue;
+    try {
+      const res = await fetch(new URL(file, base), { cache: 'no-cache' });
+      if (!res.ok) {
+        problem = `The server has no ${file} of version ${build.id} (HTTP ${res.status}): ${AGAIN}`;
+        break;
+      }
+      const got = await sha256Hex(await res.arrayBuffer());
+      if (got !== want) {
+        problem = `The server's ${file} is not the one of version ${build.id} (sha256 ${short(got)}, expected ${short(want)}): ${AGAIN}`;
+        break;
+      }
+    } catch {
+      // Unreachable: offline without the service worker; the worker says so.
+    }
   }
   return { build, problem };
 }

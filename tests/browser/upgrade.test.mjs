@@ -210,6 +210,19 @@ test('a half-deployed site is refused with the mismatch named; the deploy comple
     assert.match(await page.textContent('#engine-status'), /^Not started: this page and the server are from different versions/);
     assert.equal(await page.isDisabled('#image-files'), true);
 
+    // 1b. Only a new stylesheet (a file without a stamp): its sha256 is not v1's, refused.
+    mark = own.log.length;
+    cpSync(join(v1dir, 'index.html'), join(site, 'index.html'));
+    cpSync(join(next, 'style.css'), join(site, 'style.css'));
+    text = await reloadRefused(page, /style\.css/);
+    assert.equal(
+      text,
+      `The server's style.css is not the one of version ${v1.id} (sha256 ${v2.files['style.css'].slice(0, 12)}…, ` +
+        `expected ${v1.files['style.css'].slice(0, 12)}…): the site is being redeployed: reload in a minute. Nothing was started.`,
+    );
+    assert.equal(hits(own, 'worker.js', mark), 0, 'the worker was started');
+    assert.equal(workers(), 0);
+
     // 2. The new page and build.json with the old wasm: the worker refuses the wasm.
     mark = own.log.length;
     cpSync(next, site, { recursive: true });
