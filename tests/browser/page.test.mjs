@@ -45,6 +45,8 @@ before(async () => {
   b = await browser();
   ({ page, problems, cspViolations } = await openPage(b.context, server.url));
   await ready(page);
+  // The service worker's first install fetches the shell: done before requests are counted.
+  await page.evaluate(() => navigator.serviceWorker.ready);
   await loadTestModel(page);
 });
 

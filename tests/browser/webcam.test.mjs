@@ -18,6 +18,8 @@ test('webcam frames are scored, fps > 0, and the stream stops when toggled off',
   try {
     const { page, problems } = await openPage(b.context, server.url);
     await ready(page);
+    // The service worker's first install fetches the shell: done before requests are counted.
+    await page.evaluate(() => navigator.serviceWorker.ready);
     await loadTestModel(page);
     const s0 = server.log.length;
     await page.click('#webcam');
