@@ -1,7 +1,8 @@
 //! `anoscope serve`: the headers every response carries, and what the server refuses (path
 //! traversal in every spelling, symlinks out of the site, methods other than GET/HEAD, malformed
-//! and oversized requests, slow clients). The CLI binary is started on port 0 and spoken to over
-//! raw TCP, so the tests see exactly the bytes a browser would.
+//! and oversized requests, slow clients). The CLI binary is started on port 0 (the slow-client
+//! tests run `serve_listener` in-process with small limits) and spoken to over raw TCP, so the
+//! tests see exactly the bytes a browser would.
 #![cfg(not(target_arch = "wasm32"))]
 
 use std::collections::BTreeMap;
