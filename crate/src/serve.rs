@@ -1,24 +1,43 @@
-//! A tiny static file server for the built site (`anoscope serve`).
+//! A small static file server for the built site (`anoscope serve`).
 //!
-//! std only: one thread per connection, `GET`/`HEAD` only, bound to 127.0.0.1.
+//! HTTP/1.1 from [hyper] on a current-thread tokio runtime, bound to 127.0.0.1, `GET`/`HEAD` only.
 //! Every response carries the cross-origin isolation headers
 //! (`Cross-Origin-Opener-Policy: same-origin`,
 //! `Cross-Origin-Embedder-Policy: require-corp`,
 //! `Cross-Origin-Resource-Policy: same-origin`) so the page may use
 //! `SharedArrayBuffer` and wasm threads, and the page's strict
 //! Content-Security-Policy ([`CONTENT_SECURITY_POLICY`]). It is a development server, not a
-//! production one: no keep-alive, no ranges, no compression.
+//! production one: keep-alive, but no ranges, no compression, no directory listings.
+//!
+//! What it refuses, and how ([`ServeConfig`] holds the limits):
+//! - a path that could leave the site: `..` segments (also percent-encoded), encoded slashes,
+//!   backslashes, NUL, drive colons, invalid escapes or non-UTF-8 (400); a symlink that resolves
+//!   outside the site directory (404: the resolved path must lie under the canonical root);
+//! - methods other than `GET` and `HEAD` (405 with `Allow: GET, HEAD`);
+//! - a malformed request (400, from hyper) or a request head over
+//!   [`MAX_HEAD_BYTES`] (431, from hyper); these two carry no body;
+//! - slow clients: at most [`MAX_CONNECTIONS`] connections at once (further ones wait in the
+//!   listen backlog), a request head must arrive whole within [`HEADER_READ_TIMEOUT`] (this also
+//!   closes idle keep-alive connections), and a response write that makes no progress for
+//!   [`WRITE_TIMEOUT`] drops the connection.
 #![cfg(not(target_arch = "wasm32"))]
 
-use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
+use std::convert::Infallible;
+use std::future::Future;
+use std::io::{self, Write};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
-use std::thread;
+use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use anyhow::Context;
+use hyper::body::{Bytes, Frame, SizeHint};
+use hyper::header::{HeaderName, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// The policy the page is built to pass: no `eval`, no inline scripts or styles, WebAssembly
 /// compilation allowed (`'wasm-unsafe-eval'`), network access only to the site itself and to the
@@ -35,10 +54,42 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'
      connect-src 'self' https://huggingface.co https://*.huggingface.co https://*.hf.co; object-src 'none'; \
      base-uri 'none'; form-action 'none'; frame-ancestors 'self'";
 
-/// Longest request head (request line + headers) accepted, in bytes.
-const MAX_HEAD_BYTES: usize = 16 * 1024;
-/// Idle limit for reading a request or writing a response.
-const IO_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest request head (request line + headers) accepted, in bytes; a longer one gets 431.
+pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// Most connections served at once. A browser opens at most six per host, so this leaves
+/// room for several tabs and test pages; a client holding more makes the rest wait, never crash.
+pub const MAX_CONNECTIONS: usize = 64;
+/// Time a client has to send a whole request head, counted from when the server starts
+/// waiting for it (a new connection, or an idle keep-alive one): a slowloris trickle or an
+/// idle connection is closed after this.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(15);
+/// Longest a response write may make no progress (a client that stops reading) before the
+/// connection is dropped.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The limits of the server; [`Default`] gives the documented constants (tests use smaller ones).
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    /// Most connections served at once ([`MAX_CONNECTIONS`]).
+    pub max_connections: usize,
+    /// Time to receive a whole request head, also the keep-alive idle limit ([`HEADER_READ_TIMEOUT`]).
+    pub header_read_timeout: Duration,
+    /// Longest stall of a response write ([`WRITE_TIMEOUT`]).
+    pub write_timeout: Duration,
+    /// Longest request head in bytes ([`MAX_HEAD_BYTES`]).
+    pub max_head_bytes: usize,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            max_connections: MAX_CONNECTIONS,
+            header_read_timeout: HEADER_READ_TIMEOUT,
+            write_timeout: WRITE_TIMEOUT,
+            max_head_bytes: MAX_HEAD_BYTES,
+        }
+    }
+}
 
 /// Serves the files under `root` on `http://127.0.0.1:port/` until the process
 /// is killed. `port` 0 picks a free port; the URL actually bound is printed.
@@ -59,142 +110,200 @@ pub fn serve(root: &Path, port: u16) -> anyhow::Result<()> {
     println!("Serving {} at http://{addr}/", root.display());
     println!("(cross-origin isolated: COOP same-origin, COEP require-corp; Ctrl-C to stop)");
     io::stdout().flush().ok();
-    serve_listener(listener, &root)
+    serve_listener(listener, &root, ServeConfig::default())
 }
 
-/// Accept loop on an already-bound listener (tests bind port 0).
-/// `root` should be canonical; it is canonicalised again to be sure.
-fn serve_listener(listener: TcpListener, root: &Path) -> anyhow::Result<()> {
-    let root = Arc::new(root.canonicalize()?);
-    for stream in listener.incoming() {
-        let stream = match stream {
-            Ok(s) => s,
+/// Serves `root` on an already-bound listener with the given limits, until the process ends
+/// (or an accept error other than a per-connection one). Tests bind port 0 and pass small limits.
+pub fn serve_listener(listener: TcpListener, root: &Path, config: ServeConfig) -> anyhow::Result<()> {
+    let root = Arc::new(
+        root.canonicalize()
+            .with_context(|| format!("serve: cannot open site directory {}", root.display()))?,
+    );
+    anyhow::ensure!(config.max_connections > 0, "serve: max_connections must be at least 1");
+    listener.set_nonblocking(true)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .context("serve: cannot start the tokio runtime")?;
+    runtime.block_on(accept_loop(listener, root, config))
+}
+
+async fn accept_loop(listener: TcpListener, root: Arc<PathBuf>, config: ServeConfig) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    let slots = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout)
+        .max_header_size(config.max_head_bytes)
+        .auto_date_header(false)
+        .title_case_headers(true);
+    loop {
+        // A slot first: while all are taken, new connections wait in the kernel's backlog.
+        let permit = Arc::clone(&slots).acquire_owned().await?;
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
             Err(e) => {
+                // Per-connection failures (reset before accept, out of descriptors) pass.
                 eprintln!("serve: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             }
         };
+        let io = TokioIo::new(WriteDeadline::new(stream, config.write_timeout));
         let root = Arc::clone(&root);
-        thread::spawn(move || {
-            if let Err(e) = handle_connection(stream, &root) {
-                // Client hung up mid-transfer and the like: log and move on.
-                eprintln!("serve: {e}");
+        let conn = http.serve_connection(
+            io,
+            hyper::service::service_fn(move |req| {
+                let root = Arc::clone(&root);
+                async move { Ok::<_, Infallible>(handle(req, root).await) }
+            }),
+        );
+        tokio::spawn(async move {
+            match conn.await {
+                // The header-read timeout is also how idle keep-alive connections end: not news.
+                Err(e) if e.is_timeout() => {}
+                // A client hanging up mid-transfer, a stalled write and the like: log, move on.
+                Err(e) => eprintln!("serve: {e}"),
+                Ok(()) => {}
             }
+            drop(permit);
         });
     }
-    Ok(())
 }
 
-struct Response {
-    status: u16,
-    reason: &'static str,
-    content_type: &'static str,
-    extra_headers: Vec<(&'static str, String)>,
-    body: Body,
-}
-
+/// A response body: a short text, or a file streamed in chunks.
 enum Body {
-    Bytes(Vec<u8>),
-    File(File, u64),
+    Bytes(Option<Bytes>),
+    File {
+        file: tokio::fs::File,
+        left: u64,
+        buf: Box<[u8]>,
+    },
 }
 
-impl Response {
-    fn error(status: u16, reason: &'static str, detail: &str) -> Self {
-        let body = format!("{status} {reason}\n{detail}\n").into_bytes();
-        Response {
-            status,
-            reason,
-            content_type: "text/plain; charset=utf-8",
-            extra_headers: Vec::new(),
-            body: Body::Bytes(body),
+impl hyper::body::Body for Body {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        match self.get_mut() {
+            Body::Bytes(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Body::File { file, left, buf } => {
+                if *left == 0 {
+                    return Poll::Ready(None);
+                }
+                let want = buf.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
+                let mut read = ReadBuf::new(&mut buf[..want]);
+                match Pin::new(file).poll_read(cx, &mut read) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e))),
+                    Poll::Ready(Ok(())) if read.filled().is_empty() => Poll::Ready(Some(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "file shrank while being served",
+                    )))),
+                    Poll::Ready(Ok(())) => {
+                        *left -= read.filled().len() as u64;
+                        Poll::Ready(Some(Ok(Frame::data(Bytes::copy_from_slice(read.filled())))))
+                    }
+                }
+            }
         }
     }
 
-    fn len(&self) -> u64 {
-        match &self.body {
-            Body::Bytes(b) => b.len() as u64,
-            Body::File(_, n) => *n,
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Body::Bytes(b) => b.is_none(),
+            Body::File { left, .. } => *left == 0,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Body::Bytes(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Body::File { left, .. } => SizeHint::with_exact(*left),
         }
     }
 }
 
-fn handle_connection(mut stream: TcpStream, root: &Path) -> io::Result<()> {
-    stream.set_read_timeout(Some(IO_TIMEOUT))?;
-    stream.set_write_timeout(Some(IO_TIMEOUT))?;
-    let (method, target) = match read_request_head(&stream) {
-        Ok(Some(rt)) => rt,
-        Ok(None) => return Ok(()), // connection closed before a request
-        Err(RequestError::Io(e)) => return Err(e),
-        Err(RequestError::Bad(why)) => {
-            let resp = Response::error(400, "Bad Request", why);
-            return write_response(&mut stream, resp, true);
-        }
-    };
-    let head_only = method == "HEAD";
-    let resp = if method != "GET" && !head_only {
-        let mut r = Response::error(405, "Method Not Allowed", "only GET and HEAD are supported");
-        r.extra_headers.push(("Allow", "GET, HEAD".to_string()));
-        r
+/// A file to send, or an error.
+enum Reply {
+    File(std::fs::File, u64, &'static str),
+    Error(StatusCode, &'static str),
+}
+
+async fn handle(req: Request<hyper::body::Incoming>, root: Arc<PathBuf>) -> Response<Body> {
+    let method = req.method().clone();
+    let target = req.uri().to_string();
+    let head_only = method == Method::HEAD;
+    let reply = if method != Method::GET && !head_only {
+        Reply::Error(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD are supported")
     } else {
-        respond(root, &target)
+        let path = req.uri().path().to_string();
+        // Path checks, canonicalize and open touch the file system: off the event loop.
+        tokio::task::spawn_blocking(move || resolve(&root, &path))
+            .await
+            .unwrap_or(Reply::Error(StatusCode::INTERNAL_SERVER_ERROR, "lookup failed"))
     };
-    eprintln!("{method} {target} -> {}", resp.status);
-    write_response(&mut stream, resp, head_only)
-}
-
-enum RequestError {
-    Io(io::Error),
-    Bad(&'static str),
-}
-
-/// Reads the request line and headers; returns (method, target).
-fn read_request_head(stream: &TcpStream) -> Result<Option<(String, String)>, RequestError> {
-    let mut reader = BufReader::new(stream.take(MAX_HEAD_BYTES as u64));
-    let mut request_line = String::new();
-    let n = reader.read_line(&mut request_line).map_err(|e| match e.kind() {
-        io::ErrorKind::InvalidData => RequestError::Bad("request line is not UTF-8"),
-        _ => RequestError::Io(e),
-    })?;
-    if n == 0 {
-        return Ok(None);
-    }
-    if !request_line.ends_with('\n') {
-        return Err(RequestError::Bad("request line too long"));
-    }
-    // Drain headers up to the blank line (their content is not needed).
-    let mut seen = request_line.len();
-    loop {
-        let mut line = Vec::new();
-        let n = reader.read_until(b'\n', &mut line).map_err(RequestError::Io)?;
-        seen += n;
-        if n == 0 || !line.ends_with(b"\n") {
-            return Err(RequestError::Bad(if seen >= MAX_HEAD_BYTES {
-                "request head too large"
+    let (status, content_type, len, body) = match reply {
+        Reply::File(file, len, content_type) => {
+            let body = if head_only {
+                Body::Bytes(None)
             } else {
-                "truncated request head"
-            }));
+                Body::File {
+                    file: tokio::fs::File::from_std(file),
+                    left: len,
+                    buf: vec![0; 64 * 1024].into(),
+                }
+            };
+            (StatusCode::OK, content_type, len, body)
         }
-        if line == b"\r\n" || line == b"\n" {
-            break;
+        Reply::Error(status, detail) => {
+            let text = format!(
+                "{} {}\n{detail}\n",
+                status.as_u16(),
+                status.canonical_reason().unwrap_or("")
+            );
+            let len = text.len() as u64;
+            let body = if head_only {
+                Body::Bytes(None)
+            } else {
+                Body::Bytes(Some(text.into()))
+            };
+            (status, "text/plain; charset=utf-8", len, body)
         }
-    }
-    let mut parts = request_line.split_ascii_whitespace();
-    let (Some(method), Some(target), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(RequestError::Bad("malformed request line"));
     };
-    if !version.starts_with("HTTP/1.") {
-        return Err(RequestError::Bad("unsupported HTTP version"));
+    eprintln!("{method} {target} -> {}", status.as_u16());
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    let fixed = [
+        ("content-type", content_type),
+        ("cross-origin-opener-policy", "same-origin"),
+        ("cross-origin-embedder-policy", "require-corp"),
+        ("cross-origin-resource-policy", "same-origin"),
+        ("content-security-policy", CONTENT_SECURITY_POLICY),
+        ("x-content-type-options", "nosniff"),
+        ("cache-control", "no-cache"),
+    ];
+    for (name, value) in fixed {
+        h.insert(HeaderName::from_static(name), HeaderValue::from_static(value));
     }
-    Ok(Some((method.to_string(), target.to_string())))
+    h.insert(hyper::header::CONTENT_LENGTH, HeaderValue::from(len));
+    if status == StatusCode::METHOD_NOT_ALLOWED {
+        h.insert(hyper::header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+    }
+    resp
 }
 
-/// Maps a request target to a response (file or error).
-fn respond(root: &Path, target: &str) -> Response {
-    let rel = match target_to_relative(target) {
+/// Maps a request path to an open file under `root` (canonical), or an error.
+fn resolve(root: &Path, path: &str) -> Reply {
+    let rel = match target_to_relative(path) {
         Ok(p) => p,
-        Err(why) => return Response::error(400, "Bad Request", why),
+        Err(why) => return Reply::Error(StatusCode::BAD_REQUEST, why),
     };
+    let not_found = Reply::Error(StatusCode::NOT_FOUND, "no such file");
     let mut path = root.join(&rel);
     if path.is_dir() {
         path.push("index.html");
@@ -202,41 +311,111 @@ fn respond(root: &Path, target: &str) -> Response {
     // Resolve symlinks and make sure we are still inside the root.
     let canonical = match path.canonicalize() {
         Ok(p) if p.starts_with(root) && p.is_file() => p,
-        _ => return Response::error(404, "Not Found", "no such file"),
+        _ => return not_found,
     };
-    let file = match File::open(&canonical) {
-        Ok(f) => f,
-        Err(_) => return Response::error(404, "Not Found", "no such file"),
+    let Ok(file) = std::fs::File::open(&canonical) else {
+        return not_found;
     };
-    let len = match file.metadata() {
-        Ok(m) => m.len(),
-        Err(_) => return Response::error(500, "Internal Server Error", "cannot stat file"),
-    };
-    Response {
-        status: 200,
-        reason: "OK",
-        content_type: mime_type(&canonical),
-        extra_headers: Vec::new(),
-        body: Body::File(file, len),
+    match file.metadata() {
+        Ok(m) => Reply::File(file, m.len(), mime_type(&canonical)),
+        Err(_) => Reply::Error(StatusCode::INTERNAL_SERVER_ERROR, "cannot stat file"),
+    }
+}
+
+/// A TCP stream whose writes fail with `TimedOut` once one has made no progress for `limit`
+/// (hyper has a header-read timeout but none for writes: a client that stops reading would
+/// otherwise hold its connection slot for ever).
+struct WriteDeadline {
+    stream: tokio::net::TcpStream,
+    limit: Duration,
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl WriteDeadline {
+    fn new(stream: tokio::net::TcpStream, limit: Duration) -> Self {
+        WriteDeadline {
+            stream,
+            limit,
+            stalled: None,
+        }
+    }
+
+    /// Passes `poll` through; on `Pending`, arms (or checks) the stall timer.
+    fn watch<T>(&mut self, cx: &mut TaskContext<'_>, poll: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        if poll.is_ready() {
+            self.stalled = None;
+            return poll;
+        }
+        let limit = self.limit;
+        let sleep = self.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "client stopped reading the response",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl AsyncRead for WriteDeadline {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut TaskContext<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for WriteDeadline {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut TaskContext<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.stream).poll_write(cx, data);
+        this.watch(cx, poll)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        this.watch(cx, poll)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.stream).poll_flush(cx);
+        this.watch(cx, poll)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.stream).poll_shutdown(cx);
+        this.watch(cx, poll)
     }
 }
 
 /// Turns `/a/b%20c.js?x=1` into the relative path `a/b c.js`, rejecting
 /// anything that could escape the root: `..` segments (also percent-encoded),
-/// backslashes, NUL, drive-letter colons, invalid escapes or non-UTF-8.
+/// encoded slashes (`%2f`), backslashes (raw or encoded), NUL, drive-letter colons,
+/// invalid escapes or non-UTF-8.
 fn target_to_relative(target: &str) -> Result<PathBuf, &'static str> {
     let path = target.split(['?', '#']).next().unwrap_or("");
     if !path.starts_with('/') {
         return Err("request target must be an absolute path");
     }
-    let decoded = percent_decode(path).ok_or("invalid percent-encoding")?;
-    let decoded = String::from_utf8(decoded).map_err(|_| "path is not UTF-8")?;
     let mut rel = PathBuf::new();
-    for segment in decoded.split('/') {
-        match segment {
+    // Split before decoding: a `%2f` inside a segment is not a separator but a refusal.
+    for raw in path.split('/') {
+        let segment = percent_decode(raw).ok_or("invalid percent-encoding")?;
+        let segment = String::from_utf8(segment).map_err(|_| "path is not UTF-8")?;
+        match segment.as_str() {
             "" | "." => continue,
             ".." => return Err("path traversal rejected"),
-            s if s.contains(['\\', '\0', ':']) => return Err("invalid character in path"),
+            s if s.contains(['/', '\\', '\0', ':']) => return Err("invalid character in path"),
             s => rel.push(s),
         }
     }
@@ -296,207 +475,9 @@ fn mime_type(path: &Path) -> &'static str {
     }
 }
 
-fn write_response(stream: &mut TcpStream, resp: Response, head_only: bool) -> io::Result<()> {
-    let mut head = format!(
-        "HTTP/1.1 {} {}\r\n\
-         Content-Type: {}\r\n\
-         Content-Length: {}\r\n\
-         Cross-Origin-Opener-Policy: same-origin\r\n\
-         Cross-Origin-Embedder-Policy: require-corp\r\n\
-         Cross-Origin-Resource-Policy: same-origin\r\n\
-         Content-Security-Policy: {}\r\n\
-         X-Content-Type-Options: nosniff\r\n\
-         Cache-Control: no-cache\r\n\
-         Connection: close\r\n",
-        resp.status,
-        resp.reason,
-        resp.content_type,
-        resp.len(),
-        CONTENT_SECURITY_POLICY
-    );
-    for (name, value) in &resp.extra_headers {
-        head.push_str(&format!("{name}: {value}\r\n"));
-    }
-    head.push_str("\r\n");
-    let mut out = io::BufWriter::with_capacity(64 * 1024, stream);
-    out.write_all(head.as_bytes())?;
-    if !head_only {
-        match resp.body {
-            Body::Bytes(b) => out.write_all(&b)?,
-            Body::File(f, len) => {
-                let copied = io::copy(&mut f.take(len), &mut out)?;
-                if copied != len {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "file shrank while being served",
-                    ));
-                }
-            }
-        }
-    }
-    out.flush()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    static COUNTER: AtomicUsize = AtomicUsize::new(0);
-
-    /// A temp dir `base/` holding `site/` (the served root) and `secret.txt`
-    /// (outside the root: must never be served).
-    struct Fixture {
-        base: PathBuf,
-        port: u16,
-    }
-
-    impl Drop for Fixture {
-        fn drop(&mut self) {
-            std::fs::remove_dir_all(&self.base).ok();
-        }
-    }
-
-    fn start() -> Fixture {
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let base = std::env::temp_dir().join(format!("anoscope-serve-test-{}-{n}", std::process::id()));
-        std::fs::remove_dir_all(&base).ok();
-        let site = base.join("site");
-        std::fs::create_dir_all(site.join("pkg")).unwrap();
-        std::fs::write(site.join("index.html"), "<!doctype html><p>hi</p>").unwrap();
-        std::fs::write(site.join("pkg/anoscope_bg.wasm"), b"\0asm\x01\0\0\0").unwrap();
-        std::fs::write(site.join("pkg/anoscope.js"), "export {};").unwrap();
-        std::fs::write(site.join("a b.json"), "{}").unwrap();
-        std::fs::write(base.join("secret.txt"), "TOP SECRET").unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        thread::spawn(move || serve_listener(listener, &site));
-        Fixture { base, port }
-    }
-
-    struct Reply {
-        status: u16,
-        headers: HashMap<String, String>,
-        body: Vec<u8>,
-    }
-
-    fn request(port: u16, raw: &str) -> Reply {
-        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        s.write_all(raw.as_bytes()).unwrap();
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).unwrap();
-        let split = buf.windows(4).position(|w| w == b"\r\n\r\n").expect("no end of head");
-        let head = String::from_utf8(buf[..split].to_vec()).unwrap();
-        let body = buf[split + 4..].to_vec();
-        let mut lines = head.split("\r\n");
-        let status_line = lines.next().unwrap();
-        assert!(status_line.starts_with("HTTP/1.1 "), "{status_line}");
-        let status = status_line[9..12].parse().unwrap();
-        let headers = lines
-            .map(|l| {
-                let (k, v) = l.split_once(": ").unwrap();
-                (k.to_ascii_lowercase(), v.to_string())
-            })
-            .collect();
-        Reply { status, headers, body }
-    }
-
-    fn get(port: u16, target: &str) -> Reply {
-        request(port, &format!("GET {target} HTTP/1.1\r\nHost: localhost\r\n\r\n"))
-    }
-
-    #[test]
-    fn index_has_isolation_headers() {
-        let f = start();
-        let r = get(f.port, "/");
-        assert_eq!(r.status, 200);
-        assert_eq!(r.body, b"<!doctype html><p>hi</p>");
-        assert_eq!(r.headers["content-type"], "text/html; charset=utf-8");
-        assert_eq!(r.headers["content-length"], r.body.len().to_string());
-        assert_eq!(r.headers["cross-origin-opener-policy"], "same-origin");
-        assert_eq!(r.headers["cross-origin-embedder-policy"], "require-corp");
-        assert_eq!(r.headers["cross-origin-resource-policy"], "same-origin");
-        assert_eq!(r.headers["content-security-policy"], CONTENT_SECURITY_POLICY);
-        // Query strings are ignored.
-        assert_eq!(get(f.port, "/index.html?v=1").status, 200);
-    }
-
-    #[test]
-    fn mime_types() {
-        let f = start();
-        let r = get(f.port, "/pkg/anoscope_bg.wasm");
-        assert_eq!(r.status, 200);
-        assert_eq!(r.headers["content-type"], "application/wasm");
-        assert_eq!(r.body, b"\0asm\x01\0\0\0");
-        let r = get(f.port, "/pkg/anoscope.js");
-        assert_eq!(r.headers["content-type"], "text/javascript; charset=utf-8");
-        let r = get(f.port, "/a%20b.json");
-        assert_eq!(r.status, 200);
-        assert_eq!(r.headers["content-type"], "application/json");
-    }
-
-    #[test]
-    fn traversal_rejected() {
-        let f = start();
-        for target in [
-            "/../secret.txt",
-            "/pkg/../../secret.txt",
-            "/%2e%2e/secret.txt",
-            "/%2E%2E%2Fsecret.txt",
-            "/pkg/..%2f..%2fsecret.txt",
-            "/..%5csecret.txt",
-            "/%00",
-            "/%zz",
-            "/%2",
-            "/%ff",
-            "secret.txt",
-        ] {
-            let r = get(f.port, target);
-            assert!(r.status == 400 || r.status == 404, "{target} gave {}", r.status);
-            assert!(
-                !String::from_utf8_lossy(&r.body).contains("TOP SECRET"),
-                "{target} leaked"
-            );
-        }
-    }
-
-    #[cfg(unix)]
-    #[test]
-    fn symlink_out_of_root_is_404() {
-        let f = start();
-        std::os::unix::fs::symlink(f.base.join("secret.txt"), f.base.join("site/link.txt")).unwrap();
-        let r = get(f.port, "/link.txt");
-        assert_eq!(r.status, 404);
-    }
-
-    #[test]
-    fn missing_is_404_with_body() {
-        let f = start();
-        let r = get(f.port, "/nope.js");
-        assert_eq!(r.status, 404);
-        assert!(!r.body.is_empty());
-        assert_eq!(r.headers["content-length"], r.body.len().to_string());
-        assert_eq!(r.headers["cross-origin-embedder-policy"], "require-corp");
-        // A directory without index.html is not listed.
-        assert_eq!(get(f.port, "/pkg/").status, 404);
-    }
-
-    #[test]
-    fn head_and_other_methods() {
-        let f = start();
-        let r = request(f.port, "HEAD /pkg/anoscope_bg.wasm HTTP/1.1\r\nHost: x\r\n\r\n");
-        assert_eq!(r.status, 200);
-        assert_eq!(r.headers["content-length"], "8");
-        assert!(r.body.is_empty());
-        let r = request(f.port, "POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
-        assert_eq!(r.status, 405);
-        assert_eq!(r.headers["allow"], "GET, HEAD");
-        assert!(!r.body.is_empty());
-        let r = request(f.port, "garbage\r\n\r\n");
-        assert_eq!(r.status, 400);
-    }
 
     /// The `<meta>` policies of the shipped pages are the header's, and every checkpoint host in
     /// weights/manifest.json is reachable under `connect-src`.
