@@ -87,7 +87,7 @@ export class DetectorClient {
           onReady?.(data);
           resolve(data);
         } else if (data.type === 'fatal') {
-          onFatal?.(data.error);
+          onFatal?.(data.error, data);
           reject(new Error(data.error));
         } else if (data.type === 'progress') {
           onProgress?.(data);
