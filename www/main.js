@@ -208,7 +208,7 @@ const runs = { active: null, queued: [], chain: Promise.resolve() };
 /** Queues `fn(run)`; run.cancelled holds the reason once cancelled. */
 function startRun(what, fn) {
   const run = { what, cancelled: null };
-  if (runs.active || state.loading) {
+  if (runs.active || runs.queued.length || state.loading) {
     setStatus(els.imageStatus, `Queued: ${what} will be scored when the current work is done.`, 'busy');
   }
   runs.queued.push(run);
@@ -279,7 +279,7 @@ function settingsOf(mode) {
 function updateGridNote() {
   const g = state.gridStamp;
   if (!g || els.gridBox.hidden) return;
-  const same = g.stamp === settingsStamp(g.mode);
+  const same = g.stamp === settingsStamp(els.mode.value);
   els.gridNote.textContent = same
     ? `Scored with ${g.text}.`
     : `Scored with ${g.text}; the settings have changed since (now ${settingsOf(els.mode.value).text}): drop the images again to score them with the current settings.`;
@@ -718,9 +718,9 @@ function scoreFiles(files, t0 = performance.now()) {
 }
 
 /** Why a run stopped early (cancelled, or its settings changed), or ''. */
-function stopReason(run, stamp, mode) {
+function stopReason(run, stamp) {
   if (run.cancelled) return run.cancelled;
-  if (stamp !== settingsStamp(mode)) return `the settings changed (now ${settingsOf(els.mode.value).text})`;
+  if (stamp !== settingsStamp(els.mode.value)) return `the settings changed (now ${settingsOf(els.mode.value).text})`;
   return '';
 }
 
@@ -733,7 +733,7 @@ async function scoreEach(files, t0, run, mode) {
   let stopped = '';
   let discarded = 0;
   for (const [i, f] of files.entries()) {
-    stopped = stopReason(run, stamp, mode);
+    stopped = stopReason(run, stamp);
     if (stopped) break;
     setStatus(els.imageStatus, `Scoring ${f.name || 'image'} (${i + 1} of ${files.length}, ${mode})…`, 'busy');
     try {
@@ -741,7 +741,7 @@ async function scoreEach(files, t0, run, mode) {
       r.name = f.name || 'pasted image';
       r.settings = settings.fields;
       // Computed under settings that are no longer the page's: never drawn.
-      if (stamp !== settingsStamp(mode) || run.cancelled) {
+      if (stamp !== settingsStamp(els.mode.value) || run.cancelled) {
         discarded += 1;
         continue;
       }
@@ -752,7 +752,7 @@ async function scoreEach(files, t0, run, mode) {
       problems.push(`${f.name || 'image'}: ${e?.message ?? e}`);
     }
   }
-  stopped ||= stopReason(run, stamp, mode);
+  stopped ||= stopReason(run, stamp);
   if (problems.length) showMessage(`Could not score ${problems.length === 1 ? 'this file' : 'these files'}:\n${problems.join('\n')}`);
   const note = discarded ? ` The result computed under the old settings was discarded.` : '';
   if (stopped && !state.restarting) {
@@ -802,7 +802,7 @@ async function scoreBatch(files, t0, run) {
     failure = e;
   });
   els.progressBox.hidden = true;
-  const stopped = !state.restarting && stopReason(run, stamp, 'batch');
+  const stopped = !state.restarting && stopReason(run, stamp);
   if (state.restarting) {
     setStatus(els.imageStatus, 'Batch not scored: the detector ran out of memory. The earlier results are kept.', 'error');
     return;
