@@ -342,6 +342,7 @@ function restartWorker(data) {
       const c = state.current;
       if (c?.map && c?.input) await client.call('setCurrent', { input: c.input, map: c.map, width: c.width, height: c.height }).catch(() => {});
     }
+    els.progressBox.hidden = true;
     const kept = state.results.length || (state.current ? 1 : 0);
     showMessage(
       `${head} The detector was restarted${restored.length ? `: ${restored.join(', ')}` : ''}. ` +
