@@ -300,15 +300,31 @@ const OOM_ADVICE =
  */
 function restartWorker(data) {
   const old = client;
-  const what = state.restarting ? null : runs.active;
+  if (state.restarting) {
+    // The restarted worker failed too while the model was loaded again: stop there.
+    old.terminate();
+    state.model = null;
+    enableInputs(false);
+    setStatus(els.modelStatus, 'No model loaded.', 'error');
+    showMessage(
+      `${data.oom ? 'Out of memory' : `The detector crashed (${data.error})`} again while the model was loaded again. ` +
+        'Your results are kept (export them now); reload the page or choose a smaller (f16) checkpoint.',
+    );
+    state.restartFailed = true;
+    return;
+  }
+  const what = runs.active;
+  state.restartFailed = false;
   state.restarting = (async () => {
     cancelRuns('the detector was restarted');
     old.terminate();
     state.workerGen += 1;
     document.body.dataset.workerGen = String(state.workerGen);
-    const head = data.oom
-      ? `Out of memory: ${what?.count === 1 ? 'this image' : 'this batch'} ${OOM_ADVICE}`
-      : `The detector crashed (${data.error}).`;
+    const head = !data.oom
+      ? `The detector crashed (${data.error}).`
+      : data.request === 'load'
+        ? "Out of memory while loading the model: it needs more than the browser's WebAssembly memory (4 GiB). Load the f16 checkpoint or a smaller model."
+        : `Out of memory: ${what?.count === 1 ? 'this image' : 'this batch'} ${OOM_ADVICE}`;
     showMessage(`${head} Restarting the detector…`);
     client = makeClient();
     try {
@@ -320,7 +336,7 @@ function restartWorker(data) {
     let restored = [];
     if (state.modelSpec) {
       const ok = await loadModel(state.modelSpec, { restore: true });
-      if (!ok) return;
+      if (!ok || state.restartFailed) return;
       restored.push(`${state.model.label} is loaded again`);
       if (state.promptFile) {
         await client.call('loadPrompts', { bytes: await state.promptFile.arrayBuffer() }).then(
@@ -383,7 +399,7 @@ async function loadModelNow(spec, restore) {
   enableInputs(false);
   const info = restore
     ? await client.call('load', spec).catch((e) => {
-        showMessage(`Could not reload the model in the restarted detector: ${e?.message ?? e}`);
+        if (!state.restartFailed) showMessage(`Could not reload the model in the restarted detector: ${e?.message ?? e}`);
       })
     : await run('Could not load the model', () => client.call('load', spec));
   els.progressBox.hidden = true;

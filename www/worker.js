@@ -229,6 +229,17 @@ function trapOf(e) {
   return { oom, error: msg };
 }
 
+/** When `e` is a trap: marks the instance dead and tells the page (once); true for a trap. */
+function reportTrap(e, request, id) {
+  const trap = trapOf(e);
+  if (!trap || dead) return !!trap;
+  dead = trap;
+  console.error(`anoscope worker: the WebAssembly instance trapped in ${request} (${trap.error}); it must be restarted`, e?.cause ?? e);
+  const memoryBytes = wasmMemory ? wasmMemory.buffer.byteLength : 0;
+  postMessage({ type: 'fatal', id, request, oom: trap.oom, error: trap.error, memoryBytes });
+  return true;
+}
+
 /** Picks the build, fetches its wasm, checks its sha256 against build.json, then instantiates it. */
 async function start() {
   const build = await (await fetch('./build.json', { cache: 'no-cache' })).json();
@@ -522,6 +533,7 @@ const handlers = {
         next.loadPrompts(bundle, p.weightsSha256 ?? sha);
       }
     } catch (e) {
+      if (trapOf(e)) throw e; // the instance is unusable: no clean-up calls into it
       next?.free();
       loader.free();
       if (!s.ended) await s.it.return?.().catch(() => {});
@@ -558,6 +570,7 @@ const handlers = {
           info.weightsSha256 ??= got;
           postMessage({ type: 'model', ok: true, label: p.label, hasText: next.hasText(), ms: performance.now() - t0 });
         } catch (e) {
+          if (reportTrap(e, 'load')) return;
           if (modelInfo !== info) return;
           next.free();
           model = null;
@@ -565,7 +578,7 @@ const handlers = {
           textCache.clear();
           postMessage({ type: 'model', ok: false, label: p.label, error: e?.message ?? String(e) });
         } finally {
-          loader.free();
+          if (!dead) loader.free();
           info.rest = null;
         }
       })();
@@ -713,13 +726,7 @@ onmessage = ({ data }) => {
       const transfer = result?.rgba ? [result.rgba.buffer] : [];
       postMessage({ id, ok: true, result }, transfer);
     } catch (e) {
-      const trap = !dead && trapOf(e);
-      if (trap) {
-        dead = trap;
-        console.error(`anoscope worker: the WebAssembly instance trapped in ${type} (${trap.error}); it must be restarted`, e?.cause ?? e);
-        const memory = wasmMemory ? wasmMemory.buffer.byteLength : 0;
-        postMessage({ type: 'fatal', id, oom: trap.oom, error: trap.error, memoryBytes: memory });
-      }
+      reportTrap(e, type, id);
       postMessage({ id, ok: false, cancelled: e instanceof CancelledError, error: e?.message ?? String(e) });
     } finally {
       currentId = 0;
