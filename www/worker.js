@@ -434,7 +434,7 @@ async function feed(s, stop) {
     try {
       s.loader.push(step.value);
     } catch (e) {
-      if (!s.expectSha) throw e;
+      if (!s.expectSha || trapOf(e)) throw e;
       s.error ??= e;
     }
     const now = performance.now();
