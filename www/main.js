@@ -148,6 +148,14 @@ function makeClient() {
       if (b.failure) showMessage(`${b.failure}. Running on the CPU (WebAssembly) instead.`, 'warn');
     },
   });
+  // A trap in a pool thread of the threaded build is reported here (see pool-guard.js).
+  c.worker.addEventListener('message', ({ data }) => {
+    if (data?.type !== 'poolChannel' || c.pool) return;
+    c.pool = new BroadcastChannel(data.name);
+    c.pool.onmessage = ({ data: report }) => {
+      if (c === client && report?.type === 'fatal') restartWorker(report);
+    };
+  });
   // Cancel flag the worker reads even inside a long synchronous call (cross-origin isolated
   // pages only: SharedArrayBuffer); elsewhere a {type:'cancel'} message does it between steps.
   if (globalThis.crossOriginIsolated && typeof SharedArrayBuffer === 'function') {
@@ -302,6 +310,7 @@ function restartWorker(data) {
   const old = client;
   if (state.restarting) {
     // The restarted worker failed too while the model was loaded again: stop there.
+    old.pool?.close();
     old.terminate();
     state.model = null;
     enableInputs(false);
@@ -317,6 +326,7 @@ function restartWorker(data) {
   state.restartFailed = false;
   state.restarting = (async () => {
     cancelRuns('the detector was restarted');
+    old.pool?.close();
     old.terminate();
     state.workerGen += 1;
     document.body.dataset.workerGen = String(state.workerGen);

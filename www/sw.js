@@ -8,6 +8,7 @@ const SHELL = [
   'main.js',
   'common.js',
   'worker.js',
+  'pool-guard.js',
   'style.css',
   'anomaly-detector.js',
   'anomaly-detector.css',

@@ -229,6 +229,31 @@ function trapOf(e) {
   return { oom, error: msg };
 }
 
+/**
+ * Starts the rayon pool with each pool worker run through pool-guard.js, which reports the
+ * thread's death (a trap there) to the page over a BroadcastChannel: this worker cannot, as it
+ * waits for that thread's job. The page learns the channel's name from a {type:'poolChannel'}
+ * message (a page that does not listen just gets no report).
+ */
+async function startPool(threads) {
+  const name = `anoscope-pool-${Date.now().toString(36)}-${Math.random().toString(36).slice(2)}`;
+  postMessage({ type: 'poolChannel', name });
+  const Native = self.Worker;
+  self.Worker = class extends Native {
+    constructor(url, options) {
+      const guard = new URL('./pool-guard.js', self.location.href);
+      guard.searchParams.set('src', String(url));
+      guard.searchParams.set('channel', name);
+      super(guard, options);
+    }
+  };
+  try {
+    await wasm.initThreadPool(threads);
+  } finally {
+    self.Worker = Native;
+  }
+}
+
 /** When `e` is a trap: marks the instance dead and tells the page (once); true for a trap. */
 function reportTrap(e, request, id) {
   const trap = trapOf(e);
@@ -263,7 +288,7 @@ async function start() {
   }
   wasm = await import(`./${dir}/anoscope.js`);
   const exports = await wasm.default({ module_or_path: bytes });
-  if (threads) await wasm.initThreadPool(threads);
+  if (threads) await startPool(threads);
   wasmMemory = exports.memory;
   // Test hook: ?memcap=MB leaves only MB megabytes of WebAssembly memory to the detector, so a
   // big batch runs out of memory for real (see capMemory).

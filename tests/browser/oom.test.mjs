@@ -136,6 +136,28 @@ test('one photo past the memory limit: the message says "this image", and the pa
   assert.equal(await message(page), '', 'the next good image clears the message');
 });
 
+test('a pool thread that dies reports it over its channel: the detector restarts', { timeout: 120_000 }, async (t) => {
+  // Threaded build: the rayon pool's workers run through pool-guard.js, named by their channel.
+  const guards = page.workers().map((w) => w.url()).filter((u) => /\/pool-guard\.js\?/.test(u));
+  if (guards.length === 0) {
+    t.skip('the single-threaded build runs here (one core, or not cross-origin isolated)');
+    return;
+  }
+  const channel = new URL(guards.at(-1)).searchParams.get('channel');
+  assert.match(channel, /^anoscope-pool-/);
+  const gen = Number(await page.getAttribute('body', 'data-worker-gen'));
+  // What pool-guard.js sends when its thread traps (a real trap there cannot be provoked on cue:
+  // the thread sits inside wasm until a job comes).
+  await page.evaluate(
+    (name) => new BroadcastChannel(name).postMessage({ type: 'fatal', request: 'pool', oom: true, error: 'a worker thread stopped: unreachable' }),
+    channel,
+  );
+  await page.waitForSelector(`body[data-restarted="${gen + 1}"]`, { timeout: 90_000 });
+  assert.match(await message(page), new RegExp(`^Out of memory: this batch .* The detector was restarted: ${MODEL.replace(/[()]/g, '\\$&')} is loaded again`));
+  const d = await dropAndWait(page, [photo('bottle_good_002.jpg')]);
+  assert.ok(Number.isFinite(d.score));
+});
+
 test('no page errors', { timeout: 10_000 }, async () => {
   assert.deepEqual(problems, []);
 });
