@@ -241,10 +241,9 @@ async function startPool(threads) {
   const Native = self.Worker;
   self.Worker = class extends Native {
     constructor(url, options) {
-      const guard = new URL('./pool-guard.js', self.location.href);
-      guard.searchParams.set('src', String(url));
-      guard.searchParams.set('channel', name);
-      super(guard, options);
+      super(new URL('./pool-guard.js', self.location.href), options);
+      // First in this worker's queue, before wasm-bindgen-rayon's init message.
+      this.postMessage({ type: 'anoscope-pool-guard', src: String(url), channel: name });
     }
   };
   try {
