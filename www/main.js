@@ -207,8 +207,9 @@ async function run(label, fn) {
 // time in the order they came (two drops at once: both are scored, the second after the first;
 // the grid shows the later one's results). A run started while a model loads waits for it.
 // Each request carries a settings stamp taken when it is sent; a result whose stamp no longer
-// matches the page's settings is discarded, never drawn. Cancel (the button, or a model change)
-// stops the run between images, and the worker at its next progress step (see worker.js).
+// matches the page's settings is discarded, never drawn. Cancel (the button: the run and the
+// queued ones; a model change or a worker restart: the run in progress, the queued ones then run
+// with the new model) stops a run between images, and the worker at its next progress step.
 // Hiding the tab does not pause a run (it finishes in the background); it stops the webcam.
 
 const runs = { active: null, queued: [], chain: Promise.resolve() };
@@ -243,9 +244,9 @@ function startRun(what, fn) {
   return p;
 }
 
-/** Cancels the run in progress and every queued run, and tells the worker. */
-function cancelRuns(why) {
-  for (const r of [runs.active, ...runs.queued]) if (r && !r.cancelled) r.cancelled = why;
+/** Cancels the run in progress (and with `queued`, every queued run too), and tells the worker. */
+function cancelRuns(why, { queued = true } = {}) {
+  for (const r of [runs.active, ...(queued ? runs.queued : [])]) if (r && !r.cancelled) r.cancelled = why;
   const upTo = client.nextId - 1;
   if (client.cancelFlag) Atomics.store(client.cancelFlag, 0, upTo);
   client.worker.postMessage({ type: 'cancel', payload: { upTo } });
@@ -323,9 +324,10 @@ function restartWorker(data) {
     return;
   }
   const what = runs.active;
+  state.crash = data;
   state.restartFailed = false;
   state.restarting = (async () => {
-    cancelRuns('the detector was restarted');
+    cancelRuns('the detector was restarted', { queued: false }); // queued drops run after the restart
     old.pool?.close();
     old.terminate();
     state.workerGen += 1;
@@ -395,7 +397,7 @@ function restartWorker(data) {
 function loadModel(spec, { restore = false } = {}) {
   state.modelSeq += 1;
   if (restore) return loadModelNow(spec, restore); // the restart holds state.loading
-  cancelRuns(`the model was changed to ${spec.label}`);
+  cancelRuns(`the model was changed to ${spec.label}`, { queued: false }); // queued drops get the new model
   const p = loadModelNow(spec, restore);
   state.loading = p;
   p.finally(() => {
@@ -767,11 +769,12 @@ async function scoreEach(files, t0, run, mode) {
       const r = await client.call('detect', { mode, file: await fileItem(f), text: textSpec() });
       r.name = f.name || 'pasted image';
       r.settings = settings.fields;
-      // Computed under settings that are no longer the page's: never drawn.
-      if (stamp !== settingsStamp(els.mode.value) || run.cancelled) {
+      // Computed under settings that are no longer the page's: never drawn. Nor after a cancel.
+      if (stamp !== settingsStamp(els.mode.value)) {
         discarded += 1;
         continue;
       }
+      if (run.cancelled) continue;
       done.push(r);
       await show(r, t0);
     } catch (e) {
@@ -790,7 +793,8 @@ async function scoreEach(files, t0, run, mode) {
       'warn',
     );
   } else if (state.restarting) {
-    setStatus(els.imageStatus, `Stopped: the detector ran out of memory after ${done.length} of ${files.length} image(s).`, 'error');
+    const why = state.crash?.oom ? 'ran out of memory' : 'crashed';
+    setStatus(els.imageStatus, `Stopped: the detector ${why} after ${done.length} of ${files.length} image(s).`, 'error');
   } else {
     setStatus(
       els.imageStatus,
@@ -831,7 +835,8 @@ async function scoreBatch(files, t0, run) {
   els.progressBox.hidden = true;
   const stopped = !state.restarting && stopReason(run, stamp);
   if (state.restarting) {
-    setStatus(els.imageStatus, 'Batch not scored: the detector ran out of memory. The earlier results are kept.', 'error');
+    const why = state.crash?.oom ? 'ran out of memory' : 'crashed';
+    setStatus(els.imageStatus, `Batch not scored: the detector ${why}. The earlier results are kept.`, 'error');
     return;
   }
   if (stopped) {
