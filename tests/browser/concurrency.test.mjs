@@ -213,7 +213,8 @@ test('switching the model mid-batch cancels the batch; earlier results stay, lab
   await waitMusc();
   await page.getByRole('button', { name: /^Download other-tiny/ }).click();
   await waitLoaded(page, 'other-tiny');
-  await page.waitForFunction(() => /^Batch cancelled/.test(document.getElementById('image-status').textContent), null, { timeout: 30_000 });
+  await page.waitForFunction(() => window.__statuses.some((t) => /^Batch cancelled/.test(t)), null, { timeout: 30_000 });
+  assert.ok((await page.evaluate(() => window.__statuses)).includes('Batch cancelled (the model was changed to other-tiny).'));
   assert.equal(
     await message(page),
     'Batch cancelled (the model was changed to other-tiny): nothing of it was scored. The earlier results are kept.',
@@ -309,4 +310,41 @@ test('hiding the tab mid-batch does not pause it: the batch finishes', { timeout
 
 test('no page errors during the concurrency cases', { timeout: 10_000 }, async () => {
   assert.deepEqual(problems, []);
+});
+
+test('without cross-origin isolation (no SharedArrayBuffer) cancel still stops a run between images', { timeout: 90_000 }, async () => {
+  // The same site with its COOP/COEP headers removed: the worker gets {type:'cancel'} messages.
+  const other = await browser();
+  try {
+    await other.context.route('**/*', async (route) => {
+      const res = await route.fetch();
+      const headers = { ...res.headers() };
+      delete headers['cross-origin-opener-policy'];
+      delete headers['cross-origin-embedder-policy'];
+      await route.fulfill({ response: res, headers });
+    });
+    const { page: p, problems: probs } = await openPage(other.context, `${server.url}?stepdelay=${STEP_MS}`);
+    await ready(p);
+    assert.equal(await p.evaluate(() => globalThis.crossOriginIsolated), false);
+    await p.getByRole('button', { name: TEST_MODEL_BUTTON }).click();
+    await waitLoaded(p, 'interface test model');
+    await p.evaluate(() => {
+      let n = 0;
+      const onDrawn = () => {
+        n += 1;
+        if (n < 2) return;
+        document.removeEventListener('anoscope:drawn', onDrawn);
+        document.getElementById('cancel').click();
+      };
+      document.addEventListener('anoscope:drawn', onDrawn);
+    });
+    await dropFiles(p, '#drop', PHOTOS.slice(0, 6).map(photo));
+    await p.waitForFunction(() => /^Stopped/.test(document.getElementById('image-status').textContent), null, { timeout: 30_000 });
+    const m = (await p.textContent('#image-status')).match(/^Stopped \(cancelled\): scored (\d) of 6 images \(fast\)\./);
+    assert.ok(m && Number(m[1]) >= 2 && Number(m[1]) < 6, await p.textContent('#image-status'));
+    assert.equal(await message(p), '');
+    assert.deepEqual(probs, []);
+  } finally {
+    await other.close();
+  }
 });
