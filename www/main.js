@@ -46,6 +46,8 @@ const els = {
   exportJson: $('export-json'),
   gridBox: $('grid-box'),
   grid: $('grid'),
+  gridNote: $('grid-note'),
+  cancel: $('cancel'),
 };
 
 const state = {
@@ -55,6 +57,17 @@ const state = {
   current: null, // {name, score, width, height}
   results: [], // [{name, score, map, input, width, height, batchIndex?}]
   webcam: null, // {stream, frames, t0, running}
+  // Concurrency (see "runs, settings stamps, cancel and restarts" below).
+  modelSeq: 0, // bumped when a model load starts: results computed before it are stale
+  refsGen: 0, // bumped when the few-shot references change
+  promptsGen: 0, // bumped when a prompt file is loaded
+  loading: null, // the model load (or worker restart) in progress: runs wait for it
+  modelSpec: null, // how the loaded model was loaded (a worker restart loads it again)
+  promptFile: null, // the prompt file loaded for it, if any
+  refFiles: null, // the few-shot reference files embedded, if any
+  workerGen: 1, // bumped each time the worker is restarted
+  restarting: null, // the restart in progress
+  gridStamp: null, // {stamp, text}: the settings the grid's results were computed with
 };
 
 // ---------------------------------------------------------------------------
@@ -76,6 +89,8 @@ function setStatus(el, text, kind = '') {
   el.className = kind;
 }
 
+let progressSeq = 0; // the latest progress report (a finished step hides the bar unless one came after)
+
 function onProgress({ stage, done, total, label }) {
   els.progressBox.hidden = false;
   let text;
@@ -93,7 +108,14 @@ function onProgress({ stage, done, total, label }) {
     els.progress.removeAttribute('value');
   }
   els.progressText.textContent = text;
-  if (total && done >= total && stage !== 'download') setTimeout(() => (els.progressBox.hidden = true), 400);
+  // A finished step (a download included: a streamed checkpoint finishes after the model is
+  // usable) hides the bar shortly after, unless a newer step has shown it again meanwhile.
+  const seq = (progressSeq += 1);
+  if (total && done >= total) {
+    setTimeout(() => {
+      if (seq === progressSeq) els.progressBox.hidden = true;
+    }, 400);
+  }
 }
 
 // ---------------------------------------------------------------------------
@@ -114,25 +136,48 @@ if (gpuFailParam && /^[a-z,]{1,40}$/.test(gpuFailParam)) workerUrl.searchParams.
 // ?cachefail=quota|unavailable|cleared: the test hook that makes storing the checkpoint fail.
 const cacheFailParam = pageParams.get('cachefail');
 if (['quota', 'unavailable', 'cleared'].includes(cacheFailParam)) workerUrl.searchParams.set('cachefail', cacheFailParam);
+// ?memcap=MB (test hook): the worker leaves only MB megabytes of WebAssembly memory free, so a
+// big batch runs out of memory for real (oom.test.mjs).
+const memcapParam = pageParams.get('memcap');
+if (memcapParam && /^[0-9]{1,5}$/.test(memcapParam)) workerUrl.searchParams.set('memcap', memcapParam);
+// ?stepdelay=MS (test hook): every scoring step takes MS ms longer, to act in the middle of a run.
+const stepDelayParam = pageParams.get('stepdelay');
+if (stepDelayParam && /^[0-9]{1,5}$/.test(stepDelayParam)) workerUrl.searchParams.set('stepdelay', stepDelayParam);
 // The worker checks that it is this page's version (deploy.js).
 workerUrl.searchParams.set('build', BUILD_ID);
 // A half-deployed site (this page and the server's build.json differ) starts no worker.
 const deploy = await checkPage(BUILD_ID, location.href);
 if (deploy.problem) refuseToStart(deploy.problem);
-const client = deploy.problem ? refusedClient(deploy.problem) : new DetectorClient(workerUrl, {
-  onProgress,
-  onModel,
-  onStorage,
-  onFatal: (error, { deploy: mismatch } = {}) => {
-    if (mismatch) return refuseToStart(error); // the worker found files of another version
-    setStatus(els.engine, error, 'error');
-    showMessage(error);
-  },
-  onBackend: (b) => {
-    showBackend(b);
-    if (b.failure) showMessage(`${b.failure}. Running on the CPU (WebAssembly) instead.`, 'warn');
-  },
-});
+let client = deploy.problem ? refusedClient(deploy.problem) : makeClient();
+
+function makeClient() {
+  const c = new DetectorClient(workerUrl, {
+    onProgress,
+    onModel,
+    onStorage,
+    onFatal: (error, data = {}) => {
+      if (data.deploy) return refuseToStart(error); // the worker found files of another version
+      // A trap after start (out of memory, or a crash): a new worker takes over.
+      if ('oom' in data) {
+        if (c === client) restartWorker(data);
+        return;
+      }
+      setStatus(els.engine, error, 'error');
+      showMessage(error);
+    },
+    onBackend: (b) => {
+      showBackend(b);
+      if (b.failure) showMessage(`${b.failure}. Running on the CPU (WebAssembly) instead.`, 'warn');
+    },
+  });
+  // Cancel flag the worker reads even inside a long synchronous call (cross-origin isolated
+  // pages only: SharedArrayBuffer); elsewhere a {type:'cancel'} message does it between steps.
+  if (globalThis.crossOriginIsolated && typeof SharedArrayBuffer === 'function') {
+    c.cancelFlag = new Int32Array(new SharedArrayBuffer(4));
+    c.worker.postMessage({ type: 'cancelFlag', payload: { buffer: c.cancelFlag.buffer } });
+  }
+  return c;
+}
 
 /** The page and the server are from different versions: say which, start nothing. */
 function refuseToStart(problem) {
@@ -177,14 +222,221 @@ async function run(label, fn) {
 }
 
 // ---------------------------------------------------------------------------
+// runs, settings stamps, cancel and restarts
+//
+// Every scoring action (a drop, a paste, picked files or a folder) is a run. Runs go one at a
+// time in the order they came (two drops at once: both are scored, the second after the first;
+// the grid shows the later one's results). A run started while a model loads waits for it.
+// Each request carries a settings stamp taken when it is sent; a result whose stamp no longer
+// matches the page's settings is discarded, never drawn. Cancel (the button: the run and the
+// queued ones; a model change or a worker restart: the run in progress, the queued ones then run
+// with the new model) stops a run between images, and the worker at its next progress step.
+// Hiding the tab does not pause a run (it finishes in the background); it stops the webcam.
+
+const runs = { active: null, queued: [], chain: Promise.resolve() };
+
+/** Queues `fn(run)`; run.cancelled holds the reason once cancelled. */
+function startRun(what, fn) {
+  const run = { what, cancelled: null };
+  if (runs.active || runs.queued.length || state.loading) {
+    setStatus(els.imageStatus, `Queued: ${what} will be scored when the current work is done.`, 'busy');
+  }
+  runs.queued.push(run);
+  showCancel();
+  const p = runs.chain.then(async () => {
+    runs.queued.splice(runs.queued.indexOf(run), 1);
+    if (run.cancelled) return;
+    runs.active = run;
+    showCancel();
+    try {
+      while (state.loading) {
+        setStatus(els.imageStatus, `Waiting for the model to load before scoring ${what}…`, 'busy');
+        await state.loading.catch(() => {});
+      }
+      if (!run.cancelled) await fn(run);
+    } catch (e) {
+      if (!state.restarting) showMessage(`Could not score ${what}: ${e?.message ?? e}`);
+    } finally {
+      runs.active = null;
+      showCancel();
+    }
+  });
+  runs.chain = p.catch(() => {});
+  return p;
+}
+
+/** Cancels the run in progress (and with `queued`, every queued run too), and tells the worker. */
+function cancelRuns(why, { queued = true } = {}) {
+  for (const r of [runs.active, ...(queued ? runs.queued : [])]) if (r && !r.cancelled) r.cancelled = why;
+  const upTo = client.nextId - 1;
+  if (client.cancelFlag) Atomics.store(client.cancelFlag, 0, upTo);
+  client.worker.postMessage({ type: 'cancel', payload: { upTo } });
+  showCancel();
+}
+
+let cancelTimer = null;
+/** The cancel button shows while a run goes on (after a moment, so a quick image does not flash it). */
+function showCancel() {
+  const on = !!(runs.active && !runs.active.cancelled) || runs.queued.some((r) => !r.cancelled);
+  clearTimeout(cancelTimer);
+  if (!on) {
+    els.cancel.hidden = true;
+    return;
+  }
+  cancelTimer = setTimeout(() => (els.cancel.hidden = false), 250);
+}
+els.cancel.addEventListener('click', () => {
+  cancelRuns('cancelled');
+  setStatus(els.imageStatus, 'Cancelling…', 'busy');
+});
+
+/** The settings a result of `mode` depends on (the threshold and opacity are not among them). */
+function settingsStamp(mode) {
+  const prompts = mode === 'batch' ? null : { text: textSpec(), file: state.promptsGen };
+  return JSON.stringify({ model: state.modelSeq, mode, prompts, refs: mode === 'fewshot' ? state.refsGen : null });
+}
+
+/** The settings in words, and as fields for each result (export). */
+function settingsOf(mode) {
+  const t = textSpec();
+  const fields = { model: state.model?.label, mode };
+  if (mode !== 'batch') Object.assign(fields, { category: t.category, object: t.object, defects: t.defects });
+  const what = mode === 'batch' ? '' : `, ${t.object ? `object “${t.object}”` : `category ${t.category}`}${t.defects ? `, defects ${t.defects.join(', ')}` : ''}`;
+  return { fields, text: `${state.model?.label ?? 'no model'}, ${mode} mode${what}` };
+}
+
+/** Says what the grid's results were computed with, and when the page's settings now differ. */
+function updateGridNote() {
+  const g = state.gridStamp;
+  if (!g || els.gridBox.hidden) return;
+  const same = g.stamp === settingsStamp(els.mode.value);
+  els.gridNote.textContent = same
+    ? `Scored with ${g.text}.`
+    : `Scored with ${g.text}; the settings have changed since (now ${settingsOf(els.mode.value).text}): drop the images again to score them with the current settings.`;
+  els.gridNote.className = same ? 'note' : 'note warn';
+  els.gridNote.dataset.stale = String(!same);
+}
+for (const el of [els.mode, els.category]) el.addEventListener('change', updateGridNote);
+for (const el of [els.object, els.defects]) el.addEventListener('input', updateGridNote);
+
+const OOM_ADVICE =
+  "needs more than the browser's WebAssembly memory (4 GiB). Score fewer images at once, use smaller tiles, or load the f16 checkpoint.";
+
+/**
+ * The worker trapped (out of memory, or a crash) and cannot be used again: terminate it, start a
+ * new one, load the same model from the same source (the Cache API copy, the served file or the
+ * dropped file), its prompt file and references, and put the shown result back. Settings (mode,
+ * category, prompts, threshold) live in the page and stay; so does every result already scored.
+ */
+function restartWorker(data) {
+  const old = client;
+  if (state.restarting) {
+    // The restarted worker failed too while the model was loaded again: stop there.
+    old.pool?.close();
+    old.terminate();
+    state.model = null;
+    enableInputs(false);
+    setStatus(els.modelStatus, 'No model loaded.', 'error');
+    showMessage(
+      `${data.oom ? 'Out of memory' : `The detector crashed (${data.error})`} again while the model was loaded again. ` +
+        'Your results are kept (export them now); reload the page or choose a smaller (f16) checkpoint.',
+    );
+    state.restartFailed = true;
+    return;
+  }
+  const what = runs.active;
+  state.crash = data;
+  state.restartFailed = false;
+  state.restarting = (async () => {
+    cancelRuns('the detector was restarted', { queued: false }); // queued drops run after the restart
+    old.pool?.close();
+    old.terminate();
+    state.workerGen += 1;
+    document.body.dataset.workerGen = String(state.workerGen);
+    const head = !data.oom
+      ? `The detector crashed (${data.error}).`
+      : data.request === 'load'
+        ? "Out of memory while loading the model: it needs more than the browser's WebAssembly memory (4 GiB). Load the f16 checkpoint or a smaller model."
+        : `Out of memory: ${what?.count === 1 ? 'this image' : 'this batch'} ${OOM_ADVICE}`;
+    showMessage(`${head} Restarting the detector…`);
+    client = makeClient();
+    try {
+      await client.ready;
+    } catch (e) {
+      showMessage(`${head} The detector could not be restarted: ${e?.message ?? e}. Reload the page.`);
+      return;
+    }
+    let restored = [];
+    if (state.modelSpec) {
+      const ok = await loadModel(state.modelSpec, { restore: true });
+      if (!ok || state.restartFailed) return;
+      restored.push(`${state.model.label} is loaded again`);
+      if (state.promptFile) {
+        await client.call('loadPrompts', { bytes: await state.promptFile.arrayBuffer() }).then(
+          () => restored.push('its prompt file too'),
+          (e) => restored.push(`its prompt file could not be loaded again (${e?.message ?? e}): pick it again`),
+        );
+      }
+      if (state.refFiles) {
+        const files = await Promise.all(state.refFiles.map(fileItem));
+        await client.call('references', { files }).then(
+          () => restored.push(`${files.length} reference image(s) embedded again`),
+          (e) => {
+            state.refFiles = null;
+            setStatus(els.refsStatus, 'No references: drop them again.', 'error');
+            restored.push(`the reference images could not be embedded again (${e?.message ?? e}): drop them again`);
+          },
+        );
+      }
+      const c = state.current;
+      if (c?.map && c?.input) await client.call('setCurrent', { input: c.input, map: c.map, width: c.width, height: c.height }).catch(() => {});
+    }
+    els.progressBox.hidden = true;
+    const kept = state.results.length || (state.current ? 1 : 0);
+    showMessage(
+      `${head} The detector was restarted${restored.length ? `: ${restored.join(', ')}` : ''}. ` +
+        `Your settings and the ${kept} result${kept === 1 ? '' : 's'} already scored are kept.`,
+    );
+    document.body.dataset.restarted = String(state.workerGen);
+  })();
+  const p = state.restarting;
+  state.loading = p;
+  p.finally(() => {
+    if (state.restarting === p) state.restarting = null;
+    if (state.loading === p) state.loading = null;
+  });
+}
+
+// ---------------------------------------------------------------------------
 // model sources: served checkpoints, the manifest's URLs (cached), a dropped checkpoint
 
-async function loadModel(spec) {
-  setStatus(els.modelStatus, `Loading ${spec.label}…`, 'busy');
+/**
+ * Loads a model. A run in progress is cancelled first (its results would come from the model
+ * being replaced); runs started meanwhile wait for the load. `restore`: the same model again in a
+ * restarted worker (settings and results stay, and no message is cleared).
+ */
+function loadModel(spec, { restore = false } = {}) {
+  state.modelSeq += 1;
+  if (restore) return loadModelNow(spec, restore); // the restart holds state.loading
+  cancelRuns(`the model was changed to ${spec.label}`, { queued: false }); // queued drops get the new model
+  const p = loadModelNow(spec, restore);
+  state.loading = p;
+  p.finally(() => {
+    if (state.loading === p) state.loading = null;
+  });
+  return p;
+}
+
+async function loadModelNow(spec, restore) {
+  setStatus(els.modelStatus, `${restore ? 'Reloading' : 'Loading'} ${spec.label}…`, 'busy');
   state.storageFailures?.clear();
   onStorage({ ok: true, file: '' });
   enableInputs(false);
-  const info = await run('Could not load the model', () => client.call('load', spec));
+  const info = restore
+    ? await client.call('load', spec).catch((e) => {
+        if (!state.restartFailed) showMessage(`Could not reload the model in the restarted detector: ${e?.message ?? e}`);
+      })
+    : await run('Could not load the model', () => client.call('load', spec));
   els.progressBox.hidden = true;
   if (!info) {
     if (state.model) {
@@ -196,7 +448,14 @@ async function loadModel(spec) {
     return false;
   }
   state.model = info;
-  state.results = [];
+  state.modelSpec = spec;
+  if (!restore) {
+    // The old model's references and prompt file went with it; its results stay, labelled.
+    state.promptFile = null;
+    if (state.refFiles) setStatus(els.refsStatus, 'No references (the model changed): drop them again.', '');
+    state.refFiles = null;
+    state.refsGen += 1;
+  }
   showLoaded(info);
   document.body.dataset.model = info.label;
   const previous = els.category.value;
@@ -208,9 +467,10 @@ async function loadModel(spec) {
       return o;
     }),
   );
-  const want = new URLSearchParams(location.search).get('category') || previous || 'bottle';
+  const want = (restore && previous) || new URLSearchParams(location.search).get('category') || previous || 'bottle';
   if (info.categories.includes(want)) els.category.value = want;
   enableInputs(true);
+  updateGridNote();
   return true;
 }
 
@@ -378,7 +638,11 @@ async function loadPromptFile(file) {
     const res = await client.call('loadPrompts', { bytes: await file.arrayBuffer() });
     return res;
   });
-  if (r) setStatus(els.textStatus, `Loaded prompt file ${file.name}: ${r.categories.length} categories.`, 'ok');
+  if (r) {
+    state.promptFile = file;
+    state.promptsGen += 1;
+    setStatus(els.textStatus, `Loaded prompt file ${file.name}: ${r.categories.length} categories.`, 'ok');
+  }
 }
 
 async function handleCheckpointFiles(files) {
@@ -454,6 +718,12 @@ let overlayPending = false;
 let overlayAgain = false;
 async function redraw() {
   if (!state.current) return;
+  if (state.current.staticRgba) {
+    // A batch result whose map went with an earlier worker: its kept overlay (opacity 0.5).
+    drawRgba(els.overlay, state.current.rgba, state.current.width, state.current.height);
+    showVerdict();
+    return;
+  }
   if (overlayPending) {
     overlayAgain = true;
     return;
@@ -466,10 +736,14 @@ async function redraw() {
       drawRgba(els.overlay, o.rgba, o.width, o.height);
     } while (overlayAgain);
   } catch (e) {
-    showMessage(`Could not draw the overlay: ${e?.message ?? e}`);
+    if (!state.restarting) showMessage(`Could not draw the overlay: ${e?.message ?? e}`);
   } finally {
     overlayPending = false;
   }
+  showVerdict();
+}
+
+function showVerdict() {
   const { v, text } = describeVerdict(state.current);
   setStatus(els.verdict, text, v === 'anomalous' ? 'bad' : 'ok');
   els.overlay.setAttribute('aria-label', `Anomaly heatmap over the image. ${text}`);
@@ -499,71 +773,149 @@ async function fileItem(f) {
   return { name: f.name || 'pasted image', bytes: await f.arrayBuffer() };
 }
 
-async function scoreFiles(files, t0 = performance.now()) {
-  if (!needModel() || files.length === 0) return;
-  const mode = els.mode.value;
-  clearMessage();
-  if (mode === 'batch') return scoreBatch(files, t0);
+function scoreFiles(files, t0 = performance.now()) {
+  if (!state.loading && !needModel()) return;
+  if (files.length === 0) return;
+  const what = files.length === 1 ? `image ${files[0].name || 'pasted image'}` : `${files.length} images`;
+  return startRun(what, async (run) => {
+    run.count = files.length;
+    if (!needModel()) return;
+    const mode = els.mode.value;
+    clearMessage();
+    if (mode === 'batch') return scoreBatch(files, t0, run);
+    return scoreEach(files, t0, run, mode);
+  });
+}
+
+/** Why a run stopped early (cancelled, or its settings changed), or ''. */
+function stopReason(run, stamp) {
+  if (run.cancelled) return run.cancelled;
+  if (stamp !== settingsStamp(els.mode.value)) return `the settings changed (now ${settingsOf(els.mode.value).text})`;
+  return '';
+}
+
+/** Fast, WinCLIP and few-shot: one image at a time, so a run can stop between images. */
+async function scoreEach(files, t0, run, mode) {
   const problems = [];
   const done = [];
+  const settings = settingsOf(mode);
+  const stamp = settingsStamp(mode);
+  let stopped = '';
+  let discarded = 0;
   for (const [i, f] of files.entries()) {
+    stopped = stopReason(run, stamp);
+    if (stopped) break;
     setStatus(els.imageStatus, `Scoring ${f.name || 'image'} (${i + 1} of ${files.length}, ${mode})…`, 'busy');
     try {
       const r = await client.call('detect', { mode, file: await fileItem(f), text: textSpec() });
       r.name = f.name || 'pasted image';
+      r.settings = settings.fields;
+      // Computed under settings that are no longer the page's: never drawn. Nor after a cancel.
+      if (stamp !== settingsStamp(els.mode.value)) {
+        discarded += 1;
+        continue;
+      }
+      if (run.cancelled) continue;
       done.push(r);
       await show(r, t0);
     } catch (e) {
+      if (state.restarting || run.cancelled || /^cancelled$/.test(e?.message)) continue;
       problems.push(`${f.name || 'image'}: ${e?.message ?? e}`);
     }
   }
+  stopped ||= stopReason(run, stamp);
   if (problems.length) showMessage(`Could not score ${problems.length === 1 ? 'this file' : 'these files'}:\n${problems.join('\n')}`);
-  setStatus(
-    els.imageStatus,
-    `Scored ${done.length} of ${files.length} image${files.length === 1 ? '' : 's'} (${mode}).${takeFolderNote()}`,
-    done.length ? 'ok' : 'error',
-  );
+  const note = discarded ? ` The result computed under the old settings was discarded.` : '';
+  if (stopped && !state.restarting) {
+    setStatus(
+      els.imageStatus,
+      `Stopped (${stopped}): scored ${done.length} of ${files.length} image${files.length === 1 ? '' : 's'} (${mode}).${note}` +
+        (done.length < files.length ? ' Drop the rest again to score them.' : ''),
+      'warn',
+    );
+  } else if (state.restarting) {
+    const why = state.crash?.oom ? 'ran out of memory' : 'crashed';
+    setStatus(els.imageStatus, `Stopped: the detector ${why} after ${done.length} of ${files.length} image(s).`, 'error');
+  } else {
+    setStatus(
+      els.imageStatus,
+      `Scored ${done.length} of ${files.length} image${files.length === 1 ? '' : 's'} (${mode}).${takeFolderNote()}`,
+      done.length ? 'ok' : 'error',
+    );
+  }
   if (files.length > 1 && done.length) {
     state.results = done;
-    await fillGrid(done, async (r) => {
-      await client.call('setCurrent', { input: r.input, map: r.map, width: r.width, height: r.height });
-      await show(r, performance.now());
-    });
+    await fillGrid(
+      done,
+      async (r) => {
+        await client.call('setCurrent', { input: r.input, map: r.map, width: r.width, height: r.height });
+        await show(r, performance.now());
+      },
+      { stamp, mode, text: settings.text },
+    );
   } else if (done.length) {
     state.results = done;
     els.gridBox.hidden = true;
   }
 }
 
-async function scoreBatch(files, t0) {
+async function scoreBatch(files, t0, run) {
   const max = state.limits?.maxBatch ?? Infinity;
   if (files.length < 2 || files.length > max) {
     showMessage(`Batch mode scores 2 to ${max} images together (MuSc); you gave ${files.length}.`);
     return;
   }
+  const settings = settingsOf('batch');
+  const stamp = settingsStamp('batch');
   setStatus(els.imageStatus, `MuSc over ${files.length} images…`, 'busy');
   const items = await Promise.all(files.map(fileItem));
-  const res = await run('Batch failed', () => client.call('batch', { files: items }));
+  let failure = null;
+  const res = await client.call('batch', { files: items }).catch((e) => {
+    failure = e;
+  });
   els.progressBox.hidden = true;
-  if (!res) {
+  const stopped = !state.restarting && stopReason(run, stamp);
+  if (state.restarting) {
+    const why = state.crash?.oom ? 'ran out of memory' : 'crashed';
+    setStatus(els.imageStatus, `Batch not scored: the detector ${why}. The earlier results are kept.`, 'error');
+    return;
+  }
+  if (stopped) {
+    // MuSc scores the images against each other: a stopped batch has no partial results.
+    showMessage(`Batch cancelled (${stopped}): nothing of it was scored. The earlier results are kept.`, 'warn');
+    setStatus(els.imageStatus, `Batch cancelled (${stopped}).`, 'warn');
+    return;
+  }
+  if (failure) {
+    showMessage(`Batch failed: ${failure?.message ?? failure}`);
     setStatus(els.imageStatus, 'Batch not scored.', 'error');
     return;
   }
   setStatus(els.imageStatus, `Scored ${res.items.length} images with MuSc in ${Math.round(res.ms)} ms.${takeFolderNote()}`, 'ok');
-  const list = res.items.map((it, i) => ({ ...it, batchIndex: i }));
+  const gen = state.workerGen;
+  const list = res.items.map((it, i) => ({ ...it, batchIndex: i, settings: settings.fields }));
   state.results = list;
-  await fillGrid(list, async (r) => {
+  const open = async (r) => {
+    if (state.workerGen !== gen || state.results !== list) {
+      // The worker's copy of this batch is gone (restarted, or a newer run): show the kept overlay.
+      await show({ ...r, staticRgba: true }, performance.now());
+      return;
+    }
     const d = await client.call('batchOpen', { index: r.batchIndex, name: r.name });
     d.name = r.name;
+    d.settings = r.settings;
     await show(d, performance.now());
-  });
+  };
+  await fillGrid(list, open, { stamp, mode: 'batch', text: settings.text });
   const top = [...list].sort((a, b) => b.score - a.score)[0];
   const d = await client.call('batchOpen', { index: top.batchIndex, name: top.name });
   d.name = top.name;
+  d.settings = top.settings;
   await show(d, t0);
 }
 
-async function fillGrid(list, open) {
+/** Fills the grid with a run's results; `computed`: {stamp, mode, text}, the settings they were scored with. */
+async function fillGrid(list, open, computed) {
   const sorted = [...list].sort((a, b) => b.score - a.score);
   const rows = [];
   for (const r of sorted) {
@@ -590,6 +942,8 @@ async function fillGrid(list, open) {
   }
   els.grid.replaceChildren(...rows);
   els.gridBox.hidden = false;
+  state.gridStamp = computed;
+  updateGridNote();
   if (state.current && list.some((r) => r.map)) {
     // The grid thumbnails replaced the worker's current map; put the shown one back.
     const cur = list.find((r) => r.name === state.current.name && r.map);
@@ -678,6 +1032,9 @@ els.refsFiles.addEventListener('change', async () => {
 });
 els.refsClear.addEventListener('click', async () => {
   await run('Could not clear', () => client.call('clearReferences'));
+  state.refFiles = null;
+  state.refsGen += 1;
+  updateGridNote();
   setStatus(els.refsStatus, 'No references.', '');
 });
 
@@ -686,8 +1043,12 @@ async function setReferences(files) {
   setStatus(els.refsStatus, `Embedding ${files.length} reference image(s)…`, 'busy');
   const items = await Promise.all(files.map(fileItem));
   const r = await run('Reference images', () => client.call('references', { files: items }));
-  if (r) setStatus(els.refsStatus, `${r.count} normal reference image(s) embedded.`, 'ok');
-  else setStatus(els.refsStatus, 'References unchanged.', 'error');
+  if (r) {
+    state.refFiles = files;
+    state.refsGen += 1;
+    updateGridNote();
+    setStatus(els.refsStatus, `${r.count} normal reference image(s) embedded.`, 'ok');
+  } else setStatus(els.refsStatus, 'References unchanged.', 'error');
 }
 
 document.addEventListener('paste', async (ev) => {
@@ -765,14 +1126,19 @@ async function startWebcam() {
     ctx.drawImage(els.video, 0, 0, grab.width, grab.height);
     const data = ctx.getImageData(0, 0, grab.width, grab.height).data;
     const t = performance.now();
+    const stamp = settingsStamp('fast');
     try {
+      wc.inFlight = true;
       const r = await client.call(
         'detect',
         { mode: 'fast', rgba: { data: data.buffer, width: grab.width, height: grab.height }, text: textSpec() },
         [data.buffer],
       );
-      if (!wc.running) break;
+      wc.inFlight = false;
+      if (!wc.running) break; // stopped mid-pass: the frame's result is discarded
+      if (stamp !== settingsStamp('fast')) continue; // the prompts changed meanwhile: not drawn
       r.name = 'webcam';
+      r.settings = settingsOf('fast').fields;
       await show(r, t);
       if (!wc.running) break;
       wc.frames += 1;
@@ -781,6 +1147,12 @@ async function startWebcam() {
       els.webcamStatus.dataset.fps = fps.toFixed(2);
       els.webcamStatus.dataset.frames = String(wc.frames);
     } catch (e) {
+      wc.inFlight = false;
+      if (!wc.running || /^cancelled$/.test(e?.message)) continue;
+      if (state.restarting) {
+        stopWebcam(' (the detector was restarted)');
+        break;
+      }
       showMessage(`Webcam frame: ${e?.message ?? e}`);
       stopWebcam();
     }
@@ -797,7 +1169,8 @@ function stopWebcam(reason = '') {
   state.webcam = null;
   els.webcam.textContent = 'Start webcam';
   els.webcam.setAttribute('aria-pressed', 'false');
-  setStatus(els.webcamStatus, `Webcam off${reason}. ${wc.frames} frames were scored.`, '');
+  const dropped = wc.inFlight ? ' The frame being scored when it stopped was discarded.' : '';
+  setStatus(els.webcamStatus, `Webcam off${reason}. ${wc.frames} frames were scored.${dropped}`, '');
   els.webcamStatus.dataset.live = 'false';
 }
 
@@ -867,7 +1240,7 @@ els.exportJson.addEventListener('click', () => {
     threshold: t,
     results: [...list]
       .sort((a, b) => b.score - a.score)
-      .map((r) => ({ name: r.name, score: r.score, verdict: verdict(r.score, t) })),
+      .map((r) => ({ name: r.name, score: r.score, verdict: verdict(r.score, t), computedWith: r.settings })),
   };
   download(new Blob([JSON.stringify(json, null, 2)], { type: 'application/json' }), 'anoscope-scores.json');
 });

@@ -17,6 +17,7 @@ const SHELL = [
   'common.js',
   'deploy.js',
   'worker.js',
+  'pool-guard.js',
   'style.css',
   'anomaly-detector.js',
   'anomaly-detector.css',

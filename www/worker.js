@@ -131,6 +131,143 @@ function checkGpu(m) {
   if (gpu.active && !m.gpuActive()) gpuFailed(`WebGPU failed (${m.gpuFailure() ?? 'unknown error'})`);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Out of memory and cancel.
+//
+// A trap (Rust aborts with `unreachable` when an allocation fails, e.g. when memory.grow hits
+// the module's maximum) leaves the instance unusable: the worker reports {type:'fatal', oom}
+// and answers nothing more; the page terminates it and starts a new one (main.js restartWorker).
+//
+// Cancel is cooperative. The page cancels every request it sent up to an id: through a
+// SharedArrayBuffer (cross-origin isolated pages) that checkCancel() reads even while a
+// synchronous wasm call runs (MuSc calls its progress callback after each image encoded and
+// each layer scored; the text tower after each prompt), else through a {type:'cancel'} message,
+// which is read between requests and at await points. Any long run that reports progress
+// (tiles, when they come) stops at its next report by calling checkCancel() there.
+
+let wasmMemory = null;
+let dead = null; // the trap that ended this instance
+let cancelFlag = null; // Int32Array over the page's SharedArrayBuffer: cancelled up to this id
+let cancelledUpTo = 0; // the same, from {type:'cancel'} messages
+let currentId = 0; // the request being handled
+
+class CancelledError extends Error {}
+
+/** The requests a cancel stops (overlays and bookkeeping always run). */
+const CANCELLABLE = new Set(['detect', 'batch', 'references', 'text']);
+
+// Test hook: ?stepdelay=MS makes every scoring step MS ms longer (each MuSc progress step, and
+// each image before it is scored), so the browser suite can act in the middle of a run.
+const stepDelay = Math.min(Number(new URL(self.location.href).searchParams.get('stepdelay')) || 0, 10_000);
+
+/** The test hook's wait inside a synchronous wasm call (Atomics.wait blocks a worker). */
+function stepPause() {
+  if (stepDelay && typeof SharedArrayBuffer === 'function') Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, stepDelay);
+}
+
+/** Throws when the page cancelled the request being handled. */
+function checkCancel() {
+  const upTo = Math.max(cancelledUpTo, cancelFlag ? Atomics.load(cancelFlag, 0) : 0);
+  if (currentId && currentId <= upTo) throw new CancelledError('cancelled');
+}
+
+const WASM_PAGE = 65536;
+
+/** The module's memory maximum in 64 KiB pages, read from its binary (memory import or memory
+ * section); 65536 (4 GiB, wasm32's ceiling) when it declares none. */
+function maxMemoryPages(bytes) {
+  let at = 8;
+  const u32 = () => {
+    let r = 0;
+    let shift = 0;
+    for (;;) {
+      const b = bytes[at++];
+      r += (b & 0x7f) * 2 ** shift;
+      shift += 7;
+      if (b < 0x80) return r;
+    }
+  };
+  const limits = () => {
+    const flags = bytes[at++];
+    u32();
+    return flags & 1 ? u32() : 65536;
+  };
+  while (at < bytes.length) {
+    const id = bytes[at++];
+    const size = u32();
+    const end = at + size;
+    if (id === 2) {
+      for (let n = u32(); n > 0; n -= 1) {
+        at += u32(); // module name
+        at += u32(); // field name
+        const kind = bytes[at++];
+        if (kind === 2) return limits();
+        if (kind === 0) u32();
+        else if (kind === 1) (at++, limits());
+        else if (kind === 3) at += 2;
+        else break;
+      }
+    } else if (id === 5 && u32() > 0) {
+      return limits();
+    }
+    at = end;
+  }
+  return 65536;
+}
+
+/** Grows `memory` so that only `mb` MiB remain below `maxPages`: the allocator's next growth
+ * past that fails as it would at the 4 GiB ceiling. */
+function capMemory(memory, mb, maxPages) {
+  const have = memory.buffer.byteLength / WASM_PAGE;
+  const target = maxPages - Math.ceil((mb * 2 ** 20) / WASM_PAGE);
+  if (target > have) memory.grow(target - have);
+}
+
+/** A trap of the instance (not an ordinary error the detector returned): {oom, error}. */
+function trapOf(e) {
+  if (e?.cause && !(e instanceof WebAssembly.RuntimeError)) return trapOf(e.cause);
+  const msg = `${e?.message ?? e}`;
+  const trap = e instanceof WebAssembly.RuntimeError || (e instanceof RangeError && /memory|allocation/i.test(msg));
+  if (!trap) return null;
+  const oom = /unreachable|out of memory|allocation|memory\.grow|could not allocate/i.test(msg) || e instanceof RangeError;
+  return { oom, error: msg };
+}
+
+/**
+ * Starts the rayon pool with each pool worker run through pool-guard.js, which reports the
+ * thread's death (a trap there) to the page over a BroadcastChannel: this worker cannot, as it
+ * waits for that thread's job. The page learns the channel's name from a {type:'poolChannel'}
+ * message (a page that does not listen just gets no report).
+ */
+async function startPool(threads) {
+  const name = `anoscope-pool-${Date.now().toString(36)}-${Math.random().toString(36).slice(2)}`;
+  postMessage({ type: 'poolChannel', name });
+  const Native = self.Worker;
+  self.Worker = class extends Native {
+    constructor(url, options) {
+      super(new URL('./pool-guard.js', self.location.href), options);
+      // First in this worker's queue, before wasm-bindgen-rayon's init message.
+      this.postMessage({ type: 'anoscope-pool-guard', src: String(url), channel: name });
+    }
+  };
+  try {
+    await wasm.initThreadPool(threads);
+  } finally {
+    self.Worker = Native;
+  }
+}
+
+/** When `e` is a trap: marks the instance dead and tells the page (once); true for a trap. */
+function reportTrap(e, request, id) {
+  const trap = trapOf(e);
+  if (!trap || dead) return !!trap;
+  dead = trap;
+  console.error(`anoscope worker: the WebAssembly instance trapped in ${request} (${trap.error}); it must be restarted`, e?.cause ?? e);
+  const memoryBytes = wasmMemory ? wasmMemory.buffer.byteLength : 0;
+  postMessage({ type: 'fatal', id, request, oom: trap.oom, error: trap.error, memoryBytes });
+  return true;
+}
+
 /** Picks the build, fetches its wasm, checks its sha256 against build.json, then instantiates it. */
 async function start() {
   const build = await (await fetch('./build.json', { cache: 'no-cache' })).json();
@@ -148,8 +285,13 @@ async function start() {
   const { bytes, sha256: wasmSha256 } = await fetchVerified(`./${entry.url}`, entry.sha256, build, `The WebAssembly module (${entry.url})`);
   if (entry.js) await fetchVerified(`./${entry.js.url}`, entry.js.sha256, build, `Its glue code (${entry.js.url})`);
   wasm = await import(`./${dir}/anoscope.js`);
-  await wasm.default({ module_or_path: bytes });
-  if (threads) await wasm.initThreadPool(threads);
+  const exports = await wasm.default({ module_or_path: bytes });
+  if (threads) await startPool(threads);
+  wasmMemory = exports.memory;
+  // Test hook: ?memcap=MB leaves only MB megabytes of WebAssembly memory to the detector, so a
+  // big batch runs out of memory for real (see capMemory).
+  const memcap = Number(params.get('memcap') || 0);
+  if (memcap > 0) capMemory(exports.memory, memcap, maxMemoryPages(bytes));
   ({ ClipLoader, Image, renderOverlay } = wasm);
   state.limits = JSON.parse(wasm.limits());
   cpuThreads = wasm.threads();
@@ -193,7 +335,7 @@ function decodeAll(files) {
       try {
         out.push(Image.decode(new Uint8Array(f.bytes)));
       } catch (e) {
-        throw new Error(`${f.name}: ${e?.message ?? e}`);
+        throw new Error(`${f.name}: ${e?.message ?? e}`, { cause: e });
       }
     }
     return out;
@@ -256,6 +398,7 @@ async function textFor({ category, object, descriptions, defects }) {
       !!descriptions,
       defects && defects.length ? defects : undefined,
       (done, total) => {
+        checkCancel();
         encoded = true;
         progress('text', done, total, { label: `encoding prompts with the text tower: ${done} of ${total}` });
       },
@@ -399,7 +542,7 @@ async function feed(s, stop) {
     try {
       s.loader.push(step.value);
     } catch (e) {
-      if (!s.expectSha) throw e;
+      if (!s.expectSha || trapOf(e)) throw e;
       s.error ??= e;
     }
     const now = performance.now();
@@ -512,6 +655,7 @@ const handlers = {
         next.loadPrompts(bundle, p.weightsSha256 ?? sha);
       }
     } catch (e) {
+      if (trapOf(e)) throw e; // the instance is unusable: no clean-up calls into it
       next?.free();
       loader.free();
       if (!s.ended) await s.it.return?.().catch(() => {});
@@ -548,6 +692,7 @@ const handlers = {
           info.weightsSha256 ??= got;
           postMessage({ type: 'model', ok: true, label: p.label, hasText: next.hasText(), ms: performance.now() - t0 });
         } catch (e) {
+          if (reportTrap(e, 'load')) return;
           if (modelInfo !== info) return;
           next.free();
           model = null;
@@ -555,7 +700,7 @@ const handlers = {
           textCache.clear();
           postMessage({ type: 'model', ok: false, label: p.label, error: e?.message ?? String(e) });
         } finally {
-          loader.free();
+          if (!dead) loader.free();
           info.rest = null;
         }
       })();
@@ -589,6 +734,8 @@ const handlers = {
   /** {mode, file: {name, bytes} | rgba: {data, width, height}, text: {...}} */
   async detect({ mode, file, rgba, text }) {
     needModel();
+    if (stepDelay) await new Promise((r) => setTimeout(r, stepDelay));
+    checkCancel();
     if (mode === 'fewshot' && !refs) throw new Error('few-shot mode needs at least one normal reference image in the tray');
     const pair = await textFor(text);
     const m = needModel();
@@ -634,7 +781,11 @@ const handlers = {
     }
     const images = decodeAll(files); // moved into wasm by batch()
     const t0 = performance.now();
-    const report = (done, total, stage) => progress('batch', done, total, { label: stage });
+    const report = (done, total, stage) => {
+      stepPause();
+      checkCancel();
+      progress('batch', done, total, { label: stage });
+    };
     const res = gpu.active ? await m.batchAsync(images, report) : m.batch(images, report);
     checkGpu(m);
     if (batchResult) batchResult.free();
@@ -671,21 +822,36 @@ const handlers = {
   },
 };
 
-// Requests run one at a time, in order.
+// Requests run one at a time, in order. Cancel messages act at once (outside the queue).
 let queue = Promise.resolve();
 onmessage = ({ data }) => {
   const { id, type, payload } = data;
+  if (type === 'cancelFlag') {
+    cancelFlag = new Int32Array(payload.buffer);
+    return;
+  }
+  if (type === 'cancel') {
+    cancelledUpTo = Math.max(cancelledUpTo, payload.upTo);
+    return;
+  }
   queue = queue.then(async () => {
+    currentId = CANCELLABLE.has(type) ? id : 0;
     try {
+      if (dead) throw new Error(`the detector stopped: ${dead.error}`);
       await ready;
+      checkCancel();
       const handler = handlers[type];
       if (!handler) throw new Error(`unknown request ${type}`);
       const result = await handler(payload ?? {});
+      checkCancel();
       // Only freshly rendered pixels are transferred; maps stay usable here for overlays.
       const transfer = result?.rgba ? [result.rgba.buffer] : [];
       postMessage({ id, ok: true, result }, transfer);
     } catch (e) {
-      postMessage({ id, ok: false, error: e?.message ?? String(e) });
+      reportTrap(e, type, id);
+      postMessage({ id, ok: false, cancelled: e instanceof CancelledError, error: e?.message ?? String(e) });
+    } finally {
+      currentId = 0;
     }
   });
 };
