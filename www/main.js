@@ -170,6 +170,14 @@ function makeClient() {
       if (b.failure) showMessage(`${b.failure}. Running on the CPU (WebAssembly) instead.`, 'warn');
     },
   });
+  // A trap in a pool thread of the threaded build is reported here (see pool-guard.js).
+  c.worker.addEventListener('message', ({ data }) => {
+    if (data?.type !== 'poolChannel' || c.pool) return;
+    c.pool = new BroadcastChannel(data.name);
+    c.pool.onmessage = ({ data: report }) => {
+      if (c === client && report?.type === 'fatal') restartWorker(report);
+    };
+  });
   // Cancel flag the worker reads even inside a long synchronous call (cross-origin isolated
   // pages only: SharedArrayBuffer); elsewhere a {type:'cancel'} message does it between steps.
   if (globalThis.crossOriginIsolated && typeof SharedArrayBuffer === 'function') {
