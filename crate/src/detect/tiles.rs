@@ -22,7 +22,7 @@ use crate::preprocess::{self, Normalize};
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use image::RgbImage;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Most tiles `auto` picks (a 4×4 grid, 16 passes plus the whole-image pass).
 pub const AUTO_MAX_TILES: usize = 16;
@@ -72,7 +72,7 @@ impl std::str::FromStr for TileSpec {
 }
 
 /// One tile: a crop of the photo, in photo pixels.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tile {
     /// Left column.
     pub x: usize,
@@ -85,7 +85,7 @@ pub struct Tile {
 }
 
 /// The tiles covering one photo, row-major (`rows × cols` tiles).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TilePlan {
     /// Photo width in pixels.
     pub width: usize,
@@ -296,7 +296,8 @@ fn stitch_axis(len: usize, out: usize, pos: usize, side: usize, n: usize) -> Vec
 /// `stitch_axis`). Where one tile covers a pixel its weight is 1 and the pixel is exactly that
 /// tile's own resampled map; the one-tile plan gives exactly [`geometry::to_photo`].
 ///
-/// Errors if the number of maps or their sizes do not match, or any size is zero.
+/// Errors if the number of maps or their sizes do not match, any size is zero, or a tile is
+/// empty or reaches outside the photo.
 pub fn stitch(
     plan: &TilePlan,
     maps: &[&[f32]],
@@ -310,6 +311,25 @@ pub fn stitch(
     }
     if map_w == 0 || map_h == 0 || out_w == 0 || out_h == 0 {
         bail!("stitching needs positive sizes (maps {map_w}x{map_h}, output {out_w}x{out_h})");
+    }
+    if plan.width == 0 || plan.height == 0 || plan.tiles.is_empty() {
+        bail!(
+            "the tile plan is empty ({}x{} photo, {} tiles)",
+            plan.width,
+            plan.height,
+            plan.tiles.len()
+        );
+    }
+    if let Some(t) = plan
+        .tiles
+        .iter()
+        .find(|t| t.w == 0 || t.h == 0 || t.x + t.w > plan.width || t.y + t.h > plan.height)
+    {
+        bail!(
+            "tile {t:?} is empty or outside the {}x{} photo",
+            plan.width,
+            plan.height
+        );
     }
     if let Some(m) = maps.iter().find(|m| m.len() != map_w * map_h) {
         bail!("a tile map has {} values, not {map_w}x{map_h}", m.len());
@@ -685,6 +705,11 @@ mod tests {
             geometry::to_photo(&a, 3, 3, 12, 8).unwrap()
         );
         // Bad inputs.
+        let mut outside = pair();
+        outside.tiles[1].x = 5;
+        assert!(stitch(&outside, &[&a, &b], 3, 3, 12, 8).is_err());
+        outside.tiles[1] = Tile { x: 0, y: 0, w: 0, h: 0 };
+        assert!(stitch(&outside, &[&a, &b], 3, 3, 12, 8).is_err());
         assert!(stitch(&p, &[&a], 3, 3, 12, 8).is_err());
         assert!(stitch(&p, &[&a, &b[..8]], 3, 3, 12, 8).is_err());
         assert!(stitch(&p, &[&a, &b], 3, 3, 0, 8).is_err());
