@@ -16,7 +16,7 @@
 //!
 //! Batch mode (MuSc) is not tiled: see [`detect_tiled`].
 use super::geometry;
-use super::{score_image, winclip, Detection, Mode, TextPair};
+use super::{passes, score_image_on, winclip, Detection, Mode, TextPair};
 use crate::model::Clip;
 use crate::preprocess::{self, Normalize};
 use anyhow::{bail, Context, Result};
@@ -426,7 +426,36 @@ pub fn detect_tiled(
     plan: &TilePlan,
     size: u32,
     norm: &Normalize,
-    scoring: &TileScoring,
+    scoring: &TileScoring<'_>,
+    max_side: usize,
+    progress: &mut dyn FnMut(usize, usize) -> Result<()>,
+    cancelled: &dyn Fn() -> bool,
+) -> Result<TiledDetection> {
+    passes::now(detect_tiled_on(
+        clip,
+        &clip.vision,
+        photo,
+        plan,
+        size,
+        norm,
+        scoring,
+        max_side,
+        progress,
+        cancelled,
+    ))
+}
+
+/// [`detect_tiled`] with the image tower's passes run by `tower` (see [`passes::Passes`]; the
+/// browser's WebGPU tower).
+#[allow(clippy::too_many_arguments)] // detect_tiled's arguments and the tower
+pub async fn detect_tiled_on(
+    clip: &Clip,
+    tower: &impl passes::Passes,
+    photo: &RgbImage,
+    plan: &TilePlan,
+    size: u32,
+    norm: &Normalize,
+    scoring: &TileScoring<'_>,
     max_side: usize,
     progress: &mut dyn FnMut(usize, usize) -> Result<()>,
     cancelled: &dyn Fn() -> bool,
@@ -450,13 +479,16 @@ pub fn detect_tiled(
     }
     let tiled = !plan.is_whole();
     let total = if tiled { plan.tiles.len() + 1 } else { 1 };
-    let score = |img: &RgbImage| -> Result<Detection> {
+    let score = |img: &RgbImage| -> Result<Tensor> {
         if cancelled() {
             bail!("cancelled");
         }
-        let px = photo_tensor(img, size, norm)?;
-        score_image(
+        photo_tensor(img, size, norm)
+    };
+    let run = |px: Tensor| async move {
+        score_image_on(
             clip,
+            tower,
             &px,
             scoring.mode,
             scoring.text,
@@ -464,14 +496,15 @@ pub fn detect_tiled(
             scoring.surgery_layers,
             scoring.cfg,
         )
+        .await
     };
-    let whole = score(photo)?;
+    let whole = run(score(photo)?).await?;
     progress(1, total)?;
     let mut tiles = Vec::new();
     if tiled {
         for (i, t) in plan.tiles.iter().enumerate() {
             let crop = image::imageops::crop_imm(photo, t.x as u32, t.y as u32, t.w as u32, t.h as u32).to_image();
-            tiles.push(score(&crop)?);
+            tiles.push(run(score(&crop)?).await?);
             progress(i + 2, total)?;
         }
     }

@@ -140,6 +140,45 @@ pub struct TiledResult {
     input_size: usize,
 }
 
+impl TiledResult {
+    pub(super) fn new(td: tiles::TiledDetection, input_size: usize) -> Result<Self> {
+        Ok(TiledResult {
+            score: td.score,
+            whole_score: td.whole.score,
+            tile_scores: td.tiles.iter().map(|d| d.score).collect(),
+            plan: serde_json::to_string(&td.plan)?,
+            map: PhotoMap {
+                width: td.width,
+                height: td.height,
+                map: td.map,
+            },
+            input_map: td.whole.map,
+            input_size,
+        })
+    }
+}
+
+/// `progress(done, total)` as a Rust callback; a throw stops the run with its message.
+pub(super) fn tile_progress(progress: Option<&js_sys::Function>) -> impl FnMut(usize, usize) -> Result<()> + '_ {
+    move |done, total| {
+        if let Some(f) = progress {
+            f.call2(
+                &JsValue::NULL,
+                &JsValue::from(done as u32),
+                &JsValue::from(total as u32),
+            )
+            .map_err(|e| anyhow!("tiled detection stopped: {}", super::js_message(&e)))?;
+        }
+        Ok(())
+    }
+}
+
+/// `maxSide` as given, 0 meaning the default bound (for the GPU twin).
+#[cfg(feature = "gpu")]
+pub(super) fn max_side_or_default(max_side: usize) -> usize {
+    bound(max_side)
+}
+
 #[wasm_bindgen]
 impl TiledResult {
     /// The image score ([`combineScores`](combine_scores) of the whole-photo and tile scores).
@@ -233,17 +272,7 @@ impl ClipModel {
                 mean: self.clip.cfg.mean,
                 std: self.clip.cfg.std,
             };
-            let mut report = |done: usize, total: usize| -> Result<()> {
-                if let Some(f) = &progress {
-                    f.call2(
-                        &JsValue::NULL,
-                        &JsValue::from(done as u32),
-                        &JsValue::from(total as u32),
-                    )
-                    .map_err(|e| anyhow!("tiled detection stopped: {}", super::js_message(&e)))?;
-                }
-                Ok(())
-            };
+            let mut report = tile_progress(progress.as_ref());
             let td = tiles::detect_tiled(
                 &self.clip,
                 &image.img,
@@ -255,19 +284,7 @@ impl ClipModel {
                 &mut report,
                 &|| false,
             )?;
-            Ok(TiledResult {
-                score: td.score,
-                whole_score: td.whole.score,
-                tile_scores: td.tiles.iter().map(|d| d.score).collect(),
-                plan: serde_json::to_string(&td.plan)?,
-                map: PhotoMap {
-                    width: td.width,
-                    height: td.height,
-                    map: td.map,
-                },
-                input_map: td.whole.map,
-                input_size: size,
-            })
+            TiledResult::new(td, size)
         };
         run().map_err(js_err)
     }
