@@ -152,3 +152,23 @@ test('detectTiled on a real 250Ã—627 strip equals the native CLI (stitched map â
     fs.rmSync(tmp, { recursive: true, force: true });
   }
 });
+
+test('detectTiledAsync (no GPU attached: the CPU) equals detectTiled', async () => {
+  const model = ClipModel.load('config.json', fs.readFileSync(path.join(MODEL_DIR, 'config.json'), 'utf8'), new Uint8Array(fs.readFileSync(path.join(MODEL_DIR, 'model.safetensors'))));
+  const pair = model.textPair('bottle', undefined, false);
+  const img = Image.decode(new Uint8Array(fs.readFileSync(path.join(REPO, STRIP))));
+  const sync = model.detectTiled('fast', img, pair, undefined, 'auto', 0, undefined);
+  const calls = [];
+  const r = await model.detectTiledAsync('fast', img, pair, undefined, 'auto', 0, (done, total) => calls.push([done, total]));
+  assert.equal(r.score, sync.score);
+  assert.equal(r.plan, sync.plan);
+  assert.deepEqual(Array.from(r.map()), Array.from(sync.map()));
+  assert.equal(calls.length, JSON.parse(r.plan).tiles.length + 1);
+  await assert.rejects(model.detectTiledAsync('fast', img, pair, undefined, 'nope', 0, undefined), /ROWSxCOLS/);
+  await assert.rejects(
+    model.detectTiledAsync('fast', img, pair, undefined, 'auto', 0, () => {
+      throw new Error('stop');
+    }),
+    /tiled detection stopped: stop/,
+  );
+});
