@@ -4,8 +4,9 @@
 //! prompt bundle for `--prompts` is `prompts build` ([`super::prompts`]).
 use super::args::{use_backend, BackendOpts, ModeArg};
 use anoscope::detect::prompts::{self, EnsembleKind, PromptBundle};
+use anoscope::detect::tiles::{self, TileScoring, TileSpec};
 use anoscope::detect::winclip::{self, WinClipConfig};
-use anoscope::detect::{fast, musc, score_image, Detection, Mode, TextPair};
+use anoscope::detect::{fast, geometry, musc, regions, score_image, Detection, Mode, TextPair};
 use anoscope::model::{CheckpointFiles, Clip};
 use anoscope::preprocess::{self, ImageLimits, Normalize};
 use anoscope::render;
@@ -51,12 +52,37 @@ pub struct DetectArgs {
     /// Normalised inputs `pixel_values` [B,3,H,W] instead of images (stems 0, 1, ...).
     #[arg(long, conflicts_with = "images")]
     pixels: Option<PathBuf>,
+    /// Tiled high-resolution inspection: `off` (the whole photo squash-resized to the input,
+    /// today's scores, comparable across runs and with `eval`), `auto` (tiles when the photo's
+    /// long side is over twice the input side, at most 16 square tiles) or ROWSxCOLS (e.g.
+    /// `2x3`; `1x1` = off). Tiled scores are (whole + max tile) / 2. Not with batch mode or
+    /// --pixels.
+    #[arg(long, default_value = "off", value_parser = parse_tiles)]
+    tiles: TileSpec,
+    /// Long side bound (pixels) of the overlay and the full-resolution map: the photo's own size
+    /// when it is smaller, else scaled down keeping the aspect.
+    #[arg(long, default_value_t = geometry::MAX_PHOTO_SIDE)]
+    overlay_size: usize,
+    /// Also write `anomaly_map_full` (the map at the overlay's size) to <stem>.map.safetensors.
+    #[arg(long)]
+    full_map: bool,
+    /// Threshold of the defect regions in <stem>.json (map units; batch mode: the batch's
+    /// [0, 1] scale).
+    #[arg(long, default_value_t = 0.5)]
+    threshold: f64,
+    /// Smallest defect region kept, in pixels of the full-resolution map.
+    #[arg(long, default_value_t = 1)]
+    min_region_area: usize,
     #[command(flatten)]
     backend: BackendOpts,
     #[arg(long)]
     out: PathBuf,
     /// Images to score.
     images: Vec<PathBuf>,
+}
+
+fn parse_tiles(s: &str) -> Result<TileSpec> {
+    s.parse()
 }
 
 /// Inputs as one normalised batch plus what is needed to draw overlays.
@@ -157,39 +183,107 @@ fn text_pair(clip: &Clip, args: &DetectArgs, weights: &Path) -> Result<TextPair>
     TextPair::from_prompts(clip, &tok, &normal, &anomalous)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn write_outputs(
-    out: &Path,
-    stem: &str,
-    det: &Detection,
-    mode: Mode,
-    category: &str,
+/// One image's scores and maps, before they are written.
+struct Scored {
+    /// The detection at the model's input size (tiled: the whole-photo pass).
+    det: Detection,
+    /// The image score (tiled: combined).
+    score: f32,
+    /// The map at the photo's size (bounded).
+    full: Vec<f32>,
+    /// `(width, height)` of `full`.
+    size: (usize, usize),
+    /// `tiles` in the JSON.
+    tiles: serde_json::Value,
     ms: f64,
-    original: Option<&image::RgbImage>,
+}
+
+impl Scored {
+    fn untiled(det: Detection, score: f32, full: Vec<f32>, size: (usize, usize), ms: f64) -> Self {
+        Self {
+            det,
+            score,
+            full,
+            size,
+            tiles: serde_json::json!({"spec": "off", "count": 1}),
+            ms,
+        }
+    }
+}
+
+/// One image's result as `detect` writes it.
+struct Output<'a> {
+    stem: &'a str,
+    /// The detection at the model's input size (tiled: the whole-photo pass).
+    det: &'a Detection,
+    /// The image score (tiled: combined).
+    score: f32,
+    ms: f64,
+    /// The map at the photo's size (bounded), `width × height`.
+    full: &'a [f32],
+    width: usize,
+    height: usize,
+    /// The photo's own size.
+    photo: (usize, usize),
+    /// `tiles` in the JSON.
+    tiles: serde_json::Value,
+    original: Option<&'a image::RgbImage>,
+}
+
+fn write_outputs(
+    args: &DetectArgs,
+    mode: Mode,
+    o: &Output,
     pixels: &Tensor,
     clip: &Clip,
+    batch_range: (f32, f32),
 ) -> Result<()> {
+    let (w, h) = (o.width, o.height);
+    // Regions on the drawn scale: probabilities as they are, MuSc distances on the batch's [0, 1].
+    let regions = if mode == Mode::Batch {
+        let (lo, hi) = batch_range;
+        let span = if hi > lo { hi - lo } else { 1.0 };
+        let unit: Vec<f32> = o.full.iter().map(|v| (v - lo) / span).collect();
+        regions::regions(&unit, w, h, args.threshold as f32, args.min_region_area)?
+    } else {
+        regions::regions(o.full, w, h, args.threshold as f32, args.min_region_area)?
+    };
     let json = serde_json::json!({
-        "score": det.score,
+        "score": o.score,
         "mode": mode.as_str(),
-        "category": category,
-        "map_height": det.height,
-        "map_width": det.width,
-        "grid": [det.grid.0, det.grid.1],
-        "timing_ms": ms,
+        "category": args.category,
+        "map_height": o.det.height,
+        "map_width": o.det.width,
+        "grid": [o.det.grid.0, o.det.grid.1],
+        "image_width": o.photo.0,
+        "image_height": o.photo.1,
+        "full_map_width": w,
+        "full_map_height": h,
+        "tiles": o.tiles,
+        "threshold": args.threshold,
+        "regions": regions,
+        "timing_ms": o.ms,
     });
-    let p = out.join(format!("{stem}.json"));
+    let p = args.out.join(format!("{}.json", o.stem));
     std::fs::write(&p, serde_json::to_string_pretty(&json)? + "\n")
         .with_context(|| format!("cannot write {}", p.display()))?;
-    let map = Tensor::from_slice(&det.map, (det.height, det.width), &Device::Cpu)?;
-    let p = out.join(format!("{stem}.map.safetensors"));
-    map.save_safetensors("anomaly_map", &p)
-        .with_context(|| format!("cannot write {}", p.display()))?;
-    let base = match original {
-        Some(img) => img.clone(),
+    let mut tensors = vec![(
+        "anomaly_map",
+        Tensor::from_slice(&o.det.map, (o.det.height, o.det.width), &Device::Cpu)?,
+    )];
+    if args.full_map {
+        tensors.push(("anomaly_map_full", Tensor::from_slice(o.full, (h, w), &Device::Cpu)?));
+    }
+    let p = args.out.join(format!("{}.map.safetensors", o.stem));
+    let tensors: std::collections::HashMap<&str, Tensor> = tensors.into_iter().collect();
+    candle_core::safetensors::save(&tensors, &p).with_context(|| format!("cannot write {}", p.display()))?;
+    let base = match o.original {
+        Some(img) if (img.width() as usize, img.height() as usize) == (w, h) => img.clone(),
+        // Display copy of a photo over the bound (the map is already at this size).
+        Some(img) => image::imageops::resize(img, w as u32, h as u32, image::imageops::FilterType::Triangle),
         None => {
             let chw = pixels.flatten_all()?.to_vec1::<f32>()?;
-            render::normalized_pixels_to_rgb(&chw, det.height, det.width, clip.cfg.mean, clip.cfg.std)
+            render::normalized_pixels_to_rgb(&chw, o.det.height, o.det.width, clip.cfg.mean, clip.cfg.std)
         }
     };
     // Probability maps are drawn on a fixed [0, 1] scale; MuSc's distance maps on their range.
@@ -198,9 +292,9 @@ fn write_outputs(
     } else {
         render::RangeMode::Fixed(0.0, 1.0)
     };
-    let norm = render::map_range(&det.map, range);
-    let img = render::overlay(&base, &det.map, det.width, det.height, norm, 0.5, None)?;
-    render::save_png(&img, &out.join(format!("{stem}.overlay.png")))
+    let norm = render::map_range(&o.det.map, range);
+    let img = render::overlay(&base, o.full, w, h, norm, 0.5, None)?;
+    render::save_png(&img, &args.out.join(format!("{}.overlay.png", o.stem)))
 }
 
 /// Runs `anoscope detect`.
@@ -211,6 +305,19 @@ pub fn detect(args: DetectArgs) -> Result<()> {
     let size = args.size.unwrap_or(clip.cfg.vision.image_size as u32);
     if size == 0 || size > 4096 {
         bail!("--size must be in 1..=4096, got {size}");
+    }
+    if args.overlay_size == 0 {
+        bail!("--overlay-size must be at least 1 pixel");
+    }
+    let tiled = args.tiles != TileSpec::Off;
+    if tiled && Mode::from(args.mode) == Mode::Batch {
+        bail!(
+            "--tiles: batch mode (MuSc) is not tiled (its images score each other position by position, \
+             which needs one size and tile plan for the whole batch); use --tiles off"
+        );
+    }
+    if tiled && args.pixels.is_some() {
+        bail!("--tiles needs the photos themselves (IMG …), not --pixels");
     }
     // Counts are checked before any image is decoded.
     if Mode::from(args.mode) == Mode::Batch && args.images.len() > musc::MAX_BATCH {
@@ -266,41 +373,127 @@ pub fn detect(args: DetectArgs) -> Result<()> {
         None
     };
     let t0 = Instant::now();
-    let dets: Vec<(Detection, f64)> = match mode {
+    // (detection at input size, image score, full map, its size, tiles JSON, ms)
+    let mut results: Vec<Scored> = Vec::new();
+    let photo_size = |i: usize, det: &Detection| match &inputs.originals[i] {
+        Some(img) => (img.width() as usize, img.height() as usize),
+        None => (det.width, det.height),
+    };
+    let mut batch_range = (0.0, 1.0);
+    match mode {
         Mode::Batch => {
             let out = musc::detect(&clip, &inputs.pixels, &musc::MuscConfig::default())?;
             let per = t0.elapsed().as_secs_f64() * 1e3 / n as f64;
-            out.detections.into_iter().map(|d| (d, per)).collect()
+            batch_range = musc::unit_range_maps(&mut out.detections.clone());
+            for (i, d) in out.detections.into_iter().enumerate() {
+                let (pw, ph) = photo_size(i, &d);
+                let (full, w, h) = geometry::to_photo_bounded(&d.map, d.width, d.height, pw, ph, args.overlay_size)?;
+                let score = d.score;
+                results.push(Scored::untiled(d, score, full, (w, h), per));
+            }
         }
         mode => {
             let text = text.as_ref().context("text modes need the class pair")?;
             let k = args
                 .surgery_layers
                 .unwrap_or_else(|| fast::default_surgery_layers(&clip));
-            (0..n)
-                .map(|i| {
-                    let t = Instant::now();
+            for i in 0..n {
+                let t = Instant::now();
+                let photo = inputs.originals[i].as_ref().filter(|_| tiled);
+                let Some(photo) = photo else {
+                    // Untiled: today's detection on the squash-resized input.
                     let px = inputs.pixels.narrow(0, i, 1)?;
                     let d = score_image(&clip, &px, mode, text, refs.as_ref(), k, &cfg)?;
-                    Ok((d, t.elapsed().as_secs_f64() * 1e3))
-                })
-                .collect::<Result<_>>()?
+                    let (pw, ph) = photo_size(i, &d);
+                    let (full, w, h) =
+                        geometry::to_photo_bounded(&d.map, d.width, d.height, pw, ph, args.overlay_size)?;
+                    let score = d.score;
+                    let ms = t.elapsed().as_secs_f64() * 1e3;
+                    results.push(Scored::untiled(d, score, full, (w, h), ms));
+                    continue;
+                };
+                let plan = tiles::plan(
+                    args.tiles,
+                    photo.width() as usize,
+                    photo.height() as usize,
+                    size as usize,
+                )?;
+                let bar = indicatif::ProgressBar::new(0);
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{bar:30} {pos}/{len} passes (whole + tiles)  {elapsed}  {msg}",
+                    )
+                    .expect("valid template"),
+                );
+                bar.set_message(inputs.stems[i].clone());
+                let scoring = TileScoring {
+                    mode,
+                    text,
+                    refs: refs.as_ref(),
+                    surgery_layers: k,
+                    cfg: &cfg,
+                };
+                let td = tiles::detect_tiled(
+                    &clip,
+                    photo,
+                    &plan,
+                    size,
+                    &norm,
+                    &scoring,
+                    args.overlay_size,
+                    &mut |done, total| {
+                        bar.set_length(total as u64);
+                        bar.set_position(done as u64);
+                        Ok(())
+                    },
+                    &|| false,
+                )?;
+                bar.finish_and_clear();
+                let tiles_json = serde_json::json!({
+                    "spec": tiles_name(args.tiles),
+                    "rows": plan.rows,
+                    "cols": plan.cols,
+                    "count": plan.tiles.len(),
+                    "tiles": plan.tiles,
+                    "whole_score": td.whole.score,
+                    "tile_scores": td.tiles.iter().map(|d| d.score).collect::<Vec<_>>(),
+                });
+                let ms = t.elapsed().as_secs_f64() * 1e3;
+                results.push(Scored {
+                    det: td.whole,
+                    score: td.score,
+                    full: td.map,
+                    size: (td.width, td.height),
+                    tiles: tiles_json,
+                    ms,
+                });
+            }
         }
-    };
-    for (i, (det, ms)) in dets.iter().enumerate() {
+    }
+    for (i, r) in results.iter().enumerate() {
         let px = inputs.pixels.narrow(0, i, 1)?;
-        write_outputs(
-            &args.out,
-            &inputs.stems[i],
-            det,
-            mode,
-            &args.category,
-            *ms,
-            inputs.originals[i].as_ref(),
-            &px,
-            &clip,
-        )?;
-        super::emit(&format!("{}\t{:.4}\t{:.0} ms", inputs.stems[i], det.score, ms));
+        let o = Output {
+            stem: &inputs.stems[i],
+            det: &r.det,
+            score: r.score,
+            ms: r.ms,
+            full: &r.full,
+            width: r.size.0,
+            height: r.size.1,
+            photo: photo_size(i, &r.det),
+            tiles: r.tiles.clone(),
+            original: inputs.originals[i].as_ref(),
+        };
+        write_outputs(&args, mode, &o, &px, &clip, batch_range)?;
+        super::emit(&format!("{}\t{:.4}\t{:.0} ms", inputs.stems[i], r.score, r.ms));
     }
     Ok(())
+}
+
+fn tiles_name(spec: TileSpec) -> String {
+    match spec {
+        TileSpec::Auto => "auto".into(),
+        TileSpec::Off => "off".into(),
+        TileSpec::Grid { rows, cols } => format!("{rows}x{cols}"),
+    }
 }

@@ -5,13 +5,18 @@
 //! Here: the class pair ([`TextPair`]), the [`Mode`] choice, the per-image result
 //! ([`Detection`]) and [`score_image`]. Each mode is in its own module; the prompt ensembles and
 //! bundles are in [`prompts`], the shared arithmetic in [`aggregate`], the image-tower interface
-//! in [`passes`]. Dataset evaluation (`crate::eval`), metrics ([`crate::metrics`]) and drawing
-//! maps ([`crate::render`]) are not here.
+//! in [`passes`]. Photo-true geometry (the map back on the photo) is in [`geometry`], tiled
+//! high-resolution inspection in [`tiles`], defect regions in [`regions`]. Dataset evaluation
+//! (`crate::eval`), metrics ([`crate::metrics`]) and drawing maps ([`crate::render`]) are not
+//! here.
 pub mod aggregate;
 pub mod fast;
+pub mod geometry;
 pub mod musc;
 pub mod passes;
 pub mod prompts;
+pub mod regions;
+pub mod tiles;
 pub mod winclip;
 
 use crate::model::Clip;

@@ -160,6 +160,86 @@ impl ClipModel {
         })
     }
 
+    /// `detectTiled`, with the image tower on the GPU when `useGpu` attached one (else the CPU):
+    /// the same plan, stitching and score; `progress(done, total)` after each pass, a throw stops
+    /// the run between passes.
+    #[wasm_bindgen(js_name = detectTiledAsync, unchecked_return_type = "Promise<TiledResult>")]
+    #[allow(clippy::too_many_arguments)] // detectTiled's positional JS signature
+    pub fn detect_tiled_async(
+        &self,
+        mode: &str,
+        image: &Image,
+        text: &[f32],
+        #[wasm_bindgen(unchecked_param_type = "References | undefined")] refs: JsValue,
+        tiles: &str,
+        max_side: usize,
+        progress: Option<js_sys::Function>,
+    ) -> js_sys::Promise {
+        use crate::detect::tiles::{self, TileScoring, TileSpec};
+        let size = self.clip.cfg.vision.image_size;
+        let prepared = self.score_args(mode, text, &refs, 0).and_then(|args| {
+            let spec: TileSpec = tiles.parse()?;
+            let (w, h) = (image.img.width() as usize, image.img.height() as usize);
+            Ok((args, tiles::plan(spec, w, h, size)?))
+        });
+        let photo = image.img.clone();
+        let (clip, gpu) = (self.clip.clone(), self.gpu());
+        future_to_promise(async move {
+            let run = async {
+                let (args, plan) = prepared?;
+                let cfg = winclip::WinClipConfig::default();
+                let scoring = TileScoring {
+                    mode: args.mode,
+                    text: &args.pair,
+                    refs: args.refs.as_ref().map(|s| &s.refs),
+                    surgery_layers: args.surgery_layers,
+                    cfg: &cfg,
+                };
+                let norm = crate::preprocess::Normalize {
+                    mean: clip.cfg.mean,
+                    std: clip.cfg.std,
+                };
+                let mut report = super::photo::tile_progress(progress.as_ref());
+                let bound = super::photo::max_side_or_default(max_side);
+                let size32 = size as u32;
+                let td = match &gpu {
+                    Some(g) => {
+                        let tower = Accelerated {
+                            tower: &clip.vision,
+                            accel: &**g,
+                        };
+                        tiles::detect_tiled_on(
+                            &clip,
+                            &tower,
+                            &photo,
+                            &plan,
+                            size32,
+                            &norm,
+                            &scoring,
+                            bound,
+                            &mut report,
+                            &|| false,
+                        )
+                        .await?
+                    }
+                    None => tiles::detect_tiled(
+                        &clip,
+                        &photo,
+                        &plan,
+                        size32,
+                        &norm,
+                        &scoring,
+                        bound,
+                        &mut report,
+                        &|| false,
+                    )?,
+                };
+                super::photo::TiledResult::new(td, size)
+            };
+            js_result(run.await)
+        })
+    }
+
     /// `references`, with the image tower on the GPU when `useGpu` attached one. Takes the images
     /// over.
     #[wasm_bindgen(js_name = referencesAsync, unchecked_return_type = "Promise<References>")]

@@ -8,6 +8,8 @@
 //! * [`ClipLoader`]: a checkpoint streamed in chunks, image tower first;
 //! * [`ClipModel`]: checkpoint, prompt bundle, text pairs, `detect`, `references`, `batch`;
 //! * [`Detection`], [`References`], [`BatchResult`]: results;
+//! * photo-true results ([`photo`]): `photoMap`, `boundedSize`, `regions`, `tilePlan`,
+//!   `stitchTiles`, `combineScores` and `ClipModel.detectTiled` ([`TiledResult`]);
 //! * with the `gpu` feature (the single-threaded build), `ClipModel.useGpu` and the asynchronous
 //!   `detectAsync`, `referencesAsync`, `batchAsync` that run the image tower on WebGPU, and the
 //!   test hook `setGpuFailure`.
@@ -18,11 +20,13 @@ mod detect;
 mod gpu;
 mod image;
 mod model;
+pub mod photo;
 mod stream;
 
 pub use self::detect::{BatchResult, Detection, References};
 pub use self::image::Image;
 pub use self::model::ClipModel;
+pub use self::photo::{PhotoMap, TiledResult};
 pub use self::stream::ClipLoader;
 
 use wasm_bindgen::prelude::*;
