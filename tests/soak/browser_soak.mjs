@@ -7,8 +7,10 @@
 //   node tests/soak/browser_soak.mjs --minutes 10 --model test            # webcam, test model
 //   node tests/soak/browser_soak.mjs --minutes 3 --model vitb16 [--checkpoint DIR]
 //   node tests/soak/browser_soak.mjs --photos 500 --from DIR [--model test]
-//   options: --interval S (30), --warmup S (60), --out PREFIX (writes PREFIX.json + PREFIX.md),
-//            --threads N (the page's ?threads=), --seed N (photo order)
+//   options: --interval S (30), --warmup S (60), --warmup-drops N (100), --sample-drops N (50),
+//            --control S (60; 0 = no control page), --wasm-margin-mb M (0), --seed N (photo
+//            order), --threads N (the page's ?threads=), --out PREFIX (PREFIX.json + PREFIX.md;
+//            default tests/soak/out/<run>)
 //
 // --model vitb16 serves a full-size random ViT-B/16 (`anoscope random-weights --arch vit-b-16
 // --seed 0`, written to --checkpoint, default $TMPDIR/anoscope-soak-vitb16, when missing) with
@@ -17,19 +19,19 @@
 // folder first so the warm-up sees the biggest inputs) into a temp dir, then drops them one at a
 // time on the page, each waiting for its heatmap.
 //
-// Measured from outside, with no product hook:
-//  - wasm memory: the byteLength of every live WebAssembly.Memory in each worker (DevTools
-//    Runtime.queryObjects on WebAssembly.Memory.prototype, which also forces a GC first);
-//  - JS heap: Runtime.getHeapUsage (used bytes) of the page and of each worker, after
-//    HeapProfiler.collectGarbage;
-//  - live workers: worker targets attached by DevTools auto-attach (nested ones, e.g. the wasm
-//    thread pool, included) and Worker objects the page made minus those it terminated;
+// Measured from outside through DevTools (auto-attach reaches the workers), with no product hook:
+//  - wasm memory: the byteLength of the worker's wasm memory (see workerWasm);
+//  - JS heap: Runtime.getHeapUsage (used bytes) of the page, after HeapProfiler.collectGarbage,
+//    and of the workers summed (no forced GC there: see workerWasm);
+//  - live workers: dedicated worker targets attached (nested ones, the wasm thread pool,
+//    included); the page's Worker objects made minus terminated (init-script wrapper) are logged;
 //  - live object URLs and ImageBitmaps: URL.createObjectURL/revokeObjectURL and
-//    createImageBitmap/ImageBitmap.close wrapped by an init script in the page; ImageBitmaps are
-//    also counted on the heap (queryObjects) in the page and in every worker (open = width > 0);
+//    createImageBitmap/ImageBitmap.close wrapped by an init script in the page (the worker makes
+//    neither); open ImageBitmaps on the page's heap are also counted (Runtime.queryObjects);
 //  - frame latency: the detail.ms of the page's own `anoscope:drawn` event (frame handed to the
 //    worker → heatmap drawn; for a drop, drop → drawn);
-//  - Chromium's resident memory (sum of VmRSS over its processes; informative only).
+//  - Chromium's resident memory (VmRSS of its processes, all and the largest renderer;
+//    informative only).
 //
 // The bound (exit status 1 when exceeded), with v1 = the first sample at or after the warm-up
 // (--warmup seconds of webcam, default 60; --warmup-drops photos, default 100):
@@ -39,7 +41,8 @@
 //  - live workers, object URLs and open ImageBitmaps ≤ v1 + 1 (one in flight) at every later
 //    sample and back to ≤ v1 at the last;
 //  - median frame latency of the last minute ≤ 1.2 × the median of the second minute (photos:
-//    of the last --warmup-drops drops ≤ 1.2 × that of the drops just after the warm-up).
+//    of the last --warmup-drops drops ≤ 1.2 × that of the drops just after the warm-up), or
+//    ≤ 1.2 × a control's: a fresh page measured right after, under the same machine load.
 import { execFileSync } from 'node:child_process';
 import { copyFileSync, existsSync, linkSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, tmpdir } from 'node:os';
@@ -260,8 +263,9 @@ async function pageBitmaps(s) {
  * The byteLength of the worker's wasm memory. The module-scope `wasm` of worker.js is not
  * reachable from the global scope, but importing the same glue URL again yields the same module
  * instance, and its init function returns the already-instantiated exports (memory among them)
- * without instantiating anything. (A forced GC or Runtime.queryObjects in a worker running the
- * threaded build crashes Chromium 148's renderer, so the heap walk is not used there.)
+ * without instantiating anything. (A forced GC, or Runtime.queryObjects, which collects first,
+ * in worker.js during a webcam run with the thread pool's workers attached crashed Chromium
+ * 148's renderer once and hung another time, so neither is used in the workers.)
  */
 async function workerWasm(s) {
   const r = await s.send('Runtime.evaluate', {
