@@ -265,7 +265,7 @@ async function pageBitmaps(s) {
  * instance, and its init function returns the already-instantiated exports (memory among them)
  * without instantiating anything. (A forced GC, or Runtime.queryObjects, which collects first,
  * in worker.js during a webcam run with the thread pool's workers attached crashed Chromium
- * 148's renderer once and hung another time, so neither is used in the workers.)
+ * 156's renderer once and hung another time, so neither is used in the workers.)
  */
 async function workerWasm(s) {
   const r = await s.send('Runtime.evaluate', {
@@ -447,6 +447,8 @@ async function control(url) {
   }
 }
 
+// The commit at the start (a commit made while the soak runs does not change what ran).
+const commit = execFileSync('git', ['-C', ROOT, 'rev-parse', '--short', 'HEAD'], { encoding: 'utf8' }).trim();
 const uptimeStart = execFileSync('uptime', { encoding: 'utf8' }).trim();
 log(uptimeStart);
 const server = await serve(site);
@@ -636,7 +638,7 @@ try {
     warmup: kind === 'webcam' ? `${warmupS} s` : `${warmupDrops} drops`,
     backend,
     browser: userAgent,
-    commit: execFileSync('git', ['-C', ROOT, 'rev-parse', '--short', 'HEAD'], { encoding: 'utf8' }).trim(),
+    commit,
     date: new Date().toISOString(),
     cpu: `${cpus().length} × ${cpus()[0]?.model}`,
     uptime_start: uptimeStart,

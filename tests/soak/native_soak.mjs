@@ -90,6 +90,8 @@ if (detectN) {
 }
 log(`${CLI} ${args.slice(0, 8).join(' ')} … (${total} images; categories: ${cats.join(', ')})`);
 
+// The commit at the start (a commit made while the soak runs does not change what ran).
+const commit = execFileSync('git', ['-C', ROOT, 'rev-parse', '--short', 'HEAD'], { encoding: 'utf8' }).trim();
 const t0 = Date.now();
 const child = spawn('nice', ['-n', '5', CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
 let stdout = '';
@@ -177,7 +179,7 @@ const meta = {
   images: total,
   categories: cats,
   seconds,
-  commit: execFileSync('git', ['-C', ROOT, 'rev-parse', '--short', 'HEAD'], { encoding: 'utf8' }).trim(),
+  commit,
   date: new Date().toISOString(),
   cpu: `${cpus().length} × ${cpus()[0]?.model}`,
   uptime_end: uptime,
