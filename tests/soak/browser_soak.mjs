@@ -287,7 +287,8 @@ async function workerWasm(s) {
 async function heapUsed(s, gc) {
   if (gc) await s.send('HeapProfiler.collectGarbage');
   const h = await s.send('Runtime.getHeapUsage');
-  return h.usedSize;
+  // backingStorageSize: ArrayBuffer backing stores (outside usedSize), where Chromium reports it
+  return { used: h.usedSize, backing: h.backingStorageSize ?? 0 };
 }
 
 /**
@@ -486,14 +487,17 @@ try {
       return { urls: s.urls.size, urlsMade: s.urlsMade, bitmaps: s.bitmaps, bitmapsMade: s.bitmapsMade, workers: s.workers, workersMade: s.workersMade, drawn };
     });
     for (const [at, ms] of pageCounts.drawn) frames.push([Number(((at - pageT0) / 1000).toFixed(2)), ms]);
-    const pageHeap = await heapUsed(cdp, true);
+    const { used: pageHeap, backing: pageBacking } = await heapUsed(cdp, true);
     const [bitmapsOnHeap, bitmapsOnHeapOpen] = await pageBitmaps(cdp);
     let workerHeap = 0;
+    let workerBacking = 0;
     let wasm = 0;
     const workerTargets = workers.live().filter((w) => w.info.type === 'worker');
     for (const w of workerTargets) {
       try {
-        workerHeap += await heapUsed(w, false);
+        const h = await heapUsed(w, false);
+        workerHeap += h.used;
+        workerBacking += h.backing;
         if (/\/worker\.js(\?|$)/.test(w.info.url)) wasm = await workerWasm(w);
       } catch (e) {
         errors.push(`sample worker ${w.info.url}: ${e.message}`);
@@ -505,6 +509,8 @@ try {
       wasm,
       pageHeap,
       workerHeap,
+      pageBacking,
+      workerBacking,
       workers: workerTargets.length,
       pageWorkers: pageCounts.workers,
       objectUrls: pageCounts.urls,
@@ -520,7 +526,7 @@ try {
     };
     samples.push(s);
     log(
-      `t=${s.t}s wasm ${mb(s.wasm)} MB heap page ${mb(s.pageHeap)} MB workers ${mb(s.workerHeap)} MB` +
+      `t=${s.t}s wasm ${mb(s.wasm)} MB heap page ${mb(s.pageHeap)} MB workers ${mb(s.workerHeap)} MB (ArrayBuffers page ${mb(s.pageBacking)} MB workers ${mb(s.workerBacking)} MB)` +
         ` | workers ${s.workers} (page-made ${s.pageWorkers}) urls ${s.objectUrls} bitmaps ${s.bitmapsOpen} (on the heap ${s.bitmapsOnHeapOpen} open of ${s.bitmapsOnHeap})` +
         ` | ${s.frames} results, median ${s.medianMs?.toFixed(0) ?? '–'} ms | rss ${mb(s.chromiumRss)} MB (renderer ${mb(s.rendererRss)}) load ${s.load1}`,
     );
