@@ -145,9 +145,13 @@ log(`exit ${code ?? sig} after ${seconds.toFixed(0)} s; ${uptime}`);
 if (code !== 0) console.error(stderr.slice(-4000));
 
 const mb = (b) => (b / 2 ** 20).toFixed(1);
+// eval: the halves by images finished. detect writes every output at the end (it decodes all
+// its images into one tensor first and keeps every result until then: see the README), so its
+// halves are by time, the first 10 % (the checkpoint load) left out.
 const half = total / 2;
-const first = samples.filter((s) => s.images < half && s.images > 0);
-const second = samples.filter((s) => s.images >= half);
+const tEnd = samples.at(-1)?.t ?? 0;
+const first = detectN ? samples.filter((s) => s.t >= 0.1 * tEnd && s.t < 0.55 * tEnd) : samples.filter((s) => s.images < half && s.images > 0);
+const second = detectN ? samples.filter((s) => s.t >= 0.55 * tEnd) : samples.filter((s) => s.images >= half);
 const peak1 = Math.max(...first.map((s) => s.rss));
 const limit = peak1 + Math.max(0.05 * peak1, 16 * 2 ** 20);
 const peak2 = Math.max(...second.map((s) => s.rss));
@@ -170,7 +174,7 @@ const ok = checks.every((c) => c.ok);
 const rows = [];
 for (let k = 1; k <= 10; k += 1) {
   const want = Math.round((total * k) / 10);
-  const s = samples.find((x) => x.images >= want) ?? samples.at(-1);
+  const s = detectN ? samples.find((x) => x.t >= (tEnd * k) / 10) : samples.find((x) => x.images >= want) ?? samples.at(-1);
   if (s && !rows.includes(s)) rows.push(s);
 }
 const meta = {
