@@ -183,3 +183,70 @@ fn detect_input_errors() {
     assert!(err.contains("unknown category `spaceship`"), "{err}");
     assert!(stdout.starts_with("a\t"), "{stdout}");
 }
+
+#[test]
+fn detect_scores_one_photo_at_a_time_and_skips_an_unreadable_one() {
+    // Photos are decoded one at a time: an unreadable photo in the middle is named, the others
+    // are scored and written (in order, with distinct stems), and the run fails at the end.
+    let tmp = tempfile::tempdir().unwrap();
+    let model = fixtures().join("winclip_tiny");
+    let m = model.to_str().unwrap();
+    let (a, b) = (tmp.path().join("good"), tmp.path().join("crack"));
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::create_dir_all(&b).unwrap();
+    let p1 = a.join("000.png");
+    let p2 = tmp.path().join("notes.png");
+    let p3 = b.join("000.png");
+    image::RgbImage::from_fn(40, 30, |x, y| image::Rgb([(x * 6) as u8, (y * 8) as u8, 90]))
+        .save(&p1)
+        .unwrap();
+    image::RgbImage::from_fn(30, 50, |x, y| image::Rgb([90, (x * 7) as u8, (y * 5) as u8]))
+        .save(&p3)
+        .unwrap();
+    std::fs::write(&p2, "this is text, not a picture").unwrap();
+    let o = tmp.path().join("o");
+    let args = |files: &[&Path]| {
+        let mut v = vec!["detect", "--model", m, "--out", o.to_str().unwrap()];
+        v.extend(files.iter().map(|p| p.to_str().unwrap()));
+        v.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let all = args(&[&p1, &p2, &p3]);
+    let (ok, stdout, err) = run(&all.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!ok, "an unreadable photo fails the run");
+    assert!(
+        err.contains("notes.png") && err.contains("not a recognised image format"),
+        "{err}"
+    );
+    assert!(
+        err.contains("1 of 3 images could not be read (the others were scored)"),
+        "{err}"
+    );
+    let stems: Vec<&str> = stdout.lines().map(|l| l.split('\t').next().unwrap()).collect();
+    assert_eq!(stems, ["good_000", "crack_000"], "{stdout}");
+    // Each written result equals the photo scored alone.
+    for (p, stem) in [(&p1, "good_000"), (&p3, "crack_000")] {
+        let alone = tmp.path().join(format!("alone_{stem}"));
+        let (ok, _, err) = run(&[
+            "detect",
+            "--model",
+            m,
+            "--out",
+            alone.to_str().unwrap(),
+            p.to_str().unwrap(),
+        ]);
+        assert!(ok, "{err}");
+        assert_eq!(score(&o, stem), score(&alone, "000"), "{stem}");
+        assert!(o.join(format!("{stem}.overlay.png")).exists());
+        let png = image::open(o.join(format!("{stem}.overlay.png"))).unwrap();
+        let photo = image::open(p).unwrap();
+        assert_eq!((png.width(), png.height()), (photo.width(), photo.height()));
+    }
+    // A single unreadable photo is its own error, as before.
+    let (ok, _, err) = run(&args(&[&p2]).iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!ok);
+    assert!(
+        err.lines().any(|l| l.starts_with("error: ") && l.contains("notes.png")),
+        "{err}"
+    );
+    assert!(!err.contains("could not be read (the others"), "{err}");
+}

@@ -85,60 +85,126 @@ fn parse_tiles(s: &str) -> Result<TileSpec> {
     s.parse()
 }
 
-/// Inputs as one normalised batch plus what is needed to draw overlays.
+/// The images to score: normalised pixels given as one tensor (`--pixels`), or photo files that
+/// are decoded one at a time (a run over thousands of photos holds one photo at a time).
 struct Inputs {
-    pixels: Tensor,
+    source: Source,
+    /// Output stems, distinct.
     stems: Vec<String>,
-    originals: Vec<Option<image::RgbImage>>,
 }
 
-fn load_images(paths: &[PathBuf], size: u32, norm: &Normalize) -> Result<Inputs> {
+enum Source {
+    Pixels(Tensor),
+    Photos(Vec<PathBuf>),
+}
+
+/// One input: `pixel_values` [1,3,H,W] and, for a photo, the decoded photo (overlays, tiles).
+struct Input {
+    pixels: Tensor,
+    photo: Option<image::RgbImage>,
+}
+
+impl Inputs {
+    fn photos(paths: &[PathBuf]) -> Self {
+        Self {
+            source: Source::Photos(paths.to_vec()),
+            stems: distinct_stems(paths),
+        }
+    }
+
+    fn pixels(path: &Path) -> Result<Self> {
+        let (values, shape) = preprocess::pixels_from_safetensors_file(path)?;
+        Ok(Self {
+            source: Source::Pixels(Tensor::from_vec(values, shape.to_vec(), &Device::Cpu)?),
+            stems: (0..shape[0]).map(|i| i.to_string()).collect(),
+        })
+    }
+
+    /// `(height, width)` of the model inputs.
+    fn input_size(&self, size: u32) -> Result<(usize, usize)> {
+        Ok(match &self.source {
+            Source::Pixels(t) => {
+                let (_, _, h, w) = t.dims4()?;
+                (h, w)
+            }
+            Source::Photos(_) => (size as usize, size as usize),
+        })
+    }
+
+    /// The `i`-th input (a photo is decoded and resized now).
+    fn get(&self, i: usize, size: u32, norm: &Normalize) -> Result<Input> {
+        Ok(match &self.source {
+            Source::Pixels(t) => Input {
+                pixels: t.narrow(0, i, 1)?,
+                photo: None,
+            },
+            Source::Photos(paths) => {
+                let (pixels, mut photos) = load_images(&paths[i..=i], size, norm)?;
+                Input {
+                    pixels,
+                    photo: photos.pop(),
+                }
+            }
+        })
+    }
+
+    /// Every input at once (batch mode, whose images score each other), with the photos.
+    fn all(&self, size: u32, norm: &Normalize) -> Result<(Tensor, Vec<Option<image::RgbImage>>)> {
+        Ok(match &self.source {
+            Source::Pixels(t) => (t.clone(), vec![None; self.stems.len()]),
+            Source::Photos(paths) => {
+                let (pixels, photos) = load_images(paths, size, norm)?;
+                (pixels, photos.into_iter().map(Some).collect())
+            }
+        })
+    }
+}
+
+/// Decodes and squash-resizes `paths` into one normalised batch [N,3,size,size], keeping the photos.
+fn load_images(paths: &[PathBuf], size: u32, norm: &Normalize) -> Result<(Tensor, Vec<image::RgbImage>)> {
     let mut data = Vec::new();
-    let mut stems = Vec::new();
-    let mut originals = Vec::new();
+    let mut photos = Vec::new();
     for p in paths {
         let img = preprocess::load_image(p, &ImageLimits::default())?;
         data.extend(preprocess::resize_preprocess(&img, size, norm));
-        let stem = p
-            .file_stem()
-            .map(|s| s.to_string_lossy().to_string())
-            .unwrap_or_else(|| "image".into());
-        stems.push(stem);
-        originals.push(Some(img));
+        photos.push(img);
     }
-    // Distinct stems (good/000.png and crack/000.png would overwrite each other's outputs):
-    // prefix the parent folder, then number what still collides.
-    for i in 0..stems.len() {
-        if stems.iter().enumerate().any(|(j, s)| j != i && *s == stems[i]) {
+    let s = size as usize;
+    Ok((Tensor::from_vec(data, (paths.len(), 3, s, s), &Device::Cpu)?, photos))
+}
+
+/// Output stems of `paths`, distinct (good/000.png and crack/000.png would overwrite each
+/// other's outputs): the parent folder is prefixed, then what still collides is numbered.
+fn distinct_stems(paths: &[PathBuf]) -> Vec<String> {
+    let mut stems: Vec<String> = paths
+        .iter()
+        .map(|p| {
+            p.file_stem()
+                .map(|s| s.to_string_lossy().to_string())
+                .unwrap_or_else(|| "image".into())
+        })
+        .collect();
+    let mut count = std::collections::HashMap::<String, usize>::new();
+    for s in &stems {
+        *count.entry(s.clone()).or_default() += 1;
+    }
+    for (i, stem) in stems.iter_mut().enumerate() {
+        if count[stem.as_str()] > 1 {
             if let Some(parent) = paths[i].parent().and_then(|p| p.file_name()) {
-                stems[i] = format!("{}_{}", parent.to_string_lossy(), stems[i]);
+                *stem = format!("{}_{stem}", parent.to_string_lossy());
             }
         }
     }
-    for i in 0..stems.len() {
-        if stems[..i].contains(&stems[i]) {
-            stems[i] = format!("{}_{i}", stems[i]);
+    let mut seen = std::collections::HashSet::new();
+    for (i, stem) in stems.iter_mut().enumerate() {
+        if !seen.insert(stem.clone()) {
+            *stem = format!("{stem}_{i}");
+            seen.insert(stem.clone());
         }
     }
-    let s = size as usize;
-    Ok(Inputs {
-        pixels: Tensor::from_vec(data, (paths.len(), 3, s, s), &Device::Cpu)?,
-        stems,
-        originals,
-    })
+    stems
 }
 
-fn load_pixels(path: &Path) -> Result<Inputs> {
-    let (values, shape) = preprocess::pixels_from_safetensors_file(path)?;
-    let n = shape[0];
-    Ok(Inputs {
-        pixels: Tensor::from_vec(values, shape.to_vec(), &Device::Cpu)?,
-        stems: (0..n).map(|i| i.to_string()).collect(),
-        originals: vec![None; n],
-    })
-}
-
-/// The class pair for `category` (bundled file when given, else the text encoder).
 fn text_pair(clip: &Clip, args: &DetectArgs, weights: &Path) -> Result<TextPair> {
     let kind = if args.descriptions {
         EnsembleKind::Descriptions
@@ -339,8 +405,8 @@ pub fn detect(args: DetectArgs) -> Result<()> {
         std: clip.cfg.std,
     };
     let inputs = match (&args.pixels, args.images.is_empty()) {
-        (Some(p), _) => load_pixels(p)?,
-        (None, false) => load_images(&args.images, size, &norm)?,
+        (Some(p), _) => Inputs::pixels(p)?,
+        (None, false) => Inputs::photos(&args.images),
         (None, true) => bail!("give images to score (or --pixels FILE)"),
     };
     let n = inputs.stems.len();
@@ -358,11 +424,11 @@ pub fn detect(args: DetectArgs) -> Result<()> {
     };
     std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
     let cfg = WinClipConfig::default();
-    let (_, _, h, w) = inputs.pixels.dims4()?;
+    let (h, w) = inputs.input_size(size)?;
     let refs = if mode == Mode::Fewshot {
         let r = match &args.ref_pixels {
-            Some(p) => load_pixels(p)?.pixels,
-            None => load_images(&args.refs, size, &norm)?.pixels,
+            Some(p) => Inputs::pixels(p)?.all(size, &norm)?.0,
+            None => load_images(&args.refs, size, &norm)?.0,
         };
         let (_, _, rh, rw) = r.dims4()?;
         if (rh, rw) != (h, w) {
@@ -372,46 +438,75 @@ pub fn detect(args: DetectArgs) -> Result<()> {
     } else {
         None
     };
-    let t0 = Instant::now();
-    // (detection at input size, image score, full map, its size, tiles JSON, ms)
-    let mut results: Vec<Scored> = Vec::new();
-    let photo_size = |i: usize, det: &Detection| match &inputs.originals[i] {
+    let photo_size = |photo: Option<&image::RgbImage>, det: &Detection| match photo {
         Some(img) => (img.width() as usize, img.height() as usize),
         None => (det.width, det.height),
     };
-    let mut batch_range = (0.0, 1.0);
-    match mode {
-        Mode::Batch => {
-            let out = musc::detect(&clip, &inputs.pixels, &musc::MuscConfig::default())?;
-            let per = t0.elapsed().as_secs_f64() * 1e3 / n as f64;
-            batch_range = musc::unit_range_maps(&mut out.detections.clone());
-            for (i, d) in out.detections.into_iter().enumerate() {
-                let (pw, ph) = photo_size(i, &d);
-                let (full, w, h) = geometry::to_photo_bounded(&d.map, d.width, d.height, pw, ph, args.overlay_size)?;
-                let score = d.score;
-                results.push(Scored::untiled(d, score, full, (w, h), per));
-            }
+    let write = |i: usize, r: &Scored, input: &Input, batch_range: (f32, f32)| -> Result<()> {
+        let o = Output {
+            stem: &inputs.stems[i],
+            det: &r.det,
+            score: r.score,
+            ms: r.ms,
+            full: &r.full,
+            width: r.size.0,
+            height: r.size.1,
+            photo: photo_size(input.photo.as_ref(), &r.det),
+            tiles: r.tiles.clone(),
+            original: input.photo.as_ref(),
+        };
+        write_outputs(&args, mode, &o, &input.pixels, &clip, batch_range)?;
+        super::emit(&format!("{}\t{:.4}\t{:.0} ms", inputs.stems[i], r.score, r.ms));
+        Ok(())
+    };
+    if mode == Mode::Batch {
+        // The images score each other: all of them at once (at most musc::MAX_BATCH).
+        let t0 = Instant::now();
+        let (pixels, photos) = inputs.all(size, &norm)?;
+        let out = musc::detect(&clip, &pixels, &musc::MuscConfig::default())?;
+        let per = t0.elapsed().as_secs_f64() * 1e3 / n as f64;
+        let batch_range = musc::unit_range_maps(&mut out.detections.clone());
+        for (i, (d, photo)) in out.detections.into_iter().zip(photos).enumerate() {
+            let (pw, ph) = photo_size(photo.as_ref(), &d);
+            let (full, fw, fh) = geometry::to_photo_bounded(&d.map, d.width, d.height, pw, ph, args.overlay_size)?;
+            let score = d.score;
+            let r = Scored::untiled(d, score, full, (fw, fh), per);
+            let input = Input {
+                pixels: pixels.narrow(0, i, 1)?,
+                photo,
+            };
+            write(i, &r, &input, batch_range)?;
         }
-        mode => {
-            let text = text.as_ref().context("text modes need the class pair")?;
-            let k = args
-                .surgery_layers
-                .unwrap_or_else(|| fast::default_surgery_layers(&clip));
-            for i in 0..n {
-                let t = Instant::now();
-                let photo = inputs.originals[i].as_ref().filter(|_| tiled);
-                let Some(photo) = photo else {
-                    // Untiled: today's detection on the squash-resized input.
-                    let px = inputs.pixels.narrow(0, i, 1)?;
-                    let d = score_image(&clip, &px, mode, text, refs.as_ref(), k, &cfg)?;
-                    let (pw, ph) = photo_size(i, &d);
-                    let (full, w, h) =
-                        geometry::to_photo_bounded(&d.map, d.width, d.height, pw, ph, args.overlay_size)?;
-                    let score = d.score;
-                    let ms = t.elapsed().as_secs_f64() * 1e3;
-                    results.push(Scored::untiled(d, score, full, (w, h), ms));
-                    continue;
-                };
+        return Ok(());
+    }
+    // One image at a time: decoded, scored, written, dropped. A photo that cannot be read is
+    // reported and skipped (the others are still scored); the run then fails naming them all.
+    let text = text.as_ref().context("text modes need the class pair")?;
+    let k = args
+        .surgery_layers
+        .unwrap_or_else(|| fast::default_surgery_layers(&clip));
+    let mut unreadable = Vec::new();
+    for i in 0..n {
+        let input = match inputs.get(i, size, &norm) {
+            Ok(input) => input,
+            Err(e) if n > 1 && matches!(inputs.source, Source::Photos(_)) => {
+                eprintln!("error: skipped: {e:#}");
+                unreadable.push(format!("{e:#}"));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let t = Instant::now(); // scoring time (decoding excluded)
+        let r = match input.photo.as_ref().filter(|_| tiled) {
+            // Untiled: today's detection on the squash-resized input.
+            None => {
+                let d = score_image(&clip, &input.pixels, mode, text, refs.as_ref(), k, &cfg)?;
+                let (pw, ph) = photo_size(input.photo.as_ref(), &d);
+                let (full, fw, fh) = geometry::to_photo_bounded(&d.map, d.width, d.height, pw, ph, args.overlay_size)?;
+                let score = d.score;
+                Scored::untiled(d, score, full, (fw, fh), t.elapsed().as_secs_f64() * 1e3)
+            }
+            Some(photo) => {
                 let plan = tiles::plan(
                     args.tiles,
                     photo.width() as usize,
@@ -458,36 +553,25 @@ pub fn detect(args: DetectArgs) -> Result<()> {
                     "whole_score": td.whole.score,
                     "tile_scores": td.tiles.iter().map(|d| d.score).collect::<Vec<_>>(),
                 });
-                let ms = t.elapsed().as_secs_f64() * 1e3;
-                results.push(Scored {
+                Scored {
                     det: td.whole,
                     score: td.score,
                     full: td.map,
                     size: (td.width, td.height),
                     tiles: tiles_json,
-                    ms,
-                });
+                    ms: t.elapsed().as_secs_f64() * 1e3,
+                }
             }
-        }
-    }
-    for (i, r) in results.iter().enumerate() {
-        let px = inputs.pixels.narrow(0, i, 1)?;
-        let o = Output {
-            stem: &inputs.stems[i],
-            det: &r.det,
-            score: r.score,
-            ms: r.ms,
-            full: &r.full,
-            width: r.size.0,
-            height: r.size.1,
-            photo: photo_size(i, &r.det),
-            tiles: r.tiles.clone(),
-            original: inputs.originals[i].as_ref(),
         };
-        write_outputs(&args, mode, &o, &px, &clip, batch_range)?;
-        super::emit(&format!("{}\t{:.4}\t{:.0} ms", inputs.stems[i], r.score, r.ms));
+        write(i, &r, &input, (0.0, 1.0))?;
     }
-    Ok(())
+    match unreadable.len() {
+        0 => Ok(()),
+        k => bail!(
+            "{k} of {n} images could not be read (the others were scored); the first: {}",
+            unreadable[0]
+        ),
+    }
 }
 
 fn tiles_name(spec: TileSpec) -> String {
@@ -495,5 +579,31 @@ fn tiles_name(spec: TileSpec) -> String {
         TileSpec::Auto => "auto".into(),
         TileSpec::Off => "off".into(),
         TileSpec::Grid { rows, cols } => format!("{rows}x{cols}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::distinct_stems;
+    use std::path::PathBuf;
+
+    #[test]
+    fn stems_are_distinct() {
+        let paths: Vec<PathBuf> = [
+            "good/000.png",
+            "crack/000.png",
+            "a/x/1.png",
+            "b/x/1.png",
+            "c/1.png",
+            "x.png",
+            "y/x.png",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .collect();
+        let got = distinct_stems(&paths);
+        assert_eq!(got, ["good_000", "crack_000", "x_1", "x_1_3", "c_1", "x", "y_x"]);
+        let set: std::collections::HashSet<_> = got.iter().collect();
+        assert_eq!(set.len(), got.len());
     }
 }
