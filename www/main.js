@@ -865,6 +865,7 @@ function applyZoom(at = null) {
     v.scrollTop = ((v.scrollTop + at[1]) / old) * s - at[1];
   }
   els.zoomValue.textContent = `${Math.round(s * 100)} %${zoom.scale === null ? ' (fit)' : ''}`;
+  els.boxes.style.setProperty('--inv', String(1 / s)); // box labels keep their size on screen
   els.photo.dataset.scale = String(s);
 }
 
@@ -935,7 +936,7 @@ function drawRegions({ width, height, list }) {
     for (const [k, v] of Object.entries({ x, y, width: w, height: h })) rect.setAttribute(k, String(v));
     const label = document.createElementNS(SVG, 'text');
     label.setAttribute('x', String(x + 2));
-    label.setAttribute('y', String(y > 16 ? y - 3 : y + 16));
+    label.setAttribute('y', String(y + 1));
     label.textContent = String(i + 1);
     nodes.push(rect, label);
     const li = document.createElement('li');

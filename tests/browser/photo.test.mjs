@@ -269,3 +269,56 @@ test('cancel during a tiled run stops it between tiles', { timeout: 120_000 }, a
   assert.equal(await page.textContent('#verdict'), 'No image scored yet.');
   await page.close();
 });
+
+test('a photo over 4096 px is shown as a bounded copy, and the page says so', { timeout: 120_000 }, async () => {
+  const drawn = real.evaluate(
+    () => new Promise((r) => document.addEventListener('anoscope:drawn', (e) => r({ ...e.detail, map: undefined }), { once: true })),
+  );
+  await real.evaluate(async () => {
+    const c = new OffscreenCanvas(5000, 300);
+    const ctx = c.getContext('2d');
+    ctx.fillStyle = '#8a6';
+    ctx.fillRect(0, 0, 5000, 300);
+    ctx.fillStyle = '#222';
+    ctx.fillRect(2400, 100, 60, 40);
+    const blob = await c.convertToBlob({ type: 'image/png' });
+    const dt = new DataTransfer();
+    dt.items.add(new File([blob], 'wide_5000x300.png', { type: 'image/png' }));
+    document.getElementById('drop').dispatchEvent(new DragEvent('drop', { dataTransfer: dt, bubbles: true, cancelable: true }));
+  });
+  const d = await drawn;
+  assert.deepEqual([d.photoWidth, d.photoHeight], [5000, 300]);
+  const v = await view(real);
+  assert.deepEqual(v.photo, [4096, 246]);
+  assert.deepEqual(v.overlay, [4096, 246]);
+  assert.match(v.note, /Photo 5000×300 px, shown as a bounded copy of 4096×246 px \(long side at most 4096 px\)/);
+});
+
+test('batch: thumbnails at the photos\u2019 aspect, one CSV of every image', { timeout: 180_000 }, async () => {
+  await real.selectOption('#mode', 'batch');
+  try {
+    const bottleFile = { name: 'bottle_good_000.jpg', type: 'image/jpeg', bytes: image('bottle_good_000.jpg') };
+    await dropAndWait(real, [STRIP, bottleFile]);
+    await real.waitForSelector('#grid-box:not([hidden])');
+    const thumbs = await real.$$eval('#grid button', (bs) =>
+      bs.map((btn) => {
+        const r = btn.querySelector('canvas').getBoundingClientRect();
+        return { label: btn.textContent, aspect: r.width / r.height };
+      }),
+    );
+    const strip = thumbs.find((t) => t.label.startsWith('ksdd'));
+    const bottle = thumbs.find((t) => t.label.startsWith('bottle'));
+    assert.ok(Math.abs(strip.aspect - 250 / 627) < 0.02, `strip thumbnail aspect ${strip.aspect}`);
+    assert.ok(Math.abs(bottle.aspect - 1) < 0.02, `bottle thumbnail aspect ${bottle.aspect}`);
+    const dir = join(process.env.CARGO_TARGET_DIR || join(ROOT, 'target'), 'browser');
+    writeFileSync(join(dir, 'photo-batch.png'), await real.screenshot({ fullPage: true }));
+    const [csv] = await Promise.all([real.waitForEvent('download'), real.click('#export-csv')]);
+    const lines = readFileSync(await csv.path(), 'utf8').trim().split('\n').slice(1);
+    const names = new Set(lines.map((l) => l.split(',')[0]));
+    assert.deepEqual([...names].sort(), ['bottle_good_000.jpg', 'ksdd_defect_134.png']);
+    const strips = lines.filter((l) => l.startsWith('ksdd')).map((l) => l.split(','));
+    assert.deepEqual(strips[0].slice(4, 6), ['250', '627']);
+  } finally {
+    await real.selectOption('#mode', 'fast');
+  }
+});
