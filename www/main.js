@@ -48,6 +48,22 @@ const els = {
   grid: $('grid'),
   gridNote: $('grid-note'),
   cancel: $('cancel'),
+  photo: $('photo'),
+  photoSide: $('photo-side'),
+  photoNote: $('photo-note'),
+  boxes: $('boxes'),
+  resultView: $('result-view'),
+  regionsBox: $('regions-box'),
+  regionsNote: $('regions-note'),
+  regions: $('regions'),
+  tiles: $('tiles'),
+  exportCsv: $('export-csv'),
+  views: document.querySelector('#result-view .views'),
+  zoomIn: $('zoom-in'),
+  zoomOut: $('zoom-out'),
+  zoom1: $('zoom-1'),
+  zoomFit: $('zoom-fit'),
+  zoomValue: $('zoom-value'),
 };
 
 const state = {
@@ -96,6 +112,8 @@ function onProgress({ stage, done, total, label }) {
   let text;
   if (stage === 'download') {
     text = `${label}: ${formatBytes(done)}${total ? ` of ${formatBytes(total)}` : ''}`;
+  } else if (stage === 'tiles') {
+    text = `Tiled inspection: ${label} (pass ${done} of ${total})`;
   } else if (stage === 'batch') {
     text = `MuSc ${label ?? ''}: ${done} of ${total}`;
   } else {
@@ -143,6 +161,9 @@ if (memcapParam && /^[0-9]{1,5}$/.test(memcapParam)) workerUrl.searchParams.set(
 // ?stepdelay=MS (test hook): every scoring step takes MS ms longer, to act in the middle of a run.
 const stepDelayParam = pageParams.get('stepdelay');
 if (stepDelayParam && /^[0-9]{1,5}$/.test(stepDelayParam)) workerUrl.searchParams.set('stepdelay', stepDelayParam);
+// ?plantmap=1 (test hook): each single image's map is replaced by a known pattern (one hot cell)
+// before it goes back onto the photo (photo.test.mjs).
+if (pageParams.get('plantmap') === '1') workerUrl.searchParams.set('plantmap', '1');
 // The worker checks that it is this page's version (deploy.js).
 workerUrl.searchParams.set('build', BUILD_ID);
 // A half-deployed site (this page and the server's build.json differ) starts no worker.
@@ -301,7 +322,8 @@ els.cancel.addEventListener('click', () => {
 /** The settings a result of `mode` depends on (the threshold and opacity are not among them). */
 function settingsStamp(mode) {
   const prompts = mode === 'batch' ? null : { text: textSpec(), file: state.promptsGen };
-  return JSON.stringify({ model: state.modelSeq, mode, prompts, refs: mode === 'fewshot' ? state.refsGen : null });
+  const tiles = mode === 'batch' ? null : els.tiles.value;
+  return JSON.stringify({ model: state.modelSeq, mode, prompts, refs: mode === 'fewshot' ? state.refsGen : null, tiles });
 }
 
 /** The settings in words, and as fields for each result (export). */
@@ -324,7 +346,7 @@ function updateGridNote() {
   els.gridNote.className = same ? 'note' : 'note warn';
   els.gridNote.dataset.stale = String(!same);
 }
-for (const el of [els.mode, els.category]) el.addEventListener('change', updateGridNote);
+for (const el of [els.mode, els.category, els.tiles]) el.addEventListener('change', updateGridNote);
 for (const el of [els.object, els.defects]) el.addEventListener('input', updateGridNote);
 
 const OOM_ADVICE =
@@ -397,7 +419,7 @@ function restartWorker(data) {
         );
       }
       const c = state.current;
-      if (c?.map && c?.input) await client.call('setCurrent', { input: c.input, map: c.map, width: c.width, height: c.height }).catch(() => {});
+      if (c?.map) await client.call('setCurrent', currentSpec(c)).catch(() => {});
     }
     els.progressBox.hidden = true;
     const kept = state.results.length || (state.current ? 1 : 0);
@@ -722,16 +744,65 @@ function describeVerdict(r) {
   return { v, text: `${r.name ? `${r.name}: ` : ''}score ${r.score.toFixed(3)} — ${v} at threshold ${t.toFixed(2)} (${plain}).` };
 }
 
+/** What the worker needs to draw a kept result again (setCurrent). */
+function currentSpec(r) {
+  return { map: r.map, width: r.width, height: r.height, sourceWidth: r.sourceWidth, sourceHeight: r.sourceHeight, photo: r.photo };
+}
+
+const MAX_LISTED_REGIONS = 50;
+
+/** The photo of a result as drawable pixels: the dropped file, the webcam frame, else the
+ * model's input (a format the browser cannot decode but the detector can). */
+async function photoBitmap(r) {
+  if (r.frame) return createImageBitmap(r.frame);
+  if (r.file) {
+    try {
+      return await createImageBitmap(r.file);
+    } catch {
+      // falls through to the input picture
+    }
+  }
+  if (r.input) return createImageBitmap(new ImageData(new Uint8ClampedArray(r.input), r.width, r.height));
+  return null;
+}
+
+/** Draws the photo under the heat layer at the layer's (photo or bounded) size. */
+async function drawPhoto(r, width, height) {
+  const bmp = await photoBitmap(r);
+  if (state.current !== r) return bmp?.close();
+  for (const c of [els.photo, els.photoSide]) {
+    c.width = width;
+    c.height = height;
+    const ctx = c.getContext('2d');
+    ctx.imageSmoothingQuality = 'high';
+    if (bmp) ctx.drawImage(bmp, 0, 0, width, height);
+  }
+  bmp?.close();
+  r.drawnAt = `${width}x${height}`;
+  zoom.scale = null;
+  applyZoom();
+  const sw = r.sourceWidth ?? width;
+  const sh = r.sourceHeight ?? height;
+  const bounded = width !== sw || height !== sh;
+  const tiles = r.tiles
+    ? r.tiles.count > 1
+      ? ` Tiled inspection: ${r.tiles.count} tiles (${r.tiles.rows}×${r.tiles.cols}) and the whole photo, ${Math.round(r.ms)} ms; ` +
+        `score = ½ (whole ${r.tiles.wholeScore.toFixed(3)} + best tile ${Math.max(...r.tiles.tileScores).toFixed(3)}).`
+      : ` Tiles: none needed (the photo is at most twice the model input), ${Math.round(r.ms)} ms.`
+    : '';
+  els.photoNote.textContent =
+    (bounded
+      ? `Photo ${sw}×${sh} px, shown as a bounded copy of ${width}×${height} px (long side at most 4096 px); the map and regions are at that size.`
+      : `Photo ${sw}×${sh} px, shown at its own size and aspect; the map is resampled onto it.`) + tiles;
+  els.photo.dataset.photoWidth = String(sw);
+  els.photo.dataset.photoHeight = String(sh);
+  els.resultView.dataset.tiles = String(r.tiles?.count ?? 0);
+}
+
 let overlayPending = false;
 let overlayAgain = false;
 async function redraw() {
   if (!state.current) return;
-  if (state.current.staticRgba) {
-    // A batch result whose map went with an earlier worker: its kept overlay (opacity 0.5).
-    drawRgba(els.overlay, state.current.rgba, state.current.width, state.current.height);
-    showVerdict();
-    return;
-  }
   if (overlayPending) {
     overlayAgain = true;
     return;
@@ -740,32 +811,191 @@ async function redraw() {
   try {
     do {
       overlayAgain = false;
-      const o = await client.call('overlay', { opacity: Number(els.opacity.value), threshold: threshold() });
+      const r = state.current;
+      const t = threshold();
+      const o = await client.call('overlay', { threshold: t });
+      if (state.current !== r) {
+        overlayAgain = true;
+        continue;
+      }
+      if (r.drawnAt !== `${o.width}x${o.height}`) await drawPhoto(r, o.width, o.height);
       drawRgba(els.overlay, o.rgba, o.width, o.height);
+      r.regions = { threshold: t, width: o.width, height: o.height, list: o.regions };
+      drawRegions(r.regions);
+      if (zoom.scale === null) applyZoom();
     } while (overlayAgain);
   } catch (e) {
     if (!state.restarting) showMessage(`Could not draw the overlay: ${e?.message ?? e}`);
   } finally {
     overlayPending = false;
   }
+  setOpacity();
   showVerdict();
+}
+
+// Zoom and pan: `scale` is screen pixels per pixel of the photo as drawn (null: fit to the view).
+// Wheel (and a trackpad pinch) zooms about the pointer, the buttons about the centre; dragging pans.
+const zoom = { scale: null, min: 0.05, max: 16 };
+
+function fitScale() {
+  const w = els.photo.width;
+  const h = els.photo.height;
+  if (!w || !h) return 1;
+  const side = els.resultView.dataset.view === 'side';
+  const avail = Math.max(160, els.resultView.clientWidth - (els.regionsBox.hidden ? 0 : 300) - 20);
+  const availW = side ? (avail - 10) / 2 : avail;
+  const availH = Math.max(160, window.innerHeight * 0.75);
+  return Math.min(availW / w, availH / h, 8);
+}
+
+/** Sizes the photo (and the side copy) for the zoom; `at`: [x, y] in the view kept in place. */
+function applyZoom(at = null) {
+  const w = els.photo.width;
+  const h = els.photo.height;
+  if (!w || !h) return;
+  const old = els.photo.getBoundingClientRect().width / w || 1;
+  const s = zoom.scale ?? fitScale();
+  for (const c of [els.photo, els.photoSide]) {
+    c.style.width = `${w * s}px`;
+    c.style.height = `${h * s}px`;
+  }
+  if (at) {
+    const v = els.views;
+    v.scrollLeft = ((v.scrollLeft + at[0]) / old) * s - at[0];
+    v.scrollTop = ((v.scrollTop + at[1]) / old) * s - at[1];
+  }
+  els.zoomValue.textContent = `${Math.round(s * 100)} %${zoom.scale === null ? ' (fit)' : ''}`;
+  els.boxes.style.setProperty('--inv', String(1 / s)); // box labels keep their size on screen
+  els.photo.dataset.scale = String(s);
+}
+
+function zoomBy(f, at) {
+  const cur = zoom.scale ?? fitScale();
+  zoom.scale = Math.min(zoom.max, Math.max(zoom.min, cur * f));
+  applyZoom(at ?? [els.views.clientWidth / 2, els.views.clientHeight / 2]);
+}
+els.zoomIn.addEventListener('click', () => zoomBy(1.25));
+els.zoomOut.addEventListener('click', () => zoomBy(1 / 1.25));
+els.zoom1.addEventListener('click', () => {
+  zoom.scale = 1;
+  applyZoom();
+});
+els.zoomFit.addEventListener('click', () => {
+  zoom.scale = null;
+  applyZoom();
+});
+els.views.addEventListener(
+  'wheel',
+  (ev) => {
+    if (!els.photo.width) return;
+    ev.preventDefault();
+    const box = els.views.getBoundingClientRect();
+    zoomBy(Math.exp(-ev.deltaY * (ev.ctrlKey ? 0.01 : 0.002)), [ev.clientX - box.left, ev.clientY - box.top]);
+  },
+  { passive: false },
+);
+els.views.addEventListener('pointerdown', (ev) => {
+  if (ev.button !== 0) return;
+  const start = { x: ev.clientX, y: ev.clientY, left: els.views.scrollLeft, top: els.views.scrollTop };
+  els.views.setPointerCapture(ev.pointerId);
+  els.views.classList.add('panning');
+  const move = (e) => {
+    els.views.scrollLeft = start.left - (e.clientX - start.x);
+    els.views.scrollTop = start.top - (e.clientY - start.y);
+  };
+  const up = () => {
+    els.views.classList.remove('panning');
+    els.views.removeEventListener('pointermove', move);
+    els.views.removeEventListener('pointerup', up);
+    els.views.removeEventListener('pointercancel', up);
+  };
+  els.views.addEventListener('pointermove', move);
+  els.views.addEventListener('pointerup', up);
+  els.views.addEventListener('pointercancel', up);
+});
+window.addEventListener('resize', () => zoom.scale === null && applyZoom());
+
+function setOpacity() {
+  els.overlay.style.opacity = String(Number(els.opacity.value));
+}
+
+const SVG = 'http://www.w3.org/2000/svg';
+const fmt = (x) => x.toFixed(3);
+const regionText = (g, i) =>
+  `#${i + 1}: x ${g.bbox[0]}, y ${g.bbox[1]}, ${g.bbox[2]}×${g.bbox[3]} px · area ${g.area_px} px (${g.area_pct.toFixed(2)} %) · peak ${fmt(g.peak)} · mean ${fmt(g.mean)}`;
+
+/** Numbered boxes over the photo and the list beside it (hover or focus highlights a box). */
+function drawRegions({ width, height, list }) {
+  els.boxes.setAttribute('viewBox', `0 0 ${width} ${height}`);
+  const shown = list.slice(0, MAX_LISTED_REGIONS);
+  const nodes = [];
+  const items = [];
+  shown.forEach((g, i) => {
+    const [x, y, w, h] = g.bbox;
+    const rect = document.createElementNS(SVG, 'rect');
+    for (const [k, v] of Object.entries({ x, y, width: w, height: h })) rect.setAttribute(k, String(v));
+    const label = document.createElementNS(SVG, 'text');
+    label.setAttribute('x', String(x + 2));
+    label.setAttribute('y', String(y + 1));
+    label.textContent = String(i + 1);
+    nodes.push(rect, label);
+    const li = document.createElement('li');
+    const b = document.createElement('button');
+    b.type = 'button';
+    b.textContent = regionText(g, i);
+    b.dataset.bbox = g.bbox.join(',');
+    const hot = (on) => {
+      rect.classList.toggle('hot', on);
+      label.classList.toggle('hot', on);
+    };
+    b.addEventListener('mouseenter', () => hot(true));
+    b.addEventListener('mouseleave', () => hot(false));
+    b.addEventListener('focus', () => hot(true));
+    b.addEventListener('blur', () => hot(false));
+    li.append(b);
+    items.push(li);
+  });
+  els.boxes.replaceChildren(...nodes);
+  els.regions.replaceChildren(...items);
+  els.regionsBox.hidden = false;
+  els.regionsNote.textContent = list.length
+    ? `${list.length} region${list.length === 1 ? '' : 's'}, highest peak first${list.length > shown.length ? ` (the first ${shown.length} are listed and outlined; the exports carry all)` : ''}. Coordinates in pixels of the photo as shown (${width}×${height}).`
+    : 'No region at or above the threshold.';
+  els.regionsBox.dataset.count = String(list.length);
+}
+
+function largestRegion(list) {
+  let best = -1;
+  list.forEach((g, i) => {
+    if (best < 0 || g.area_px > list[best].area_px) best = i;
+  });
+  return best;
 }
 
 function showVerdict() {
   const { v, text } = describeVerdict(state.current);
-  setStatus(els.verdict, text, v === 'anomalous' ? 'bad' : 'ok');
+  const regs = state.current.regions?.list ?? [];
+  const li = largestRegion(regs);
+  const where = li >= 0
+    ? ` Largest region: #${li + 1} at x ${regs[li].bbox[0]}, y ${regs[li].bbox[1]} (${regs[li].bbox[2]}×${regs[li].bbox[3]} px, ${regs[li].area_pct.toFixed(2)} % of the photo).`
+    : '';
+  setStatus(els.verdict, text + where, v === 'anomalous' ? 'bad' : 'ok');
   els.overlay.setAttribute('aria-label', `Anomaly heatmap over the image. ${text}`);
   els.overlay.dataset.score = String(state.current.score);
   els.exportPng.disabled = false;
   els.exportJson.disabled = false;
+  els.exportCsv.disabled = false;
 }
 
 async function show(result, t0) {
   state.current = result;
+  result.drawnAt = null;
   await redraw();
   const ms = performance.now() - t0;
   document.dispatchEvent(
-    new CustomEvent('anoscope:drawn', { detail: { ms, score: result.score, name: result.name, map: result.map } }),
+    new CustomEvent('anoscope:drawn', {
+      detail: { ms, score: result.score, name: result.name, map: result.map, photoWidth: result.sourceWidth, photoHeight: result.sourceHeight, tiles: result.tiles?.count ?? 0 },
+    }),
   );
 }
 
@@ -815,9 +1045,13 @@ async function scoreEach(files, t0, run, mode) {
     if (stopped) break;
     setStatus(els.imageStatus, `Scoring ${f.name || 'image'} (${i + 1} of ${files.length}, ${mode})…`, 'busy');
     try {
-      const r = await client.call('detect', { mode, file: await fileItem(f), text: textSpec() });
+      // Tiles: single images only (a run of many keeps one pass per image).
+      const tiles = files.length === 1 ? els.tiles.value : 'off';
+      const r = await client.call('detect', { mode, file: await fileItem(f), text: textSpec(), tiles });
       r.name = f.name || 'pasted image';
-      r.settings = settings.fields;
+      r.settings = { ...settings.fields, tiles };
+      r.file = f;
+      if (files.length > 1 && !r.tiles) r.photo = undefined; // recomputed from the map when opened
       // Computed under settings that are no longer the page's: never drawn. Nor after a cancel.
       if (stamp !== settingsStamp(els.mode.value)) {
         discarded += 1;
@@ -832,6 +1066,7 @@ async function scoreEach(files, t0, run, mode) {
     }
   }
   stopped ||= stopReason(run, stamp);
+  els.progressBox.hidden = true;
   if (problems.length) showMessage(`Could not score ${problems.length === 1 ? 'this file' : 'these files'}:\n${problems.join('\n')}`);
   const note = discarded ? ` The result computed under the old settings was discarded.` : '';
   if (stopped && !state.restarting) {
@@ -856,7 +1091,7 @@ async function scoreEach(files, t0, run, mode) {
     await fillGrid(
       done,
       async (r) => {
-        await client.call('setCurrent', { input: r.input, map: r.map, width: r.width, height: r.height });
+        await client.call('setCurrent', currentSpec(r));
         await show(r, performance.now());
       },
       { stamp, mode, text: settings.text },
@@ -901,17 +1136,19 @@ async function scoreBatch(files, t0, run) {
   }
   setStatus(els.imageStatus, `Scored ${res.items.length} images with MuSc in ${Math.round(res.ms)} ms.${takeFolderNote()}`, 'ok');
   const gen = state.workerGen;
-  const list = res.items.map((it, i) => ({ ...it, batchIndex: i, settings: settings.fields }));
+  const list = res.items.map((it, i) => ({ ...it, batchIndex: i, settings: settings.fields, file: files[i] }));
   state.results = list;
   const open = async (r) => {
     if (state.workerGen !== gen || state.results !== list) {
-      // The worker's copy of this batch is gone (restarted, or a newer run): show the kept overlay.
-      await show({ ...r, staticRgba: true }, performance.now());
+      // The worker's copy of this batch is gone (restarted, or a newer run): the kept map.
+      await client.call('setCurrent', currentSpec(r));
+      await show(r, performance.now());
       return;
     }
     const d = await client.call('batchOpen', { index: r.batchIndex, name: r.name });
     d.name = r.name;
     d.settings = r.settings;
+    d.file = r.file;
     await show(d, performance.now());
   };
   await fillGrid(list, open, { stamp, mode: 'batch', text: settings.text });
@@ -919,6 +1156,7 @@ async function scoreBatch(files, t0, run) {
   const d = await client.call('batchOpen', { index: top.batchIndex, name: top.name });
   d.name = top.name;
   d.settings = top.settings;
+  d.file = top.file;
   await show(d, t0);
 }
 
@@ -932,11 +1170,10 @@ async function fillGrid(list, open, computed) {
     b.type = 'button';
     const c = document.createElement('canvas');
     let rgba = r.rgba;
-    if (!rgba) {
-      await client.call('setCurrent', { input: r.input, map: r.map, width: r.width, height: r.height });
-      rgba = (await client.call('overlay', { opacity: 0.5, threshold: NaN })).rgba;
-    }
+    if (!rgba) rgba = (await client.call('thumb', { input: r.input, map: r.map, width: r.width, height: r.height })).rgba;
     drawRgba(c, rgba, r.width, r.height);
+    // The thumbnail (the model's square input) is shown at the photo's aspect.
+    if (r.sourceWidth && r.sourceHeight) c.style.aspectRatio = `${r.sourceWidth} / ${r.sourceHeight}`;
     c.setAttribute('aria-hidden', 'true');
     const label = document.createElement('span');
     label.className = 'grid-label';
@@ -952,11 +1189,6 @@ async function fillGrid(list, open, computed) {
   els.gridBox.hidden = false;
   state.gridStamp = computed;
   updateGridNote();
-  if (state.current && list.some((r) => r.map)) {
-    // The grid thumbnails replaced the worker's current map; put the shown one back.
-    const cur = list.find((r) => r.name === state.current.name && r.map);
-    if (cur) await client.call('setCurrent', { input: cur.input, map: cur.map, width: cur.width, height: cur.height });
-  }
 }
 
 // ---------------------------------------------------------------------------
@@ -1132,7 +1364,8 @@ async function startWebcam() {
     grab.width = Math.round(vw * s);
     grab.height = Math.round(vh * s);
     ctx.drawImage(els.video, 0, 0, grab.width, grab.height);
-    const data = ctx.getImageData(0, 0, grab.width, grab.height).data;
+    const frame = ctx.getImageData(0, 0, grab.width, grab.height);
+    const data = new Uint8ClampedArray(frame.data); // a copy goes to the worker; `frame` is drawn
     const t = performance.now();
     const stamp = settingsStamp('fast');
     try {
@@ -1147,6 +1380,7 @@ async function startWebcam() {
       if (stamp !== settingsStamp('fast')) continue; // the prompts changed meanwhile: not drawn
       r.name = 'webcam';
       r.settings = settingsOf('fast').fields;
+      r.frame = frame;
       await show(r, t);
       if (!wc.running) break;
       wc.frames += 1;
@@ -1221,7 +1455,13 @@ els.encode.addEventListener('click', async () => {
   els.textStatus.dataset.encoded = spec.object ?? spec.category;
 });
 
-els.opacity.addEventListener('input', redraw);
+els.opacity.addEventListener('input', setOpacity);
+for (const radio of document.querySelectorAll('input[name="view"]')) {
+  radio.addEventListener('change', () => {
+    if (radio.checked) els.resultView.dataset.view = radio.value;
+    if (radio.checked && zoom.scale === null) applyZoom();
+  });
+}
 els.threshold.addEventListener('input', () => {
   els.thresholdValue.textContent = threshold().toFixed(2);
   redraw();
@@ -1236,21 +1476,71 @@ function download(blob, name) {
   a.remove();
   setTimeout(() => URL.revokeObjectURL(a.href), 10_000);
 }
-els.exportPng.addEventListener('click', () => els.overlay.toBlob((b) => b && download(b, 'anoscope-overlay.png'), 'image/png'));
-els.exportJson.addEventListener('click', () => {
+/** The photo with the heat layer at the slider's opacity (and the threshold outline). */
+els.exportPng.addEventListener('click', () => {
+  const c = document.createElement('canvas');
+  c.width = els.photo.width;
+  c.height = els.photo.height;
+  const ctx = c.getContext('2d');
+  ctx.drawImage(els.photo, 0, 0);
+  ctx.globalAlpha = Number(els.opacity.value);
+  ctx.drawImage(els.overlay, 0, 0);
+  c.toBlob((b) => b && download(b, 'anoscope-overlay.png'), 'image/png');
+});
+
+/** Every result of the run (or the one shown) with its regions at the page's threshold. */
+async function exportRows() {
   const t = threshold();
   const list = state.results.length ? state.results : state.current ? [state.current] : [];
+  const out = [];
+  for (const r of [...list].sort((a, b) => b.score - a.score)) {
+    let regs = r.regions?.threshold === t ? r.regions : null;
+    if (!regs && r.map) regs = await client.call('regionsFor', { ...currentSpec(r), threshold: t });
+    out.push({ r, regs });
+  }
+  return { t, out };
+}
+
+els.exportJson.addEventListener('click', async () => {
+  const { t, out } = await exportRows();
   const json = {
     model: state.model?.label,
     testModel: !!state.model?.test,
     mode: els.mode.value,
     category: els.category.value,
     threshold: t,
-    results: [...list]
-      .sort((a, b) => b.score - a.score)
-      .map((r) => ({ name: r.name, score: r.score, verdict: verdict(r.score, t), computedWith: r.settings })),
+    results: out.map(({ r, regs }) => ({
+      name: r.name,
+      score: r.score,
+      verdict: verdict(r.score, t),
+      width: r.sourceWidth,
+      height: r.sourceHeight,
+      // The regions' coordinates are pixels of the map as shown (the photo, or its bounded copy).
+      regionsWidth: regs?.width,
+      regionsHeight: regs?.height,
+      regions: regs?.list ?? [],
+      tiles: r.tiles ? { count: r.tiles.count, rows: r.tiles.rows, cols: r.tiles.cols, wholeScore: r.tiles.wholeScore, tileScores: r.tiles.tileScores } : undefined,
+      computedWith: r.settings,
+    })),
   };
   download(new Blob([JSON.stringify(json, null, 2)], { type: 'application/json' }), 'anoscope-scores.json');
+});
+
+const csvCell = (v) => (v === undefined || v === null ? '' : /[",\n]/.test(String(v)) ? `"${String(v).replace(/"/g, '""')}"` : String(v));
+
+/** One CSV of every image's score and regions (one row per region; an image without any: one row). */
+els.exportCsv.addEventListener('click', async () => {
+  const { t, out } = await exportRows();
+  const head = ['name', 'score', 'verdict', 'threshold', 'width', 'height', 'region', 'x', 'y', 'w', 'h', 'area_px', 'area_pct', 'peak', 'mean'];
+  const rows = [head];
+  for (const { r, regs } of out) {
+    const base = [r.name, r.score, verdict(r.score, t), t, r.sourceWidth, r.sourceHeight];
+    const list = regs?.list ?? [];
+    if (!list.length) rows.push([...base, '', '', '', '', '', '', '', '', '']);
+    list.forEach((g, i) => rows.push([...base, i + 1, ...g.bbox, g.area_px, g.area_pct, g.peak, g.mean]));
+  }
+  const text = rows.map((row) => row.map(csvCell).join(',')).join('\n') + '\n';
+  download(new Blob([text], { type: 'text/csv' }), 'anoscope-scores.csv');
 });
 
 // ---------------------------------------------------------------------------

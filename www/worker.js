@@ -6,7 +6,7 @@
 // pkg-threads (wasm threads, a rayon pool of Web Workers) on a cross-origin isolated page with
 // more than one core, else pkg.
 let wasm = null;
-let ClipLoader, Image, renderOverlay;
+let ClipLoader, Image, renderOverlay, photoMap, regionsOf;
 import { sha256Hex, fetchWithProgress, responseChunks, WEIGHTS_CACHE } from './common.js';
 import { checkWorker, fetchVerified } from './deploy.js';
 
@@ -18,7 +18,11 @@ let modelInfo = null; // {label, weightsSha256, test, source, rest}
 let loadGen = 0; // the latest load; an older load's background stream stops
 let refs = null; // References (few-shot)
 let batchResult = null; // BatchResult
-let current = null; // {input: Uint8Array, map: Float32Array, width, height}
+let current = null; // {map: the map at the photo's (bounded) size, width, height, regions?}
+// Test hook: ?plantmap=1 replaces each single image's map (at the model's input size) with a
+// known pattern before it is resampled to the photo: 0 everywhere, 1 at the cell
+// (⌊¾n⌋, ⌊¼n⌋), so the browser suite can check where a map value lands on the photo.
+const plantMap = new URL(self.location.href).searchParams.get('plantmap') === '1';
 const textCache = new Map();
 const state = { limits: null };
 // Where the image tower runs. ?backend=auto|gpu|cpu and the test hook ?gpufail=adapter|forward
@@ -292,7 +296,8 @@ async function start() {
   // big batch runs out of memory for real (see capMemory).
   const memcap = Number(params.get('memcap') || 0);
   if (memcap > 0) capMemory(exports.memory, memcap, maxMemoryPages(bytes));
-  ({ ClipLoader, Image, renderOverlay } = wasm);
+  ({ ClipLoader, Image, renderOverlay, photoMap } = wasm);
+  regionsOf = wasm.regions;
   state.limits = JSON.parse(wasm.limits());
   cpuThreads = wasm.threads();
   // Test hook: ?gpufail=adapter (useGpu fails) or forward (every GPU pass fails).
@@ -345,20 +350,54 @@ function decodeAll(files) {
   }
 }
 
-/** Detection → plain transferable result, remembered as `current` for overlays. */
-function publish(det, extra = {}) {
+/** The map at the model's input size resampled onto the photo (the inverse of the squash
+ * resize, bounded to 4096 px on the long side): {map, width, height, bounded}. */
+function toPhoto(map, n, photoW, photoH) {
+  const pm = photoMap(map, n, n, photoW, photoH, 0);
+  const out = { map: pm.map(), width: pm.width, height: pm.height, bounded: pm.width !== photoW || pm.height !== photoH };
+  pm.free();
+  return out;
+}
+
+/** Remembers the photo-size map the overlay layer and the regions are drawn from. */
+function setPhotoCurrent(photo) {
+  current = { map: photo.map, width: photo.width, height: photo.height, regions: null };
+}
+
+/** Detection → plain transferable result; the photo-size map becomes `current` for overlays.
+ * `photoW`/`photoH`: the photo's own size (the map goes back onto it). */
+function publish(det, photoW, photoH, extra = {}) {
   const out = {
     score: det.score,
     width: det.width,
     height: det.height,
     map: det.map(),
     input: det.input(),
+    sourceWidth: photoW,
+    sourceHeight: photoH,
     ...extra,
   };
   det.free();
-  current = { input: out.input, map: out.map, width: out.width, height: out.height };
+  if (plantMap) {
+    const n = out.width;
+    out.map = new Float32Array(n * n);
+    out.map[Math.floor(n / 4) * n + Math.floor((3 * n) / 4)] = 1;
+  }
+  out.photo = toPhoto(out.map, out.width, photoW, photoH);
+  setPhotoCurrent(out.photo);
   return out;
 }
+
+/** The regions of `current` at `threshold` (computed once per threshold). */
+function currentRegions(threshold) {
+  if (!Number.isFinite(threshold)) return [];
+  if (current.regions?.threshold !== threshold) {
+    current.regions = { threshold, list: JSON.parse(regionsOf(current.map, current.width, current.height, threshold, 1)) };
+  }
+  return current.regions.list;
+}
+
+let blank = new Uint8Array(0);
 
 /** The text tower for prompts the prompt file does not cover: the rest of the checkpoint when it
  * is still streaming in, else (loaded without it) a second pass over the cached file. */
@@ -617,6 +656,45 @@ async function getBytes(url, label, expectSha, maxBytes = state.limits.maxCheckp
   return bytes;
 }
 
+let batchDims = []; // the batch's photo sizes, [w, h] each
+
+/** Tiled inspection of one photo (tiles::detect_tiled): a pass over the whole photo, then one per
+ * tile, progress after each and a cancel check before the next (the callback throwing stops it). */
+async function detectTiled(m, mode, image, pair, r, tiles, name, t0) {
+  const report = (done, total) => {
+    stepPause();
+    checkCancel();
+    progress('tiles', done, total, { label: done <= 1 ? 'whole photo' : `tile ${done - 1} of ${total - 1}` });
+  };
+  let res;
+  try {
+    res = gpu.active
+      ? await m.detectTiledAsync(mode, image, pair, r, tiles, 0, report)
+      : m.detectTiled(mode, image, pair, r, tiles, 0, report);
+  } catch (e) {
+    checkCancel(); // stopped by a cancel: reported as one
+    throw e;
+  }
+  checkGpu(m);
+  const plan = JSON.parse(res.plan);
+  const n = res.inputSize;
+  const out = {
+    score: res.score,
+    width: n,
+    height: n,
+    map: res.inputMap(),
+    sourceWidth: image.width,
+    sourceHeight: image.height,
+    name,
+    ms: performance.now() - t0,
+    tiles: { count: plan.tiles.length, rows: plan.rows, cols: plan.cols, wholeScore: res.wholeScore, tileScores: Array.from(res.tileScores()) },
+    photo: { map: res.map(), width: res.width, height: res.height, bounded: res.width !== image.width || res.height !== image.height },
+  };
+  res.free();
+  setPhotoCurrent(out.photo);
+  return out;
+}
+
 const handlers = {
   /** {label, test, configName, configText?, configUrl?, weightsFile?(File), weightsUrl?, weightsSha256?,
    *   configSha256?, promptsUrl?}. Resolves once the image tower is in; the rest of the file
@@ -732,7 +810,7 @@ const handlers = {
     return { length: pair.length };
   },
   /** {mode, file: {name, bytes} | rgba: {data, width, height}, text: {...}} */
-  async detect({ mode, file, rgba, text }) {
+  async detect({ mode, file, rgba, text, tiles }) {
     needModel();
     if (stepDelay) await new Promise((r) => setTimeout(r, stepDelay));
     checkCancel();
@@ -748,9 +826,10 @@ const handlers = {
     const t0 = performance.now();
     try {
       const r = mode === 'fewshot' ? refs : undefined;
+      if (tiles && tiles !== 'off') return await detectTiled(m, mode, image, pair, r, tiles, file?.name, t0);
       const det = gpu.active ? await m.detectAsync(mode, image, pair, r) : m.detect(mode, image, pair, r);
       checkGpu(m);
-      return publish(det, { ms: performance.now() - t0, name: file?.name, sourceWidth: image.width, sourceHeight: image.height });
+      return publish(det, image.width, image.height, { ms: performance.now() - t0, name: file?.name });
     } finally {
       image.free();
     }
@@ -780,6 +859,7 @@ const handlers = {
       throw new Error(`batch mode (MuSc) scores 2 to ${lim.maxBatch} images together, got ${files.length}`);
     }
     const images = decodeAll(files); // moved into wasm by batch()
+    batchDims = images.map((im) => [im.width, im.height]);
     const t0 = performance.now();
     const report = (done, total, stage) => {
       stepPause();
@@ -799,6 +879,9 @@ const handlers = {
         score: scores[i],
         width: d.width,
         height: d.height,
+        map: d.map(),
+        sourceWidth: batchDims[i][0],
+        sourceHeight: batchDims[i][1],
         rgba: renderOverlay(d.input(), d.map(), d.width, d.height, 0.5, NaN),
       });
       d.free();
@@ -807,18 +890,40 @@ const handlers = {
   },
   batchOpen({ index, name }) {
     if (!batchResult) throw new Error('no batch result to open');
-    return publish(batchResult.detection(index), { name });
+    const [w, h] = batchDims[index];
+    return publish(batchResult.detection(index), w, h, { name });
   },
-  /** Makes an earlier result (kept by the page) the one overlays are drawn for. */
-  setCurrent({ input, map, width, height }) {
-    if (input.length !== width * height * 4 || map.length !== width * height) throw new Error('result has the wrong size');
-    current = { input, map, width, height };
-    return {};
+  /** Makes an earlier result (kept by the page) the one overlays are drawn for: its photo-size
+   * map when kept ({photo}), else its map at input size resampled onto the photo. */
+  setCurrent({ map, width, height, sourceWidth, sourceHeight, photo }) {
+    if (photo) {
+      if (photo.map.length !== photo.width * photo.height) throw new Error('result has the wrong size');
+      setPhotoCurrent(photo);
+      return {};
+    }
+    if (map.length !== width * height || width !== height) throw new Error('result has the wrong size');
+    setPhotoCurrent(toPhoto(map, width, sourceWidth || width, sourceHeight || height));
+    return { width: current.width, height: current.height };
   },
-  overlay({ opacity, threshold }) {
+  /** The heat layer of `current` (inferno colours, the threshold outline) at the photo's
+   * (bounded) size, and its regions at `threshold`. */
+  overlay({ threshold }) {
     if (!current) throw new Error('nothing scored yet');
-    const { input, map, width, height } = current;
-    return { rgba: renderOverlay(input, map, width, height, opacity, threshold), width, height };
+    const { map, width, height } = current;
+    if (blank.length !== width * height * 4) blank = new Uint8Array(width * height * 4);
+    const rgba = renderOverlay(blank, map, width, height, 1, threshold);
+    return { rgba, width, height, regions: currentRegions(threshold) };
+  },
+  /** A thumbnail overlay at the model's input size (opacity 0.5, no outline); `current` stays. */
+  thumb({ input, map, width, height }) {
+    if (input.length !== width * height * 4 || map.length !== width * height) throw new Error('result has the wrong size');
+    return { rgba: renderOverlay(input, map, width, height, 0.5, NaN), width, height };
+  },
+  /** The regions of a kept result at `threshold` (its map resampled onto the photo): for the
+   * CSV export of a run. */
+  regionsFor({ map, width, sourceWidth, sourceHeight, photo, threshold }) {
+    const p = photo ?? toPhoto(map, width, sourceWidth || width, sourceHeight || width);
+    return { width: p.width, height: p.height, regions: JSON.parse(regionsOf(p.map, p.width, p.height, threshold, 1)) };
   },
 };
 

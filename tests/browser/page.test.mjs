@@ -85,13 +85,12 @@ test('drop a bottle image: a score appears and the canvas holds a non-uniform he
   await page.fill('#opacity', '0.5');
   await page.dispatchEvent('#opacity', 'input');
   await page.waitForTimeout(300);
-  // The screenshot in the README.
-  // Written under target/ on every run; ANOSCOPE_UPDATE_SCREENSHOT=1 refreshes the committed copy.
+  // Written under target/ on every run.
   const shot = await page.screenshot({ fullPage: true });
   const dir = join(process.env.CARGO_TARGET_DIR || join(ROOT, 'target'), 'browser');
   mkdirSync(dir, { recursive: true });
   writeFileSync(join(dir, 'screenshot.png'), shot);
-  if (process.env.ANOSCOPE_UPDATE_SCREENSHOT === '1') writeFileSync(join(ROOT, 'docs', 'screenshot.png'), shot);
+  // docs/screenshot.png (a non-square photo with its regions) is refreshed by photo.test.mjs.
   assert.ok(shot.length > 10_000, `screenshot of ${shot.length} bytes`);
   const aria = await page.getAttribute('#overlay', 'aria-label');
   assert.match(aria, /score \d\.\d{3}/, 'the verdict has a text alternative on the canvas');

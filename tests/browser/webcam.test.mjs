@@ -32,6 +32,16 @@ test('webcam frames are scored, fps > 0, and the stream stops when toggled off',
     assert.equal(await page.getAttribute('#webcam', 'aria-pressed'), 'true');
     const live = await page.evaluate(() => document.getElementById('video').srcObject.getVideoTracks()[0].readyState);
     assert.equal(live, 'live');
+    // The overlay is on the frame at the camera's aspect (the scored frame: long side 320 px).
+    const cam = await page.evaluate(() => {
+      const v = document.getElementById('video');
+      const p = document.getElementById('photo');
+      const o = document.getElementById('overlay');
+      return { video: [v.videoWidth, v.videoHeight], photo: [p.width, p.height], overlay: [o.width, o.height] };
+    });
+    assert.deepEqual(cam.overlay, cam.photo);
+    assert.equal(Math.max(...cam.photo), Math.min(320, Math.max(...cam.video)));
+    assert.ok(Math.abs(cam.photo[0] / cam.photo[1] - cam.video[0] / cam.video[1]) < 0.01, JSON.stringify(cam));
     // Keep a handle on the track to see that it ends.
     await page.evaluate(() => {
       window.__track = document.getElementById('video').srcObject.getVideoTracks()[0];
