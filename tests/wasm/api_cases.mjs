@@ -21,12 +21,17 @@ const BATCH = [
  * `load_images`: in order, a stem equal to another gets its parent folder as a prefix, then
  * what still collides is numbered). */
 export function stems(images) {
-  const s = images.map((p) => path.basename(p, path.extname(p)));
+  // As `anoscope detect` names its outputs (cli/detect.rs distinct_stems): every stem shared by
+  // several images gets its folder as a prefix, then what still collides is numbered.
+  const base = images.map((p) => path.basename(p, path.extname(p)));
+  const s = base.map((b, i) => {
+    const parent = path.basename(path.dirname(images[i]));
+    return base.filter((x) => x === b).length > 1 && parent && parent !== '.' ? `${parent}_${b}` : b;
+  });
+  const seen = new Set();
   for (let i = 0; i < s.length; i++) {
-    if (s.some((b, j) => j !== i && b === s[i])) s[i] = `${path.basename(path.dirname(images[i]))}_${s[i]}`;
-  }
-  for (let i = 0; i < s.length; i++) {
-    if (s.slice(0, i).includes(s[i])) s[i] = `${s[i]}_${i}`;
+    if (seen.has(s[i])) s[i] = `${s[i]}_${i}`;
+    seen.add(s[i]);
   }
   return s;
 }
