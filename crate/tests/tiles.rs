@@ -53,11 +53,46 @@ fn untiled(clip: &Clip, img: &RgbImage, mode: Mode, text: &TextPair) -> anoscope
     score_image(clip, &px, mode, text, None, 2, &WinClipConfig::default()).unwrap()
 }
 
+/// `tiles::detect_tiled` of `img` under `plan` (no references, 2 surgery layers, never
+/// cancelled), with the `(done, total)` progress calls it made.
+fn tiled(
+    clip: &Clip,
+    img: &RgbImage,
+    plan: &TilePlan,
+    mode: Mode,
+    text: &TextPair,
+) -> (tiles::TiledDetection, Vec<(usize, usize)>) {
+    let cfg = WinClipConfig::default();
+    let scoring = TileScoring {
+        mode,
+        text,
+        refs: None,
+        surgery_layers: 2,
+        cfg: &cfg,
+    };
+    let mut calls = Vec::new();
+    let td = tiles::detect_tiled(
+        clip,
+        img,
+        plan,
+        SIZE,
+        &norm(clip),
+        &scoring,
+        4096,
+        &mut |d, t| {
+            calls.push((d, t));
+            Ok(())
+        },
+        &|| false,
+    )
+    .unwrap();
+    (td, calls)
+}
+
 #[test]
 fn a_one_tile_plan_is_exactly_the_untiled_result() {
     let clip = model();
     let text = text();
-    let cfg = WinClipConfig::default();
     for (path, mode) in [
         (strip_path(), Mode::Fast),
         (strip_path(), Mode::Winclip),
@@ -75,29 +110,7 @@ fn a_one_tile_plan_is_exactly_the_untiled_result() {
         for spec in specs {
             let plan = tiles::plan(spec, w, h, SIZE as usize).unwrap();
             assert!(plan.is_whole(), "{spec:?}");
-            let scoring = TileScoring {
-                mode,
-                text: &text,
-                refs: None,
-                surgery_layers: 2,
-                cfg: &cfg,
-            };
-            let mut calls = Vec::new();
-            let got = tiles::detect_tiled(
-                &clip,
-                &img,
-                &plan,
-                SIZE,
-                &norm(&clip),
-                &scoring,
-                4096,
-                &mut |d, t| {
-                    calls.push((d, t));
-                    Ok(())
-                },
-                &|| false,
-            )
-            .unwrap();
+            let (got, calls) = tiled(&clip, &img, &plan, mode, &text);
             assert_eq!(calls, vec![(1, 1)]);
             assert_eq!(got.score, want.score, "{path:?} {mode:?} {spec:?}");
             assert_eq!(got.whole.map, want.map);
@@ -112,35 +125,12 @@ fn a_one_tile_plan_is_exactly_the_untiled_result() {
 fn tiled_detection_scores_each_tile_and_stitches_them() {
     let clip = model();
     let text = text();
-    let cfg = WinClipConfig::default();
     let img = photo(&strip_path());
     let (w, h) = (img.width() as usize, img.height() as usize);
     assert_eq!((w, h), (250, 627));
     let plan = tiles::plan(TileSpec::Auto, w, h, SIZE as usize).unwrap();
     assert!(plan.tiles.len() > 1 && plan.tiles.len() <= tiles::AUTO_MAX_TILES);
-    let scoring = TileScoring {
-        mode: Mode::Fast,
-        text: &text,
-        refs: None,
-        surgery_layers: 2,
-        cfg: &cfg,
-    };
-    let mut calls = Vec::new();
-    let td = tiles::detect_tiled(
-        &clip,
-        &img,
-        &plan,
-        SIZE,
-        &norm(&clip),
-        &scoring,
-        4096,
-        &mut |d, t| {
-            calls.push((d, t));
-            Ok(())
-        },
-        &|| false,
-    )
-    .unwrap();
+    let (td, calls) = tiled(&clip, &img, &plan, Mode::Fast, &text);
     let total = plan.tiles.len() + 1;
     assert_eq!(calls, (1..=total).map(|d| (d, total)).collect::<Vec<_>>());
     // The whole-photo pass is today's detection; every tile is its crop's own detection.

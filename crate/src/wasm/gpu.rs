@@ -175,13 +175,9 @@ impl ClipModel {
         max_side: usize,
         progress: Option<js_sys::Function>,
     ) -> js_sys::Promise {
-        use crate::detect::tiles::{self, TileScoring, TileSpec};
+        use crate::detect::tiles::{self, TileScoring};
         let size = self.clip.cfg.vision.image_size;
-        let prepared = self.score_args(mode, text, &refs, 0).and_then(|args| {
-            let spec: TileSpec = tiles.parse()?;
-            let (w, h) = (image.img.width() as usize, image.img.height() as usize);
-            Ok((args, tiles::plan(spec, w, h, size)?))
-        });
+        let prepared = self.tiled_args(mode, image, text, &refs, tiles);
         let photo = image.img.clone();
         let (clip, gpu) = (self.clip.clone(), self.gpu());
         future_to_promise(async move {
@@ -200,7 +196,7 @@ impl ClipModel {
                     std: clip.cfg.std,
                 };
                 let mut report = super::photo::tile_progress(progress.as_ref());
-                let bound = super::photo::max_side_or_default(max_side);
+                let bound = super::photo::bound(max_side);
                 let size32 = size as u32;
                 let td = match &gpu {
                     Some(g) => {

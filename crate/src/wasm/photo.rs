@@ -38,7 +38,7 @@ impl PhotoMap {
 }
 
 /// `maxSide` as given, 0 meaning the default bound [`geometry::MAX_PHOTO_SIDE`].
-fn bound(max_side: usize) -> usize {
+pub(super) fn bound(max_side: usize) -> usize {
     if max_side == 0 {
         geometry::MAX_PHOTO_SIDE
     } else {
@@ -173,12 +173,6 @@ pub(super) fn tile_progress(progress: Option<&js_sys::Function>) -> impl FnMut(u
     }
 }
 
-/// `maxSide` as given, 0 meaning the default bound (for the GPU twin).
-#[cfg(feature = "gpu")]
-pub(super) fn max_side_or_default(max_side: usize) -> usize {
-    bound(max_side)
-}
-
 #[wasm_bindgen]
 impl TiledResult {
     /// The image score ([`combineScores`](combine_scores) of the whole-photo and tile scores).
@@ -255,11 +249,8 @@ impl ClipModel {
         progress: Option<js_sys::Function>,
     ) -> Result<TiledResult, JsError> {
         let run = || -> Result<TiledResult> {
-            let args = self.score_args(mode, text, &refs, 0)?;
-            let spec: TileSpec = tiles.parse()?;
+            let (args, plan) = self.tiled_args(mode, image, text, &refs, tiles)?;
             let size = self.clip.cfg.vision.image_size;
-            let (w, h) = (image.img.width() as usize, image.img.height() as usize);
-            let plan = tiles::plan(spec, w, h, size)?;
             let cfg = winclip::WinClipConfig::default();
             let scoring = TileScoring {
                 mode: args.mode,
@@ -287,5 +278,23 @@ impl ClipModel {
             TiledResult::new(td, size)
         };
         run().map_err(js_err)
+    }
+}
+
+impl ClipModel {
+    /// The checked arguments and the tile plan of a tiled detection (`detectTiled`,
+    /// `detectTiledAsync`).
+    pub(super) fn tiled_args(
+        &self,
+        mode: &str,
+        image: &Image,
+        text: &[f32],
+        refs: &JsValue,
+        tiles: &str,
+    ) -> Result<(super::detect::ScoreArgs, TilePlan)> {
+        let args = self.score_args(mode, text, refs, 0)?;
+        let spec: TileSpec = tiles.parse()?;
+        let (w, h) = (image.img.width() as usize, image.img.height() as usize);
+        Ok((args, tiles::plan(spec, w, h, self.clip.cfg.vision.image_size)?))
     }
 }
