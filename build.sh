@@ -5,6 +5,8 @@
 #   ./build.sh test              set up (plus Chromium, lavapipe), then fmt, clippy, cargo test, both
 #                                wasm builds, the wasm-vs-native parity test, the page in headless Chromium
 #   ./build.sh [build]           set up, build the wasm crate and assemble the static site in www/dist/
+#   ./build.sh package           build, then `npm pack` the detector as the npm package `anoscope`
+#                                (packages/anoscope/dist/anoscope-VERSION.tgz)
 #   ./build.sh setup [serve|test]  only install what that command needs (default: test)
 #   ./build.sh weights [...]     download + verify the checkpoints in weights/manifest.json
 #   ./build.sh help
@@ -52,7 +54,7 @@ die() {
 }
 
 usage() {
-    sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 # ---------------------------------------------------------------------------
@@ -206,6 +208,29 @@ setup_npm() {
         "npm's binaryen for wasm-opt, playwright-core to drive Chromium in the tests" "npm ci" npm_ci
 }
 
+# tests/embed's docs toolchains (VitePress, Vite), pinned by tests/embed/package-lock.json: the
+# npm package is tested inside real docs builds.
+npm_ci_embed() {
+    cd tests/embed
+    if ! npm ci --no-audit --no-fund; then
+        rm -rf node_modules
+        return 1
+    fi
+    sha256_of package-lock.json >node_modules/.anoscope-lock-sha256
+}
+
+setup_npm_embed() {
+    local want
+    want="$(sha256_of tests/embed/package-lock.json)"
+    if [[ -f tests/embed/node_modules/.anoscope-lock-sha256 &&
+        "$(cat tests/embed/node_modules/.anoscope-lock-sha256)" == "$want" ]]; then
+        setup_ok "npm packages of tests/embed (tests/embed/package-lock.json unchanged)"
+        return 0
+    fi
+    setup_install npm-embed "VitePress and Vite into tests/embed with npm ci" \
+        "the npm package is tested inside a VitePress site and a Vite app" "(cd tests/embed && npm ci)" npm_ci_embed
+}
+
 threads_toolchain_install() {
     if rustup run "$THREADS_TOOLCHAIN" rustc --version >/dev/null 2>&1; then
         rustup component add rust-src --toolchain "$THREADS_TOOLCHAIN"
@@ -311,6 +336,7 @@ setup() {
     setup_step setup_npm
     setup_step setup_threads_toolchain
     if [[ "$what" == test ]]; then
+        setup_step setup_npm_embed
         setup_step setup_chromium
         setup_step setup_lavapipe
     fi
@@ -481,6 +507,13 @@ build_threads() {
     size_report "$out/anoscope_bg.wasm"
 }
 
+# The npm package (packages/anoscope): the element, the JS API, the worker and both wasm builds of
+# www/dist, packed with npm pack into packages/anoscope/dist/.
+cmd_package() {
+    log "npm package anoscope -> packages/anoscope/dist"
+    node packages/anoscope/assemble.mjs "$DIST" "$ROOT/packages/anoscope/dist"
+}
+
 # The native CLI (debug profile: the one cargo test builds), for prompt files and serving.
 native_cli() {
     local exe="$TARGET_DIR/debug/anoscope"
@@ -640,6 +673,13 @@ t_browser() {
     node --test --test-concurrency=1 tests/browser/*.test.mjs
 }
 
+# The npm package inside real docs builds (VitePress, Vite, a CDN-like path), in headless Chromium.
+# The tests pack www/dist themselves (packages/anoscope/assemble.mjs) and install the tarball.
+t_embed() {
+    [[ -d tests/embed/node_modules/vitepress ]] || die "tests/embed's npm packages missing: (cd tests/embed && npm ci)"
+    node --test --test-concurrency=1 tests/embed/*.test.mjs
+}
+
 cmd_test() {
     local total_start=$SECONDS
     command -v node >/dev/null 2>&1 || die "node (>= 20) is required for the wasm parity test"
@@ -652,9 +692,11 @@ cmd_test() {
     if phase_ok "cargo test (native)" && phase_ok "wasm build + site"; then
         run_phase "wasm parity (node --test)" t_parity
         run_phase "browser (chromium)" t_browser
+        run_phase "npm package in docs builds" t_embed
     else
         skip_phase "wasm parity (node --test)" "needs the native CLI and the wasm build"
         skip_phase "browser (chromium)" "needs the native CLI and the wasm build"
+        skip_phase "npm package in docs builds" "needs the native CLI and the wasm build"
     fi
 
     local i failed=0
@@ -844,6 +886,12 @@ main() {
         (($# == 0)) || die "build takes no arguments"
         setup serve
         build_site
+        ;;
+    package)
+        (($# == 0)) || die "package takes no arguments"
+        setup serve
+        build_site
+        cmd_package
         ;;
     setup)
         (($# <= 1)) || die "usage: ./build.sh setup [serve|test]"

@@ -1,31 +1,60 @@
-// <anomaly-detector category="bottle" mode="fast" model="NAME" src="image.png" threshold="0.5">
+// <anomaly-detector category="bottle" mode="fast" model="…" src="image.png" threshold="0.5">
 //
-// An embeddable anomaly detector. Load it with one module script:
+// An embeddable anomaly detector. Load it with one module script (or `import 'anoscope/element'`
+// from the npm package):
 //   <script type="module" src="https://your.site/anoscope/anomaly-detector.js"></script>
 // The element owns its own detector worker (WebAssembly, all on the user's machine). The user
 // drops, pastes or picks an image (or `src` names one); the element draws the heatmap and fires
 //   `anomaly-score`  CustomEvent, detail {score, verdict, threshold, map, width, height, name}
 //   `anomaly-error`  CustomEvent, detail {message}
+//   `anomaly-ready`  CustomEvent, detail {threads, notice, model} once the model is loaded
 // and exposes `.score`, `.map` (Float32Array, row-major width × height, values in [0, 1]),
-// `.mapWidth`, `.mapHeight`, and `.detect(blobOrFile)` (a Promise of the event detail).
+// `.mapWidth`, `.mapHeight`, `.load()` (starts loading now) and `.detect(blobOrFile)` (a Promise
+// of the event detail).
 //
-// `model` is a model name listed in the site's models.json (default: the first one that is not
-// the interface test model, else the test model, clearly labelled as such).
-import { DetectorClient, servedModels, verdict } from './common.js';
+// First paint never waits for the model: the drop zone shows at once, and the worker, the wasm
+// and the weights load on first use (`loading="interaction"`, the default: pointer over it, focus,
+// a drag, a drop, a paste), when it scrolls into view (`loading="visible"`, the default when `src`
+// is set) or at once (`loading="eager"`), with a progress bar.
+//
+// `model` (see api.js resolveModel): a URL of a checkpoint folder, `…/models.json#name`, or a name
+// in the site's models.json or the package's manifest. Without it: the first real checkpoint of a
+// models.json next to this file (a site built by ./build.sh; its interface test model when it
+// serves no other), else the manifest's smallest pinned checkpoint. `assets-base` (or the
+// `assetsBase` property) names the folder of the package's files when they are not next to this
+// module.
+import { Detector, PACKAGED, assetsBaseOf, resolveModel } from './api.js';
+import { servedModels, verdict } from './common.js';
 
-const BASE = new URL('./', import.meta.url);
+/**
+ * The element's stylesheet: a <link> to its file, or, where a bundler inlined the small file as a
+ * data: URL (which a strict CSP's style-src 'self' refuses), a constructed sheet adopted by the
+ * shadow root (CSSOM, not subject to style-src). Returns the node to append (or an empty text node).
+ */
+function stylesheet(root, href) {
+  const m = /^data:text\/css(;charset=[^;,]*)?(;base64)?,(.*)$/s.exec(href);
+  if (!m) {
+    const link = document.createElement('link');
+    link.rel = 'stylesheet';
+    link.href = href;
+    return link;
+  }
+  const text = m[2] ? new TextDecoder().decode(Uint8Array.from(atob(m[3]), (c) => c.charCodeAt(0))) : decodeURIComponent(m[3]);
+  const sheet = new CSSStyleSheet();
+  sheet.replaceSync(text);
+  root.adoptedStyleSheets = [...root.adoptedStyleSheets, sheet];
+  return document.createTextNode('');
+}
 
 class AnomalyDetector extends HTMLElement {
   static get observedAttributes() {
-    return ['category', 'mode', 'threshold', 'src'];
+    return ['category', 'mode', 'threshold', 'src', 'loading'];
   }
 
   constructor() {
     super();
     const root = this.attachShadow({ mode: 'open' });
-    const css = document.createElement('link');
-    css.rel = 'stylesheet';
-    css.href = new URL('anomaly-detector.css', BASE).href;
+    const css = stylesheet(root, new URL('anomaly-detector.css', import.meta.url).href);
     this.$zone = document.createElement('label');
     this.$zone.className = 'zone';
     this.$zone.tabIndex = 0;
@@ -34,8 +63,14 @@ class AnomalyDetector extends HTMLElement {
     this.$input.type = 'file';
     this.$input.accept = 'image/*';
     this.$hint = document.createElement('span');
-    this.$hint.textContent = 'Loading the anomaly detector…';
+    this.$hint.textContent = 'Drop, paste or pick an image to check it for anomalies.';
     this.$zone.append(this.$hint, this.$input);
+    this.$progress = document.createElement('progress');
+    this.$progress.setAttribute('part', 'progress');
+    this.$progress.hidden = true;
+    this.$notice = document.createElement('p');
+    this.$notice.className = 'notice';
+    this.$notice.setAttribute('part', 'notice');
     this.$canvas = document.createElement('canvas');
     this.$canvas.width = 0;
     this.$canvas.height = 0;
@@ -44,22 +79,63 @@ class AnomalyDetector extends HTMLElement {
     this.$status = document.createElement('p');
     this.$status.setAttribute('role', 'status');
     this.$status.setAttribute('part', 'status');
-    root.append(css, this.$zone, this.$canvas, this.$status);
+    root.append(css, this.$zone, this.$progress, this.$canvas, this.$status, this.$notice);
     this.score = null;
     this.map = null;
     this.mapWidth = 0;
     this.mapHeight = 0;
     this.ready = null;
+    this.assetsBase = null;
+  }
+
+  /** How loading starts: 'interaction' (first use), 'visible' (scrolled into view) or 'eager'. */
+  get loading() {
+    const v = this.getAttribute('loading');
+    if (v === 'eager' || v === 'visible' || v === 'interaction') return v;
+    return this.getAttribute('src') ? 'visible' : 'interaction';
+  }
+
+  /** Starts the worker, the wasm and the model now (once); resolves when the model is loaded. */
+  load() {
+    if (!this.client) throw new Error('the element is not in a document');
+    this.ready ??= this.#start();
+    this.ready.catch(() => {});
+    return this.ready;
+  }
+
+  #watchForUse() {
+    this.observer?.disconnect();
+    this.observer = null;
+    const mode = this.loading;
+    if (mode === 'eager') {
+      this.load();
+    } else if (mode === 'visible' && typeof IntersectionObserver === 'function') {
+      this.observer = new IntersectionObserver((entries) => {
+        if (entries.some((e) => e.isIntersecting)) {
+          this.observer?.disconnect();
+          this.load();
+        }
+      });
+      this.observer.observe(this);
+    }
+    // Any use starts it whatever the mode (a drop or paste also scores, below).
+    const use = () => this.client && this.load();
+    for (const type of ['pointerenter', 'focusin', 'dragenter', 'touchstart']) {
+      this.addEventListener(type, use, { once: true, passive: true });
+    }
   }
 
   connectedCallback() {
     if (this.client) return;
-    this.client = new DetectorClient(new URL('worker.js', BASE));
-    this.ready = this.#start();
-    this.ready.then(
-      () => this.getAttribute('src') && this.#detectSrc(),
-      () => {},
-    );
+    this.client = { pending: true }; // the detector starts on use (see #watchForUse and load)
+    this.#watchForUse();
+    if (this.getAttribute('src')) {
+      // Scored once loaded, whenever that is (loading="visible" by default with src).
+      this.#loaded().then(
+        () => this.#detectSrc(),
+        () => {},
+      );
+    }
     this.$input.addEventListener('change', () => {
       const [f] = this.$input.files;
       this.$input.value = '';
@@ -82,47 +158,80 @@ class AnomalyDetector extends HTMLElement {
   }
 
   disconnectedCallback() {
-    this.client?.terminate();
+    this.observer?.disconnect();
+    this.detector?.close();
+    this.detector = null;
     this.client = null;
+    this.ready = null;
+  }
+
+  /** Resolves when load() has been called and finished (without starting it). */
+  #loaded() {
+    if (this.ready) return this.ready;
+    return new Promise((resolve, reject) => {
+      this.addEventListener('anomaly-ready', resolve, { once: true });
+      this.addEventListener('anomaly-load-failed', reject, { once: true });
+    });
   }
 
   attributeChangedCallback(name, old, value) {
     // The first `src` is scored once the model is loaded (connectedCallback); later changes here.
     if (name === 'src' && value && old !== null && old !== value && this.client) this.#detectSrc();
+    if (name === 'loading' && old !== value && this.client && !this.ready) this.#watchForUse();
   }
 
   async #start() {
+    const base = assetsBaseOf(this.assetsBase ?? this.getAttribute('assets-base'));
+    this.$status.className = '';
+    this.$progress.hidden = false;
+    this.$progress.removeAttribute('value');
+    this.$status.textContent = 'Loading the anomaly detector…';
+    const detector = new Detector({ assetsBase: base, onProgress: (p) => this.#progress(p) });
+    this.detector = detector;
+    this.client = detector.client;
     try {
-      await this.client.ready;
-      const models = await servedModels(BASE);
-      const want = this.getAttribute('model');
-      const m = want ? models.find((x) => x.name === want) : (models.find((x) => !x.test) ?? models[0]);
-      if (!m) {
-        throw new Error(
-          want
-            ? `model “${want}” is not served by this site (models.json lists: ${models.map((x) => x.name).join(', ') || 'none'})`
-            : 'this site serves no checkpoint (run ./build.sh weights, then ./build.sh)',
-        );
-      }
-      const url = (u) => new URL(u, BASE).href;
-      this.modelInfo = await this.client.call('load', {
-        label: m.label,
-        test: !!m.test,
-        configName: m.configName,
-        configUrl: url(m.config.url),
-        configSha256: m.config.sha256,
-        weightsUrl: url(m.weights.url),
-        weightsSha256: m.weights.sha256,
-        promptsUrl: m.prompts ? url(m.prompts.url) : undefined,
-        promptsSha256: m.prompts?.sha256,
-      });
+      const info = await detector.start();
+      this.$notice.textContent = info.notice;
+      const spec = await this.#spec(base);
+      this.$status.textContent = `Loading ${spec.label}…`;
+      this.modelInfo = await detector.load(spec);
+      this.$progress.hidden = true;
+      this.$status.textContent = '';
       this.$hint.textContent = `Drop, paste or pick an image to check it for anomalies${
-        m.test ? ' (interface test model: random weights, meaningless scores)' : ''
+        spec.test ? ' (interface test model: random weights, meaningless scores)' : ''
       }.`;
+      const detail = { threads: info.threads, notice: info.notice, model: spec.label, weightsUrl: spec.weightsUrl };
+      this.dispatchEvent(new CustomEvent('anomaly-ready', { detail, bubbles: true, composed: true }));
     } catch (e) {
+      this.$progress.hidden = true;
       this.#fail(e);
+      this.dispatchEvent(new CustomEvent('anomaly-load-failed', { detail: { message: e?.message ?? String(e) } }));
       throw e;
     }
+  }
+
+  /** The load spec for the `model` attribute (see the header). */
+  async #spec(base) {
+    const want = this.getAttribute('model');
+    const isUrl = want && (/^(https?:|\.{0,2}\/)/.test(want) || want.includes('/'));
+    if (!isUrl && !PACKAGED) {
+      // A site built by ./build.sh serves models.json next to the element.
+      const served = await servedModels(base);
+      const m = want ? served.find((x) => x.name === want) : (served.find((x) => !x.test) ?? served[0]);
+      if (m) return resolveModel(`${new URL('models.json', base).href}#${encodeURIComponent(m.name)}`, { assetsBase: base });
+    }
+    return resolveModel(want, { assetsBase: base });
+  }
+
+  #progress({ done, total, label }) {
+    if (!this.ready || this.modelInfo) return;
+    if (total > 0) {
+      this.$progress.max = total;
+      this.$progress.value = Math.min(done, total);
+    } else {
+      this.$progress.removeAttribute('value');
+    }
+    if (label) this.$status.textContent = `Loading: ${label}${total > 1 ? ` (${Math.round((100 * done) / total)} %)` : ''}…`;
   }
 
   async #detectSrc() {
@@ -144,7 +253,7 @@ class AnomalyDetector extends HTMLElement {
 
   /** Scores one image (Blob or File); resolves to the `anomaly-score` detail. */
   async detect(blob) {
-    await this.ready;
+    await this.load();
     const mode = this.getAttribute('mode') || 'fast';
     if (mode !== 'fast' && mode !== 'winclip') {
       const e = new Error(`mode “${mode}” is not available in the element (fast or winclip)`);

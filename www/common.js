@@ -75,10 +75,10 @@ export function formatBytes(n) {
   return `${(n / 1e9).toFixed(2)} GB`;
 }
 
-/** Promise-based request/response wrapper around the detector worker. */
+/** Promise-based request/response wrapper around the detector worker (its URL, or a started Worker). */
 export class DetectorClient {
   constructor(url, { onProgress, onReady, onFatal, onBackend, onModel, onStorage } = {}) {
-    this.worker = new Worker(url, { type: 'module' });
+    this.worker = url instanceof Worker ? url : new Worker(url, { type: 'module' });
     this.pending = new Map();
     this.nextId = 1;
     this.ready = new Promise((resolve, reject) => {

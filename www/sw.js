@@ -28,6 +28,7 @@ const SHELL = [
   'pkg/anoscope_bg.wasm',
   'examples/embed.html',
   'examples/embed.js',
+  'api.js',
 ];
 
 const SHELL_URLS = new Set(SHELL.map((p) => new URL(p, self.location.href).href));

@@ -37,6 +37,18 @@ const gpu = {
   failure: null, // the GPU failure that switched to the CPU (shown by the page)
 };
 let cpuThreads = 1;
+// This module's folder: build.json, the wasm builds and pool-guard.js are found next to it (not at
+// self.location, which is a blob: URL when a page of another origin starts it; see api.js).
+const HERE = new URL('./', import.meta.url);
+// The npm package's worker carries its build.json here (packages/anoscope/assemble.mjs); the site's
+// fetches build.json.
+const EMBEDDED_BUILD = null;
+// Where a bundler put the single-threaded build when it bundled the package (api.js passes
+// ?glue=URL&wasm=URL on this module's URL): those files, and no threaded build (not emitted).
+const MOVED = (() => {
+  const q = new URL(import.meta.url).searchParams;
+  return q.get('glue') && q.get('wasm') ? { glue: q.get('glue'), wasm: q.get('wasm') } : null;
+})();
 
 function progress(stage, done, total, extra = {}) {
   postMessage({ type: 'progress', stage, done, total, ...extra });
@@ -249,7 +261,7 @@ async function startPool(threads) {
   const Native = self.Worker;
   self.Worker = class extends Native {
     constructor(url, options) {
-      super(new URL('./pool-guard.js', self.location.href), options);
+      super(new URL('pool-guard.js', HERE), options);
       // First in this worker's queue, before wasm-bindgen-rayon's init message.
       this.postMessage({ type: 'anoscope-pool-guard', src: String(url), channel: name });
     }
@@ -274,7 +286,7 @@ function reportTrap(e, request, id) {
 
 /** Picks the build, fetches its wasm, checks its sha256 against build.json, then instantiates it. */
 async function start() {
-  const build = await (await fetch('./build.json', { cache: 'no-cache' })).json();
+  const build = EMBEDDED_BUILD ?? (await (await fetch(new URL('build.json', HERE), { cache: 'no-cache' })).json());
   const params = new URL(self.location.href).searchParams;
   // One version: this file, the page that started it (?build=) and build.json (deploy.js).
   checkWorker(build, BUILD_ID, params.get('build'));
@@ -282,13 +294,15 @@ async function start() {
   // ?threads=N on the page URL (forwarded by main.js) forces a thread count; 1 = the plain build.
   // WebGPU runs in the plain build (the threaded one has no GPU code).
   const requested = Number(params.get('threads') || 0);
-  const threads = gpu.wanted ? 0 : wantedThreads(build, requested);
+  const threads = gpu.wanted || MOVED ? 0 : wantedThreads(build, requested);
   const entry = threads ? build.wasmThreads : build.wasm;
   const dir = threads ? 'pkg-threads' : 'pkg';
   // The wasm and its glue code must be the ones build.json lists (else: damaged or mid-deploy).
-  const { bytes, sha256: wasmSha256 } = await fetchVerified(`./${entry.url}`, entry.sha256, build, `The WebAssembly module (${entry.url})`);
-  if (entry.js) await fetchVerified(`./${entry.js.url}`, entry.js.sha256, build, `Its glue code (${entry.js.url})`);
-  wasm = await import(`./${dir}/anoscope.js`);
+  const wasmUrl = MOVED ? MOVED.wasm : new URL(entry.url, HERE).href;
+  const glueUrl = MOVED ? MOVED.glue : new URL(`${dir}/anoscope.js`, HERE).href;
+  const { bytes, sha256: wasmSha256 } = await fetchVerified(wasmUrl, entry.sha256, build, `The WebAssembly module (${entry.url})`);
+  if (entry.js) await fetchVerified(glueUrl, entry.js.sha256, build, `Its glue code (${entry.js.url})`);
+  wasm = await import(glueUrl);
   const exports = await wasm.default({ module_or_path: bytes });
   if (threads) await startPool(threads);
   wasmMemory = exports.memory;

@@ -23,7 +23,10 @@ function freshMachine() {
   const dir = mkdtempSync(join(tmpdir(), 'anoscope-setup-'));
   const repo = join(dir, 'repo');
   mkdirSync(repo);
-  for (const f of ['build.sh', 'package.json', 'package-lock.json']) copyFileSync(join(ROOT, f), join(repo, f));
+  mkdirSync(join(repo, 'tests', 'embed'), { recursive: true });
+  for (const f of ['build.sh', 'package.json', 'package-lock.json', 'tests/embed/package.json', 'tests/embed/package-lock.json']) {
+    copyFileSync(join(ROOT, f), join(repo, f));
+  }
   const bin = join(dir, 'bin');
   mkdirSync(bin);
   for (const t of ['cargo', 'rustc', 'rustup', 'node', 'npm']) {
@@ -59,6 +62,12 @@ test('ANOSCOPE_NO_INSTALL=1 names each missing piece with its install command an
         new RegExp(`^setup: missing +wasm-bindgen-cli ${PIN.replaceAll('.', '\\.')} into ${env.CARGO_HOME}/bin .*found: none.*; install it with: cargo install wasm-bindgen-cli --version ${PIN.replaceAll('.', '\\.')}$`, 'm'),
       );
       assert.match(out, /^setup: missing +npm packages with npm ci .*; install it with: npm ci$/m);
+      // The docs toolchains the npm package is tested in: for `test` only.
+      assert.equal(
+        /^setup: missing +VitePress and Vite into tests\/embed with npm ci .*; install it with: \(cd tests\/embed && npm ci\)$/m.test(out),
+        what === 'test',
+        out,
+      );
       assert.match(out, /^error: ANOSCOPE_NO_INSTALL=1 and the pieces above are missing$/m);
       assert.doesNotMatch(out, /^setup: installing/m);
       assert.doesNotMatch(out, /^setup: done/m);
@@ -70,7 +79,8 @@ test('ANOSCOPE_NO_INSTALL=1 names each missing piece with its install command an
       assert.equal(/rustfmt and clippy|chromium|lavapipe/.test(out), what === 'test', out);
     }
     // Nothing was written: no node_modules, no target/ or logs, nothing in CARGO_HOME.
-    assert.deepEqual(readdirSync(repo).sort(), ['build.sh', 'package-lock.json', 'package.json']);
+    assert.deepEqual(readdirSync(repo).sort(), ['build.sh', 'package-lock.json', 'package.json', 'tests']);
+    assert.deepEqual(readdirSync(join(repo, 'tests', 'embed')).sort(), ['package-lock.json', 'package.json']);
     assert.deepEqual(readdirSync(env.CARGO_HOME), []);
   } finally {
     rmSync(dir, { recursive: true, force: true });

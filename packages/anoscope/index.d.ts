@@ -1,0 +1,106 @@
+// Types for `import … from 'anoscope'` (api.js): the detector as a JavaScript API.
+
+/** Progress of starting the module or loading a model. */
+export interface Progress {
+  stage: string;
+  done: number;
+  total: number;
+  label?: string;
+}
+
+/**
+ * What a model argument may be:
+ * - a URL of a checkpoint folder (config.json + model.safetensors, or open_clip_config.json +
+ *   open_clip_model.safetensors; prompts.safetensors is used when present), CORS-enabled when on another origin;
+ * - a URL of a site's `models.json` with `#name`;
+ * - a name in the package's manifest.json (Hugging Face, sha256-pinned);
+ * - nothing: the manifest's smallest pinned checkpoint;
+ * - a resolved {@link ModelSpec}.
+ */
+export type ModelSource = string | ModelSpec | undefined | null;
+
+/** A model as the worker loads it (see resolveModel). */
+export interface ModelSpec {
+  label: string;
+  test: boolean;
+  configName: 'config.json' | 'open_clip_config.json' | string;
+  configUrl: string;
+  configSha256?: string;
+  weightsUrl: string;
+  weightsSha256?: string;
+  promptsUrl?: string;
+  promptsSha256?: string;
+  size?: number;
+  source?: 'manifest' | 'models.json' | 'folder';
+}
+
+export interface DetectorOptions {
+  /** The model (default: the manifest's smallest pinned checkpoint). */
+  model?: ModelSource;
+  /** Folder holding the package's files (worker.js, pkg/, build.json …); default: next to this module. */
+  assetsBase?: string | URL;
+  onProgress?: (p: Progress) => void;
+}
+
+export interface DetectorInfo {
+  version: string;
+  /** Threads the WebAssembly module runs on (more than 1 only on cross-origin isolated pages). */
+  threads: number;
+  backend?: string;
+  crossOriginIsolated: boolean;
+  /** One line saying which build runs and why. */
+  notice: string;
+}
+
+export type ImageInput =
+  | Blob
+  | ImageData
+  | HTMLCanvasElement
+  | OffscreenCanvas
+  | ImageBitmap
+  | HTMLImageElement
+  | HTMLVideoElement;
+
+export interface DetectOptions {
+  /** What the image shows (a bottle, a screw …); default 'object'. */
+  category?: string;
+  mode?: 'fast' | 'winclip';
+  /** Score at or above which the verdict is 'anomalous'; default 0.5. */
+  threshold?: number;
+  name?: string;
+}
+
+export interface DetectResult {
+  score: number;
+  verdict: 'anomalous' | 'normal';
+  threshold: number;
+  /** Row-major width × height, values in [0, 1]. */
+  map: Float32Array;
+  width: number;
+  height: number;
+  ms: number;
+  name?: string;
+}
+
+export class Detector {
+  constructor(options?: Omit<DetectorOptions, 'model'>);
+  readonly assetsBase: string;
+  info: DetectorInfo | null;
+  start(): Promise<DetectorInfo>;
+  load(model?: ModelSource): Promise<{ label: string; test: boolean; imageSize: number; hasText: boolean; ms: number }>;
+  detect(input: ImageInput, options?: DetectOptions): Promise<DetectResult>;
+  overlay(options?: { threshold?: number }): Promise<{ rgba: Uint8Array; width: number; height: number }>;
+  close(): void;
+}
+
+/** Starts the module and loads the model. */
+export function createDetector(options?: DetectorOptions): Promise<Detector>;
+/** Resolves a model argument to the spec the worker loads. */
+export function resolveModel(model: ModelSource, options?: { assetsBase?: string | URL }): Promise<ModelSpec>;
+/** The manifest's default checkpoint for embedding: its smallest pinned one. */
+export function defaultManifestModel(manifest: unknown): ModelSpec | null;
+/** The package's weights manifest. */
+export function manifest(assetsBase?: string | URL): Promise<unknown>;
+export function assetsBaseOf(base?: string | URL | null): string;
+export function verdict(score: number, threshold: number): 'anomalous' | 'normal';
+export const DEFAULT_ASSETS_BASE: string;
