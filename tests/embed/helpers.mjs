@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { dirname, extname, join, normalize, sep } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { pack } from '../../packages/anoscope/assemble.mjs';
-import { DIST, browser, dropAndWait, loadTestModel, makeSite, openPage, ready, serve } from '../browser/harness.mjs';
+import { DIST, browser, loadTestModel, makeSite, openPage, ready, serve } from '../browser/harness.mjs';
 
 export const EMBED = dirname(fileURLToPath(import.meta.url));
 export const TEST_MODEL_DIR = join(DIST, 'models', 'test-tiny');
@@ -132,19 +132,37 @@ export async function mainPageResult(photo = PHOTO) {
     const { page } = await openPage(b.context, server.url);
     await ready(page);
     await loadTestModel(page);
+    // Drop → drawn, measured in the page as dropOnElement measures the element (best of the
+    // last three; the first drop also encodes the prompts).
     const runs = [];
-    for (let i = 0; i < 3; i += 1) {
-      const t0 = await page.evaluate(() => performance.now());
-      const d = await dropAndWait(page, [photo]);
-      const t1 = await page.evaluate(() => performance.now());
-      runs.push({ ...d, wall: t1 - t0 });
-    }
+    for (let i = 0; i < 4; i += 1) runs.push(await dropOnMainPage(page, photo));
     const last = runs[runs.length - 1];
-    return { score: last.score, map: last.map, ms: Math.min(...runs.slice(1).map((r) => r.ms ?? r.wall)) };
+    return { score: last.score, map: last.map, ms: Math.min(...runs.slice(1).map((r) => r.ms)) };
   } finally {
     await b.close();
     server.stop();
   }
+}
+
+/** Drops `photo` on the main page's drop zone: {score, map (array), ms (drop → anoscope:drawn)}. */
+function dropOnMainPage(page, photo) {
+  return page.evaluate(
+    ({ b64, name, type }) =>
+      new Promise((resolve) => {
+        const dt = new DataTransfer();
+        dt.items.add(new File([Uint8Array.from(atob(b64), (c) => c.charCodeAt(0))], name, { type }));
+        const t0 = performance.now();
+        document.addEventListener(
+          'anoscope:drawn',
+          (e) => resolve({ score: e.detail.score, map: Array.from(e.detail.map), ms: performance.now() - t0 }),
+          { once: true },
+        );
+        const target = document.querySelector('#drop');
+        target.dispatchEvent(new DragEvent('dragover', { dataTransfer: dt, bubbles: true, cancelable: true }));
+        target.dispatchEvent(new DragEvent('drop', { dataTransfer: dt, bubbles: true, cancelable: true }));
+      }),
+    { b64: Buffer.from(photo.bytes).toString('base64'), name: photo.name, type: photo.type },
+  );
 }
 
 /**

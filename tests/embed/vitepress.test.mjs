@@ -84,6 +84,8 @@ test('a VitePress page embeds the element from the tarball: same result as the m
     assert.ok(!before.some((p) => /worker|\.wasm$/.test(p)), `fetched before use: ${before.join(', ')}`);
     assert.equal(model.log.length, 0, 'the model was fetched before use');
     const pageBytes = site.log.reduce((n, r) => n + r.bytes, 0);
+    // The detector's share: the element's chunk (element, API and helpers bundled by Vite).
+    const detectorBytes = site.log.filter((r) => /anomaly-detector|anoscope|worker/.test(r.path)).reduce((n, r) => n + r.bytes, 0);
 
     const first = await dropOnElement(page, '#detector');
     const d = await dropOnElement(page, '#detector');
@@ -105,9 +107,13 @@ test('a VitePress page embeds the element from the tarball: same result as the m
     assert.deepEqual([...new Set(model.log.map((r) => r.path.split('/').pop()))].sort(), ['config.json', 'model.safetensors', 'prompts.safetensors']);
     assert.deepEqual(await cspViolations(), []);
     assert.deepEqual(problems, []);
+    const ms = [d.ms];
+    for (let i = 0; i < 2; i += 1) ms.push((await dropOnElement(page, '#detector')).ms);
+    const best = Math.min(...ms);
     console.log(
-      `vitepress: ${pageBytes} bytes fetched before first interaction (whole page); drop → anomaly-score ${d.ms.toFixed(0)} ms ` +
-        `(first drop, with loading: ${first.ms.toFixed(0)} ms) vs the main page's ${reference.ms.toFixed(0)} ms (ratio ${(d.ms / reference.ms).toFixed(2)})`,
+      `vitepress: ${pageBytes} bytes fetched before first interaction (whole page; the detector's chunk ${detectorBytes}); ` +
+        `drop → anomaly-score best of 3: ${best.toFixed(1)} ms (first drop, loading included: ${first.ms.toFixed(0)} ms) ` +
+        `vs the main page's ${reference.ms.toFixed(1)} ms (ratio ${(best / reference.ms).toFixed(2)})`,
     );
   } finally {
     await b.close();
