@@ -187,3 +187,39 @@ test('without model="…" the default is the manifest\'s smallest checkpoint, wi
     await s.stop();
   }
 });
+
+test('from a CDN on another origin than the page (and the weights): a blob: module worker imports the package', { timeout: 120_000 }, async () => {
+  // A real CDN: the package on its own origin with CORS; the page's CSP must then allow that
+  // origin's scripts and blob: workers (the README says so).
+  const cdn = await staticServer({ [`/npm/anoscope@${pkg.version}/`]: pkg.stage }, { cors: true });
+  const dir = mkdtempSync(join(tmpdir(), 'anoscope-cdn-other-'));
+  writeFileSync(
+    join(dir, 'index.html'),
+    `<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Docs</title><link rel="icon" href="data:,">
+<script type="module" src="${cdn.url}npm/anoscope@${pkg.version}/anomaly-detector.js"></script></head>
+<body><anomaly-detector id="detector" category="bottle" model="${model.folder}"></anomaly-detector></body></html>
+`,
+  );
+  const policy = csp()
+    .replace("script-src 'self'", `script-src 'self' ${cdn.origin}`)
+    .replace("worker-src 'self'", 'worker-src blob:')
+    .replace("style-src 'self'", `style-src 'self' ${cdn.origin}`)
+    .replace(`connect-src 'self' ${model.origin}`, `connect-src 'self' ${model.origin} ${cdn.origin}`);
+  const s = await staticServer({ '/': dir }, { headers: { 'content-security-policy': policy } });
+  const b = await browser();
+  try {
+    const { page, problems, cspViolations } = await openPage(b.context, s.url);
+    const d = await dropOnElement(page, '#detector');
+    assert.ok(Math.abs(d.score - reference.score) <= 1e-6, `score ${d.score} vs ${reference.score}`);
+    assert.ok(maxAbsDiff(d.map, reference.map) <= 1e-6);
+    assert.ok(cdn.log.some((r) => r.path.endsWith('/worker.js') && r.status === 200));
+    assert.ok(cdn.log.some((r) => r.path.endsWith('/pkg/anoscope_bg.wasm') && r.status === 200));
+    assert.deepEqual(await cspViolations(), []);
+    assert.deepEqual(problems, []);
+  } finally {
+    await b.close();
+    await s.stop();
+    await cdn.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
