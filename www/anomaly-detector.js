@@ -98,8 +98,18 @@ class AnomalyDetector extends HTMLElement {
   /** Starts the worker, the wasm and the model now (once); resolves when the model is loaded. */
   load() {
     if (!this.client) throw new Error('the element is not in a document');
-    this.ready ??= this.#start();
-    this.ready.catch(() => {});
+    if (!this.ready) {
+      const ready = this.#start();
+      this.ready = ready;
+      // A failed load (offline, a wrong model URL) is tried again on the next use.
+      ready.catch(() => {
+        if (this.ready !== ready) return;
+        this.detector?.close();
+        this.detector = null;
+        this.client = { pending: true };
+        this.ready = null;
+      });
+    }
     return this.ready;
   }
 
