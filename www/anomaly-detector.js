@@ -85,7 +85,7 @@ class AnomalyDetector extends HTMLElement {
     this.mapWidth = 0;
     this.mapHeight = 0;
     this.ready = null;
-    this.assetsBase = null;
+    this.assetsBase ??= null; // kept when a page set it before the element was defined
   }
 
   /** How loading starts: 'interaction' (first use), 'visible' (scrolled into view) or 'eager'. */

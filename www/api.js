@@ -280,7 +280,7 @@ export class Detector {
           ? `Running on ${r.threads} threads (this page is cross-origin isolated).`
           : isolated
             ? `Running on one thread (${r.backend?.label ?? 'CPU'}).`
-            : 'Running on one thread: this page is not cross-origin isolated (COOP/COEP headers), so the threaded build cannot run.',
+            : 'Single-threaded: this page is not cross-origin isolated (no COOP/COEP headers).',
     };
     return this.info;
   }

@@ -91,7 +91,7 @@ test('from /npm/anoscope@X/: ≤ 100 kB before first use, lazy, then the main pa
     assert.ok(Math.abs(d.score - reference.score) <= 1e-6, `score ${d.score} vs the main page's ${reference.score}`);
     assert.ok(maxAbsDiff(d.map, reference.map) <= 1e-6);
     assert.equal(await page.evaluate(() => document.querySelector('#detector').shadowRoot.querySelector('progress').hidden), true);
-    assert.match(await shadowText(page, '.notice'), /^Running on one thread: this page is not cross-origin isolated/);
+    assert.match(await shadowText(page, '.notice'), /^Single-threaded: this page is not cross-origin isolated \(no COOP\/COEP headers\)\.$/);
     assert.match(await shadowText(page, '[part=status]'), /^Anomaly score \d\.\d{3}: (normal|anomalous) at threshold 0\.5\.$/);
     // The single-threaded build only; the weights from their own origin, nothing else anywhere.
     assert.ok(s.log.some((r) => r.path.endsWith('/pkg/anoscope_bg.wasm')));

@@ -99,7 +99,7 @@ test('a VitePress page embeds the element from the tarball: same result as the m
 
     // Without COOP/COEP: the single-threaded build, and the element says so in one line.
     const notice = await page.evaluate(() => document.querySelector('anomaly-detector').shadowRoot.querySelector('.notice').textContent);
-    assert.match(notice, /^Running on one thread: this page is not cross-origin isolated/);
+    assert.match(notice, /^Single-threaded: this page is not cross-origin isolated \(no COOP\/COEP headers\)\.$/);
 
     // Every request: the page's origin, or the model's (its three files only).
     const foreign = b.requests.filter((u) => !u.startsWith(site.origin) && !u.startsWith('blob:') && !u.startsWith('data:'));
