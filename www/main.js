@@ -1021,18 +1021,23 @@ async function scoreBatch(files, t0, run) {
 
 const THUMB_SIDE = 192;
 
-/** A result's thumbnail at its photo's aspect (long side THUMB_SIDE px): the photo (decoded at
- * that size; the model's input resampled when the browser cannot decode it) under its heat map
- * resampled onto the same size, at opacity 0.5. */
-async function thumbnail(r) {
+/** An empty thumbnail canvas at the result's photo aspect (long side THUMB_SIDE px). */
+function thumbCanvas(r) {
   const sw = r.sourceWidth || r.width;
   const sh = r.sourceHeight || r.height;
   const k = THUMB_SIDE / Math.max(sw, sh);
-  const tw = Math.max(1, Math.round(sw * k));
-  const th = Math.max(1, Math.round(sh * k));
   const c = document.createElement('canvas');
-  c.width = tw;
-  c.height = th;
+  c.width = Math.max(1, Math.round(sw * k));
+  c.height = Math.max(1, Math.round(sh * k));
+  return c;
+}
+
+/** Draws a result's thumbnail into `c`: the photo (decoded at the canvas size; the model's input
+ * resampled when the browser cannot decode it) under its heat map resampled onto the same size
+ * (the worker's photoMap), at opacity 0.5. Sets data-thumb="WxH" when done. */
+async function drawThumbnail(c, r) {
+  const tw = c.width;
+  const th = c.height;
   const ctx = c.getContext('2d');
   ctx.imageSmoothingQuality = 'high';
   let bmp = null;
@@ -1048,19 +1053,20 @@ async function thumbnail(r) {
   ctx.drawImage(layer, 0, 0);
   layer.close();
   c.dataset.thumb = `${tw}x${th}`;
-  return c;
 }
 
 /** Fills the grid with a run's results; `computed`: {stamp, mode, text}, the settings they were scored with. */
 async function fillGrid(list, open, computed) {
   const sorted = [...list].sort((a, b) => b.score - a.score);
   const rows = [];
+  const thumbs = [];
   for (const r of sorted) {
     const li = document.createElement('li');
     const b = document.createElement('button');
     b.type = 'button';
-    const c = await thumbnail(r);
+    const c = thumbCanvas(r);
     c.setAttribute('aria-hidden', 'true');
+    thumbs.push([c, r]);
     const label = document.createElement('span');
     label.className = 'grid-label';
     const v = verdict(r.score, threshold());
@@ -1075,6 +1081,18 @@ async function fillGrid(list, open, computed) {
   els.gridBox.hidden = false;
   state.gridStamp = computed;
   updateGridNote();
+  // The grid is usable at once; its thumbnails are drawn after it, one at a time, in the
+  // background (a newer grid stops an older one's).
+  (async () => {
+    for (const [c, r] of thumbs) {
+      if (els.grid.firstChild !== rows[0]) return;
+      try {
+        await drawThumbnail(c, r);
+      } catch (e) {
+        if (!state.restarting) console.warn(`thumbnail of ${r.name}: ${e?.message ?? e}`);
+      }
+    }
+  })();
 }
 
 // ---------------------------------------------------------------------------

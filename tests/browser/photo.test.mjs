@@ -443,6 +443,8 @@ test('batch: thumbnails at the photos\u2019 aspect, one CSV of every image', { t
     const bottleFile = { name: 'bottle_good_000.jpg', type: 'image/jpeg', bytes: image('bottle_good_000.jpg') };
     await dropAndWait(real, [STRIP, bottleFile]);
     await real.waitForSelector('#grid-box:not([hidden])');
+    // The thumbnails are drawn after the grid appears.
+    await real.waitForFunction(() => Array.from(document.querySelectorAll('#grid canvas')).every((c) => c.dataset.thumb));
     const thumbs = await real.$$eval('#grid button', (bs) =>
       bs.map((btn) => {
         const c = btn.querySelector('canvas');
