@@ -4,13 +4,20 @@
 // from the npm package):
 //   <script type="module" src="https://your.site/anoscope/anomaly-detector.js"></script>
 // The element owns its own detector worker (WebAssembly, all on the user's machine). The user
-// drops, pastes or picks an image (or `src` names one); the element draws the heatmap and fires
-//   `anomaly-score`  CustomEvent, detail {score, verdict, threshold, map, width, height, name}
+// drops, pastes or picks an image (or `src` names one); the element shows the result as the page
+// does (photo-view.js): the photo at its own size and aspect with the heat map as a layer
+// (opacity slider, overlay / original / side by side, zoom with wheel, pinch or buttons, pan by
+// dragging), the defect regions outlined, numbered and listed. It fires
+//   `anomaly-score`  CustomEvent, detail {score, verdict, threshold, map, width, height, name,
+//                    photoWidth, photoHeight, regions, regionsWidth, regionsHeight}
 //   `anomaly-error`  CustomEvent, detail {message}
 //   `anomaly-ready`  CustomEvent, detail {threads, notice, model} once the model is loaded
-// and exposes `.score`, `.map` (Float32Array, row-major width × height, values in [0, 1]),
-// `.mapWidth`, `.mapHeight`, `.load()` (starts loading now) and `.detect(blobOrFile)` (a Promise
-// of the event detail).
+// and exposes `.score`, `.map` (Float32Array, row-major width × height, values in [0, 1]: the map
+// on the model's square input), `.mapWidth`, `.mapHeight`, `.regions`, `.load()` (starts loading
+// now) and `.detect(blobOrFile)` (a Promise of the event detail). `regions` (at `threshold`,
+// highest peak first) are {bbox: [x, y, w, h], area_px, area_pct, peak, mean, peak_xy} in pixels
+// of the photo as drawn (regionsWidth × regionsHeight: the photo's size, or its copy bounded to
+// 4096 px on the long side).
 //
 // First paint never waits for the model: the drop zone shows at once, and the worker, the wasm
 // and the weights load on first use (`loading="interaction"`, the default: pointer over it, focus,
@@ -25,6 +32,7 @@
 // module.
 import { Detector, PACKAGED, assetsBaseOf, resolveModel } from './api.js';
 import { servedModels, verdict } from './common.js';
+import { PhotoView, buildPhotoView } from './photo-view.js';
 
 /**
  * The element's stylesheet: a <link> to its file, or, where a bundler inlined the small file as a
@@ -54,7 +62,11 @@ class AnomalyDetector extends HTMLElement {
   constructor() {
     super();
     const root = this.attachShadow({ mode: 'open' });
-    const css = stylesheet(root, new URL('anomaly-detector.css', import.meta.url).href);
+    // Literal new URL(…, import.meta.url): bundlers and the package's assembler find the files.
+    const css = [
+      stylesheet(root, new URL('photo-view.css', import.meta.url).href),
+      stylesheet(root, new URL('anomaly-detector.css', import.meta.url).href),
+    ];
     this.$zone = document.createElement('label');
     this.$zone.className = 'zone';
     this.$zone.tabIndex = 0;
@@ -71,16 +83,20 @@ class AnomalyDetector extends HTMLElement {
     this.$notice = document.createElement('p');
     this.$notice.className = 'notice';
     this.$notice.setAttribute('part', 'notice');
-    this.$canvas = document.createElement('canvas');
-    this.$canvas.width = 0;
-    this.$canvas.height = 0;
-    this.$canvas.setAttribute('role', 'img');
-    this.$canvas.setAttribute('part', 'canvas');
     this.$status = document.createElement('p');
     this.$status.setAttribute('role', 'status');
     this.$status.setAttribute('part', 'status');
-    root.append(css, this.$zone, this.$progress, this.$canvas, this.$status, this.$notice);
+    // The result view (photo-view.js), the page's: hidden until the first result.
+    this.$view = buildPhotoView(document);
+    this.$result = document.createElement('div');
+    this.$result.className = 'result';
+    this.$result.setAttribute('part', 'result');
+    this.$result.hidden = true;
+    this.$result.append(this.$view.controls, this.$view.resultView);
+    this.$photoView = new PhotoView(this.$view, { regionsBeside: false, maxHeight: () => Math.min(window.innerHeight * 0.7, 640) });
+    root.append(...css, this.$zone, this.$progress, this.$status, this.$notice, this.$result);
     this.score = null;
+    this.regions = [];
     this.map = null;
     this.mapWidth = 0;
     this.mapHeight = 0;
@@ -261,6 +277,21 @@ class AnomalyDetector extends HTMLElement {
     this.dispatchEvent(new CustomEvent('anomaly-error', { detail: { message }, bubbles: true, composed: true }));
   }
 
+  /** Draws a result: the photo (the model's input when the browser cannot decode it) at the
+   * layer's size, the heat layer `o` and its regions. */
+  async #draw(blob, r, o) {
+    let bmp = await createImageBitmap(blob).catch(() => null);
+    if (!bmp && r.input) bmp = await createImageBitmap(new ImageData(new Uint8ClampedArray(r.input), r.width, r.height));
+    this.$result.hidden = false;
+    this.$photoView.drawPhoto(bmp, o.width, o.height);
+    bmp?.close();
+    this.$photoView.drawLayer(o.rgba, o.width, o.height);
+    this.$photoView.drawRegions({ width: o.width, height: o.height, list: o.regions });
+    this.$photoView.setOpacity(Number(this.$view.opacity.value));
+    this.$view.photo.dataset.photoWidth = String(r.sourceWidth);
+    this.$view.photo.dataset.photoHeight = String(r.sourceHeight);
+  }
+
   /** Scores one image (Blob or File); resolves to the `anomaly-score` detail. */
   async detect(blob) {
     await this.load();
@@ -279,21 +310,34 @@ class AnomalyDetector extends HTMLElement {
         file: { name: blob.name || 'image', bytes: await blob.arrayBuffer() },
         text: { category: this.getAttribute('category') || 'object' },
       });
-      const o = await this.client.call('overlay', { opacity: 0.5, threshold });
-      this.$canvas.width = o.width;
-      this.$canvas.height = o.height;
-      this.$canvas
-        .getContext('2d')
-        .putImageData(new ImageData(new Uint8ClampedArray(o.rgba.buffer), o.width, o.height), 0, 0);
+      const o = await this.client.call('overlay', { threshold });
+      await this.#draw(blob, r, o);
       this.score = r.score;
       this.map = r.map;
       this.mapWidth = r.width;
       this.mapHeight = r.height;
+      this.regions = o.regions;
       const v = verdict(r.score, threshold);
-      const text = `Anomaly score ${r.score.toFixed(3)}: ${v} at threshold ${threshold}.`;
+      const n = o.regions.length;
+      const text =
+        `Anomaly score ${r.score.toFixed(3)}: ${v} at threshold ${threshold}` +
+        (n ? `; ${n} region${n === 1 ? '' : 's'} at or above it.` : '.');
       this.$status.textContent = text;
-      this.$canvas.setAttribute('aria-label', `Anomaly heatmap. ${text}`);
-      const detail = { score: r.score, verdict: v, threshold, map: r.map, width: r.width, height: r.height, name: blob.name };
+      this.$view.overlay.setAttribute('aria-label', `Anomaly heatmap over the photo. ${text}`);
+      const detail = {
+        score: r.score,
+        verdict: v,
+        threshold,
+        map: r.map,
+        width: r.width,
+        height: r.height,
+        name: blob.name,
+        photoWidth: r.sourceWidth,
+        photoHeight: r.sourceHeight,
+        regions: o.regions,
+        regionsWidth: o.width,
+        regionsHeight: o.height,
+      };
       this.dispatchEvent(new CustomEvent('anomaly-score', { detail, bubbles: true, composed: true }));
       return detail;
     } catch (e) {

@@ -29,7 +29,7 @@ export async function fetchBuild(base) {
 }
 
 /** The page's files that carry no stamp: checked against build.json's sha256 by checkPage. */
-const UNSTAMPED = ['common.js', 'deploy.js', 'style.css'];
+const UNSTAMPED = ['common.js', 'deploy.js', 'photo-view.js', 'style.css', 'photo-view.css'];
 
 /**
  * The page's check, before the worker starts: index.html's stamp, main.js's and build.json's id

@@ -1,6 +1,7 @@
 // The page's UI thread: inputs, drawing and messages. All model work happens in worker.js.
 import { DetectorClient, formatBytes, servedModels, verdict, WEIGHTS_CACHE } from './common.js';
 import { checkPage, refusedClient } from './deploy.js';
+import { PhotoView, largestRegion } from './photo-view.js';
 
 // This file's version, stamped by tests/browser/site-index.mjs (see deploy.js).
 const BUILD_ID = 'dev';
@@ -723,13 +724,6 @@ function textSpec() {
   };
 }
 
-function drawRgba(canvas, rgba, width, height) {
-  canvas.width = width;
-  canvas.height = height;
-  const img = new ImageData(new Uint8ClampedArray(rgba.buffer, rgba.byteOffset, rgba.byteLength), width, height);
-  canvas.getContext('2d').putImageData(img, 0, 0);
-}
-
 function threshold() {
   return Number(els.threshold.value);
 }
@@ -748,8 +742,6 @@ function describeVerdict(r) {
 function currentSpec(r) {
   return { map: r.map, width: r.width, height: r.height, sourceWidth: r.sourceWidth, sourceHeight: r.sourceHeight, photo: r.photo };
 }
-
-const MAX_LISTED_REGIONS = 50;
 
 /** The photo of a result as drawable pixels: the dropped file, the webcam frame, else the
  * model's input (a format the browser cannot decode but the detector can). */
@@ -770,17 +762,9 @@ async function photoBitmap(r) {
 async function drawPhoto(r, width, height) {
   const bmp = await photoBitmap(r);
   if (state.current !== r) return bmp?.close();
-  for (const c of [els.photo, els.photoSide]) {
-    c.width = width;
-    c.height = height;
-    const ctx = c.getContext('2d');
-    ctx.imageSmoothingQuality = 'high';
-    if (bmp) ctx.drawImage(bmp, 0, 0, width, height);
-  }
+  view.drawPhoto(bmp, width, height);
   bmp?.close();
   r.drawnAt = `${width}x${height}`;
-  zoom.scale = null;
-  applyZoom();
   const sw = r.sourceWidth ?? width;
   const sh = r.sourceHeight ?? height;
   const bounded = width !== sw || height !== sh;
@@ -819,158 +803,22 @@ async function redraw() {
         continue;
       }
       if (r.drawnAt !== `${o.width}x${o.height}`) await drawPhoto(r, o.width, o.height);
-      drawRgba(els.overlay, o.rgba, o.width, o.height);
+      view.drawLayer(o.rgba, o.width, o.height);
       r.regions = { threshold: t, width: o.width, height: o.height, list: o.regions };
-      drawRegions(r.regions);
-      if (zoom.scale === null) applyZoom();
+      view.drawRegions(r.regions);
     } while (overlayAgain);
   } catch (e) {
     if (!state.restarting) showMessage(`Could not draw the overlay: ${e?.message ?? e}`);
   } finally {
     overlayPending = false;
   }
-  setOpacity();
+  view.setOpacity(Number(els.opacity.value));
   showVerdict();
 }
 
-// Zoom and pan: `scale` is screen pixels per pixel of the photo as drawn (null: fit to the view).
-// Wheel (and a trackpad pinch) zooms about the pointer, the buttons about the centre; dragging pans.
-const zoom = { scale: null, min: 0.05, max: 16 };
-
-function fitScale() {
-  const w = els.photo.width;
-  const h = els.photo.height;
-  if (!w || !h) return 1;
-  const side = els.resultView.dataset.view === 'side';
-  const avail = Math.max(160, els.resultView.clientWidth - (els.regionsBox.hidden ? 0 : 300) - 20);
-  const availW = side ? (avail - 10) / 2 : avail;
-  const availH = Math.max(160, window.innerHeight * 0.75);
-  return Math.min(availW / w, availH / h, 8);
-}
-
-/** Sizes the photo (and the side copy) for the zoom; `at`: [x, y] in the view kept in place. */
-function applyZoom(at = null) {
-  const w = els.photo.width;
-  const h = els.photo.height;
-  if (!w || !h) return;
-  const old = els.photo.getBoundingClientRect().width / w || 1;
-  const s = zoom.scale ?? fitScale();
-  for (const c of [els.photo, els.photoSide]) {
-    c.style.width = `${w * s}px`;
-    c.style.height = `${h * s}px`;
-  }
-  if (at) {
-    const v = els.views;
-    v.scrollLeft = ((v.scrollLeft + at[0]) / old) * s - at[0];
-    v.scrollTop = ((v.scrollTop + at[1]) / old) * s - at[1];
-  }
-  els.zoomValue.textContent = `${Math.round(s * 100)} %${zoom.scale === null ? ' (fit)' : ''}`;
-  els.boxes.style.setProperty('--inv', String(1 / s)); // box labels keep their size on screen
-  els.photo.dataset.scale = String(s);
-}
-
-function zoomBy(f, at) {
-  const cur = zoom.scale ?? fitScale();
-  zoom.scale = Math.min(zoom.max, Math.max(zoom.min, cur * f));
-  applyZoom(at ?? [els.views.clientWidth / 2, els.views.clientHeight / 2]);
-}
-els.zoomIn.addEventListener('click', () => zoomBy(1.25));
-els.zoomOut.addEventListener('click', () => zoomBy(1 / 1.25));
-els.zoom1.addEventListener('click', () => {
-  zoom.scale = 1;
-  applyZoom();
-});
-els.zoomFit.addEventListener('click', () => {
-  zoom.scale = null;
-  applyZoom();
-});
-els.views.addEventListener(
-  'wheel',
-  (ev) => {
-    if (!els.photo.width) return;
-    ev.preventDefault();
-    const box = els.views.getBoundingClientRect();
-    zoomBy(Math.exp(-ev.deltaY * (ev.ctrlKey ? 0.01 : 0.002)), [ev.clientX - box.left, ev.clientY - box.top]);
-  },
-  { passive: false },
-);
-els.views.addEventListener('pointerdown', (ev) => {
-  if (ev.button !== 0) return;
-  const start = { x: ev.clientX, y: ev.clientY, left: els.views.scrollLeft, top: els.views.scrollTop };
-  els.views.setPointerCapture(ev.pointerId);
-  els.views.classList.add('panning');
-  const move = (e) => {
-    els.views.scrollLeft = start.left - (e.clientX - start.x);
-    els.views.scrollTop = start.top - (e.clientY - start.y);
-  };
-  const up = () => {
-    els.views.classList.remove('panning');
-    els.views.removeEventListener('pointermove', move);
-    els.views.removeEventListener('pointerup', up);
-    els.views.removeEventListener('pointercancel', up);
-  };
-  els.views.addEventListener('pointermove', move);
-  els.views.addEventListener('pointerup', up);
-  els.views.addEventListener('pointercancel', up);
-});
-window.addEventListener('resize', () => zoom.scale === null && applyZoom());
-
-function setOpacity() {
-  els.overlay.style.opacity = String(Number(els.opacity.value));
-}
-
-const SVG = 'http://www.w3.org/2000/svg';
-const fmt = (x) => x.toFixed(3);
-const regionText = (g, i) =>
-  `#${i + 1}: x ${g.bbox[0]}, y ${g.bbox[1]}, ${g.bbox[2]}×${g.bbox[3]} px · area ${g.area_px} px (${g.area_pct.toFixed(2)} %) · peak ${fmt(g.peak)} · mean ${fmt(g.mean)}`;
-
-/** Numbered boxes over the photo and the list beside it (hover or focus highlights a box). */
-function drawRegions({ width, height, list }) {
-  els.boxes.setAttribute('viewBox', `0 0 ${width} ${height}`);
-  const shown = list.slice(0, MAX_LISTED_REGIONS);
-  const nodes = [];
-  const items = [];
-  shown.forEach((g, i) => {
-    const [x, y, w, h] = g.bbox;
-    const rect = document.createElementNS(SVG, 'rect');
-    for (const [k, v] of Object.entries({ x, y, width: w, height: h })) rect.setAttribute(k, String(v));
-    const label = document.createElementNS(SVG, 'text');
-    label.setAttribute('x', String(x + 2));
-    label.setAttribute('y', String(y + 1));
-    label.textContent = String(i + 1);
-    nodes.push(rect, label);
-    const li = document.createElement('li');
-    const b = document.createElement('button');
-    b.type = 'button';
-    b.textContent = regionText(g, i);
-    b.dataset.bbox = g.bbox.join(',');
-    const hot = (on) => {
-      rect.classList.toggle('hot', on);
-      label.classList.toggle('hot', on);
-    };
-    b.addEventListener('mouseenter', () => hot(true));
-    b.addEventListener('mouseleave', () => hot(false));
-    b.addEventListener('focus', () => hot(true));
-    b.addEventListener('blur', () => hot(false));
-    li.append(b);
-    items.push(li);
-  });
-  els.boxes.replaceChildren(...nodes);
-  els.regions.replaceChildren(...items);
-  els.regionsBox.hidden = false;
-  els.regionsNote.textContent = list.length
-    ? `${list.length} region${list.length === 1 ? '' : 's'}, highest peak first${list.length > shown.length ? ` (the first ${shown.length} are listed and outlined; the exports carry all)` : ''}. Coordinates in pixels of the photo as shown (${width}×${height}).`
-    : 'No region at or above the threshold.';
-  els.regionsBox.dataset.count = String(list.length);
-}
-
-function largestRegion(list) {
-  let best = -1;
-  list.forEach((g, i) => {
-    if (best < 0 || g.area_px > list[best].area_px) best = i;
-  });
-  return best;
-}
+// The photo view (photo-view.js, shared with <anomaly-detector>): zoom, pan, pinch, the view
+// toggle, the opacity slider, region boxes and list.
+const view = new PhotoView({ ...els, viewRadios: Array.from(document.querySelectorAll('input[name="view"]')) });
 
 function showVerdict() {
   const { v, text } = describeVerdict(state.current);
@@ -994,7 +842,18 @@ async function show(result, t0) {
   const ms = performance.now() - t0;
   document.dispatchEvent(
     new CustomEvent('anoscope:drawn', {
-      detail: { ms, score: result.score, name: result.name, map: result.map, photoWidth: result.sourceWidth, photoHeight: result.sourceHeight, tiles: result.tiles?.count ?? 0 },
+      // photoMap: the map on the photo as drawn (stitched, for a tiled run), when the result keeps it.
+      detail: {
+        ms,
+        score: result.score,
+        name: result.name,
+        map: result.map,
+        photoWidth: result.sourceWidth,
+        photoHeight: result.sourceHeight,
+        tiles: result.tiles?.count ?? 0,
+        tileRects: result.tiles?.rects,
+        photoMap: result.photo ? { map: result.photo.map, width: result.photo.width, height: result.photo.height } : undefined,
+      },
     }),
   );
 }
@@ -1160,21 +1019,54 @@ async function scoreBatch(files, t0, run) {
   await show(d, t0);
 }
 
+const THUMB_SIDE = 192;
+
+/** An empty thumbnail canvas at the result's photo aspect (long side THUMB_SIDE px). */
+function thumbCanvas(r) {
+  const sw = r.sourceWidth || r.width;
+  const sh = r.sourceHeight || r.height;
+  const k = THUMB_SIDE / Math.max(sw, sh);
+  const c = document.createElement('canvas');
+  c.width = Math.max(1, Math.round(sw * k));
+  c.height = Math.max(1, Math.round(sh * k));
+  return c;
+}
+
+/** Draws a result's thumbnail into `c`: the photo (decoded at the canvas size; the model's input
+ * resampled when the browser cannot decode it) under its heat map resampled onto the same size
+ * (the worker's photoMap), at opacity 0.5. Sets data-thumb="WxH" when done. */
+async function drawThumbnail(c, r) {
+  const tw = c.width;
+  const th = c.height;
+  const ctx = c.getContext('2d');
+  ctx.imageSmoothingQuality = 'high';
+  let bmp = null;
+  if (r.file) bmp = await createImageBitmap(r.file, { resizeWidth: tw, resizeHeight: th, resizeQuality: 'high' }).catch(() => null);
+  if (!bmp && r.input) bmp = await createImageBitmap(new ImageData(new Uint8ClampedArray(r.input), r.width, r.height));
+  if (bmp) {
+    ctx.drawImage(bmp, 0, 0, tw, th);
+    bmp.close();
+  }
+  const heat = await client.call('thumb', { map: r.map, width: r.width, height: r.height, thumbWidth: tw, thumbHeight: th });
+  const layer = await createImageBitmap(new ImageData(new Uint8ClampedArray(heat.rgba.buffer), heat.width, heat.height));
+  ctx.globalAlpha = 0.5;
+  ctx.drawImage(layer, 0, 0);
+  layer.close();
+  c.dataset.thumb = `${tw}x${th}`;
+}
+
 /** Fills the grid with a run's results; `computed`: {stamp, mode, text}, the settings they were scored with. */
 async function fillGrid(list, open, computed) {
   const sorted = [...list].sort((a, b) => b.score - a.score);
   const rows = [];
+  const thumbs = [];
   for (const r of sorted) {
     const li = document.createElement('li');
     const b = document.createElement('button');
     b.type = 'button';
-    const c = document.createElement('canvas');
-    let rgba = r.rgba;
-    if (!rgba) rgba = (await client.call('thumb', { input: r.input, map: r.map, width: r.width, height: r.height })).rgba;
-    drawRgba(c, rgba, r.width, r.height);
-    // The thumbnail (the model's square input) is shown at the photo's aspect.
-    if (r.sourceWidth && r.sourceHeight) c.style.aspectRatio = `${r.sourceWidth} / ${r.sourceHeight}`;
+    const c = thumbCanvas(r);
     c.setAttribute('aria-hidden', 'true');
+    thumbs.push([c, r]);
     const label = document.createElement('span');
     label.className = 'grid-label';
     const v = verdict(r.score, threshold());
@@ -1189,6 +1081,18 @@ async function fillGrid(list, open, computed) {
   els.gridBox.hidden = false;
   state.gridStamp = computed;
   updateGridNote();
+  // The grid is usable at once; its thumbnails are drawn after it, one at a time, in the
+  // background (a newer grid stops an older one's).
+  (async () => {
+    for (const [c, r] of thumbs) {
+      if (els.grid.firstChild !== rows[0]) return;
+      try {
+        await drawThumbnail(c, r);
+      } catch (e) {
+        if (!state.restarting) console.warn(`thumbnail of ${r.name}: ${e?.message ?? e}`);
+      }
+    }
+  })();
 }
 
 // ---------------------------------------------------------------------------
@@ -1455,13 +1359,6 @@ els.encode.addEventListener('click', async () => {
   els.textStatus.dataset.encoded = spec.object ?? spec.category;
 });
 
-els.opacity.addEventListener('input', setOpacity);
-for (const radio of document.querySelectorAll('input[name="view"]')) {
-  radio.addEventListener('change', () => {
-    if (radio.checked) els.resultView.dataset.view = radio.value;
-    if (radio.checked && zoom.scale === null) applyZoom();
-  });
-}
 els.threshold.addEventListener('input', () => {
   els.thresholdValue.textContent = threshold().toFixed(2);
   redraw();
@@ -1519,7 +1416,9 @@ els.exportJson.addEventListener('click', async () => {
       regionsWidth: regs?.width,
       regionsHeight: regs?.height,
       regions: regs?.list ?? [],
-      tiles: r.tiles ? { count: r.tiles.count, rows: r.tiles.rows, cols: r.tiles.cols, wholeScore: r.tiles.wholeScore, tileScores: r.tiles.tileScores } : undefined,
+      tiles: r.tiles
+        ? { count: r.tiles.count, rows: r.tiles.rows, cols: r.tiles.cols, rects: r.tiles.rects, wholeScore: r.tiles.wholeScore, tileScores: r.tiles.tileScores }
+        : undefined,
       computedWith: r.settings,
     })),
   };

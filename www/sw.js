@@ -19,6 +19,8 @@ const SHELL = [
   'worker.js',
   'pool-guard.js',
   'style.css',
+  'photo-view.js',
+  'photo-view.css',
   'anomaly-detector.js',
   'anomaly-detector.css',
   'build.json',

@@ -674,6 +674,16 @@ let batchDims = []; // the batch's photo sizes, [w, h] each
 
 /** Tiled inspection of one photo (tiles::detect_tiled): a pass over the whole photo, then one per
  * tile, progress after each and a cancel check before the next (the callback throwing stops it). */
+/** ?plantmap=1, tiled: every tile's map is 0 but one cell of the first tile (row 1, column 1)
+ * and one of the last (row n−2, column n−2), both 1: corners no other tile covers, so the
+ * stitched map is 1 at those cells' centres in the photo (photo.test.mjs checks where). */
+function plantedTiles(planJson, count, n, width, height) {
+  const maps = new Float32Array(count * n * n);
+  maps[1 * n + 1] = 1;
+  maps[(count - 1) * n * n + (n - 2) * n + (n - 2)] = 1;
+  return wasm.stitchTiles(planJson, maps, n, n, width, height);
+}
+
 async function detectTiled(m, mode, image, pair, r, tiles, name, t0) {
   const report = (done, total) => {
     stepPause();
@@ -701,10 +711,18 @@ async function detectTiled(m, mode, image, pair, r, tiles, name, t0) {
     sourceHeight: image.height,
     name,
     ms: performance.now() - t0,
-    tiles: { count: plan.tiles.length, rows: plan.rows, cols: plan.cols, wholeScore: res.wholeScore, tileScores: Array.from(res.tileScores()) },
+    tiles: {
+      count: plan.tiles.length,
+      rows: plan.rows,
+      cols: plan.cols,
+      rects: plan.tiles,
+      wholeScore: res.wholeScore,
+      tileScores: Array.from(res.tileScores()),
+    },
     photo: { map: res.map(), width: res.width, height: res.height, bounded: res.width !== image.width || res.height !== image.height },
   };
   res.free();
+  if (plantMap) out.photo.map = plantedTiles(JSON.stringify(plan), plan.tiles.length, n, out.photo.width, out.photo.height);
   setPhotoCurrent(out.photo);
   return out;
 }
@@ -896,7 +914,7 @@ const handlers = {
         map: d.map(),
         sourceWidth: batchDims[i][0],
         sourceHeight: batchDims[i][1],
-        rgba: renderOverlay(d.input(), d.map(), d.width, d.height, 0.5, NaN),
+        input: d.input(),
       });
       d.free();
     }
@@ -928,10 +946,15 @@ const handlers = {
     const rgba = renderOverlay(blank, map, width, height, 1, threshold);
     return { rgba, width, height, regions: currentRegions(threshold) };
   },
-  /** A thumbnail overlay at the model's input size (opacity 0.5, no outline); `current` stays. */
-  thumb({ input, map, width, height }) {
-    if (input.length !== width * height * 4 || map.length !== width * height) throw new Error('result has the wrong size');
-    return { rgba: renderOverlay(input, map, width, height, 0.5, NaN), width, height };
+  /** A thumbnail's heat layer (opacity 1, no outline) at `thumbWidth × thumbHeight`, the
+   * photo's aspect: the map at input size resampled onto it (the inverse resize). `current` stays. */
+  thumb({ map, width, height, thumbWidth, thumbHeight }) {
+    if (map.length !== width * height || width !== height) throw new Error('result has the wrong size');
+    const p = photoMap(map, width, height, thumbWidth, thumbHeight, 0);
+    const rgba = renderOverlay(new Uint8Array(p.width * p.height * 4), p.map(), p.width, p.height, 1, NaN);
+    const out = { rgba, width: p.width, height: p.height };
+    p.free();
+    return out;
   },
   /** The regions of a kept result at `threshold` (its map resampled onto the photo): for the
    * CSV export of a run. */

@@ -1,12 +1,16 @@
 // Photo-true results (issue 14, the page side) in headless Chromium with the interface test
 // model: a non-square KolektorSDD strip (250×627) and a 16:9 picture keep their size and aspect,
 // a planted map value (?plantmap=1) lands at the right photo pixel, the view toggle, the regions
-// list against the JSON and CSV exports, and tiled inspection (`auto` vs `off`).
+// list against the JSON and CSV exports, tiled inspection (`auto` vs `off`, a planted map on the
+// tiles, the stitched map against the native CLI's), touch (pinch zoom, one-finger pan), batch
+// thumbnails, and the <anomaly-detector> element drawing the same view.
 import assert from 'node:assert/strict';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
-import { ROOT, browser, dropAndWait, dropFiles, image, loadTestModel, makeSite, openPage, ready, serve } from './harness.mjs';
+import { readSafetensors } from '../wasm/safetensors.mjs';
+import { DIST, ROOT, browser, cli, dropAndWait, dropFiles, image, loadTestModel, makeSite, openPage, ready, serve } from './harness.mjs';
 
 const STRIP = { name: 'ksdd_defect_134.png', type: 'image/png', bytes: readFileSync(join(ROOT, 'tests/images/ksdd_defect_134.png')) };
 
@@ -77,6 +81,23 @@ async function drop169(page) {
     document.getElementById('drop').dispatchEvent(new DragEvent('drop', { dataTransfer: dt, bubbles: true, cancelable: true }));
   }, b64);
   return drawn;
+}
+
+/** Drops `file` and resolves to the drawn detail with the map on the photo (`photoMap`) as an array. */
+function dropWithPhotoMap(page, file) {
+  return page.evaluate(
+    async ({ b64, name, type }) => {
+      const drawn = new Promise((r) => document.addEventListener('anoscope:drawn', (e) => r(e.detail), { once: true }));
+      const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+      const dt = new DataTransfer();
+      dt.items.add(new File([bytes], name, { type }));
+      document.getElementById('drop').dispatchEvent(new DragEvent('drop', { dataTransfer: dt, bubbles: true, cancelable: true }));
+      const e = await drawn;
+      const pm = e.photoMap;
+      return { ...e, map: undefined, photoMap: { width: pm.width, height: pm.height, map: Array.from(pm.map) } };
+    },
+    { b64: file.bytes.toString('base64'), name: file.name, type: file.type },
+  );
 }
 
 test('the strip keeps its size and aspect, and a planted map cell lands on its photo pixel', { timeout: 120_000 }, async () => {
@@ -151,6 +172,50 @@ test('zoom: 1:1, buttons, wheel and fit; dragging pans', { timeout: 60_000 }, as
   assert.ok(Math.abs((await width()) - fit) < 1, 'fit again');
 });
 
+test('touch: two fingers pinch-zoom about their midpoint, one finger pans', { timeout: 60_000 }, async () => {
+  const cdp = await plant.context().newCDPSession(plant);
+  await cdp.send('Emulation.setTouchEmulationEnabled', { enabled: true, maxTouchPoints: 5 });
+  try {
+    await plant.click('#zoom-fit');
+    await plant.evaluate(() => document.querySelector('#result-view .views').scrollIntoView({ block: 'start' }));
+    const box = await plant.locator('#result-view .views').boundingBox();
+    const state = () =>
+      plant.evaluate(() => {
+        const v = document.querySelector('#result-view .views');
+        return { w: document.getElementById('photo').getBoundingClientRect().width, left: v.scrollLeft, top: v.scrollTop };
+      });
+    const touch = (type, points) =>
+      cdp.send('Input.dispatchTouchEvent', { type, touchPoints: points.map(([x, y], id) => ({ x, y, id })) });
+    // Pinch out: the fingers move from 40 px to 160 px apart about a point in the view.
+    const c = [box.x + Math.min(120, box.width / 2), box.y + Math.min(200, box.height / 2)];
+    const s0 = await state();
+    const at = [(s0.left + c[0] - box.x) / s0.w, (s0.top + c[1] - box.y) / s0.w]; // photo point under the fingers (in photo widths)
+    await touch('touchStart', [[c[0] - 20, c[1]], [c[0] + 20, c[1]]]);
+    for (let i = 1; i <= 6; i++) {
+      const d = 20 + (60 * i) / 6;
+      await touch('touchMove', [[c[0] - d, c[1]], [c[0] + d, c[1]]]);
+    }
+    await touch('touchEnd', []);
+    const s1 = await state();
+    assert.ok(Math.abs(s1.w / s0.w - 4) < 0.05, `pinch ×4: width ${s0.w} → ${s1.w}`);
+    assert.match(await plant.textContent('#zoom-value'), /^\d+ %$/, 'no longer fit');
+    // The photo point that was under the fingers is under them still.
+    const now = [(s1.left + c[0] - box.x) / s1.w, (s1.top + c[1] - box.y) / s1.w];
+    assert.ok(Math.abs(now[0] - at[0]) * s1.w < 2 && Math.abs(now[1] - at[1]) * s1.w < 2, `kept ${at} → ${now} (photo widths)`);
+    // One finger drags the view: it scrolls by the drag, the zoom stays.
+    await touch('touchStart', [c]);
+    for (let i = 1; i <= 5; i++) await touch('touchMove', [[c[0] - 12 * i, c[1] - 16 * i]]);
+    await touch('touchEnd', []);
+    const s2 = await state();
+    assert.ok(Math.abs(s2.w - s1.w) < 0.5, 'a one-finger drag does not zoom');
+    assert.ok(Math.abs(s2.left - s1.left - 60) < 2 && Math.abs(s2.top - s1.top - 80) < 2, `panned ${s1.left},${s1.top} → ${s2.left},${s2.top}`);
+    await plant.click('#zoom-fit');
+  } finally {
+    await cdp.send('Emulation.setTouchEmulationEnabled', { enabled: false });
+    await cdp.detach();
+  }
+});
+
 test('regions in the list equal those in the JSON and CSV exports; the threshold recomputes them', { timeout: 60_000 }, async () => {
   await plant.fill('#threshold', '0.2');
   await plant.dispatchEvent('#threshold', 'input');
@@ -220,6 +285,84 @@ test('tiles: auto on the strip runs N tiles and says so; off is the whole-image 
   mkdirSync(dir, { recursive: true });
   writeFileSync(join(dir, 'photo-strip-tiled.png'), shot);
   await real.selectOption('#tiles', 'off');
+});
+
+test('tiles: a planted map on the first and last tile lands on their photo pixels', { timeout: 120_000 }, async () => {
+  await plant.selectOption('#tiles', 'auto');
+  try {
+    const d = await dropWithPhotoMap(plant, STRIP);
+    assert.ok(d.tiles > 1, `${d.tiles} tiles`);
+    assert.equal(d.tileRects.length, d.tiles);
+    const n = inputSize;
+    const first = d.tileRects[0];
+    const last = d.tileRects[d.tiles - 1];
+    assert.deepEqual([first.x, first.y], [0, 0]);
+    assert.deepEqual([last.x + last.w, last.y + last.h], [250, 627], 'the last tile is flush with the far corner');
+    // Cell (1, 1) of the first tile and (n−2, n−2) of the last, centred by the inverse resize.
+    const at = (t, i, j) => [t.x + ((i + 0.5) * t.w) / n - 0.5, t.y + ((j + 0.5) * t.h) / n - 0.5];
+    const hot = [at(first, 1, 1), at(last, n - 2, n - 2)];
+    const { map, width, height } = d.photoMap;
+    assert.deepEqual([width, height], [250, 627]);
+    for (const [x, y] of hot) {
+      // Bilinear between cells: exactly 1 at the centre, at least 1 − ½ / cell width half a pixel off.
+      const v = map[Math.round(y) * width + Math.round(x)];
+      assert.ok(v >= 1 - 0.5 / (first.w / n) - 1e-6, `stitched map ${v} at ${[x, y]}`);
+    }
+    const px = hot.map(([x, y]) => [Math.round(x), Math.round(y)]);
+    const v = await view(plant, [...px, [125, 313]]);
+    assert.deepEqual(v.overlay, [250, 627]);
+    assert.ok(lum(v.px[0]) > 180 && lum(v.px[1]) > 180, `hot pixels ${v.px[0]} ${v.px[1]} at ${px}`);
+    assert.ok(lum(v.px[2]) < 30, `cold pixel ${v.px[2]}`);
+    // Two regions, one around each planted cell.
+    assert.equal(v.bboxes.length, 2, `regions ${v.bboxes}`);
+    for (const p of px) {
+      assert.ok(
+        v.bboxes.some((b) => {
+          const [x, y, w, h] = b.split(',').map(Number);
+          return x <= p[0] && p[0] < x + w && y <= p[1] && p[1] < y + h;
+        }),
+        `no region around ${p}: ${v.bboxes}`,
+      );
+    }
+  } finally {
+    await plant.selectOption('#tiles', 'off');
+  }
+});
+
+test('tiles: the page and the native CLI give the same stitched map on the strip (≤ 1e-5)', { timeout: 180_000 }, async () => {
+  const category = await real.inputValue('#category');
+  await real.selectOption('#tiles', 'auto');
+  const out = mkdtempSync(join(tmpdir(), 'anoscope-page-cli-'));
+  try {
+    const d = await dropWithPhotoMap(real, STRIP);
+    // The same model and prompt file the page was served (the interface test model).
+    cli(
+      'detect',
+      '--model', join(ROOT, 'tests/fixtures/hf_tiny'),
+      '--prompts', join(DIST, 'models/test-tiny/prompts.safetensors'),
+      '--category', category,
+      '--mode', 'fast',
+      '--backend', 'cpu',
+      '--tiles', 'auto',
+      '--full-map',
+      '--out', out,
+      join(ROOT, 'tests/images/ksdd_defect_134.png'),
+    );
+    const native = JSON.parse(readFileSync(join(out, 'ksdd_defect_134.json'), 'utf8'));
+    const full = readSafetensors(readFileSync(join(out, 'ksdd_defect_134.map.safetensors'))).get('anomaly_map_full');
+    assert.deepEqual(full.shape, [627, 250]);
+    assert.deepEqual([d.photoMap.width, d.photoMap.height], [250, 627]);
+    assert.ok(native.tiles.tiles.length > 1, 'the CLI tiled the strip');
+    assert.deepEqual(d.tileRects, native.tiles.tiles, 'the same tile plan');
+    let worst = 0;
+    for (let i = 0; i < full.data.length; i++) worst = Math.max(worst, Math.abs(d.photoMap.map[i] - full.data[i]));
+    console.log(`page vs CLI (tiles auto, ${native.tiles.tiles.length} tiles): stitched map max|Δ| = ${worst.toExponential(2)}, score ${d.score} vs ${native.score}`);
+    assert.ok(worst <= 1e-5, `stitched map max|Δ| = ${worst}`);
+    assert.ok(Math.abs(d.score - native.score) <= 1e-5, `score ${d.score} vs ${native.score}`);
+  } finally {
+    rmSync(out, { recursive: true, force: true });
+    await real.selectOption('#tiles', 'off');
+  }
 });
 
 test('the strip as the docs show it (interface test model), and a bottle photo', { timeout: 120_000 }, async () => {
@@ -300,16 +443,31 @@ test('batch: thumbnails at the photos\u2019 aspect, one CSV of every image', { t
     const bottleFile = { name: 'bottle_good_000.jpg', type: 'image/jpeg', bytes: image('bottle_good_000.jpg') };
     await dropAndWait(real, [STRIP, bottleFile]);
     await real.waitForSelector('#grid-box:not([hidden])');
+    // The thumbnails are drawn after the grid appears.
+    await real.waitForFunction(() => Array.from(document.querySelectorAll('#grid canvas')).every((c) => c.dataset.thumb));
     const thumbs = await real.$$eval('#grid button', (bs) =>
       bs.map((btn) => {
-        const r = btn.querySelector('canvas').getBoundingClientRect();
-        return { label: btn.textContent, aspect: r.width / r.height };
+        const c = btn.querySelector('canvas');
+        const r = c.getBoundingClientRect();
+        const px = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let lo = 255;
+        let hi = 0;
+        for (let i = 0; i < px.length; i += 4) {
+          const l = 0.299 * px[i] + 0.587 * px[i + 1] + 0.114 * px[i + 2];
+          lo = Math.min(lo, l);
+          hi = Math.max(hi, l);
+        }
+        return { label: btn.textContent, aspect: r.width / r.height, size: [c.width, c.height], range: hi - lo };
       }),
     );
     const strip = thumbs.find((t) => t.label.startsWith('ksdd'));
     const bottle = thumbs.find((t) => t.label.startsWith('bottle'));
+    // Drawn at the photo's aspect (long side 192 px), not a square stretched by CSS.
+    assert.deepEqual(strip.size, [77, 192]);
+    assert.deepEqual(bottle.size, [192, 192]);
     assert.ok(Math.abs(strip.aspect - 250 / 627) < 0.02, `strip thumbnail aspect ${strip.aspect}`);
     assert.ok(Math.abs(bottle.aspect - 1) < 0.02, `bottle thumbnail aspect ${bottle.aspect}`);
+    assert.ok(strip.range > 40 && bottle.range > 40, `the photos show through: ${strip.range}, ${bottle.range}`);
     const dir = join(process.env.CARGO_TARGET_DIR || join(ROOT, 'target'), 'browser');
     writeFileSync(join(dir, 'photo-batch.png'), await real.screenshot({ fullPage: true }));
     const [csv] = await Promise.all([real.waitForEvent('download'), real.click('#export-csv')]);
@@ -320,5 +478,81 @@ test('batch: thumbnails at the photos\u2019 aspect, one CSV of every image', { t
     assert.deepEqual(strips[0].slice(4, 6), ['250', '627']);
   } finally {
     await real.selectOption('#mode', 'fast');
+  }
+});
+
+test('<anomaly-detector> draws the same view: the photo at its size and aspect, layer, zoom, regions', { timeout: 120_000 }, async () => {
+  const { page, problems, cspViolations } = await openPage(b.context, `${server.url}examples/embed.html`);
+  try {
+    // The example scores its own sample first; then the strip, at a threshold just under the map's peak.
+    await page.waitForFunction(() => document.body.dataset.score, null, { timeout: 60_000 });
+    const b64 = STRIP.bytes.toString('base64');
+    const detect = () =>
+      page.evaluate(async (b64) => {
+        const el = document.getElementById('detector');
+        const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+        const d = await el.detect(new File([bytes], 'ksdd_defect_134.png', { type: 'image/png' }));
+        return { ...d, map: Array.from(d.map) };
+      }, b64);
+    const first = await detect();
+    assert.deepEqual([first.photoWidth, first.photoHeight], [250, 627]);
+    const peak = Math.max(...first.map);
+    await page.evaluate((t) => document.getElementById('detector').setAttribute('threshold', String(t)), Math.floor((peak - 0.005) * 1000) / 1000);
+    const d = await detect();
+    assert.deepEqual([d.regionsWidth, d.regionsHeight], [250, 627]);
+    assert.ok(d.regions.length >= 1, `regions at ${d.threshold}: ${d.regions.length}`);
+    const shadow = () =>
+      page.evaluate(() => {
+        const root = document.getElementById('detector').shadowRoot;
+        const $ = (id) => root.getElementById(id);
+        const box = $('photo').getBoundingClientRect();
+        const obox = $('overlay').getBoundingClientRect();
+        return {
+          photo: [$('photo').width, $('photo').height],
+          overlay: [$('overlay').width, $('overlay').height],
+          shown: [box.width, box.height],
+          layerShown: [obox.width, obox.height],
+          opacity: getComputedStyle($('overlay')).opacity,
+          bboxes: Array.from(root.querySelectorAll('#regions button'), (b) => b.dataset.bbox),
+          rects: root.querySelectorAll('#boxes rect').length,
+          status: root.querySelector('[part="status"]').textContent,
+        };
+      });
+    const v = await shadow();
+    assert.deepEqual(v.photo, [250, 627], 'the photo at its own resolution');
+    assert.deepEqual(v.overlay, [250, 627], 'the heat layer at the photo resolution');
+    assert.ok(Math.abs(v.shown[0] / v.shown[1] - 250 / 627) < 0.01, `shown ${v.shown}`);
+    assert.ok(Math.abs(v.layerShown[0] - v.shown[0]) < 1 && Math.abs(v.layerShown[1] - v.shown[1]) < 1, 'the layer covers the photo');
+    assert.equal(v.opacity, '0.5');
+    assert.deepEqual(v.bboxes, d.regions.slice(0, 50).map((g) => g.bbox.join(',')), 'the list is the event’s regions');
+    assert.equal(v.rects, v.bboxes.length);
+    assert.match(v.status, new RegExp(`^Anomaly score ${d.score.toFixed(3)}: \\w+ at threshold [0-9.]+; ${d.regions.length} regions? at or above it\\.$`));
+    // Zoom (button, 1:1), opacity and the view toggle work inside the element.
+    const click = (id) => page.evaluate((id) => document.getElementById('detector').shadowRoot.getElementById(id).click(), id);
+    await click('zoom-1');
+    assert.ok(Math.abs((await shadow()).shown[0] - 250) < 0.5);
+    await click('zoom-in');
+    assert.ok(Math.abs((await shadow()).shown[0] - 312.5) < 0.5);
+    await click('zoom-fit');
+    await page.evaluate(() => {
+      const root = document.getElementById('detector').shadowRoot;
+      const o = root.getElementById('opacity');
+      o.value = '0.7';
+      o.dispatchEvent(new Event('input'));
+      root.querySelector('input[value="side"]').click();
+    });
+    const side = await page.evaluate(() => {
+      const root = document.getElementById('detector').shadowRoot;
+      return [getComputedStyle(root.getElementById('overlay')).opacity, getComputedStyle(root.getElementById('photo-side')).display];
+    });
+    assert.deepEqual(side, ['0.7', 'block']);
+    await page.evaluate(() => document.getElementById('detector').shadowRoot.querySelector('input[value="overlay"]').click());
+    const dir = join(process.env.CARGO_TARGET_DIR || join(ROOT, 'target'), 'browser');
+    mkdirSync(dir, { recursive: true });
+    writeFileSync(join(dir, 'element-strip.png'), await page.screenshot({ fullPage: true }));
+    assert.deepEqual(await cspViolations(), []);
+    assert.deepEqual(problems, []);
+  } finally {
+    await page.close();
   }
 });

@@ -37,9 +37,21 @@ test('webcam frames are scored, fps > 0, and the stream stops when toggled off',
       const v = document.getElementById('video');
       const p = document.getElementById('photo');
       const o = document.getElementById('overlay');
-      return { video: [v.videoWidth, v.videoHeight], photo: [p.width, p.height], overlay: [o.width, o.height] };
+      const pb = p.getBoundingClientRect();
+      const ob = o.getBoundingClientRect();
+      return {
+        video: [v.videoWidth, v.videoHeight],
+        photo: [p.width, p.height],
+        overlay: [o.width, o.height],
+        shown: [pb.width, pb.height],
+        layerShown: [ob.width, ob.height],
+      };
     });
     assert.deepEqual(cam.overlay, cam.photo);
+    assert.notEqual(cam.video[0], cam.video[1], 'the fake camera is not square');
+    // On screen too: the frame and its layer keep the camera's aspect, the layer over the frame.
+    assert.ok(Math.abs(cam.shown[0] / cam.shown[1] - cam.video[0] / cam.video[1]) < 0.01, JSON.stringify(cam));
+    assert.ok(Math.abs(cam.layerShown[0] - cam.shown[0]) < 1 && Math.abs(cam.layerShown[1] - cam.shown[1]) < 1, JSON.stringify(cam));
     assert.equal(Math.max(...cam.photo), Math.min(320, Math.max(...cam.video)));
     assert.ok(Math.abs(cam.photo[0] / cam.photo[1] - cam.video[0] / cam.video[1]) < 0.01, JSON.stringify(cam));
     // Keep a handle on the track to see that it ends.
