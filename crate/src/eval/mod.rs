@@ -61,14 +61,17 @@
 //! are in [`crate::detect`], the metric definitions in [`crate::metrics`], and the command-line
 //! flags in the `anoscope` binary.
 mod dataset;
+mod layouts;
 mod output;
 mod report;
 mod runner;
 
 pub use dataset::{
-    check_mask_aspect, image_dims, is_image_path, load_mask, nearest_source_indices, read_mask, resize_mask_nearest,
-    scan_dataset, select_references, CategoryData, Dataset, TestImage, ASPECT_TOLERANCE, GOOD, IMAGE_EXTENSIONS,
+    check_mask_aspect, image_dims, is_image_path, load_mask, load_masks, nearest_source_indices, read_mask,
+    read_mask_as, resize_mask_nearest, scan_dataset, scan_dataset_as, select_references, CategoryData, Dataset,
+    TestImage, ASPECT_TOLERANCE, GOOD, IMAGE_EXTENSIONS,
 };
+pub use layouts::{Layout, MaskRule, VISA_SPLIT};
 pub use output::{
     read_finished, read_map, write_atomic, write_map, write_record, write_timing, ImageRecord, ImageTiming, OutDir,
 };
