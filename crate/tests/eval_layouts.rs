@@ -290,6 +290,18 @@ fn visa_errors_name_the_line_and_the_file() {
         &err(eval::scan_dataset(r, &[])),
         &["1cls.csv:7", "missing image", "Normal/0000.JPG"],
     );
+    // A split file that is not text, and one far too large for a split file.
+    let csv = r.join("split_csv/1cls.csv");
+    std::fs::write(&csv, [0xff, 0xfe, 0x00, 0x41]).unwrap();
+    has(
+        &err(eval::scan_dataset(r, &[])),
+        &["VisA layout: cannot read", "1cls.csv", "UTF-8"],
+    );
+    std::fs::File::create(&csv).unwrap().set_len(65 << 20).unwrap();
+    has(
+        &err(eval::scan_dataset(r, &[])),
+        &["1cls.csv is 68157440 bytes", "not a split file"],
+    );
     // One category folder, or a root without the split file: named as VisA, with what is missing.
     let tmp = tempfile::tempdir().unwrap();
     let r = tmp.path();

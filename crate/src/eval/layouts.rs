@@ -403,6 +403,9 @@ fn finish_category(
 /// The split file of the VisA layout, relative to its root.
 pub const VISA_SPLIT: &str = "split_csv/1cls.csv";
 
+/// Largest split file read (VisA's `1cls.csv` has about 10,800 rows, 1 MB).
+const MAX_SPLIT_BYTES: u64 = 64 << 20;
+
 /// The columns of [`VISA_SPLIT`].
 const VISA_COLUMNS: [&str; 5] = ["object", "split", "label", "image", "mask"];
 
@@ -474,6 +477,15 @@ fn visa_path(root: &Path, rel: &str, split: &Path, line: usize) -> Result<PathBu
 /// file name, references by file name.
 pub(super) fn scan_visa(root: &Path, only: &[String], notes: &mut Vec<String>) -> Result<Vec<CategoryData>> {
     let split = root.join(VISA_SPLIT);
+    if let Ok(meta) = std::fs::metadata(&split) {
+        if meta.len() > MAX_SPLIT_BYTES {
+            bail!(
+                "{} is {} bytes, over the {MAX_SPLIT_BYTES} read (VisA's is about 1 MB): not a split file?",
+                split.display(),
+                meta.len()
+            );
+        }
+    }
     let text = std::fs::read_to_string(&split).with_context(|| {
         format!(
             "VisA layout: cannot read {} (expected {})",
