@@ -114,7 +114,7 @@ impl Layout {
             let what = if entries.is_empty() {
                 "is empty"
             } else {
-                "has no category found in any layout"
+                "fits no layout (no category found)"
             };
             bail!("dataset folder {} {what}: {}", root.display(), expected_any());
         };
@@ -190,7 +190,8 @@ pub enum MaskRule {
     #[default]
     Above127,
     /// Any channel non-zero: anomalib's VisA preparation (`mask[mask != 0] = 255` on the
-    /// `cv2.imread` mask; VisA's masks hold small class values, not 255) and its reading of
+    /// `cv2.imread` mask; VisA's masks hold small values such as 1 and 2, not 255 — they look
+    /// black, as github.com/lewandofskee/DiAD issues 23 and 24 report) and its reading of
     /// MVTec LOCO AD and MVTec 3D-AD masks (`convert("L") > 0`, the same on their grey masks).
     NonZero,
 }
