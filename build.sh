@@ -706,14 +706,14 @@ for (const model of m.models) for (const f of model.files)
 ' weights/manifest.json
 }
 
-# Prints "model<TAB>kind<TAB>backbone<TAB>mode<TAB>gated<TAB>repo" per manifest model
+# Prints "model<TAB>kind<TAB>backbone<TAB>mode<TAB>gated<TAB>repo<TAB>optional" per manifest model
 # (kind "clip" unless "learned"; "-" where absent).
 manifest_models() {
     node -e '
 const m = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"));
 for (const model of m.models)
   console.log([model.name, model.kind ?? "clip", model.backbone ?? "-", model.mode ?? "-",
-    model.gated ? "gated" : "-", model.repo ?? "-"].join("\t"));
+    model.gated ? "gated" : "-", model.repo ?? "-", model.optional ? "optional" : "-"].join("\t"));
 ' weights/manifest.json
 }
 
@@ -738,7 +738,8 @@ cmd_weights() {
         -h | --help)
             cat <<'EOF'
 usage: ./build.sh weights [--trust-on-first-use] [--no-convert] [MODEL ...]
-Downloads the checkpoints in weights/manifest.json to weights/checkpoints/<MODEL>/,
+Downloads the checkpoints in weights/manifest.json (without MODEL: those not marked
+optional) to weights/checkpoints/<MODEL>/,
 checks size and sha256, then converts them to f16 for the browser.
 Files whose sha256 is not pinned in the manifest are refused unless
 --trust-on-first-use is given (the computed sha256 is printed so it can be pinned)
@@ -760,8 +761,15 @@ EOF
     local rows models
     rows="$(manifest_rows)"
     models="$(manifest_models)"
+    # No names: the models that are not optional (optional ones are fetched when named).
+    local kind backbone mode gated repo optional extra=()
+    if ((${#only[@]} == 0)); then
+        while IFS=$'\t' read -r model kind backbone mode gated repo optional; do
+            if [[ $optional == optional ]]; then extra+=("$model"); else only+=("$model"); fi
+        done <<<"$models"
+        ((${#only[@]})) || die "weights: every model in weights/manifest.json is optional: name the ones to fetch"
+    fi
     # Every name asked for is in the manifest; a learned model brings its backbone (fetched first).
-    local kind backbone mode gated repo
     if ((${#only[@]})); then
         for a in "${only[@]}"; do
             if ! grep -q "^$a"$'\t' <<<"$models"; then
@@ -935,6 +943,9 @@ EOF
         done
     fi
     for f in "${complete[@]}"; do echo "ready: weights/checkpoints/$f"; done
+    if ((${#extra[@]})); then
+        echo "also in the manifest, fetched when named: ./build.sh weights ${extra[*]}"
+    fi
     if ((refused)); then
         echo "not everything was accepted or converted; see the messages above" >&2
         exit 1

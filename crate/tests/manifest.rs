@@ -68,6 +68,7 @@ fn every_entry_follows_the_schema() {
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b)),
             "{name}"
         );
+        assert!(x.get("optional").is_none_or(Value::is_boolean), "{name}: optional");
         for k in ["description", "repo", "revision", "license"] {
             assert!(x[k].as_str().is_some_and(|s| !s.is_empty()), "{name}: {k}");
         }
@@ -144,6 +145,12 @@ fn every_entry_follows_the_schema() {
 #[test]
 fn the_learned_modes_have_their_official_files() {
     let m = manifest();
+    // Fetched when named (`./build.sh weights anomalyclip`): a plain `./build.sh weights` still
+    // fetches the page's checkpoints only, and the default is one of them.
+    for name in ["clip-vit-large-patch14-336", "anomalyclip", "adaptclip"] {
+        assert_eq!(model(&m, name)["optional"], true, "{name}");
+    }
+    assert!(model(&m, m["default"].as_str().unwrap()).get("optional").is_none());
     let clip = model(&m, "clip-vit-large-patch14-336");
     assert_eq!(clip["repo"], "https://huggingface.co/openai/clip-vit-large-patch14-336");
     assert_eq!(

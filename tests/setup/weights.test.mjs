@@ -2,7 +2,7 @@
 // schema, a fake `curl` that serves files from a folder (and records its arguments and what it
 // reads on stdin) and a fake `cargo` that records the conversions. Checks that a learned model
 // brings its backbone, the sha256 and git-blob checks, the learned-file conversion hookup
-// (`anoscope convert --learned`), gated Hugging Face downloads (the token on curl's stdin, never
+// (`anoscope convert --learned`), optional models, gated Hugging Face downloads (the token on curl's stdin, never
 // on its command line) and the errors.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -40,14 +40,14 @@ function manifest() {
     default: 'clip-test',
     models: [
       {
-        name: 'clip-test', arch: 'vit-l-14-336', layout: 'hf', repo: 'https://huggingface.co/t/clip', revision: 'r1', license: 'MIT',
+        name: 'clip-test', optional: true, arch: 'vit-l-14-336', layout: 'hf', repo: 'https://huggingface.co/t/clip', revision: 'r1', license: 'MIT',
         files: [
           f('config.json', U[0], { sha256: sha256(FILES[U[0]]) }),
           f('model.safetensors', U[1], { sha256: sha256(FILES[U[1]]), size: FILES[U[1]].length }),
         ],
       },
       {
-        name: 'learned-test', kind: 'learned', mode: 'anomalyclip', backbone: 'clip-test',
+        name: 'learned-test', optional: true, kind: 'learned', mode: 'anomalyclip', backbone: 'clip-test',
         repo: 'https://github.com/t/learned', revision: 'c1', license: 'MIT',
         files: [
           // Pinned by its git blob id only, and by sha256 and blob.
@@ -56,7 +56,7 @@ function manifest() {
         ],
       },
       {
-        name: 'gated-test', kind: 'learned', mode: 'adaptclip', backbone: 'clip-test', gated: true,
+        name: 'gated-test', optional: true, kind: 'learned', mode: 'adaptclip', backbone: 'clip-test', gated: true,
         repo: 'https://huggingface.co/t/gated', revision: 'r2', license: 'test',
         files: [f('trained-on-mvtec.pth', U[4], { sha256: sha256(FILES[U[4]]) })],
       },
@@ -166,6 +166,20 @@ test('a learned model comes with its backbone, is verified and converted with co
     assert.match(again.out, /note: this anoscope has no 'convert --learned' yet: learned-test's \.pth files are kept as published/);
     // Files already in place were re-verified, not downloaded again.
     assert.equal(w.calls().filter((c) => c.tool === 'curl').length, 4);
+  } finally {
+    rmSync(w.dir, { recursive: true, force: true });
+  }
+});
+
+test('without names, the models not marked optional are fetched, and the others named', () => {
+  const w = world();
+  try {
+    const r = w.run(['--no-convert']);
+    assert.equal(r.status, 0, r.out);
+    assert.deepEqual(w.calls().filter((c) => c.tool === 'curl').map((c) => c.args.at(-1)), [U[5], U[6]]);
+    assert.match(r.out, /^ready: weights\/checkpoints\/other$/m);
+    assert.match(r.out, /^also in the manifest, fetched when named: \.\/build\.sh weights clip-test learned-test gated-test$/m);
+    assert.ok(!existsSync(join(w.repo, 'weights/checkpoints/clip-test')));
   } finally {
     rmSync(w.dir, { recursive: true, force: true });
   }
