@@ -442,6 +442,11 @@ fn layout_override_detection_and_errors() {
     image(&mv.join("bottle/test/broken/000.png"), 2);
     mask(&mv.join("bottle/ground_truth/broken/000_mask.png"), 255, A);
     assert_eq!(Layout::detect(&mv).unwrap(), Layout::Mvtec);
+    // A stray folder among MVTec AD masks does not make it LOCO (no test image of that name).
+    std::fs::create_dir_all(mv.join("bottle/ground_truth/broken/.ipynb_checkpoints")).unwrap();
+    std::fs::create_dir_all(mv.join("bottle/ground_truth/broken/001")).unwrap();
+    assert_eq!(Layout::detect(&mv).unwrap(), Layout::Mvtec);
+    assert_eq!(eval::scan_dataset(&mv, &[]).unwrap().categories[0].test.len(), 2);
 
     // The override gives what detection gives on a tree of that layout.
     for (root, layout) in [

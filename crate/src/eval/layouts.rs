@@ -81,7 +81,8 @@ impl Layout {
     /// 2. otherwise the category folders (`root` itself when it has `test/`, else its
     ///    subfolders with `test/`) are each classified — MVTec 3D-AD when some
     ///    `test/<defect>/rgb/` folder exists, MVTec LOCO AD when some
-    ///    `ground_truth/<defect>/` holds a folder, else MVTec AD — and must agree.
+    ///    `ground_truth/<defect>/` holds a folder named after a test image of that defect
+    ///    (`<stem>/`), else MVTec AD — and must agree.
     ///
     /// A tree that fits none is an error naming every layout's expected tree; categories that
     /// disagree are an error naming them (pick one with `--layout`).
@@ -171,11 +172,19 @@ fn classify_category(dir: &Path) -> Result<Layout> {
             return Ok(Layout::Mvtec3d);
         }
     }
+    // LOCO: a mask folder named after a test image of its defect (`ground_truth/<d>/000/` for
+    // `test/<d>/000.png`); other folders there (`.ipynb_checkpoints`, …) do not count.
     let gt = dir.join("ground_truth");
     if gt.is_dir() {
         for d in list_dir(&gt)?.into_iter().filter(|e| e.is_dir) {
-            if list_dir(&d.path)?.iter().any(|e| e.is_dir) {
-                return Ok(Layout::Loco);
+            let images = dir.join("test").join(&d.name);
+            for sub in list_dir(&d.path)?.into_iter().filter(|e| e.is_dir) {
+                let is_image = |e: &super::dataset::Entry| {
+                    !e.is_dir && is_image_path(&e.path) && e.path.file_stem().is_some_and(|s| *s == *sub.name)
+                };
+                if images.is_dir() && list_dir(&images)?.iter().any(is_image) {
+                    return Ok(Layout::Loco);
+                }
             }
         }
     }
