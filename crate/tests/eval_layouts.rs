@@ -684,3 +684,60 @@ fn eval_runs_on_every_layout() {
     assert!(!ok);
     has(&stderr, &["no rgb/ folder"]);
 }
+
+/// The same images and masks in the VisA layout (class-valued masks) and in the MVTec AD layout
+/// (0/255 masks, `<stem>_mask.png`) give the same scores and metrics.
+#[test]
+fn visa_and_mvtec_layouts_of_the_same_data_agree() {
+    let tmp = tempfile::tempdir().unwrap();
+    let visa = tmp.path().join("visa");
+    visa_tree(&visa);
+    let mv = tmp.path().join("mvtec");
+    let c = mv.join("candle");
+    for (from, to) in [
+        ("candle/Data/Images/Normal/0000.JPG", "train/good/0000.JPG"),
+        ("candle/Data/Images/Normal/0001.JPG", "train/good/0001.JPG"),
+        ("candle/Data/Images/Normal/0002.JPG", "test/good/0002.JPG"),
+        ("candle/Data/Images/Anomaly/000.JPG", "test/bad/000.JPG"),
+        ("candle/Data/Images/Anomaly/001.JPG", "test/bad/001.JPG"),
+    ] {
+        mkdir_for(&c.join(to));
+        std::fs::copy(visa.join(from), c.join(to)).unwrap();
+    }
+    mask(&c.join("ground_truth/bad/000_mask.png"), 255, A);
+    mask(&c.join("ground_truth/bad/001_mask.png"), 255, B);
+    let model = repo().join("tests/fixtures/winclip_tiny");
+    let mut metrics = Vec::new();
+    for (root, out) in [(&visa, "out-visa"), (&mv, "out-mvtec")] {
+        let out = tmp.path().join(out);
+        let (ok, _, stderr) = run(&[
+            "eval",
+            "--model",
+            model.to_str().unwrap(),
+            "--dataset",
+            root.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--categories",
+            "candle",
+            "--mode",
+            "fewshot",
+            "--shots",
+            "1",
+        ]);
+        assert!(ok, "{stderr}");
+        let scores = std::fs::read_to_string(out.join("scores.csv")).unwrap();
+        let m = read_json(&out.join("metrics.json"))["candle"].clone();
+        metrics.push((
+            scores,
+            m,
+            read_json(&out.join("run.json"))["categories"]["candle"]["references"].clone(),
+        ));
+    }
+    assert_eq!(metrics[0].0, metrics[1].0, "scores.csv");
+    assert_eq!(metrics[0].1, metrics[1].1, "metrics.json");
+    assert!(metrics[0].1["pixel_auroc"].is_number(), "{}", metrics[0].1);
+    // The same reference drawn (by position in the sorted train images).
+    let name = |v: &Value| v[0].as_str().unwrap().rsplit('/').next().unwrap().to_string();
+    assert_eq!(name(&metrics[0].2), name(&metrics[1].2));
+}
