@@ -739,13 +739,36 @@ The checkpoint download did not complete. Alternatives:
 EOF
 }
 
-# Prints "model<TAB>file<TAB>url<TAB>size<TAB>sha256" per manifest file (null -> "-").
+# Prints "model<TAB>file<TAB>url<TAB>size<TAB>sha256<TAB>git_blob_sha1" per manifest file (null -> "-").
 manifest_rows() {
     node -e '
 const m = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"));
 for (const model of m.models) for (const f of model.files)
-  console.log([model.name, f.name, f.url, f.size ?? "-", f.sha256 ?? "-"].join("\t"));
+  console.log([model.name, f.name, f.url, f.size ?? "-", f.sha256 ?? "-", f.git_blob_sha1 ?? "-"].join("\t"));
 ' weights/manifest.json
+}
+
+# Prints "model<TAB>kind<TAB>backbone<TAB>mode<TAB>gated<TAB>repo<TAB>optional" per manifest model
+# (kind "clip" unless "learned"; "-" where absent).
+manifest_models() {
+    node -e '
+const m = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"));
+for (const model of m.models)
+  console.log([model.name, model.kind ?? "clip", model.backbone ?? "-", model.mode ?? "-",
+    model.gated ? "gated" : "-", model.repo ?? "-", model.optional ? "optional" : "-"].join("\t"));
+' weights/manifest.json
+}
+
+# The git blob id of a file (`git hash-object`): sha1 of "blob <size>\0" and the content.
+git_blob_sha1_of() {
+    local size
+    size=$(wc -c <"$1")
+    size=${size//[[:space:]]/}
+    if command -v sha1sum >/dev/null 2>&1; then
+        { printf 'blob %s\0' "$size"; cat "$1"; } | sha1sum | cut -d' ' -f1
+    else
+        { printf 'blob %s\0' "$size"; cat "$1"; } | shasum -a 1 | cut -d' ' -f1
+    fi
 }
 
 cmd_weights() {
@@ -757,10 +780,16 @@ cmd_weights() {
         -h | --help)
             cat <<'EOF'
 usage: ./build.sh weights [--trust-on-first-use] [--no-convert] [MODEL ...]
-Downloads the checkpoints in weights/manifest.json to weights/checkpoints/<MODEL>/,
+Downloads the checkpoints in weights/manifest.json (without MODEL: those not marked
+optional) to weights/checkpoints/<MODEL>/,
 checks size and sha256, then converts them to f16 for the browser.
 Files whose sha256 is not pinned in the manifest are refused unless
---trust-on-first-use is given (the computed sha256 is printed so it can be pinned).
+--trust-on-first-use is given (the computed sha256 is printed so it can be pinned)
+or their pinned git_blob_sha1 matches.
+A mode's learned files (MODEL anomalyclip or adaptclip) come with their CLIP backbone
+and are converted with `anoscope convert --learned` once it is there.
+Gated Hugging Face repositories (adaptclip) need HF_TOKEN set to a read token of an
+account that accepted the repository's terms.
 EOF
             return 0
             ;;
@@ -771,10 +800,31 @@ EOF
     command -v node >/dev/null 2>&1 || die "node is required to read weights/manifest.json"
     command -v curl >/dev/null 2>&1 || die "curl is required to download checkpoints"
 
-    local rows
+    local rows models
     rows="$(manifest_rows)"
-    local model file url size sha dest have got origin refused=0 failed=0 offline=0
-    while IFS=$'\t' read -r model file url size sha; do
+    models="$(manifest_models)"
+    # No names: the models that are not optional (optional ones are fetched when named).
+    local kind backbone mode gated repo optional extra=()
+    if ((${#only[@]} == 0)); then
+        while IFS=$'\t' read -r model kind backbone mode gated repo optional; do
+            if [[ $optional == optional ]]; then extra+=("$model"); else only+=("$model"); fi
+        done <<<"$models"
+        ((${#only[@]})) || die "weights: every model in weights/manifest.json is optional: name the ones to fetch"
+    fi
+    # Every name asked for is in the manifest; a learned model brings its backbone (fetched first).
+    if ((${#only[@]})); then
+        for a in "${only[@]}"; do
+            if ! grep -q "^$a"$'\t' <<<"$models"; then
+                die "weights: no model '$a' in weights/manifest.json (models: $(cut -f1 <<<"$models" | paste -sd' ' -))"
+            fi
+            backbone=$(awk -F'\t' -v m="$a" '$1 == m { print $3 }' <<<"$models")
+            if [[ "$backbone" != - && " ${only[*]} " != *" $backbone "* ]]; then
+                only=("$backbone" "${only[@]}")
+            fi
+        done
+    fi
+    local model file url size sha blob dest have got gotblob origin rc refused=0 failed=0 offline=0
+    while IFS=$'\t' read -r model file url size sha blob; do
         if ((${#only[@]})) && [[ " ${only[*]} " != *" $model "* ]]; then continue; fi
         dest="weights/checkpoints/$model/$file"
         mkdir -p "weights/checkpoints/$model"
@@ -790,8 +840,25 @@ EOF
             origin=download
             log "downloading $model/$file"
             echo "  $url"
-            if ! curl -fL --retry 3 --connect-timeout 20 --progress-bar -o "$dest.part" "$url"; then
+            # A Hugging Face token (gated repositories) goes to curl on stdin, never on its command line.
+            local auth=()
+            if [[ -n "${HF_TOKEN:-}" && "$url" == https://huggingface.co/* ]]; then auth=(-H @-); fi
+            rc=0
+            curl -fL --retry 3 --connect-timeout 20 --progress-bar "${auth[@]}" -o "$dest.part" "$url" \
+                <<<"Authorization: Bearer ${HF_TOKEN:-}" || rc=$?
+            if ((rc)); then
                 rm -f "$dest.part"
+                gated=$(awk -F'\t' -v m="$model" '$1 == m { print $5 }' <<<"$models")
+                if [[ $rc == 22 && $gated == gated ]]; then
+                    repo=$(awk -F'\t' -v m="$model" '$1 == m { print $6 }' <<<"$models")
+                    printf 'error: %s refused the download of %s/%s (HTTP error): the repository is gated.\n' \
+                        "$repo" "$model" "$file" >&2
+                    printf '  Accept its terms at %s with a Hugging Face account, then rerun with HF_TOKEN set\n' \
+                        "$repo" >&2
+                    printf '  to a read token of that account (or place the file by hand: weights/README.md).\n' >&2
+                    failed=1
+                    continue
+                fi
                 printf 'error: download failed (offline or blocked?): %s\n' "$url" >&2
                 offline=1
                 break
@@ -800,9 +867,12 @@ EOF
         have=$(wc -c <"$dest.part")
         have=${have//[[:space:]]/}
         got=$(sha256_of "$dest.part")
-        if [[ "$size" != - && "$have" != "$size" ]] || [[ "$sha" != - && "$got" != "$sha" ]]; then
+        gotblob=-
+        [[ "$blob" != - ]] && gotblob=$(git_blob_sha1_of "$dest.part")
+        if [[ "$size" != - && "$have" != "$size" ]] || [[ "$sha" != - && "$got" != "$sha" ]] ||
+            [[ "$blob" != "$gotblob" ]]; then
             echo "error: $model/$file does not match weights/manifest.json" >&2
-            echo "  got size $have sha256 $got; expected size $size sha256 $sha" >&2
+            echo "  got size $have sha256 $got git blob $gotblob; expected size $size sha256 $sha git blob $blob" >&2
             if [[ $origin == download ]]; then
                 rm -f "$dest.part"
                 echo "  the download was deleted" >&2
@@ -815,7 +885,15 @@ EOF
         fi
         if [[ "$sha" != - ]]; then
             mv -f "$dest.part" "$dest"
-            echo "ok: $dest ($have bytes, sha256 verified)"
+            if [[ "$blob" != - ]]; then
+                echo "ok: $dest ($have bytes, sha256 and git blob verified)"
+            else
+                echo "ok: $dest ($have bytes, sha256 verified)"
+            fi
+        elif [[ "$blob" != - ]]; then
+            mv -f "$dest.part" "$dest"
+            echo "ok: $dest ($have bytes, git blob $blob verified)"
+            echo "  sha256 $got  <- pin it in weights/manifest.json"
         elif ((tofu)); then
             mv -f "$dest.part" "$dest"
             echo "accepted on first use (--trust-on-first-use): $dest"
@@ -834,7 +912,7 @@ EOF
         exit 1
     fi
     if ((failed)); then
-        echo "error: some files failed verification (see above); nothing was converted" >&2
+        echo "error: some files failed verification or download (see above); nothing was converted" >&2
         exit 1
     fi
 
@@ -850,17 +928,24 @@ EOF
         done <<<"$rows"
     done
 
-    if ((convert)) && ((${#complete[@]})); then
+    # CLIP checkpoints and learned files apart.
+    local clips=() learned=()
+    for m in "${complete[@]}"; do
+        kind=$(awk -F'\t' -v m="$m" '$1 == m { print $2 }' <<<"$models")
+        if [[ $kind == learned ]]; then learned+=("$m"); else clips+=("$m"); fi
+    done
+
+    if ((convert)) && ((${#clips[@]})); then
         log "converting to f16 for the browser"
-        for m in "${complete[@]}"; do
+        for m in "${clips[@]}"; do
             cargo run --release -q -p anoscope -- convert --model "weights/checkpoints/$m" \
                 --dtype f16 --out "weights/checkpoints/$m-f16" || refused=1
             echo "ok: weights/checkpoints/$m-f16 (f16, for the page)"
         done
     fi
-    if ((${#complete[@]})); then
+    if ((${#clips[@]})); then
         log "building the bundled prompt sets (every category, encoded once)"
-        for m in "${complete[@]}"; do
+        for m in "${clips[@]}"; do
             for d in "weights/checkpoints/$m" "weights/checkpoints/$m-f16"; do
                 [[ -d "$d" ]] || continue
                 cargo run --release -q -p anoscope -- prompts build --model "$d" --out "$d/prompts.safetensors" ||
@@ -868,7 +953,41 @@ EOF
             done
         done
     fi
+    # Learned files: each official .pth also as f16 safetensors with the mode's text features
+    # computed by its backbone (`anoscope convert --learned FILE --model BACKBONE`), so the page
+    # needs no text tower. The .pth stays: `detect --learned` reads it as published.
+    if ((convert)) && ((${#learned[@]})); then
+        log "converting the learned files to f16 safetensors"
+        local has_learned=0 pth
+        if cargo run --release -q -p anoscope -- convert --help 2>/dev/null | grep -q -- '--learned'; then has_learned=1; fi
+        for m in "${learned[@]}"; do
+            backbone=$(awk -F'\t' -v m="$m" '$1 == m { print $3 }' <<<"$models")
+            if ((!has_learned)); then
+                echo "note: this anoscope has no 'convert --learned' yet: $m's .pth files are kept as published"
+                continue
+            fi
+            if [[ " ${complete[*]} " != *" $backbone "* ]]; then
+                echo "error: $m needs its backbone weights/checkpoints/$backbone to convert; it is not complete" >&2
+                refused=1
+                continue
+            fi
+            while IFS=$'\t' read -r model file _; do
+                [[ "$model" == "$m" && "$file" == *.pth ]] || continue
+                pth="weights/checkpoints/$m/$file"
+                if cargo run --release -q -p anoscope -- convert --learned "$pth" --model "weights/checkpoints/$backbone" \
+                    --dtype f16 --out "${pth%.pth}-f16.safetensors"; then
+                    echo "ok: ${pth%.pth}-f16.safetensors (f16, with its text features, for the page)"
+                else
+                    echo "error: converting $pth failed (the .pth is kept and usable with --learned)" >&2
+                    refused=1
+                fi
+            done <<<"$rows"
+        done
+    fi
     for f in "${complete[@]}"; do echo "ready: weights/checkpoints/$f"; done
+    if ((${#extra[@]})); then
+        echo "also in the manifest, fetched when named: ./build.sh weights ${extra[*]}"
+    fi
     if ((refused)); then
         echo "not everything was accepted or converted; see the messages above" >&2
         exit 1

@@ -312,14 +312,22 @@ fn check_dataset(root: &Path) -> Outcome {
             cat.name
         );
         for t in &cat.test {
-            assert!(t.path.starts_with(cat.dir.join("test").join(&t.defect)), "{t:?}");
+            match ds.layout {
+                eval::Layout::Mvtec => assert!(t.path.starts_with(cat.dir.join("test").join(&t.defect)), "{t:?}"),
+                eval::Layout::Visa => assert!(t.path.starts_with(root), "{t:?}"),
+                eval::Layout::Loco | eval::Layout::Mvtec3d => assert!(t.path.starts_with(&cat.dir), "{t:?}"),
+            }
             assert!(t.path.is_file() && eval::is_image_path(&t.path), "{t:?}");
-            assert_eq!(t.mask.is_some(), t.anomalous() && cat.has_ground_truth, "{t:?}");
-            if let Some(m) = &t.mask {
-                assert!(m.starts_with(cat.dir.join("ground_truth").join(&t.defect)), "{m:?}");
-                if let Ok(mask) = eval::load_mask(m, 8, 6) {
-                    assert_eq!(mask.len(), 48);
+            assert_eq!(!t.masks.is_empty(), t.anomalous() && cat.has_ground_truth, "{t:?}");
+            assert_eq!(t.mask_rule, ds.layout.mask_rule());
+            for m in &t.masks {
+                assert!(m.is_file() && m.starts_with(root), "{m:?}");
+                if ds.layout == eval::Layout::Mvtec {
+                    assert!(m.starts_with(cat.dir.join("ground_truth").join(&t.defect)), "{m:?}");
                 }
+            }
+            if let Ok(mask) = t.load_mask(8, 6) {
+                assert_eq!(mask.len(), 48);
             }
         }
         for (i, a) in cat.test.iter().enumerate() {

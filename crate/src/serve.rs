@@ -508,6 +508,12 @@ mod tests {
         let sources: Vec<&str> = connect.split_whitespace().collect();
         let mut n = 0;
         for model in manifest["models"].as_array().unwrap() {
+            // A mode's learned files (`.pth`, converted by ./build.sh weights) are never fetched by
+            // the page, which takes a config and a `.safetensors` from the manifest
+            // (crate/tests/manifest.rs checks that they offer neither).
+            if model["kind"] == "learned" {
+                continue;
+            }
             for file in model["files"].as_array().unwrap() {
                 let url = file["url"].as_str().unwrap();
                 let host = url.strip_prefix("https://").unwrap().split('/').next().unwrap();

@@ -120,6 +120,16 @@ fn dataset_seeds() {
         Outcome::Rejected(m) => assert!(m.contains("missing mask") && m.contains("001_mask.png"), "{m}"),
         o => panic!("{o:?}"),
     }
+    // The other layouts (detected; the target checks their invariants when accepted).
+    assert_eq!(*get("loco.txt"), Outcome::Accepted);
+    assert_eq!(*get("mvtec3d.txt"), Outcome::Accepted);
+    for (seed, text) in [("loco.txt", LOCO_SEED), ("mvtec3d.txt", MVTEC3D_SEED)] {
+        assert_eq!(
+            std::fs::read_to_string(fuzz_dir().join("seeds/dataset").join(seed)).unwrap(),
+            text,
+            "{seed}: regenerate the seeds"
+        );
+    }
 }
 
 /// Every input that ever crashed a fuzzer still runs without a panic.
@@ -327,4 +337,26 @@ fn write_seeds() {
         .map(|l| format!("{l}\n"))
         .collect();
     write(&d, "missing_mask.txt", missing.as_bytes());
+    // The other folder layouts eval detects (VisA's multi-line split file does not fit the
+    // one-line `text` entries): MVTec LOCO AD with two masks for one image, MVTec 3D-AD.
+    write(&d, "loco.txt", LOCO_SEED.as_bytes());
+    write(&d, "mvtec3d.txt", MVTEC3D_SEED.as_bytes());
 }
+
+const LOCO_SEED: &str = "box/train/good/000.png png 31 31 100
+box/test/good/000.png png 31 31 100
+box/test/logical_anomalies/000.png png 31 31 120
+box/test/structural_anomalies/000.png png 31 31 130
+box/ground_truth/logical_anomalies/000/000.png png 31 31 255
+box/ground_truth/logical_anomalies/000/001.png png 31 31 255
+box/ground_truth/structural_anomalies/000/000.png png 31 31 1
+box/defects_config.json text []
+";
+
+const MVTEC3D_SEED: &str = "bagel/train/good/rgb/000.png png 31 31 100
+bagel/test/good/rgb/000.png png 31 31 100
+bagel/test/good/gt/000.png png 31 31 0
+bagel/test/crack/rgb/000.png png 31 31 100
+bagel/test/crack/gt/000.png png 31 31 255
+bagel/test/crack/xyz/000.tiff text x
+";

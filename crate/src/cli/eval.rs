@@ -1,10 +1,10 @@
-//! `anoscope eval`: a detection mode over a dataset in the MVTec AD layout, with metrics: the
-//! flags and the progress bar. The logic is in [`anoscope::eval`]; `--mode` is shared with
-//! `detect` in [`super::args`].
+//! `anoscope eval`: a detection mode over a dataset (MVTec AD, VisA, MVTec LOCO AD or MVTec 3D-AD
+//! layout), with metrics: the flags and the progress bar. The logic is in [`anoscope::eval`];
+//! `--mode` is shared with `detect` in [`super::args`].
 use super::args::ModeArg;
-use anoscope::eval::{self, EvalOptions, Progress};
+use anoscope::eval::{self, EvalOptions, Layout, Progress};
 use anyhow::Result;
-use clap::Args;
+use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
 
@@ -14,10 +14,16 @@ pub struct EvalArgs {
     /// Checkpoint directory (Hugging Face or open_clip layout).
     #[arg(long)]
     model: PathBuf,
-    /// Dataset root: ROOT/<category>/{train/good,test/<defect>,ground_truth/<defect>}, or one
-    /// category folder (with test/ directly).
+    /// Dataset root in the MVTec AD, VisA, MVTec LOCO AD or MVTec 3D-AD layout (detected; see
+    /// --layout), or one category folder (with test/ directly; not for VisA).
     #[arg(long)]
     dataset: PathBuf,
+    /// The dataset's layout (default: detected): mvtec (ROOT/<category>/test/<defect>/*.png,
+    /// ground_truth/<defect>/<stem>_mask.png), visa (ROOT/split_csv/1cls.csv,
+    /// <category>/Data/Images, Data/Masks), loco (ground_truth/<defect>/<stem>/*.png, merged),
+    /// mvtec3d (test/<defect>/rgb/*.png, test/<defect>/gt/*.png).
+    #[arg(long, value_enum)]
+    layout: Option<LayoutArg>,
     /// Categories to evaluate (default: all under the root).
     #[arg(long, value_delimiter = ',')]
     categories: Vec<String>,
@@ -48,6 +54,26 @@ pub struct EvalArgs {
     /// Continue an interrupted run in --out (same settings): finished images are skipped.
     #[arg(long)]
     resume: bool,
+}
+
+/// `--layout`.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LayoutArg {
+    Mvtec,
+    Visa,
+    Loco,
+    Mvtec3d,
+}
+
+impl From<LayoutArg> for Layout {
+    fn from(l: LayoutArg) -> Self {
+        match l {
+            LayoutArg::Mvtec => Layout::Mvtec,
+            LayoutArg::Visa => Layout::Visa,
+            LayoutArg::Loco => Layout::Loco,
+            LayoutArg::Mvtec3d => Layout::Mvtec3d,
+        }
+    }
 }
 
 /// The progress bar (stderr; hidden when stderr is not a terminal) and notes.
@@ -87,6 +113,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     let opts = EvalOptions {
         model: args.model,
         dataset: args.dataset,
+        layout: args.layout.map(Layout::from),
         categories: args.categories,
         mode: args.mode.into(),
         shots: args.shots,

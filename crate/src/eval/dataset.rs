@@ -1,8 +1,10 @@
-//! The dataset side of an evaluation: scanning a folder in the MVTec AD layout (see the
-//! [`eval` docs](super)) into categories, test images and their masks, with every file error
-//! raised before a model runs; reading masks at the model's resolution; and drawing the few-shot
-//! references from `train/good`. Nothing here scores images or writes files: the run is in
-//! `runner.rs`, the output folder in `output.rs`, the metrics and tables in `report.rs`.
+//! The dataset side of an evaluation: scanning a dataset folder (the MVTec AD layout here, the
+//! other published layouts in `layouts.rs`; see the [`eval` docs](super)) into categories, test
+//! images and their masks, with every file error raised before a model runs; reading masks at the
+//! model's resolution; and drawing the few-shot references from the normal training images.
+//! Nothing here scores images or writes files: the run is in `runner.rs`, the output folder in
+//! `output.rs`, the metrics and tables in `report.rs`.
+use super::layouts::{self, Layout, MaskRule};
 use super::MEAN_KEY;
 use crate::preprocess::{self, ImageLimits};
 use anyhow::{anyhow, bail, Context, Result};
@@ -32,8 +34,12 @@ pub struct TestImage {
     pub stem: String,
     /// The image file.
     pub path: PathBuf,
-    /// The mask of an anomalous image (`None` for good images and categories without masks).
-    pub mask: Option<PathBuf>,
+    /// The mask files of an anomalous image, read as their union: one in MVTec AD, VisA and
+    /// MVTec 3D-AD, one or more in MVTec LOCO AD (empty for good images and categories without
+    /// masks).
+    pub masks: Vec<PathBuf>,
+    /// How a mask pixel is read as anomalous (the dataset layout's convention).
+    pub mask_rule: MaskRule,
     /// Width and height from the file header.
     pub dims: (u32, u32),
 }
@@ -42,6 +48,13 @@ impl TestImage {
     /// Whether the image is anomalous (not in `test/good`).
     pub fn anomalous(&self) -> bool {
         self.defect != GOOD
+    }
+
+    /// The image's ground truth at `w × h`: the union of its masks, each binarised with
+    /// [`Self::mask_rule`] at its own resolution and resized with [`resize_mask_nearest`]; all
+    /// normal when it has no mask.
+    pub fn load_mask(&self, w: usize, h: usize) -> Result<Vec<bool>> {
+        load_masks(&self.masks, self.mask_rule, w, h)
     }
 }
 
@@ -58,6 +71,9 @@ pub struct CategoryData {
     pub test: Vec<TestImage>,
     /// Whether `ground_truth/` exists (pixel metrics are computed only then).
     pub has_ground_truth: bool,
+    /// Where the normal training images come from, for messages (`<category>/train/good`, or
+    /// the rows of VisA's split file).
+    pub train_source: String,
 }
 
 impl CategoryData {
@@ -81,6 +97,8 @@ pub struct Dataset {
     pub categories: Vec<CategoryData>,
     /// Things that were skipped (extra files, folders without `test/`, missing `ground_truth/`).
     pub notes: Vec<String>,
+    /// The layout it was read in (detected, or given).
+    pub layout: Layout,
 }
 
 /// Whether `path` has one of the [`IMAGE_EXTENSIONS`] (case-insensitive).
@@ -114,7 +132,7 @@ pub(super) fn list_dir(dir: &Path) -> Result<Vec<Entry>> {
 }
 
 /// Notes ignored entries of a folder; `what` is `(singular, plural)`.
-fn note_ignored(notes: &mut Vec<String>, dir: &Path, names: &[String], what: (&str, &str)) {
+pub(super) fn note_ignored(notes: &mut Vec<String>, dir: &Path, names: &[String], what: (&str, &str)) {
     if names.is_empty() {
         return;
     }
@@ -127,7 +145,7 @@ fn note_ignored(notes: &mut Vec<String>, dir: &Path, names: &[String], what: (&s
 }
 
 /// The image files of a folder sorted by name, as (stem, path); other entries are noted.
-fn image_files(dir: &Path, notes: &mut Vec<String>) -> Result<Vec<(String, PathBuf)>> {
+pub(super) fn image_files(dir: &Path, notes: &mut Vec<String>) -> Result<Vec<(String, PathBuf)>> {
     let mut images: Vec<(String, PathBuf)> = Vec::new();
     let mut ignored = Vec::new();
     for e in list_dir(dir)? {
@@ -206,12 +224,7 @@ fn find_mask(gt: &Path, defect: &str, stem: &str, image: &Path) -> Result<PathBu
 
 /// One category folder (`ROOT/<category>`): its test images with masks, and `train/good`.
 fn scan_category(name: &str, dir: &Path, notes: &mut Vec<String>) -> Result<CategoryData> {
-    if name == MEAN_KEY {
-        bail!(
-            "{}: a category may not be named `{MEAN_KEY}` (that key holds the averages in metrics.json)",
-            dir.display()
-        );
-    }
+    check_category_name(name, dir)?;
     let test_dir = dir.join("test");
     let gt = dir.join("ground_truth");
     let has_ground_truth = gt.is_dir();
@@ -230,18 +243,19 @@ fn scan_category(name: &str, dir: &Path, notes: &mut Vec<String>) -> Result<Cate
         }
         for (stem, path) in image_files(&e.path, notes)? {
             let dims = image_dims(&path)?;
-            let mask = if e.name != GOOD && has_ground_truth {
+            let masks = if e.name != GOOD && has_ground_truth {
                 let m = find_mask(&gt, &e.name, &stem, &path)?;
                 check_mask_aspect(dims, image_dims(&m)?, &path, &m)?;
-                Some(m)
+                vec![m]
             } else {
-                None
+                Vec::new()
             };
             test.push(TestImage {
                 defect: e.name.clone(),
                 stem,
                 path,
-                mask,
+                masks,
+                mask_rule: MaskRule::Above127,
                 dims,
             });
         }
@@ -270,27 +284,82 @@ fn scan_category(name: &str, dir: &Path, notes: &mut Vec<String>) -> Result<Cate
         train_good,
         test,
         has_ground_truth,
+        train_source: good_dir.display().to_string(),
     };
+    note_one_class(&cat, notes);
+    Ok(cat)
+}
+
+/// Notes a category whose test images are all good or all anomalous.
+pub(super) fn note_one_class(cat: &CategoryData, notes: &mut Vec<String>) {
     if cat.n_good() == 0 || cat.n_anomalous() == 0 {
         notes.push(format!(
-            "category {name} has {} good and {} anomalous test images: the metrics that need both are undefined",
+            "category {} has {} good and {} anomalous test images: the metrics that need both are undefined",
+            cat.name,
             cat.n_good(),
             cat.n_anomalous()
         ));
     }
-    Ok(cat)
 }
 
-/// Scans `root` (see the [module docs](super)). `only` restricts the categories (empty: all);
-/// a requested category that is not there is an error listing those that are.
+/// Errors for a category named like the across-category key of `metrics.json`.
+pub(super) fn check_category_name(name: &str, dir: &Path) -> Result<()> {
+    if name == MEAN_KEY {
+        bail!(
+            "{}: a category may not be named `{MEAN_KEY}` (that key holds the averages in metrics.json)",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Scans `root` in its detected layout ([`Layout::detect`]; see the [module docs](super)).
+/// `only` restricts the categories (empty: all); a requested category that is not there is an
+/// error listing those that are.
 pub fn scan_dataset(root: &Path, only: &[String]) -> Result<Dataset> {
+    scan_dataset_as(root, only, None)
+}
+
+/// [`scan_dataset`] in the given layout (`None`: detected with [`Layout::detect`]).
+pub fn scan_dataset_as(root: &Path, only: &[String], layout: Option<Layout>) -> Result<Dataset> {
     if !root.exists() {
         bail!("dataset folder {} does not exist", root.display());
     }
     if !root.is_dir() {
         bail!("dataset {} is not a folder", root.display());
     }
+    let layout = match layout {
+        Some(l) => l,
+        None => Layout::detect(root)?,
+    };
     let mut notes = Vec::new();
+    let categories = match layout {
+        Layout::Visa => layouts::scan_visa(root, only, &mut notes)?,
+        Layout::Mvtec | Layout::Loco | Layout::Mvtec3d => {
+            let candidates = filter_categories(root, category_folders(root, layout, &mut notes)?, only)?;
+            let mut out = Vec::new();
+            for (name, dir) in &candidates {
+                check_category_name(name, dir)?;
+                out.push(match layout {
+                    Layout::Loco => layouts::scan_loco_category(name, dir, &mut notes)?,
+                    Layout::Mvtec3d => layouts::scan_mvtec3d_category(name, dir, &mut notes)?,
+                    _ => scan_category(name, dir, &mut notes)?,
+                });
+            }
+            out
+        }
+    };
+    Ok(Dataset {
+        root: root.to_path_buf(),
+        categories,
+        notes,
+        layout,
+    })
+}
+
+/// The category folders of a dataset in a folder-per-category layout: `root` itself when it has
+/// `test/` (named after the folder), else its subfolders that have `test/` (others are noted).
+pub(super) fn category_folders(root: &Path, layout: Layout, notes: &mut Vec<String>) -> Result<Vec<(String, PathBuf)>> {
     let mut candidates: Vec<(String, PathBuf)> = Vec::new();
     if root.join("test").is_dir() {
         let canonical = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
@@ -299,64 +368,69 @@ pub fn scan_dataset(root: &Path, only: &[String]) -> Result<Dataset> {
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "dataset".into());
         candidates.push((name, root.to_path_buf()));
-    } else {
-        let entries = list_dir(root)?;
-        if entries.is_empty() {
-            bail!(
-                "dataset folder {} is empty (expected ROOT/<category>/test/…, or ROOT/test/… for a single category)",
-                root.display()
-            );
-        }
-        let (mut files, mut dirs) = (Vec::new(), Vec::new());
-        for e in entries {
-            if !e.is_dir {
-                files.push(e.name);
-            } else if e.path.join("test").is_dir() {
-                candidates.push((e.name, e.path));
-            } else {
-                dirs.push(e.name);
-            }
-        }
-        note_ignored(&mut notes, root, &files, ("file", "files"));
-        note_ignored(
-            &mut notes,
-            root,
-            &dirs,
-            ("folder without a test/ subfolder", "folders without a test/ subfolder"),
+        return Ok(candidates);
+    }
+    let entries = list_dir(root)?;
+    if entries.is_empty() {
+        bail!(
+            "dataset folder {} is empty (expected {}, or ROOT/test/… for a single category)",
+            root.display(),
+            layout.expected()
         );
-        if candidates.is_empty() {
+    }
+    let (mut files, mut dirs) = (Vec::new(), Vec::new());
+    for e in entries {
+        if !e.is_dir {
+            files.push(e.name);
+        } else if e.path.join("test").is_dir() {
+            candidates.push((e.name, e.path));
+        } else {
+            dirs.push(e.name);
+        }
+    }
+    note_ignored(notes, root, &files, ("file", "files"));
+    note_ignored(
+        notes,
+        root,
+        &dirs,
+        ("folder without a test/ subfolder", "folders without a test/ subfolder"),
+    );
+    if candidates.is_empty() {
+        bail!(
+            "no category found in {}: expected {} ({} layout), or ROOT/test/… for a single category",
+            root.display(),
+            layout.expected(),
+            layout.title()
+        );
+    }
+    Ok(candidates)
+}
+
+/// Keeps the categories named in `only` (all when it is empty); a name that is not there is an
+/// error listing those that are.
+pub(super) fn filter_categories<T>(
+    root: &Path,
+    mut candidates: Vec<(String, T)>,
+    only: &[String],
+) -> Result<Vec<(String, T)>> {
+    if only.is_empty() {
+        return Ok(candidates);
+    }
+    for c in only {
+        if !candidates.iter().any(|(n, _)| n == c) {
             bail!(
-                "no category found in {}: expected ROOT/<category>/test/<defect>/*.png (MVTec AD layout) or \
-                 ROOT/test/… for a single category",
-                root.display()
+                "category `{c}` is not in {} (found: {})",
+                root.display(),
+                candidates
+                    .iter()
+                    .map(|(n, _)| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
         }
     }
-    if !only.is_empty() {
-        for c in only {
-            if !candidates.iter().any(|(n, _)| n == c) {
-                bail!(
-                    "category `{c}` is not in {} (found: {})",
-                    root.display(),
-                    candidates
-                        .iter()
-                        .map(|(n, _)| n.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                );
-            }
-        }
-        candidates.retain(|(n, _)| only.contains(n));
-    }
-    let categories = candidates
-        .iter()
-        .map(|(name, dir)| scan_category(name, dir, &mut notes))
-        .collect::<Result<_>>()?;
-    Ok(Dataset {
-        root: root.to_path_buf(),
-        categories,
-        notes,
-    })
+    candidates.retain(|(n, _)| only.contains(n));
+    Ok(candidates)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -443,11 +517,18 @@ pub fn resize_mask_nearest(mask: &[bool], w: usize, h: usize, out_w: usize, out_
 }
 
 /// A mask file at its own resolution, thresholded: a pixel is anomalous when its brightest
-/// channel is `> 127` (8-bit scale; 16-bit and palette masks are converted first).
+/// channel is `> 127` (8-bit scale; 16-bit and palette masks are converted first). This is the
+/// MVTec AD rule ([`MaskRule::Above127`]); [`read_mask_as`] takes the rule.
 pub fn read_mask(path: &Path) -> Result<(Vec<bool>, usize, usize)> {
+    read_mask_as(path, MaskRule::Above127)
+}
+
+/// A mask file at its own resolution, binarised with `rule` on its 8-bit RGB pixels (16-bit and
+/// palette masks are converted first).
+pub fn read_mask_as(path: &Path, rule: MaskRule) -> Result<(Vec<bool>, usize, usize)> {
     let img = preprocess::load_image(path, &ImageLimits::default())?;
     let (w, h) = (img.width() as usize, img.height() as usize);
-    let mask = img.pixels().map(|p| p.0.iter().any(|&c| c > 127)).collect();
+    let mask = img.pixels().map(|p| rule.anomalous(p.0)).collect();
     Ok((mask, w, h))
 }
 
@@ -456,6 +537,20 @@ pub fn read_mask(path: &Path) -> Result<(Vec<bool>, usize, usize)> {
 pub fn load_mask(path: &Path, out_w: usize, out_h: usize) -> Result<Vec<bool>> {
     let (m, w, h) = read_mask(path)?;
     Ok(resize_mask_nearest(&m, w, h, out_w, out_h))
+}
+
+/// The union of mask files at `out_w × out_h`: each binarised with `rule` at its own
+/// resolution ([`read_mask_as`]) and resized ([`resize_mask_nearest`]), then OR-ed (for masks
+/// of one size the same as resizing their union). No files: all normal.
+pub fn load_masks(paths: &[PathBuf], rule: MaskRule, out_w: usize, out_h: usize) -> Result<Vec<bool>> {
+    let mut out = vec![false; out_w * out_h];
+    for p in paths {
+        let (m, w, h) = read_mask_as(p, rule)?;
+        for (o, v) in out.iter_mut().zip(resize_mask_nearest(&m, w, h, out_w, out_h)) {
+            *o |= v;
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -557,15 +652,14 @@ mod tests {
                 ("good".into(), "000".into())
             ]
         );
-        assert!(x.test[0]
-            .mask
-            .as_ref()
-            .unwrap()
-            .ends_with("ground_truth/crack/000_mask.png"));
-        assert!(x.test[2].mask.is_none());
+        assert_eq!(x.test[0].masks.len(), 1);
+        assert!(x.test[0].masks[0].ends_with("ground_truth/crack/000_mask.png"));
+        assert!(x.test[2].masks.is_empty());
+        assert_eq!(d.layout, Layout::Mvtec);
+        assert!(x.test.iter().all(|t| t.mask_rule == MaskRule::Above127));
         assert_eq!((x.n_good(), x.n_anomalous()), (1, 2));
         let plain = &d.categories[1];
-        assert!(!plain.has_ground_truth && plain.test.iter().all(|t| t.mask.is_none()));
+        assert!(!plain.has_ground_truth && plain.test.iter().all(|t| t.masks.is_empty()));
         let notes = d.notes.join("\n");
         assert!(
             notes.contains(".DS_Store") && notes.contains("README.md") && notes.contains("notes"),

@@ -1,6 +1,10 @@
-//! Evaluation on datasets in the MVTec AD folder layout (`anoscope eval`).
+//! Evaluation on the published benchmark layouts (`anoscope eval`).
 //!
-//! # Dataset layout
+//! # Dataset layouts
+//!
+//! The layout is detected ([`Layout::detect`]) or given ([`EvalOptions::layout`]); each is read
+//! into the same [`CategoryData`] / [`TestImage`] items, so every mode evaluates on all of them.
+//! MVTec AD:
 //!
 //! ```text
 //! ROOT/<category>/train/good/*.png                        normal images (few-shot references)
@@ -17,13 +21,27 @@
 //! a mask whose aspect ratio differs from its image's by more than 1 %, is an error naming the
 //! file, raised while scanning (before any model runs).
 //!
+//! The others ([`Layout`]; the same checks, masks binarised with [`MaskRule::NonZero`]):
+//!
+//! ```text
+//! VisA           ROOT/split_csv/1cls.csv (object,split,label,image,mask; anomalib's reading:
+//!                train/normal rows = references, test rows normal → good, anomaly → bad)
+//!                ROOT/<category>/Data/Images/{Normal,Anomaly}/*.JPG, Data/Masks/Anomaly/*.png
+//! MVTec LOCO AD  ROOT/<category>/test/<defect>/*.png
+//!                ROOT/<category>/ground_truth/<defect>/<stem>/*.png   several masks, one union
+//! MVTec 3D-AD    ROOT/<category>/test/<defect>/rgb/*.png, test/<defect>/gt/<stem>.png,
+//!                train/good/rgb/*.png (xyz/ and validation/ are not read)
+//! ```
+//!
 //! # Evaluation
 //!
 //! Test images are resized to a `size × size` square (the model input) and scored by one of the
 //! [`crate::detect`] modes ([`Mode`]). Pixel metrics are computed at that resolution: each mask
-//! is thresholded at `> 127` (on its brightest channel) at its own resolution, then resized to
-//! `size × size` with nearest neighbour picking exactly the source pixels of Pillow's
-//! `Image.resize(…, Image.NEAREST)` ([`resize_mask_nearest`], [`nearest_source_indices`]).
+//! is binarised at its own resolution (MVTec AD: `> 127` on its brightest channel; the other
+//! layouts: non-zero, [`MaskRule`]), then resized to `size × size` with nearest neighbour
+//! picking exactly the source pixels of Pillow's `Image.resize(…, Image.NEAREST)`
+//! ([`resize_mask_nearest`], [`nearest_source_indices`]); an image's several masks (LOCO) are
+//! then OR-ed ([`load_masks`]).
 //!
 //! # Output folder
 //!
@@ -49,8 +67,11 @@
 //!
 //! # Where things are
 //!
-//! * `dataset.rs`: scanning the layout above ([`scan_dataset`]), masks ([`load_mask`]), and the
-//!   few-shot reference draw ([`select_references`]).
+//! * `dataset.rs`: scanning ([`scan_dataset`], [`scan_dataset_as`]; the MVTec AD layout),
+//!   masks ([`load_mask`], [`load_masks`]), and the few-shot reference draw
+//!   ([`select_references`]).
+//! * `layouts.rs`: [`Layout`] and its detection, [`MaskRule`], and the VisA, MVTec LOCO AD and
+//!   MVTec 3D-AD scans.
 //! * `runner.rs`: [`run`] with its options, settings, progress callbacks and prompt-category
 //!   matching ([`match_prompt_category`]).
 //! * `output.rs`: the output folder's paths ([`OutDir`]), records and maps, atomic writes.
@@ -61,14 +82,17 @@
 //! are in [`crate::detect`], the metric definitions in [`crate::metrics`], and the command-line
 //! flags in the `anoscope` binary.
 mod dataset;
+mod layouts;
 mod output;
 mod report;
 mod runner;
 
 pub use dataset::{
-    check_mask_aspect, image_dims, is_image_path, load_mask, nearest_source_indices, read_mask, resize_mask_nearest,
-    scan_dataset, select_references, CategoryData, Dataset, TestImage, ASPECT_TOLERANCE, GOOD, IMAGE_EXTENSIONS,
+    check_mask_aspect, image_dims, is_image_path, load_mask, load_masks, nearest_source_indices, read_mask,
+    read_mask_as, resize_mask_nearest, scan_dataset, scan_dataset_as, select_references, CategoryData, Dataset,
+    TestImage, ASPECT_TOLERANCE, GOOD, IMAGE_EXTENSIONS,
 };
+pub use layouts::{Layout, MaskRule, VISA_SPLIT};
 pub use output::{
     read_finished, read_map, write_atomic, write_map, write_record, write_timing, ImageRecord, ImageTiming, OutDir,
 };

@@ -194,7 +194,8 @@ mod tests {
             defect: "good".into(),
             stem: "000".into(),
             path: "x.png".into(),
-            mask: None,
+            masks: Vec::new(),
+            mask_rule: Default::default(),
             dims: (4, 4),
         };
         assert!(read_finished(&out, "c", &img).is_none());

@@ -3,7 +3,7 @@
 //! maps and masks), `metrics.json` / `metrics.csv` / `metrics.md`, and the worst-case overlays.
 //! Scoring and the order of the work are in `runner.rs`; reading and writing the output folder's
 //! files in `output.rs`.
-use super::dataset::{list_dir, load_mask, CategoryData, TestImage};
+use super::dataset::{list_dir, CategoryData, TestImage};
 use super::output::{read_map, write_atomic, ImageRecord, OutDir};
 use super::MEAN_KEY;
 use crate::metrics::{self, PixelAccumulator};
@@ -180,9 +180,10 @@ pub fn category_metrics(cat: &CategoryData, records: &[ImageRecord], out: &OutDi
             .iter()
             .find(|t| t.defect == r.defect && t.stem == r.stem)
             .with_context(|| format!("no test image {}/{} in category {}", r.defect, r.stem, cat.name))?;
-        let mask = match &img.mask {
-            Some(p) if r.anomalous => load_mask(p, w, h)?,
-            _ => vec![false; w * h],
+        let mask = if r.anomalous {
+            img.load_mask(w, h)?
+        } else {
+            vec![false; w * h]
         };
         acc.push(&map, &mask, w, h)
             .with_context(|| format!("pixel metrics of {}", img.path.display()))?;
@@ -285,10 +286,7 @@ fn write_overlay(path: &Path, img: &TestImage, map_path: &Path, norm: render::No
     let (map, w, h) = read_map(map_path)?;
     let ov = render::overlay(&base, &map, w, h, norm, 0.5, None)?;
     let (iw, ih) = (base.width() as usize, base.height() as usize);
-    let mask = match &img.mask {
-        Some(p) => load_mask(p, iw, ih)?,
-        None => vec![false; iw * ih],
-    };
+    let mask = img.load_mask(iw, ih)?;
     let bytes: Vec<u8> = mask.iter().map(|&m| u8::from(m)).collect();
     let mask_img = render::mask_to_rgb(&bytes, iw, ih);
     let strip = render::side_by_side(&[&base, &ov, &mask_img]);

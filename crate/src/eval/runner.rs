@@ -3,7 +3,8 @@
 //! every test image with a [`crate::detect`] mode and writing its result as soon as it is
 //! scored, then the report. The dataset scan is in `dataset.rs`, the output folder's files in
 //! `output.rs`, the metrics and tables in `report.rs`.
-use super::dataset::{scan_dataset, select_references, TestImage, GOOD};
+use super::dataset::{scan_dataset_as, select_references, TestImage};
+use super::layouts::Layout;
 use super::output::{
     read_finished, write_atomic, write_map, write_record, write_timing, ImageRecord, ImageTiming, OutDir,
 };
@@ -82,6 +83,9 @@ pub struct Settings {
     pub model_bytes: u64,
     /// The dataset folder, canonicalised.
     pub dataset: String,
+    /// The layout it was read in (detected or given; `mvtec` for runs recorded before layouts).
+    #[serde(default)]
+    pub layout: Layout,
     /// The detection mode.
     pub mode: Mode,
     /// Side of the square model input in pixels (maps are `size × size`).
@@ -109,6 +113,7 @@ impl Settings {
         cmp(&mut out, "model sha256", &previous.model_sha256, &self.model_sha256);
         cmp(&mut out, "model bytes", &previous.model_bytes, &self.model_bytes);
         cmp(&mut out, "dataset", &previous.dataset, &self.dataset);
+        cmp(&mut out, "layout", &previous.layout, &self.layout);
         cmp(&mut out, "mode", &previous.mode, &self.mode);
         cmp(&mut out, "size", &previous.size, &self.size);
         cmp(&mut out, "shots", &previous.shots, &self.shots);
@@ -146,8 +151,10 @@ pub fn file_sha256(path: &Path) -> Result<String> {
 pub struct EvalOptions {
     /// The checkpoint folder ([`CheckpointFiles::detect`]).
     pub model: PathBuf,
-    /// The dataset folder in the MVTec AD layout (see the [module docs](super)).
+    /// The dataset folder in one of the [`Layout`]s (see the [module docs](super)).
     pub dataset: PathBuf,
+    /// Its layout (`None`: detected, [`Layout::detect`]).
+    pub layout: Option<Layout>,
     /// Categories to evaluate (empty: all).
     pub categories: Vec<String>,
     /// The detection mode.
@@ -326,7 +333,7 @@ pub fn run(opts: &EvalOptions, progress: &mut dyn Progress) -> Result<EvalSummar
         }
     }
     // Dataset (all file errors before the model loads).
-    let dataset = scan_dataset(&opts.dataset, &opts.categories)?;
+    let dataset = scan_dataset_as(&opts.dataset, &opts.categories, opts.layout)?;
     for n in &dataset.notes {
         progress.note(n);
     }
@@ -338,7 +345,7 @@ pub fn run(opts: &EvalOptions, progress: &mut dyn Progress) -> Result<EvalSummar
                     bail!(
                         "category {}: --shots {k} needs {k} normal images in {}, found {}",
                         cat.name,
-                        cat.dir.join("train").join(GOOD).display(),
+                        cat.train_source,
                         cat.train_good.len()
                     );
                 }
@@ -388,6 +395,7 @@ pub fn run(opts: &EvalOptions, progress: &mut dyn Progress) -> Result<EvalSummar
         model_sha256,
         model_bytes,
         dataset: path_str(&opts.dataset.canonicalize().unwrap_or_else(|_| opts.dataset.clone())),
+        layout: dataset.layout,
         mode: opts.mode,
         size,
         shots,
@@ -721,6 +729,7 @@ mod tests {
             model_sha256: "ab".into(),
             model_bytes: 10,
             dataset: "/d".into(),
+            layout: Layout::Mvtec,
             mode: Mode::Fast,
             size: 224,
             shots: None,
@@ -738,6 +747,15 @@ mod tests {
         assert!(d[0].starts_with("mode") && d[1].starts_with("size"), "{d:?}");
         let json = serde_json::to_value(&s).unwrap();
         assert_eq!(json["mode"], "fast");
-        assert_eq!(serde_json::from_value::<Settings>(json).unwrap(), s);
+        assert_eq!(json["layout"], "mvtec");
+        assert_eq!(serde_json::from_value::<Settings>(json.clone()).unwrap(), s);
+        // A run recorded before layouts read MVTec AD.
+        let mut old = json;
+        old.as_object_mut().unwrap().remove("layout");
+        assert_eq!(serde_json::from_value::<Settings>(old).unwrap().layout, Layout::Mvtec);
+        t = s.clone();
+        t.layout = Layout::Loco;
+        let d = s.mismatches(&t);
+        assert_eq!(d, ["layout: Loco → Mvtec"], "previous → now");
     }
 }
