@@ -12,6 +12,7 @@
 pub mod aggregate;
 pub mod fast;
 pub mod geometry;
+pub mod learned;
 pub mod musc;
 pub mod passes;
 pub mod prompts;
