@@ -10,6 +10,7 @@
 //! (`crate::eval`), metrics ([`crate::metrics`]) and drawing maps ([`crate::render`]) are not
 //! here.
 pub mod aggregate;
+pub mod anomalyclip;
 pub mod fast;
 pub mod geometry;
 pub mod learned;
