@@ -9,6 +9,7 @@
 //! high-resolution inspection in [`tiles`], defect regions in [`regions`]. Dataset evaluation
 //! (`crate::eval`), metrics ([`crate::metrics`]) and drawing maps ([`crate::render`]) are not
 //! here.
+pub mod adaptclip;
 pub mod aggregate;
 pub mod fast;
 pub mod geometry;

@@ -1,0 +1,749 @@
+//! AdaptCLIP (Gao et al., "AdaptCLIP: Adapting CLIP for Universal Visual Anomaly Detection",
+//! AAAI 2026): three small learned adapters on a frozen CLIP ViT-L/14@336 run with DPAM, equal
+//! to the official `test.py` with its published arguments (`--features_list 6 12 18 24 --n_ctx
+//! 12 --vl_reduction 4 --pq_mid_dim 128 --pq_context`, σ = 4, average fusion).
+//!
+//! * **Textual adapter**: two learned contexts of [`N_CTX`] token vectors, each in the prompt
+//!   `"X X … X."` in place of the X's; their text features are the learned class pair.
+//! * **Static prompts**: the 7 normal / 4 anomalous states × 21 templates for the object
+//!   `"object"` (WinCLIP's ensemble, [`super::prompts::winclip_ensemble`]), the raw features
+//!   averaged per side, then L2-normalised.
+//! * **Visual adapter**: two residual MLPs (`x + W₂ ReLU(BN(W₁ x))`, BatchNorm in eval mode), one
+//!   on the un-normalised global feature, one on every layer-24 patch token, compared with the
+//!   static pair.
+//! * **Prompt-query adapter** (few-shot): each query patch is aligned to its nearest normal
+//!   reference patch (cosine) at layers 6, 12, 18, 24; the residual `q + |q − r|` goes through a
+//!   BatchNorm and a small conv / transposed-conv head (patch map) and an MLP (image logit).
+//!
+//! Zero-shot: map = Gaussian σ=4 of the mean of the visual and textual maps; score = mean of the
+//! visual score, the textual score and the map's maximum. Few-shot (k normal references): the
+//! map is the harmonic mean of the mean of the visual, textual and prompt-query maps with the
+//! alignment distance map (harmonic over the four layers), then the Gaussian; the score the
+//! harmonic mean of the mean of the three image scores with the map's maximum.
+//!
+//! The image features ([`Features`]) are those of the DPAM encoder: the global feature is the
+//! class token of the plain stream through the projection (no `ln_post`), the layer tokens the
+//! value-to-value stream through `ln_post` and the projection.
+use super::aggregate::{bilinear_resize, harmonic_mean_maps};
+use super::{Detection, TextPair, TEMPERATURE};
+use crate::model::{Clip, TextTower};
+use crate::tokenizer::{ClipTokenizer, Padding};
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor, D};
+use std::collections::HashMap;
+
+/// Learned context tokens per prompt (`--n_ctx 12`).
+pub const N_CTX: usize = 12;
+/// The layers whose tokens AdaptCLIP reads (`--features_list 6 12 18 24`, 1-based block outputs);
+/// the adapters on text read the last one.
+pub const FEATURE_LAYERS: [usize; 4] = [6, 12, 18, 24];
+/// σ of the Gaussian smoothing of the map (`--sigma 4`), in map pixels.
+pub const SIGMA: f64 = 4.0;
+/// The object name of the static prompts.
+pub const OBJECT: &str = "object";
+/// Patches averaged with the mean for the prompt-query adapter's image feature (`topk(10)`).
+pub const PQ_TOPK: usize = 10;
+/// BatchNorm's ε (PyTorch's default, which the official modules use).
+pub const BN_EPS: f64 = 1e-5;
+
+/// The prompt the learned contexts are written into: `"X X … X."` with [`N_CTX`] X's.
+pub fn learned_prompt() -> String {
+    let mut s = vec!["X"; N_CTX].join(" ");
+    s.push('.');
+    s
+}
+
+/// The static ensemble: `(normal, anomalous)` prompts for [`OBJECT`] (147 and 84).
+pub fn static_prompts() -> (Vec<String>, Vec<String>) {
+    super::prompts::winclip_ensemble(OBJECT)
+}
+
+fn tensor<'a>(t: &'a HashMap<String, Tensor>, name: &str, shape: &[usize]) -> Result<&'a Tensor> {
+    let v = t
+        .get(name)
+        .with_context(|| format!("the learned file has no tensor `{name}`"))?;
+    if v.dims() != shape {
+        bail!("learned tensor `{name}` has shape {:?}, expected {:?}", v.dims(), shape);
+    }
+    Ok(v)
+}
+
+fn dims_of(t: &HashMap<String, Tensor>, name: &str, rank: usize) -> Result<Vec<usize>> {
+    let v = t
+        .get(name)
+        .with_context(|| format!("the learned file has no tensor `{name}`"))?;
+    if v.rank() != rank {
+        bail!("learned tensor `{name}` has shape {:?}, expected rank {rank}", v.dims());
+    }
+    Ok(v.dims().to_vec())
+}
+
+/// A BatchNorm in eval mode folded to a per-channel affine map: `y = x·scale + shift` with
+/// `scale = γ / √(var + ε)`, `shift = β − mean·scale`.
+#[derive(Clone, Debug)]
+pub struct BatchNorm {
+    /// `[C]`.
+    pub scale: Tensor,
+    /// `[C]`.
+    pub shift: Tensor,
+}
+
+impl BatchNorm {
+    fn load(t: &HashMap<String, Tensor>, prefix: &str, c: usize) -> Result<Self> {
+        let get = |n: &str| -> Result<Vec<f64>> {
+            Ok(tensor(t, &format!("{prefix}.{n}"), &[c])?
+                .to_vec1::<f32>()?
+                .into_iter()
+                .map(f64::from)
+                .collect())
+        };
+        let (w, b, m, v) = (get("weight")?, get("bias")?, get("running_mean")?, get("running_var")?);
+        if let Some(i) = v.iter().position(|&x| x < 0.0) {
+            bail!("learned tensor `{prefix}.running_var` is negative at {i}");
+        }
+        let scale: Vec<f64> = w.iter().zip(&v).map(|(w, v)| w / (v + BN_EPS).sqrt()).collect();
+        let shift: Vec<f32> = b
+            .iter()
+            .zip(&m)
+            .zip(&scale)
+            .map(|((b, m), s)| (b - m * s) as f32)
+            .collect();
+        let scale: Vec<f32> = scale.into_iter().map(|s| s as f32).collect();
+        Ok(Self {
+            scale: Tensor::from_vec(scale, c, &Device::Cpu)?,
+            shift: Tensor::from_vec(shift, c, &Device::Cpu)?,
+        })
+    }
+
+    /// Applies it to `x: [M, C]` (channels last).
+    pub fn rows(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.broadcast_mul(&self.scale)?.broadcast_add(&self.shift)?)
+    }
+
+    /// Applies it to `x: [B, C, H, W]` (channels first).
+    pub fn planes(&self, x: &Tensor) -> Result<Tensor> {
+        let c = self.scale.dim(0)?;
+        Ok(x.broadcast_mul(&self.scale.reshape((1, c, 1, 1))?)?
+            .broadcast_add(&self.shift.reshape((1, c, 1, 1))?)?)
+    }
+}
+
+/// A bias-free linear layer stored transposed, `[in, out]`.
+fn linear_t(t: &HashMap<String, Tensor>, name: &str, out: usize, inp: usize) -> Result<Tensor> {
+    Ok(tensor(t, name, &[out, inp])?.t()?.contiguous()?)
+}
+
+/// The visual adapter's residual MLP: `x + W₂ ReLU(BN(W₁ x))` (no biases).
+#[derive(Clone, Debug)]
+pub struct ResMlp {
+    /// `W₁ᵀ`, `[D, D/r]`.
+    pub down_t: Tensor,
+    /// The BatchNorm after `W₁`.
+    pub bn: BatchNorm,
+    /// `W₂ᵀ`, `[D/r, D]`.
+    pub up_t: Tensor,
+}
+
+impl ResMlp {
+    fn load(t: &HashMap<String, Tensor>, prefix: &str, d: usize) -> Result<Self> {
+        let dims = dims_of(t, &format!("{prefix}.fc.0.weight"), 2)?;
+        let hidden = dims[0];
+        if hidden == 0 || dims[1] != d {
+            bail!(
+                "learned tensor `{prefix}.fc.0.weight` has shape {dims:?}, expected [hidden, {d}] (the \
+                 model's embedding width is {d})"
+            );
+        }
+        Ok(Self {
+            down_t: linear_t(t, &format!("{prefix}.fc.0.weight"), hidden, d)?,
+            bn: BatchNorm::load(t, &format!("{prefix}.fc.1"), hidden)?,
+            up_t: linear_t(t, &format!("{prefix}.fc.3.weight"), d, hidden)?,
+        })
+    }
+
+    /// `x: [M, D]` → `[M, D]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let h = self.bn.rows(&x.matmul(&self.down_t)?)?.relu()?;
+        Ok((x + h.matmul(&self.up_t)?)?)
+    }
+}
+
+/// The visual adapter: one residual MLP for the global feature, one for the patch tokens.
+#[derive(Clone, Debug)]
+pub struct VisualAdapter {
+    /// On the un-normalised global feature (`global_adapter`).
+    pub global: ResMlp,
+    /// On every layer-24 token (`local_adater`, sic, in the official state dict).
+    pub local: ResMlp,
+}
+
+/// One layer's prompt-query head (`sharebn.{l}`, `local_adapter.{l}`, `global_adapter.{l}`).
+#[derive(Clone, Debug)]
+pub struct PqLayer {
+    /// BatchNorm on the aligned residual, `[P]` channels.
+    pub share_bn: BatchNorm,
+    /// 3×3 conv P → mid, no bias: `[mid, P, 3, 3]`.
+    pub conv1: Tensor,
+    /// BatchNorm on `mid` channels.
+    pub bn1: BatchNorm,
+    /// 2×2 stride-2 transposed conv mid → mid: `[mid, mid, 2, 2]` and bias `[mid]`.
+    pub up1: (Tensor, Tensor),
+    /// 3×3 conv mid → mid/2, no bias.
+    pub conv2: Tensor,
+    /// BatchNorm on `mid/2` channels.
+    pub bn2: BatchNorm,
+    /// 2×2 stride-2 transposed conv mid/2 → mid/2, with bias.
+    pub up2: (Tensor, Tensor),
+    /// 1×1 conv mid/2 → 2, with bias.
+    pub head: (Tensor, Tensor),
+    /// Image MLP: `[P, mid]`ᵀ, BN, `[mid, mid/2]`ᵀ, BN, `[mid/2, 2]`ᵀ (no biases).
+    pub mlp: (Tensor, BatchNorm, Tensor, BatchNorm, Tensor),
+}
+
+/// The prompt-query adapter (few-shot), one head per layer of [`FEATURE_LAYERS`].
+#[derive(Clone, Debug)]
+pub struct PqAdapter {
+    /// Heads for layers 6, 12, 18, 24.
+    pub layers: Vec<PqLayer>,
+}
+
+impl PqAdapter {
+    fn load(t: &HashMap<String, Tensor>, p: usize) -> Result<Self> {
+        let dims = dims_of(t, "pq_learner.local_adapter.0.0.weight", 4)?;
+        let mid = dims[0];
+        if mid < 2 || mid % 2 != 0 || dims[1..] != [p, 3, 3] {
+            bail!(
+                "learned tensor `pq_learner.local_adapter.0.0.weight` has shape {dims:?}, expected [mid, \
+                 {p}, 3, 3] with an even mid"
+            );
+        }
+        let half = mid / 2;
+        let layers = (0..FEATURE_LAYERS.len())
+            .map(|l| {
+                let loc = |i: usize, n: &str| format!("pq_learner.local_adapter.{l}.{i}.{n}");
+                let glo = |i: usize, n: &str| format!("pq_learner.global_adapter.{l}.{i}.{n}");
+                Ok(PqLayer {
+                    share_bn: BatchNorm::load(t, &format!("pq_learner.sharebn.{l}"), p)?,
+                    conv1: tensor(t, &loc(0, "weight"), &[mid, p, 3, 3])?.clone(),
+                    bn1: BatchNorm::load(t, &format!("pq_learner.local_adapter.{l}.1"), mid)?,
+                    up1: (
+                        tensor(t, &loc(3, "weight"), &[mid, mid, 2, 2])?.clone(),
+                        tensor(t, &loc(3, "bias"), &[mid])?.clone(),
+                    ),
+                    conv2: tensor(t, &loc(4, "weight"), &[half, mid, 3, 3])?.clone(),
+                    bn2: BatchNorm::load(t, &format!("pq_learner.local_adapter.{l}.5"), half)?,
+                    up2: (
+                        tensor(t, &loc(7, "weight"), &[half, half, 2, 2])?.clone(),
+                        tensor(t, &loc(7, "bias"), &[half])?.clone(),
+                    ),
+                    head: (
+                        tensor(t, &loc(8, "weight"), &[2, half, 1, 1])?.clone(),
+                        tensor(t, &loc(8, "bias"), &[2])?.clone(),
+                    ),
+                    mlp: (
+                        linear_t(t, &glo(0, "weight"), mid, p)?,
+                        BatchNorm::load(t, &format!("pq_learner.global_adapter.{l}.1"), mid)?,
+                        linear_t(t, &glo(3, "weight"), half, mid)?,
+                        BatchNorm::load(t, &format!("pq_learner.global_adapter.{l}.4"), half)?,
+                        linear_t(t, &glo(6, "weight"), 2, half)?,
+                    ),
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self { layers })
+    }
+}
+
+/// The learned parameters of an AdaptCLIP checkpoint (`textual_learner`, `visual_learner` and,
+/// when present, `pq_learner`), read from the official `.pth` or its converted safetensors
+/// (same tensor names, `<learner>.<name>`).
+#[derive(Clone, Debug)]
+pub struct Learned {
+    /// Normal context (`textual_learner.ctx_pos`), `[N_CTX, Dt]`.
+    pub ctx_normal: Tensor,
+    /// Anomalous context (`textual_learner.ctx_neg`), `[N_CTX, Dt]`.
+    pub ctx_anomalous: Tensor,
+    /// The visual adapter.
+    pub visual: VisualAdapter,
+    /// The prompt-query adapter; `None` in a zero-shot-only file.
+    pub pq: Option<PqAdapter>,
+}
+
+/// The top-level keys of the official checkpoint.
+pub const LEARNERS: [&str; 3] = ["textual_learner", "visual_learner", "pq_learner"];
+
+impl Learned {
+    /// Builds the learned parts from named tensors (`textual_learner.ctx_pos`, …) for a model
+    /// with embedding width `embed_dim` (P) and text width `text_width` (Dt). Errors name the
+    /// missing or misshapen tensor.
+    pub fn from_tensors(t: &HashMap<String, Tensor>, embed_dim: usize, text_width: usize) -> Result<Self> {
+        let ctx = |name: &str| -> Result<Tensor> {
+            let full = format!("textual_learner.{name}");
+            let v = t
+                .get(&full)
+                .with_context(|| format!("the learned file has no tensor `{full}` (not an AdaptCLIP checkpoint?)"))?;
+            if v.elem_count() != N_CTX * text_width || v.dims().last() != Some(&text_width) {
+                bail!(
+                    "learned tensor `{full}` has shape {:?}, expected {N_CTX} context vectors of the text \
+                     width {text_width} ([1, 1, {N_CTX}, {text_width}])",
+                    v.dims()
+                );
+            }
+            Ok(v.reshape((N_CTX, text_width))?)
+        };
+        let pq = if t.keys().any(|k| k.starts_with("pq_learner.")) {
+            Some(PqAdapter::load(t, embed_dim)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            ctx_normal: ctx("ctx_pos")?,
+            ctx_anomalous: ctx("ctx_neg")?,
+            visual: VisualAdapter {
+                global: ResMlp::load(t, "visual_learner.global_adapter", embed_dim)?,
+                local: ResMlp::load(t, "visual_learner.local_adater", embed_dim)?,
+            },
+            pq,
+        })
+    }
+
+    /// Reads the learned tensors from safetensors bytes (a converted file).
+    pub fn tensors_from_safetensors(bytes: &[u8], origin: &str) -> Result<HashMap<String, Tensor>> {
+        use crate::model::TensorSource;
+        let src = crate::model::SafetensorsSource::new(bytes, origin)?;
+        let st = safetensors::SafeTensors::deserialize(bytes)?;
+        let mut out = HashMap::new();
+        for (name, view) in st.tensors() {
+            let float = matches!(
+                view.dtype(),
+                safetensors::Dtype::F32 | safetensors::Dtype::F16 | safetensors::Dtype::BF16 | safetensors::Dtype::F64
+            );
+            if float {
+                out.insert(name.clone(), src.get(&name, view.shape())?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads a learned file: the official `torch.save` checkpoint or its safetensors conversion
+    /// (told apart by their first bytes).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn read_tensors(path: &std::path::Path) -> Result<HashMap<String, Tensor>> {
+        let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        if crate::model::pth::is_torch_zip(&bytes) {
+            let mut out = crate::model::pth::read_state_dicts(path, &LEARNERS[..2])?;
+            // The prompt-query adapter is optional (zero-shot-only files).
+            match crate::model::pth::read_state_dicts(path, &LEARNERS[2..]) {
+                Ok(pq) => out.extend(pq),
+                Err(e) if format!("{e:#}").contains("key pq_learner not found") => {}
+                Err(e) => return Err(e),
+            }
+            Ok(out)
+        } else {
+            Self::tensors_from_safetensors(&bytes, &path.display().to_string())
+        }
+    }
+}
+
+/// Projected text feature `[P]` (not normalised) of a prompt whose token embeddings at positions
+/// `1..=N_CTX` are replaced by `ctx: [N_CTX, Dt]` (the official `encode_text_learn`).
+pub fn encode_with_context(text: &TextTower, tokenizer: &ClipTokenizer, ctx: &Tensor) -> Result<Vec<f32>> {
+    let w = &text.w;
+    let dt = text.cfg.text.width;
+    let ids = tokenizer.encode_padded(&learned_prompt(), Padding::OpenClip)?.to_vec();
+    let eot = crate::model::ops::eot_positions(std::slice::from_ref(&ids))[0];
+    if eot < N_CTX + 1 {
+        bail!("the learned prompt tokenised to {} tokens", eot + 1);
+    }
+    let len = eot + 1;
+    let ids = Tensor::from_vec(ids[..len].to_vec(), len, &Device::Cpu)?;
+    let emb = w.token_embedding.index_select(&ids, 0)?;
+    let emb = Tensor::cat(
+        &[
+            emb.narrow(0, 0, 1)?,
+            ctx.clone(),
+            emb.narrow(0, N_CTX + 1, len - N_CTX - 1)?,
+        ],
+        0,
+    )?;
+    let mut x = (emb + w.pos_embedding.narrow(0, 0, len)?)?.reshape((1, len, dt))?;
+    let mask = crate::model::ops::causal_mask(len)?;
+    for blk in &w.blocks {
+        x = blk
+            .forward(&x, text.cfg.text.heads, text.cfg.text.act, Some(&mask), false)?
+            .x;
+    }
+    let x = w.ln_final.forward(&x)?;
+    Ok(x.get(0)?
+        .get(eot)?
+        .reshape((1, dt))?
+        .matmul(&w.proj)?
+        .flatten_all()?
+        .to_vec1()?)
+}
+
+/// The two class pairs AdaptCLIP compares against: the static ensemble and the learned prompts.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TextPairs {
+    /// The static ensemble (the visual adapter's reference).
+    pub fixed: TextPair,
+    /// The learned prompts (the textual adapter).
+    pub learned: TextPair,
+}
+
+impl TextPairs {
+    /// Encodes both pairs with `clip`'s text tower.
+    pub fn encode(clip: &Clip, tokenizer: &ClipTokenizer, learned: &Learned) -> Result<Self> {
+        let text = clip
+            .text
+            .as_ref()
+            .context("AdaptCLIP needs the text tower (this checkpoint is vision-only)")?;
+        let (n, a) = static_prompts();
+        let fixed = TextPair::from_prompts(clip, tokenizer, &n, &a)?;
+        let learned = TextPair::new(
+            encode_with_context(text, tokenizer, &learned.ctx_normal)?,
+            encode_with_context(text, tokenizer, &learned.ctx_anomalous)?,
+        )?;
+        Ok(Self { fixed, learned })
+    }
+}
+
+/// The DPAM encoder's features of one image that AdaptCLIP reads.
+#[derive(Clone, Debug)]
+pub struct Features {
+    /// The global feature `[P]`, not normalised (plain stream's class token @ proj, no ln_post).
+    pub global: Vec<f32>,
+    /// Patch tokens `[N, P]` (class token excluded) at each of [`FEATURE_LAYERS`], in order.
+    pub layers: Vec<Tensor>,
+    /// Patch grid `(rows, columns)`, `N = rows·columns`.
+    pub grid: (usize, usize),
+}
+
+impl Features {
+    fn check(&self, dim: usize) -> Result<()> {
+        if self.global.len() != dim {
+            bail!(
+                "global feature has {} dimensions, the learned parts {dim}",
+                self.global.len()
+            );
+        }
+        if self.layers.len() != FEATURE_LAYERS.len() {
+            bail!(
+                "AdaptCLIP needs tokens of {} layers, got {}",
+                FEATURE_LAYERS.len(),
+                self.layers.len()
+            );
+        }
+        let n = self.grid.0 * self.grid.1;
+        for t in &self.layers {
+            if t.dims() != [n, dim] {
+                bail!("layer tokens have shape {:?}, expected [{n}, {dim}]", t.dims());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Rows of `x: [M, D]` scaled to unit length (`F.normalize`, floor 1e-12).
+fn normalize_rows(x: &Tensor) -> Result<Tensor> {
+    let n = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.maximum(1e-12)?;
+    Ok(x.broadcast_div(&n)?)
+}
+
+/// Anomalous probability of each row of `x: [N, P]` against a pair.
+fn row_scores(x: &Tensor, pair: &TextPair) -> Result<Vec<f32>> {
+    Ok(x.to_vec2::<f32>()?.iter().map(|r| pair.score(r, TEMPERATURE)).collect())
+}
+
+/// The zero-shot branches of one image before fusion.
+#[derive(Clone, Debug)]
+pub struct ZeroShotParts {
+    /// Visual adapter's image score.
+    pub visual_score: f32,
+    /// Textual adapter's image score.
+    pub textual_score: f32,
+    /// Visual adapter's patch map on the grid.
+    pub visual_grid: Vec<f32>,
+    /// Textual adapter's patch map on the grid.
+    pub textual_grid: Vec<f32>,
+}
+
+/// The visual and textual branches (scores and grid maps) of one image.
+pub fn zero_shot_parts(learned: &Learned, text: &TextPairs, f: &Features) -> Result<ZeroShotParts> {
+    let dim = text.fixed.dim();
+    f.check(dim)?;
+    let g = Tensor::from_vec(f.global.clone(), (1, dim), &Device::Cpu)?;
+    let adapted = learned.visual.global.forward(&g)?.flatten_all()?.to_vec1::<f32>()?;
+    let tokens = f.layers.last().expect("checked");
+    let local = learned.visual.local.forward(tokens)?;
+    Ok(ZeroShotParts {
+        visual_score: text.fixed.score(&adapted, TEMPERATURE),
+        textual_score: text.learned.score(&f.global, TEMPERATURE),
+        visual_grid: row_scores(&local, &text.fixed)?,
+        textual_grid: row_scores(tokens, &text.learned)?,
+    })
+}
+
+fn check_size(f: &Features, size: (usize, usize)) -> Result<()> {
+    if size.0 == 0 || size.1 == 0 {
+        bail!("the map size must be positive, got {}×{}", size.0, size.1);
+    }
+    if f.grid.0 == 0 || f.grid.1 == 0 {
+        bail!("empty patch grid");
+    }
+    Ok(())
+}
+
+/// Zero-shot AdaptCLIP on one image's features; the map is `size = (height, width)` (the input's).
+pub fn zero_shot(learned: &Learned, text: &TextPairs, f: &Features, size: (usize, usize)) -> Result<Detection> {
+    check_size(f, size)?;
+    let p = zero_shot_parts(learned, text, f)?;
+    let (gh, gw) = f.grid;
+    let (h, w) = size;
+    let vl = bilinear_resize(&p.visual_grid, gh, gw, h, w);
+    let tl = bilinear_resize(&p.textual_grid, gh, gw, h, w);
+    let raw: Vec<f32> = vl.iter().zip(&tl).map(|(a, b)| (a + b) / 2.0).collect();
+    let map = gaussian_blur(&raw, h, w, SIGMA);
+    let max = map.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let score = (p.visual_score + p.textual_score + max) / 3.0;
+    Ok(Detection {
+        score,
+        map,
+        height: h,
+        width: w,
+        grid_map: p
+            .visual_grid
+            .iter()
+            .zip(&p.textual_grid)
+            .map(|(a, b)| (a + b) / 2.0)
+            .collect(),
+        grid: f.grid,
+    })
+}
+
+/// Normal reference features for few-shot AdaptCLIP: per layer, every reference patch token,
+/// unit-normalised, stacked `[S·N, P]`.
+#[derive(Clone, Debug)]
+pub struct References {
+    /// One `[S·N, P]` matrix per layer of [`FEATURE_LAYERS`].
+    pub layers: Vec<Tensor>,
+    /// Number of reference images S.
+    pub count: usize,
+}
+
+impl References {
+    /// Collects the references' features (at least one image; all of one grid).
+    pub fn new(feats: &[Features]) -> Result<Self> {
+        let first = feats
+            .first()
+            .context("few-shot AdaptCLIP needs at least one normal reference image")?;
+        if feats.iter().any(|f| f.layers.len() != FEATURE_LAYERS.len()) {
+            bail!("AdaptCLIP references need tokens of {} layers", FEATURE_LAYERS.len());
+        }
+        if feats.iter().any(|f| f.grid != first.grid) {
+            bail!("reference images must share one patch grid (same input size)");
+        }
+        let layers = (0..FEATURE_LAYERS.len())
+            .map(|l| {
+                let rows: Vec<Tensor> = feats.iter().map(|f| f.layers[l].clone()).collect();
+                normalize_rows(&Tensor::cat(&rows, 0)?)
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            layers,
+            count: feats.len(),
+        })
+    }
+}
+
+/// The prompt-query branch of one image: `(image score, patch map at size, alignment map at size)`.
+pub fn prompt_query(
+    pq: &PqAdapter,
+    f: &Features,
+    refs: &References,
+    size: (usize, usize),
+) -> Result<(f32, Vec<f32>, Vec<f32>)> {
+    let (gh, gw) = f.grid;
+    let (h, w) = size;
+    let n = gh * gw;
+    let mut maps: Vec<Vec<f32>> = Vec::new();
+    let mut aligns: Vec<Vec<f32>> = Vec::new();
+    let mut probs = Vec::new();
+    for (l, head) in pq.layers.iter().enumerate() {
+        let q = normalize_rows(&f.layers[l])?;
+        let r = &refs.layers[l];
+        if r.dim(1)? != q.dim(1)? {
+            bail!(
+                "reference tokens have {} dimensions, the query {}",
+                r.dim(1)?,
+                q.dim(1)?
+            );
+        }
+        // Nearest reference patch by cosine distance (first on ties).
+        let dist = (1.0 - q.matmul(&r.t()?)?)?.to_vec2::<f32>()?;
+        let mut align = Vec::with_capacity(n);
+        let mut idx = Vec::with_capacity(n);
+        for row in &dist {
+            let (i, d) = row.iter().enumerate().fold(
+                (0, f32::INFINITY),
+                |(bi, bd), (i, &d)| if d < bd { (i, d) } else { (bi, bd) },
+            );
+            align.push(d);
+            idx.push(i as u32);
+        }
+        aligns.push(bilinear_resize(&align, gh, gw, h, w));
+        let nearest = r.index_select(&Tensor::from_vec(idx, n, &Device::Cpu)?, 0)?;
+        let fused = (&q + (&q - &nearest)?.abs()?)?;
+        let fused = head.share_bn.rows(&fused)?; // [N, P]
+        let p = fused.dim(1)?;
+        // Patch head on the grid.
+        let x = fused.t()?.contiguous()?.reshape((1, p, gh, gw))?;
+        let x = head.bn1.planes(&x.conv2d(&head.conv1, 1, 1, 1, 1)?)?.relu()?;
+        let x = x.conv_transpose2d(&head.up1.0, 0, 0, 2, 1)?;
+        let x = x.broadcast_add(&head.up1.1.reshape((1, (), 1, 1))?)?;
+        let x = head.bn2.planes(&x.conv2d(&head.conv2, 1, 1, 1, 1)?)?.relu()?;
+        let x = x.conv_transpose2d(&head.up2.0, 0, 0, 2, 1)?;
+        let x = x.broadcast_add(&head.up2.1.reshape((1, (), 1, 1))?)?;
+        let x = x.conv2d(&head.head.0, 0, 1, 1, 1)?;
+        let x = x.broadcast_add(&head.head.1.reshape((1, 2, 1, 1))?)?;
+        let (_, _, oh, ow) = x.dims4()?;
+        let x = candle_nn::ops::softmax(&x, 1)?;
+        let anomalous = x.get(0)?.get(1)?.flatten_all()?.to_vec1::<f32>()?;
+        maps.push(bilinear_resize(&anomalous, oh, ow, h, w));
+        // Image head: per channel, the mean of the patch mean and the mean of the top 10.
+        let cols = fused.t()?.contiguous()?.to_vec2::<f32>()?; // [P, N]
+        let k = PQ_TOPK.min(n);
+        let pooled: Vec<f32> = cols
+            .iter()
+            .map(|c| {
+                let mean = c.iter().sum::<f32>() / n as f32;
+                let mut s = c.clone();
+                s.sort_by(|a, b| b.total_cmp(a));
+                let top = s[..k].iter().sum::<f32>() / k as f32;
+                (mean + top) / 2.0
+            })
+            .collect();
+        let (w1, b1, w2, b2, w3) = &head.mlp;
+        let v = Tensor::from_vec(pooled, (1, p), &Device::Cpu)?;
+        let v = b1.rows(&v.matmul(w1)?)?.relu()?;
+        let v = b2.rows(&v.matmul(w2)?)?.relu()?;
+        let logits = v.matmul(w3)?.flatten_all()?.to_vec1::<f32>()?;
+        probs.push(1.0 / (1.0 + (logits[0] - logits[1]).exp()));
+    }
+    let layers = pq.layers.len() as f32;
+    let score = probs.iter().sum::<f32>() / layers;
+    let map: Vec<f32> = (0..h * w)
+        .map(|i| maps.iter().map(|m| m[i]).sum::<f32>() / layers)
+        .collect();
+    let refs: Vec<&[f32]> = aligns.iter().map(Vec::as_slice).collect();
+    Ok((score, map, harmonic_mean_maps(&refs)))
+}
+
+/// Few-shot AdaptCLIP on one image's features with normal references.
+pub fn few_shot(
+    learned: &Learned,
+    text: &TextPairs,
+    f: &Features,
+    refs: &References,
+    size: (usize, usize),
+) -> Result<Detection> {
+    check_size(f, size)?;
+    let pq = learned
+        .pq
+        .as_ref()
+        .context("this learned file has no prompt-query adapter (pq_learner): few-shot AdaptCLIP needs it")?;
+    let p = zero_shot_parts(learned, text, f)?;
+    let (gh, gw) = f.grid;
+    let (h, w) = size;
+    let (pq_score, pq_map, align) = prompt_query(pq, f, refs, size)?;
+    let vl = bilinear_resize(&p.visual_grid, gh, gw, h, w);
+    let tl = bilinear_resize(&p.textual_grid, gh, gw, h, w);
+    let mean: Vec<f32> = (0..h * w).map(|i| (vl[i] + tl[i] + pq_map[i]) / 3.0).collect();
+    let raw = harmonic_mean_maps(&[&mean, &align]);
+    let map = gaussian_blur(&raw, h, w, SIGMA);
+    let max = map.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let image = (p.visual_score + p.textual_score + pq_score) / 3.0;
+    let score = harmonic_mean_maps(&[&[image], &[max]])[0];
+    Ok(Detection {
+        score,
+        map,
+        height: h,
+        width: w,
+        grid_map: p
+            .visual_grid
+            .iter()
+            .zip(&p.textual_grid)
+            .map(|(a, b)| (a + b) / 2.0)
+            .collect(),
+        grid: f.grid,
+    })
+}
+
+/// `scipy.ndimage.gaussian_filter(map, sigma)` on a float32 map: separable passes along rows
+/// (axis 0) then columns (axis 1), mode `reflect`, truncate 4, each pass in f64 and stored as f32.
+pub fn gaussian_blur(map: &[f32], h: usize, w: usize, sigma: f64) -> Vec<f32> {
+    let radius = (4.0 * sigma + 0.5) as usize;
+    let mut k: Vec<f64> = (0..=2 * radius)
+        .map(|i| {
+            let x = i as f64 - radius as f64;
+            (-0.5 / (sigma * sigma) * x * x).exp()
+        })
+        .collect();
+    let sum: f64 = k.iter().sum();
+    k.iter_mut().for_each(|v| *v /= sum);
+    let reflect = |i: isize, n: usize| -> usize {
+        let n = n as isize;
+        let p = 2 * n;
+        let mut m = i.rem_euclid(p);
+        if m >= n {
+            m = p - 1 - m;
+        }
+        m as usize
+    };
+    let pass = |src: &[f32], n: usize, stride: usize, count: usize, step: usize| -> Vec<f32> {
+        let mut out = src.to_vec();
+        for c in 0..count {
+            for i in 0..n {
+                let mut acc = 0f64;
+                for (j, kv) in k.iter().enumerate() {
+                    let s = reflect(i as isize + j as isize - radius as isize, n);
+                    acc += kv * f64::from(src[c * step + s * stride]);
+                }
+                out[c * step + i * stride] = acc as f32;
+            }
+        }
+        out
+    };
+    let tmp = pass(map, h, w, w, 1);
+    pass(&tmp, w, 1, h, w)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn learned_prompt_has_twelve_placeholders() {
+        assert_eq!(learned_prompt(), "X X X X X X X X X X X X.");
+        let (n, a) = static_prompts();
+        assert_eq!((n.len(), a.len()), (147, 84));
+        assert_eq!(n[0], "a cropped photo of the object.");
+        assert_eq!(a[0], "a cropped photo of the damaged object.");
+    }
+
+    #[test]
+    fn gaussian_keeps_constants_and_mass() {
+        let m = vec![0.25f32; 9 * 7];
+        assert!(gaussian_blur(&m, 9, 7, 4.0).iter().all(|v| (v - 0.25).abs() < 1e-6));
+        // A point on a large map spreads with unit mass and its centre weight is the 2-D kernel's.
+        let (h, w) = (41, 41);
+        let mut p = vec![0f32; h * w];
+        p[20 * w + 20] = 1.0;
+        let b = gaussian_blur(&p, h, w, 4.0);
+        let total: f32 = b.iter().sum();
+        assert!((total - 1.0).abs() < 1e-5, "{total}");
+        let k0: f64 = 1.0 / (-16..=16).map(|x: i32| (-(x * x) as f64 / 32.0).exp()).sum::<f64>();
+        assert!((b[20 * w + 20] as f64 - k0 * k0).abs() < 1e-7);
+        assert!((b[20 * w + 21] - b[21 * w + 20]).abs() < 1e-9);
+    }
+}
