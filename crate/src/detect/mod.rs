@@ -11,8 +11,10 @@
 //! here.
 pub mod adaptclip;
 pub mod aggregate;
+pub mod anomalyclip;
 pub mod fast;
 pub mod geometry;
+pub mod learned;
 pub mod musc;
 pub mod passes;
 pub mod prompts;

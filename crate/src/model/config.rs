@@ -78,6 +78,9 @@ pub enum PosInterp {
     /// `F.interpolate(mode="bicubic", antialias=True, align_corners=False)` (PIL's bicubic, a = -0.5,
     /// widened when shrinking): what open_clip's `resize_pos_embed` and timm do.
     BicubicAntialias,
+    /// `F.interpolate(mode="bilinear", align_corners=False)` without antialiasing: what the
+    /// official AnomalyCLIP code does when it runs ViT-L/14@336 at 518 px (24×24 → 37×37).
+    Bilinear,
 }
 
 /// Image tower hyper-parameters.

@@ -227,13 +227,23 @@ fn cubic_05(x: f64) -> f64 {
 }
 
 /// The `[out, in]` matrix of 1-D resampling weights of `F.interpolate(mode="bicubic",
-/// align_corners=False, antialias=...)` along one axis (torch's `UpSampleKernel` arithmetic).
+/// align_corners=False, antialias=...)` (or `mode="bilinear"` for [`PosInterp::Bilinear`]) along
+/// one axis (torch's `UpSampleKernel` arithmetic).
 pub fn bicubic_matrix(input: usize, output: usize, mode: PosInterp) -> Vec<f64> {
     let mut m = vec![0f64; output * input];
     let scale = input as f64 / output as f64;
     for i in 0..output {
         let row = &mut m[i * input..(i + 1) * input];
         match mode {
+            PosInterp::Bilinear => {
+                // Source index clamped at 0; the upper neighbour clamped to the last sample.
+                let src = (scale * (i as f64 + 0.5) - 0.5).max(0.0);
+                let i0 = (src.floor() as usize).min(input - 1);
+                let i1 = (i0 + 1).min(input - 1);
+                let t = src - i0 as f64;
+                row[i0] += 1.0 - t;
+                row[i1] += t;
+            }
             PosInterp::Bicubic => {
                 let src = scale * (i as f64 + 0.5) - 0.5;
                 let base = src.floor();

@@ -12,10 +12,11 @@ use std::collections::HashMap;
 use std::path::Path;
 
 /// Architectures `random-weights` and `bench` know.
-pub const ARCHS: [&str; 3] = ["vit-b-16", "vit-b-32", "vit-b-16-plus-240"];
+pub const ARCHS: [&str; 4] = ["vit-b-16", "vit-b-32", "vit-b-16-plus-240", "vit-l-14-336"];
 
 /// The configuration file (name, JSON) of a known architecture, in the layout its published
-/// checkpoints use: OpenAI ViT-B/16 and B/32 as transformers' `config.json`, WinCLIP's
+/// checkpoints use: OpenAI ViT-B/16, B/32 and L/14@336 (`openai/clip-vit-large-patch14-336`,
+/// the encoder of AnomalyCLIP and AdaptCLIP) as transformers' `config.json`, WinCLIP's
 /// ViT-B-16-plus-240 as open_clip's `open_clip_config.json`.
 pub fn arch_config(arch: &str) -> Result<(&'static str, String)> {
     let hf = |patch: usize| {
@@ -51,6 +52,26 @@ pub fn arch_config(arch: &str) -> Result<(&'static str, String)> {
                 "preprocess_cfg": {
                     "mean": [0.48145466, 0.4578275, 0.40821073],
                     "std": [0.26862954, 0.26130258, 0.27577711]
+                }
+            }))?,
+        ),
+        "vit-l-14-336" => (
+            "config.json",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "architectures": ["CLIPModel"],
+                "model_type": "clip",
+                "projection_dim": 768,
+                "logit_scale_init_value": 2.6592,
+                "text_config": {
+                    "hidden_size": 768, "intermediate_size": 3072, "num_attention_heads": 12,
+                    "num_hidden_layers": 12, "max_position_embeddings": 77, "vocab_size": 49408,
+                    "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5, "projection_dim": 768,
+                    "bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1
+                },
+                "vision_config": {
+                    "hidden_size": 1024, "intermediate_size": 4096, "num_attention_heads": 16,
+                    "num_hidden_layers": 24, "patch_size": 14, "image_size": 336,
+                    "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5, "projection_dim": 768
                 }
             }))?,
         ),
