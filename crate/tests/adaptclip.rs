@@ -297,3 +297,61 @@ fn bad_learned_files_get_clear_errors() {
         .to_string();
     assert!(e.contains("not an AdaptCLIP checkpoint"), "{e}");
 }
+
+#[test]
+fn dpam_encoder_features_match_the_official_encode_image() {
+    let exp = expected();
+    let mut clip = model();
+    anoscope::detect::learned::use_official_pos_interp(&mut clip);
+    let ours = adaptclip::encode(&clip, &exp["pixel_values"]).unwrap();
+    let last =
+        anoscope::detect::passes::now(adaptclip::encode_last_on(&clip, &clip.vision, &exp["pixel_values"])).unwrap();
+    assert_eq!(ours.len(), 2);
+    for (b, f) in ours.iter().enumerate() {
+        assert_eq!(f.grid, (5, 5));
+        let want = official_features(&exp, "", "global", b);
+        close(&format!("global [{b}]"), &f.global, &want.global);
+        for (l, (a, w)) in FEATURE_LAYERS.iter().zip(f.layers.iter().zip(&want.layers)) {
+            close(&format!("layer {l} tokens [{b}]"), &flat(a), &flat(w));
+        }
+        // The shared (accelerator-capable) DPAM pass gives the same zero-shot features.
+        assert_eq!(last[b].global, f.global);
+        assert_eq!(flat(&last[b].layers[0]), flat(&f.layers[3]));
+    }
+    // End to end from pixels: zero- and few-shot maps and scores.
+    let l = learned(&clip);
+    let text = text_pairs(&clip, &l);
+    let refs = References::new(&adaptclip::encode(&clip, &exp["prompt_pixel_values"]).unwrap()).unwrap();
+    for (b, f) in ours.iter().enumerate() {
+        let d = adaptclip::zero_shot(&l, &text, &last[b], (70, 70)).unwrap();
+        close(
+            &format!("pixels → zero-shot map [{b}]"),
+            &d.map,
+            &flat(&exp["map_zero"].get(b).unwrap()),
+        );
+        close(
+            &format!("pixels → zero-shot score [{b}]"),
+            &[d.score],
+            &[flat(&exp["score_zero"])[b]],
+        );
+        let d = adaptclip::few_shot(&l, &text, f, &refs, (70, 70)).unwrap();
+        close(
+            &format!("pixels → few-shot map [{b}]"),
+            &d.map,
+            &flat(&exp["map_few"].get(b).unwrap()),
+        );
+        close(
+            &format!("pixels → few-shot score [{b}]"),
+            &[d.score],
+            &[flat(&exp["score_few"])[b]],
+        );
+    }
+    // Zero-shot features cannot serve few-shot; a model of another depth is refused.
+    let e = adaptclip::few_shot(&l, &text, &last[0], &refs, (70, 70))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("4 layers"), "{e}");
+    let small = Clip::load_dir(&fixtures().join("winclip_tiny")).unwrap();
+    let e = adaptclip::encode(&small, &exp["pixel_values"]).unwrap_err().to_string();
+    assert!(e.contains("24-block"), "{e}");
+}

@@ -25,7 +25,9 @@
 //! class token of the plain stream through the projection (no `ln_post`), the layer tokens the
 //! value-to-value stream through `ln_post` and the projection.
 use super::aggregate::{bilinear_resize, harmonic_mean_maps};
-use super::{Detection, TextPair, TEMPERATURE};
+use super::learned::{dpam_on, gaussian_filter, DPAM_BLOCKS, TEMPERATURE};
+use super::passes::Passes;
+use super::{Detection, TextPair};
 use crate::model::{Clip, TextTower};
 use crate::tokenizer::{ClipTokenizer, Padding};
 use anyhow::{bail, Context, Result};
@@ -37,8 +39,7 @@ pub const N_CTX: usize = 12;
 /// The layers whose tokens AdaptCLIP reads (`--features_list 6 12 18 24`, 1-based block outputs);
 /// the adapters on text read the last one.
 pub const FEATURE_LAYERS: [usize; 4] = [6, 12, 18, 24];
-/// σ of the Gaussian smoothing of the map (`--sigma 4`), in map pixels.
-pub const SIGMA: f64 = 4.0;
+pub use super::learned::SIGMA;
 /// The object name of the static prompts.
 pub const OBJECT: &str = "object";
 /// Patches averaged with the mean for the prompt-query adapter's image feature (`topk(10)`).
@@ -420,17 +421,19 @@ pub struct Features {
 }
 
 impl Features {
-    fn check(&self, dim: usize) -> Result<()> {
+    /// Checks the shapes against the embedding width `dim`; `all_layers`: every layer of
+    /// [`FEATURE_LAYERS`] must be there (few-shot), otherwise the last one suffices (zero-shot).
+    fn check(&self, dim: usize, all_layers: bool) -> Result<()> {
         if self.global.len() != dim {
             bail!(
                 "global feature has {} dimensions, the learned parts {dim}",
                 self.global.len()
             );
         }
-        if self.layers.len() != FEATURE_LAYERS.len() {
+        if self.layers.is_empty() || (all_layers && self.layers.len() != FEATURE_LAYERS.len()) {
             bail!(
                 "AdaptCLIP needs tokens of {} layers, got {}",
-                FEATURE_LAYERS.len(),
+                if all_layers { FEATURE_LAYERS.len() } else { 1 },
                 self.layers.len()
             );
         }
@@ -442,6 +445,89 @@ impl Features {
         }
         Ok(())
     }
+}
+
+fn check_tower(clip: &Clip) -> Result<()> {
+    let layers = clip.cfg.vision.layers;
+    let deepest = FEATURE_LAYERS[FEATURE_LAYERS.len() - 1];
+    if layers != deepest {
+        bail!(
+            "AdaptCLIP reads blocks {FEATURE_LAYERS:?} of a {deepest}-block image tower (CLIP ViT-L/14@336) with \
+             DPAM in the last {DPAM_BLOCKS}; this one has {layers} blocks"
+        );
+    }
+    Ok(())
+}
+
+/// The features of every image of normalised `pixels: [B, 3, H, W]` at every layer of
+/// [`FEATURE_LAYERS`] (few-shot needs them all), from one DPAM pass on the CPU: the plain and the
+/// value-to-value stream run side by side as in [`super::learned`], and the v-v stream (the plain
+/// one before DPAM starts) is projected after each of those blocks, as the official
+/// `encode_image(…, features_list, DPAM_layer=20)` returns it. Position embeddings are resampled
+/// as `clip`'s configuration says ([`super::learned::use_official_pos_interp`]).
+pub fn encode(clip: &Clip, pixels: &Tensor) -> Result<Vec<Features>> {
+    check_tower(clip)?;
+    let tower = &clip.vision;
+    let v = &tower.cfg.vision;
+    let (_, _, h, w) = pixels
+        .dims4()
+        .map_err(|_| anyhow::anyhow!("pixels must be [B, 3, H, W], got {:?}", pixels.dims()))?;
+    let grid = tower.grid_for(h, w)?;
+    let n = grid.0 * grid.1;
+    let mut x = tower.w.ln_pre.forward(&tower.embed(pixels)?)?;
+    let first_vv = v.layers - DPAM_BLOCKS;
+    let mut vv: Option<Tensor> = None;
+    let mut kept: Vec<Tensor> = Vec::new();
+    for (i, blk) in tower.w.blocks.iter().enumerate() {
+        let dual = i >= first_vv;
+        if dual && vv.is_none() {
+            vv = Some(x.clone());
+        }
+        let out = blk.forward(&x, v.heads, v.act, None, dual)?;
+        if let (Some(s), Some(a)) = (vv.as_mut(), out.vv) {
+            *s = (&*s + a)?;
+        }
+        x = out.x;
+        if FEATURE_LAYERS.contains(&(i + 1)) {
+            let stream = vv.as_ref().unwrap_or(&x);
+            kept.push(tower.project(&stream.narrow(1, 1, n)?)?);
+        }
+    }
+    let global = x.narrow(1, 0, 1)?.squeeze(1)?.matmul(&tower.w.proj)?.to_vec2::<f32>()?;
+    global
+        .into_iter()
+        .enumerate()
+        .map(|(b, g)| {
+            Ok(Features {
+                global: g,
+                layers: kept.iter().map(|t| t.get(b)).collect::<candle_core::Result<_>>()?,
+                grid,
+            })
+        })
+        .collect()
+}
+
+/// The zero-shot features (global and layer-24 tokens) of every image of `pixels`, from the
+/// shared DPAM pass ([`super::learned::dpam_on`]), which an accelerator can run.
+pub async fn encode_last_on(clip: &Clip, tower: &impl Passes, pixels: &Tensor) -> Result<Vec<Features>> {
+    check_tower(clip)?;
+    let f = dpam_on(clip, tower, pixels).await?;
+    let tokens = f
+        .output
+        .surgery_tokens
+        .as_ref()
+        .context("the DPAM pass returned no v-v tokens")?;
+    f.global
+        .into_iter()
+        .enumerate()
+        .map(|(b, g)| {
+            Ok(Features {
+                global: g,
+                layers: vec![tokens.get(b)?],
+                grid: f.grid,
+            })
+        })
+        .collect()
 }
 
 /// Rows of `x: [M, D]` scaled to unit length (`F.normalize`, floor 1e-12).
@@ -471,7 +557,7 @@ pub struct ZeroShotParts {
 /// The visual and textual branches (scores and grid maps) of one image.
 pub fn zero_shot_parts(learned: &Learned, text: &TextPairs, f: &Features) -> Result<ZeroShotParts> {
     let dim = text.fixed.dim();
-    f.check(dim)?;
+    f.check(dim, false)?;
     let g = Tensor::from_vec(f.global.clone(), (1, dim), &Device::Cpu)?;
     let adapted = learned.visual.global.forward(&g)?.flatten_all()?.to_vec1::<f32>()?;
     let tokens = f.layers.last().expect("checked");
@@ -503,7 +589,7 @@ pub fn zero_shot(learned: &Learned, text: &TextPairs, f: &Features, size: (usize
     let vl = bilinear_resize(&p.visual_grid, gh, gw, h, w);
     let tl = bilinear_resize(&p.textual_grid, gh, gw, h, w);
     let raw: Vec<f32> = vl.iter().zip(&tl).map(|(a, b)| (a + b) / 2.0).collect();
-    let map = gaussian_blur(&raw, h, w, SIGMA);
+    let map = gaussian_filter(&raw, h, w, SIGMA)?;
     let max = map.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let score = (p.visual_score + p.textual_score + max) / 3.0;
     Ok(Detection {
@@ -563,6 +649,13 @@ pub fn prompt_query(
     refs: &References,
     size: (usize, usize),
 ) -> Result<(f32, Vec<f32>, Vec<f32>)> {
+    f.check(refs.layers[0].dim(1)?, true)?;
+    if pq.layers.len() != FEATURE_LAYERS.len() || refs.layers.len() != FEATURE_LAYERS.len() {
+        bail!(
+            "the prompt-query adapter and the references need {} layers",
+            FEATURE_LAYERS.len()
+        );
+    }
     let (gh, gw) = f.grid;
     let (h, w) = size;
     let n = gh * gw;
@@ -660,7 +753,7 @@ pub fn few_shot(
     let tl = bilinear_resize(&p.textual_grid, gh, gw, h, w);
     let mean: Vec<f32> = (0..h * w).map(|i| (vl[i] + tl[i] + pq_map[i]) / 3.0).collect();
     let raw = harmonic_mean_maps(&[&mean, &align]);
-    let map = gaussian_blur(&raw, h, w, SIGMA);
+    let map = gaussian_filter(&raw, h, w, SIGMA)?;
     let max = map.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let image = (p.visual_score + p.textual_score + pq_score) / 3.0;
     let score = harmonic_mean_maps(&[&[image], &[max]])[0];
@@ -679,45 +772,6 @@ pub fn few_shot(
     })
 }
 
-/// `scipy.ndimage.gaussian_filter(map, sigma)` on a float32 map: separable passes along rows
-/// (axis 0) then columns (axis 1), mode `reflect`, truncate 4, each pass in f64 and stored as f32.
-pub fn gaussian_blur(map: &[f32], h: usize, w: usize, sigma: f64) -> Vec<f32> {
-    let radius = (4.0 * sigma + 0.5) as usize;
-    let mut k: Vec<f64> = (0..=2 * radius)
-        .map(|i| {
-            let x = i as f64 - radius as f64;
-            (-0.5 / (sigma * sigma) * x * x).exp()
-        })
-        .collect();
-    let sum: f64 = k.iter().sum();
-    k.iter_mut().for_each(|v| *v /= sum);
-    let reflect = |i: isize, n: usize| -> usize {
-        let n = n as isize;
-        let p = 2 * n;
-        let mut m = i.rem_euclid(p);
-        if m >= n {
-            m = p - 1 - m;
-        }
-        m as usize
-    };
-    let pass = |src: &[f32], n: usize, stride: usize, count: usize, step: usize| -> Vec<f32> {
-        let mut out = src.to_vec();
-        for c in 0..count {
-            for i in 0..n {
-                let mut acc = 0f64;
-                for (j, kv) in k.iter().enumerate() {
-                    let s = reflect(i as isize + j as isize - radius as isize, n);
-                    acc += kv * f64::from(src[c * step + s * stride]);
-                }
-                out[c * step + i * stride] = acc as f32;
-            }
-        }
-        out
-    };
-    let tmp = pass(map, h, w, w, 1);
-    pass(&tmp, w, 1, h, w)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -729,21 +783,5 @@ mod tests {
         assert_eq!((n.len(), a.len()), (147, 84));
         assert_eq!(n[0], "a cropped photo of the object.");
         assert_eq!(a[0], "a cropped photo of the damaged object.");
-    }
-
-    #[test]
-    fn gaussian_keeps_constants_and_mass() {
-        let m = vec![0.25f32; 9 * 7];
-        assert!(gaussian_blur(&m, 9, 7, 4.0).iter().all(|v| (v - 0.25).abs() < 1e-6));
-        // A point on a large map spreads with unit mass and its centre weight is the 2-D kernel's.
-        let (h, w) = (41, 41);
-        let mut p = vec![0f32; h * w];
-        p[20 * w + 20] = 1.0;
-        let b = gaussian_blur(&p, h, w, 4.0);
-        let total: f32 = b.iter().sum();
-        assert!((total - 1.0).abs() < 1e-5, "{total}");
-        let k0: f64 = 1.0 / (-16..=16).map(|x: i32| (-(x * x) as f64 / 32.0).exp()).sum::<f64>();
-        assert!((b[20 * w + 20] as f64 - k0 * k0).abs() < 1e-7);
-        assert!((b[20 * w + 21] - b[21 * w + 20]).abs() < 1e-9);
     }
 }
