@@ -355,3 +355,68 @@ fn dpam_encoder_features_match_the_official_encode_image() {
     let e = adaptclip::encode(&small, &exp["pixel_values"]).unwrap_err().to_string();
     assert!(e.contains("24-block"), "{e}");
 }
+
+#[test]
+fn converted_file_carries_the_text_pairs_and_one_copy_of_the_shared_heads() {
+    let exp = expected();
+    let clip = model();
+    let t = Learned::read_tensors(&pth()).unwrap();
+    let from_pth = adaptclip::AdaptClip::from_tensors(&clip, &t).unwrap();
+    let bytes = adaptclip::convert(&clip, &t, safetensors::Dtype::F32).unwrap();
+    let names: Vec<String> = safetensors::SafeTensors::deserialize(&bytes)
+        .unwrap()
+        .names()
+        .into_iter()
+        .map(str::to_string)
+        .collect();
+    assert!(names.iter().any(|n| n == "pq_learner.local_adapter.0.0.weight"));
+    assert!(names.iter().any(|n| n == "pq_learner.sharebn.3.running_var"));
+    assert!(!names.iter().any(|n| n.starts_with("pq_learner.local_adapter.1.")));
+    assert!(!names.iter().any(|n| n.starts_with("pq_learner.global_adapter.2.")));
+    assert!(!names.iter().any(|n| n.starts_with("textual_learner.token_")));
+    assert!(names.iter().any(|n| n == adaptclip::STATIC_TEXT) && names.iter().any(|n| n == adaptclip::LEARNED_TEXT));
+    // The page has no text tower: the converted file does not need one.
+    let mut vision_only = clip.clone();
+    vision_only.text = None;
+    let conv = adaptclip::AdaptClip::from_safetensors(&vision_only, &bytes, "converted").unwrap();
+    // Stored unit vectors, normalised again on reading (a last-bit difference at most).
+    for (a, b) in [
+        (&conv.text.fixed, &from_pth.text.fixed),
+        (&conv.text.learned, &from_pth.text.learned),
+    ] {
+        close("stored text normal", &a.normal, &b.normal);
+        close("stored text anomalous", &a.anomalous, &b.anomalous);
+    }
+    let refs = References::new(&[
+        official_features(&exp, "prompt_", "prompt_global", 0),
+        official_features(&exp, "prompt_", "prompt_global", 1),
+    ])
+    .unwrap();
+    let f = official_features(&exp, "", "global", 1);
+    for ready in [&from_pth, &conv] {
+        let d = adaptclip::few_shot(&ready.learned, &ready.text, &f, &refs, (70, 70)).unwrap();
+        close("converted few-shot map", &d.map, &flat(&exp["map_few"].get(1).unwrap()));
+    }
+    // f16 storage: within f16 rounding of the official outputs.
+    let half = adaptclip::convert(&clip, &t, safetensors::Dtype::F16).unwrap();
+    assert!(half.len() < bytes.len() * 6 / 10, "{} vs {}", half.len(), bytes.len());
+    let h = adaptclip::AdaptClip::from_safetensors(&vision_only, &half, "f16").unwrap();
+    let d = adaptclip::zero_shot(&h.learned, &h.text, &f, (70, 70)).unwrap();
+    let want = flat(&exp["map_zero"].get(1).unwrap());
+    let max = d.map.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(max < 5e-3, "f16 zero-shot map off by {max}");
+    // A converted file of another model is refused by name.
+    let e = format!(
+        "{:#}",
+        adaptclip::AdaptClip::from_safetensors(
+            &Clip::load_dir(&fixtures().join("winclip_tiny")).unwrap(),
+            &bytes,
+            "x.safetensors"
+        )
+        .unwrap_err()
+    );
+    assert!(
+        e.contains("x.safetensors") && e.contains("not AdaptCLIP parameters for this model"),
+        "{e}"
+    );
+}

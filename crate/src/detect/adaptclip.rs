@@ -221,18 +221,28 @@ impl PqAdapter {
         let half = mid / 2;
         let layers = (0..FEATURE_LAYERS.len())
             .map(|l| {
-                let loc = |i: usize, n: &str| format!("pq_learner.local_adapter.{l}.{i}.{n}");
-                let glo = |i: usize, n: &str| format!("pq_learner.global_adapter.{l}.{i}.{n}");
+                // The official adapter repeats one head module for every layer (one set of
+                // weights); a converted file keeps layer 0 only.
+                let shared = |part: &str| {
+                    if t.contains_key(&format!("pq_learner.{part}.{l}.0.weight")) {
+                        l
+                    } else {
+                        0
+                    }
+                };
+                let (ll, gl) = (shared("local_adapter"), shared("global_adapter"));
+                let loc = |i: usize, n: &str| format!("pq_learner.local_adapter.{ll}.{i}.{n}");
+                let glo = |i: usize, n: &str| format!("pq_learner.global_adapter.{gl}.{i}.{n}");
                 Ok(PqLayer {
                     share_bn: BatchNorm::load(t, &format!("pq_learner.sharebn.{l}"), p)?,
                     conv1: tensor(t, &loc(0, "weight"), &[mid, p, 3, 3])?.clone(),
-                    bn1: BatchNorm::load(t, &format!("pq_learner.local_adapter.{l}.1"), mid)?,
+                    bn1: BatchNorm::load(t, &format!("pq_learner.local_adapter.{ll}.1"), mid)?,
                     up1: (
                         tensor(t, &loc(3, "weight"), &[mid, mid, 2, 2])?.clone(),
                         tensor(t, &loc(3, "bias"), &[mid])?.clone(),
                     ),
                     conv2: tensor(t, &loc(4, "weight"), &[half, mid, 3, 3])?.clone(),
-                    bn2: BatchNorm::load(t, &format!("pq_learner.local_adapter.{l}.5"), half)?,
+                    bn2: BatchNorm::load(t, &format!("pq_learner.local_adapter.{ll}.5"), half)?,
                     up2: (
                         tensor(t, &loc(7, "weight"), &[half, half, 2, 2])?.clone(),
                         tensor(t, &loc(7, "bias"), &[half])?.clone(),
@@ -243,9 +253,9 @@ impl PqAdapter {
                     ),
                     mlp: (
                         linear_t(t, &glo(0, "weight"), mid, p)?,
-                        BatchNorm::load(t, &format!("pq_learner.global_adapter.{l}.1"), mid)?,
+                        BatchNorm::load(t, &format!("pq_learner.global_adapter.{gl}.1"), mid)?,
                         linear_t(t, &glo(3, "weight"), half, mid)?,
-                        BatchNorm::load(t, &format!("pq_learner.global_adapter.{l}.4"), half)?,
+                        BatchNorm::load(t, &format!("pq_learner.global_adapter.{gl}.4"), half)?,
                         linear_t(t, &glo(6, "weight"), 2, half)?,
                     ),
                 })
@@ -407,6 +417,134 @@ impl TextPairs {
         )?;
         Ok(Self { fixed, learned })
     }
+}
+
+/// Name of the static pair in a converted file: `[2, P]`, unit rows (normal, anomalous).
+pub const STATIC_TEXT: &str = "adaptclip.static_text";
+/// Name of the learned pair in a converted file: `[2, P]`, unit rows (normal, anomalous).
+pub const LEARNED_TEXT: &str = "adaptclip.learned_text";
+/// Largest learned file accepted, in bytes (the published one is about 8 MB).
+pub const MAX_LEARNED_BYTES: u64 = 256 << 20;
+
+/// The learned side of a ready AdaptCLIP detector: the adapters and both class pairs.
+#[derive(Clone, Debug)]
+pub struct AdaptClip {
+    /// The adapters.
+    pub learned: Learned,
+    /// The static and the learned class pair.
+    pub text: TextPairs,
+}
+
+fn stored_pair(t: &HashMap<String, Tensor>, name: &str, dim: usize) -> Result<Option<TextPair>> {
+    let Some(v) = t.get(name) else {
+        return Ok(None);
+    };
+    if v.dims() != [2, dim] {
+        bail!(
+            "`{name}` has shape {:?}, expected [2, {dim}] (another model's file?)",
+            v.dims()
+        );
+    }
+    let rows = v.to_vec2::<f32>()?;
+    Ok(Some(TextPair::new(rows[0].clone(), rows[1].clone())?))
+}
+
+impl AdaptClip {
+    /// From named tensors (official names): the class pairs stored in a converted file when it
+    /// has them (then the text tower is not needed), otherwise encoded with `clip`'s text tower.
+    pub fn from_tensors(clip: &Clip, t: &HashMap<String, Tensor>) -> Result<Self> {
+        let dim = clip.cfg.embed_dim;
+        let learned = Learned::from_tensors(t, dim, clip.cfg.text.width)?;
+        let text = match (stored_pair(t, STATIC_TEXT, dim)?, stored_pair(t, LEARNED_TEXT, dim)?) {
+            (Some(fixed), Some(learned)) => TextPairs { fixed, learned },
+            (None, None) => TextPairs::encode(clip, ClipTokenizer::shared()?, &learned)?,
+            _ => bail!("a converted AdaptCLIP file needs both `{STATIC_TEXT}` and `{LEARNED_TEXT}`"),
+        };
+        Ok(Self { learned, text })
+    }
+
+    /// From the bytes of a converted (safetensors) file.
+    pub fn from_safetensors(clip: &Clip, bytes: &[u8], origin: &str) -> Result<Self> {
+        if bytes.len() as u64 > MAX_LEARNED_BYTES {
+            bail!("{origin}: over the learned-file size limit of {MAX_LEARNED_BYTES} bytes");
+        }
+        Self::from_tensors(clip, &Learned::tensors_from_safetensors(bytes, origin)?)
+            .with_context(|| format!("{origin}: not AdaptCLIP parameters for this model"))
+    }
+
+    /// Reads `--learned FILE`: the official `.pth` or its conversion.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn read_file(clip: &Clip, path: &std::path::Path) -> Result<Self> {
+        let size = std::fs::metadata(path)
+            .with_context(|| format!("cannot read {}", path.display()))?
+            .len();
+        if size > MAX_LEARNED_BYTES {
+            bail!(
+                "{}: {size} bytes is over the learned-file size limit of {MAX_LEARNED_BYTES} bytes",
+                path.display()
+            );
+        }
+        Self::from_tensors(clip, &Learned::read_tensors(path)?)
+            .with_context(|| format!("{}: not AdaptCLIP parameters for this model", path.display()))
+    }
+}
+
+/// The converted form of a learned file: the learned floats under their official names, stored as
+/// `dtype` (F16 or F32), without the token-embedding buffers (`token_prefix_*`, `token_suffix_*`:
+/// the CLIP's own token embeddings) and with one copy of the prompt-query heads the official
+/// module repeats for every layer, plus both class pairs ([`STATIC_TEXT`], [`LEARNED_TEXT`]) so
+/// that the page needs no text tower. `t` is checked to be a valid AdaptCLIP file first.
+pub fn convert(clip: &Clip, t: &HashMap<String, Tensor>, dtype: safetensors::Dtype) -> Result<Vec<u8>> {
+    if !matches!(dtype, safetensors::Dtype::F16 | safetensors::Dtype::F32) {
+        bail!("learned parameters are stored as F16 or F32, not {dtype:?}");
+    }
+    let ready = AdaptClip::from_tensors(clip, t)?;
+    let same = |a: &Tensor, b: &Tensor| -> Result<bool> {
+        Ok(a.dims() == b.dims() && a.flatten_all()?.to_vec1::<f32>()? == b.flatten_all()?.to_vec1::<f32>()?)
+    };
+    let mut out: Vec<(String, Tensor)> = Vec::new();
+    let mut names: Vec<&String> = t.keys().collect();
+    names.sort();
+    for name in names {
+        if name.starts_with("textual_learner.token_") || name == STATIC_TEXT || name == LEARNED_TEXT {
+            continue;
+        }
+        let repeat = ["pq_learner.local_adapter.", "pq_learner.global_adapter."]
+            .iter()
+            .find_map(|p| name.strip_prefix(p).map(|rest| (p, rest)))
+            .and_then(|(p, rest)| {
+                let (layer, tail) = rest.split_once('.')?;
+                (layer != "0").then(|| format!("{p}0.{tail}"))
+            });
+        if let Some(first) = repeat {
+            if let Some(f) = t.get(&first) {
+                if same(f, &t[name])? {
+                    continue;
+                }
+            }
+        }
+        out.push((name.clone(), t[name].clone()));
+    }
+    for (name, pair) in [(STATIC_TEXT, &ready.text.fixed), (LEARNED_TEXT, &ready.text.learned)] {
+        let rows = [pair.normal.clone(), pair.anomalous.clone()].concat();
+        out.push((name.to_string(), Tensor::from_vec(rows, (2, pair.dim()), &Device::Cpu)?));
+    }
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = out
+        .iter()
+        .map(|(n, t)| {
+            let v = t.flatten_all()?.to_vec1::<f32>()?;
+            let b = match dtype {
+                safetensors::Dtype::F16 => v.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect(),
+                _ => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            };
+            Ok((n.clone(), t.dims().to_vec(), b))
+        })
+        .collect::<Result<_>>()?;
+    let views = bytes
+        .iter()
+        .map(|(n, s, b)| Ok((n.clone(), safetensors::tensor::TensorView::new(dtype, s.clone(), b)?)))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(safetensors::serialize(views, None)?)
 }
 
 /// The DPAM encoder's features of one image that AdaptCLIP reads.
