@@ -140,12 +140,10 @@ def main() -> None:
     for name, t in lsd.items():
         if name.startswith(("ctx_", "compound_prompts_text", "compound_prompt_projections")):
             t.copy_(LEARNED_STD * torch.randn(t.shape, generator=g))
-    published = {}
-    for name, t in lsd.items():
-        if name.startswith("compound_prompts_text") or name.startswith("tokenized_prompts"):
-            published[name] = t.clone()
-        else:
-            published[name] = t.clone().half()
+    published = learner.state_dict()  # an OrderedDict with _metadata, as train.py saves it
+    for name, t in published.items():
+        if not (name.startswith("compound_prompts_text") or name.startswith("tokenized_prompts")):
+            published[name] = t.half()
     torch.save({"prompt_learner": published}, CKPT / "learned.pth")
 
     # test.py from here on (CPU, float32).

@@ -99,6 +99,8 @@ pub enum ModeArg {
     Fewshot,
     /// MuSc: the images score each other (at least 2, no text).
     Batch,
+    /// AnomalyCLIP: learned object-agnostic prompts (--learned FILE), CLIP ViT-L/14@336 at 518 px.
+    Anomalyclip,
 }
 
 impl From<ModeArg> for Mode {
@@ -108,6 +110,7 @@ impl From<ModeArg> for Mode {
             ModeArg::Winclip => Mode::Winclip,
             ModeArg::Fewshot => Mode::Fewshot,
             ModeArg::Batch => Mode::Batch,
+            ModeArg::Anomalyclip => Mode::Anomalyclip,
         }
     }
 }

@@ -36,7 +36,7 @@ pub struct BenchArgs {
     /// tower runs at once (default 1), reported per image.
     #[arg(long)]
     batch: Option<usize>,
-    /// Input side in pixels (default: the checkpoint's).
+    /// Input side in pixels (default: the checkpoint's; 518 for anomalyclip).
     #[arg(long)]
     size: Option<usize>,
     #[command(flatten)]
@@ -56,6 +56,9 @@ enum BenchMode {
     Text,
     /// MuSc over a batch (--batch images), reported per image.
     Musc,
+    /// AnomalyCLIP (one DPAM pass, maps and Gaussian; default 518 px; needs ≥ 19 blocks, e.g.
+    /// --arch vit-l-14-336). Not part of `all`.
+    Anomalyclip,
     /// Every mode above, one line (or JSON object) each.
     All,
 }
@@ -92,7 +95,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         backend,
     } = args;
     let (arch, model) = (arch.as_str(), model.as_deref());
-    use anoscope::detect::{fast, musc, prompts, winclip, TextPair, TEMPERATURE};
+    use anoscope::detect::{anomalyclip, fast, learned, musc, prompts, winclip, TextPair, TEMPERATURE};
     if runs == 0 {
         bail!("--runs must be at least 1");
     }
@@ -116,7 +119,14 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             )?
         }
     };
-    let size = size.unwrap_or(clip.cfg.vision.image_size);
+    if mode == BenchMode::Anomalyclip {
+        learned::use_official_pos_interp(&mut clip);
+    }
+    let size = size.unwrap_or(if mode == BenchMode::Anomalyclip {
+        learned::RUN_SIZE as usize
+    } else {
+        clip.cfg.vision.image_size
+    });
     if size < clip.cfg.vision.patch_size || size > 4096 {
         bail!("--size must be in {}..=4096, got {size}", clip.cfg.vision.patch_size);
     }
@@ -194,6 +204,12 @@ pub fn bench(args: BenchArgs) -> Result<()> {
                         0.0,
                         time_median(runs, || TextPair::from_prompts(clip, &tok, &n, &a).map(|_| ()))?,
                     )
+                }
+                BenchMode::Anomalyclip => {
+                    // The class pair is random: it costs the same as the learned one.
+                    let t = time_median(runs, || anomalyclip::detect(clip, &pixels, &text).map(|_| ()))?;
+                    extra.insert("dpam_blocks".into(), learned::DPAM_BLOCKS.into());
+                    ("anomalyclip", vision_flops(&clip.cfg, size), t)
                 }
                 BenchMode::All => unreachable!("expanded above"),
                 BenchMode::Musc => {

@@ -1,34 +1,77 @@
 //! `anoscope convert`: a checkpoint's floating-point tensors rewritten in another storage type
-//! (the conversion itself is [`anoscope::model::weights::convert_safetensors`]).
+//! (the conversion itself is [`anoscope::model::weights::convert_safetensors`]), or a learned
+//! prompt file (AnomalyCLIP's official `.pth`) rewritten as safetensors
+//! ([`anoscope::detect::anomalyclip::LearnedPrompts::to_safetensors`]).
 use super::args::Dtype;
+use anoscope::detect::anomalyclip::LearnedPrompts;
+use anoscope::detect::learned::use_official_pos_interp;
 use anoscope::model::{CheckpointFiles, Clip};
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::PathBuf;
 
 /// The flags of `anoscope convert`.
 #[derive(Args)]
 pub struct ConvertArgs {
+    /// Checkpoint directory to convert (with --learned: the CLIP model whose text tower computes
+    /// the text features stored in the output; optional).
     #[arg(long)]
-    model: PathBuf,
+    model: Option<PathBuf>,
+    /// A learned-prompt file to convert (AnomalyCLIP's official `.pth`): written to --out as one
+    /// safetensors file, without the unused `compound_prompt_projections`; with --model, the two
+    /// text features are stored too (`text_features`), so no text tower is needed later.
+    #[arg(long)]
+    learned: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "f16")]
     dtype: Dtype,
+    /// Output directory (a checkpoint) or, with --learned, output file.
     #[arg(long)]
     out: PathBuf,
 }
 
-/// Runs `anoscope convert`: validates the whole checkpoint, then writes the config (copied)
-/// and the converted weights to `--out`.
+/// Runs `anoscope convert`: validates the whole input, then writes the converted copy to `--out`.
 pub fn convert(args: ConvertArgs) -> Result<()> {
-    let ConvertArgs { model, dtype, out } = args;
-    let files = CheckpointFiles::detect(&model)?;
-    // Validate the whole checkpoint before writing anything.
-    Clip::load_dir(&model)?;
-    let bytes = std::fs::read(&files.weights).with_context(|| format!("cannot read {}", files.weights.display()))?;
+    let ConvertArgs {
+        model,
+        learned,
+        dtype,
+        out,
+    } = args;
     let st_dtype = match dtype {
         Dtype::F32 => safetensors::Dtype::F32,
         Dtype::F16 => safetensors::Dtype::F16,
     };
+    if let Some(file) = learned {
+        let prompts = LearnedPrompts::read_file(&file)?;
+        let text = match &model {
+            Some(dir) => {
+                let mut clip = Clip::load_dir(dir)?;
+                use_official_pos_interp(&mut clip);
+                Some(prompts.compute_text_pair(&clip)?)
+            }
+            None => None,
+        };
+        if out.is_dir() {
+            bail!(
+                "--out {} is a directory; with --learned it names the output file",
+                out.display()
+            );
+        }
+        let bytes = prompts.to_safetensors(st_dtype, text.as_ref())?;
+        std::fs::write(&out, &bytes).with_context(|| format!("cannot write {}", out.display()))?;
+        eprintln!(
+            "wrote {} ({} bytes{})",
+            out.display(),
+            bytes.len(),
+            if text.is_some() { ", with text features" } else { "" }
+        );
+        return Ok(());
+    }
+    let model = model.context("give --model DIR (a checkpoint) or --learned FILE to convert")?;
+    let files = CheckpointFiles::detect(&model)?;
+    // Validate the whole checkpoint before writing anything.
+    Clip::load_dir(&model)?;
+    let bytes = std::fs::read(&files.weights).with_context(|| format!("cannot read {}", files.weights.display()))?;
     let converted =
         anoscope::model::weights::convert_safetensors(&bytes, &files.weights.display().to_string(), st_dtype)?;
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;

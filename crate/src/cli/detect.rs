@@ -6,7 +6,7 @@ use super::args::{use_backend, BackendOpts, ModeArg};
 use anoscope::detect::prompts::{self, EnsembleKind, PromptBundle};
 use anoscope::detect::tiles::{self, TileScoring, TileSpec};
 use anoscope::detect::winclip::{self, WinClipConfig};
-use anoscope::detect::{fast, geometry, musc, regions, score_image, Detection, Mode, TextPair};
+use anoscope::detect::{anomalyclip, fast, geometry, learned, musc, regions, score_image, Detection, Mode, TextPair};
 use anoscope::model::{CheckpointFiles, Clip};
 use anoscope::preprocess::{self, ImageLimits, Normalize};
 use anoscope::render;
@@ -40,10 +40,16 @@ pub struct DetectArgs {
     /// A bundled prompt file (`anoscope prompts build`): no text encoding at run time.
     #[arg(long)]
     prompts: Option<PathBuf>,
+    /// The learned prompts of --mode anomalyclip: the official checkpoint (`.pth`, e.g.
+    /// `checkpoints/9_12_4_multiscale/epoch_15.pth`) or its conversion (`anoscope convert
+    /// --learned`, safetensors).
+    #[arg(long)]
+    learned: Option<PathBuf>,
     /// Add the category's fine-grained defect descriptions to the anomalous prompts.
     #[arg(long)]
     descriptions: bool,
-    /// Input side in pixels (default: the checkpoint's). Images are resized to a square.
+    /// Input side in pixels (default: the checkpoint's; 518 for anomalyclip). Images are resized
+    /// to a square.
     #[arg(long)]
     size: Option<u32>,
     /// Surgery layers for fast mode (default: half the tower).
@@ -366,9 +372,21 @@ fn write_outputs(
 /// Runs `anoscope detect`.
 pub fn detect(args: DetectArgs) -> Result<()> {
     let files = CheckpointFiles::detect(&args.model)?;
+    let mode = Mode::from(args.mode);
+    match (&args.learned, mode.learned()) {
+        (None, true) => {
+            bail!("--mode {mode} needs its learned prompts: --learned FILE (.pth or converted safetensors)")
+        }
+        (Some(_), false) => bail!("--learned applies to --mode anomalyclip only (mode is {mode})"),
+        _ => {}
+    }
     let mut clip = Clip::load_dir(&args.model)?;
+    if mode.learned() {
+        // Before the accelerator takes its copy of the configuration.
+        learned::use_official_pos_interp(&mut clip);
+    }
     use_backend(&mut clip, args.backend)?;
-    let size = args.size.unwrap_or(clip.cfg.vision.image_size as u32);
+    let size = args.size.unwrap_or(mode.default_size(&clip));
     if size == 0 || size > 4096 {
         bail!("--size must be in 1..=4096, got {size}");
     }
@@ -410,14 +428,15 @@ pub fn detect(args: DetectArgs) -> Result<()> {
         (None, true) => bail!("give images to score (or --pixels FILE)"),
     };
     let n = inputs.stems.len();
-    let mode = Mode::from(args.mode);
     if mode == Mode::Batch && n < 2 {
         bail!("batch mode (MuSc) needs at least 2 images, got {n}");
     }
     if mode == Mode::Fewshot && args.refs.is_empty() && args.ref_pixels.is_none() {
         bail!("few-shot mode needs at least one normal reference image (--refs IMG ... or --ref-pixels FILE)");
     }
-    let text = if mode.uses_text() {
+    let text = if let (Some(file), true) = (&args.learned, mode.learned()) {
+        Some(anomalyclip::text_pair_from_file(&clip, file)?)
+    } else if mode.uses_text() {
         Some(text_pair(&clip, &args, &files.weights)?)
     } else {
         None

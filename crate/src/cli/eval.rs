@@ -29,7 +29,7 @@ pub struct EvalArgs {
     /// Seed of the reference draw (ChaCha8; recorded in run.json).
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Input side in pixels (default: the checkpoint's); images are resized to a square and pixel
+    /// Input side in pixels (default: the checkpoint's; 518 for anomalyclip); images are resized to a square and pixel
     /// metrics are computed at this resolution.
     #[arg(long)]
     size: Option<u32>,
@@ -39,6 +39,9 @@ pub struct EvalArgs {
     /// Surgery layers for --mode fast (default: half the tower).
     #[arg(long)]
     surgery_layers: Option<usize>,
+    /// The learned prompts of --mode anomalyclip (official `.pth` or converted safetensors).
+    #[arg(long)]
+    learned: Option<PathBuf>,
     /// Overlays per category of the highest-scored good and lowest-scored anomalous images.
     #[arg(long, default_value_t = 3)]
     worst: usize,
@@ -94,6 +97,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         size: args.size,
         prompt_category: args.prompt_category,
         surgery_layers: args.surgery_layers,
+        learned: args.learned,
         out: args.out,
         resume: args.resume,
         worst: args.worst,

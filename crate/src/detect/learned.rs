@@ -26,6 +26,9 @@ pub const DPAM_BLOCKS: usize = 19;
 /// Softmax temperature of the learned-prompt maps and scores (`/0.07` in the official code).
 pub const TEMPERATURE: f32 = 0.07;
 
+/// The official input side of the learned-prompt modes (`--image_size 518`).
+pub const RUN_SIZE: u32 = 518;
+
 /// σ of the Gaussian smoothing of the maps (the official `--sigma 4`).
 pub const SIGMA: f64 = 4.0;
 

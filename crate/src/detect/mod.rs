@@ -141,11 +141,15 @@ pub enum Mode {
     Fewshot,
     /// [`musc::detect`]: the images of a batch score each other (no text).
     Batch,
+    /// [`anomalyclip::detect`]: learned object-agnostic prompts (the class pair comes from the
+    /// learned file, not from prompt ensembles), one DPAM pass at the input's own size.
+    Anomalyclip,
 }
 
 impl Mode {
-    /// Every mode, for parsing and listing (`fast`, `winclip`, `fewshot`, `batch`).
-    pub const ALL: [Mode; 4] = [Mode::Fast, Mode::Winclip, Mode::Fewshot, Mode::Batch];
+    /// Every mode, for parsing and listing (`fast`, `winclip`, `fewshot`, `batch`,
+    /// `anomalyclip`).
+    pub const ALL: [Mode; 5] = [Mode::Fast, Mode::Winclip, Mode::Fewshot, Mode::Batch, Mode::Anomalyclip];
 
     /// The mode's name on the command line and in `run.json` (`"fast"`, `"winclip"`, …).
     pub fn as_str(self) -> &'static str {
@@ -154,6 +158,22 @@ impl Mode {
             Mode::Winclip => "winclip",
             Mode::Fewshot => "fewshot",
             Mode::Batch => "batch",
+            Mode::Anomalyclip => "anomalyclip",
+        }
+    }
+
+    /// Whether the class pair comes from a learned-prompt file (not from prompt ensembles).
+    pub fn learned(self) -> bool {
+        self == Mode::Anomalyclip
+    }
+
+    /// The default input side of the mode for `clip`: the official 518 px of the learned-prompt
+    /// modes, the checkpoint's own size otherwise.
+    pub fn default_size(self, clip: &Clip) -> u32 {
+        if self.learned() {
+            learned::RUN_SIZE
+        } else {
+            clip.cfg.vision.image_size as u32
         }
     }
 
@@ -175,12 +195,14 @@ impl std::str::FromStr for Mode {
         Mode::ALL
             .into_iter()
             .find(|m| m.as_str() == s)
-            .with_context(|| format!("unknown mode `{s}` (fast, winclip, fewshot, batch)"))
+            .with_context(|| format!("unknown mode `{s}` (fast, winclip, fewshot, batch, anomalyclip)"))
     }
 }
 
 /// Scores one normalised image `pixels: [1, 3, H, W]` in a per-image mode (every mode but
-/// batch). `refs` is required for few-shot; `surgery_layers` is fast mode's K.
+/// batch). `refs` is required for few-shot; `surgery_layers` is fast mode's K. In the
+/// learned-prompt modes `text` is the learned pair and `clip` must resample position embeddings
+/// as the official code does ([`learned::use_official_pos_interp`]).
 pub fn score_image(
     clip: &Clip,
     pixels: &Tensor,
@@ -222,6 +244,7 @@ pub async fn score_image_on(
             winclip::detect_on(clip, tower, pixels, text, Some(refs), cfg).await?
         }
         Mode::Batch => bail!("batch mode scores a whole batch together (musc::detect), not one image"),
+        Mode::Anomalyclip => anomalyclip::detect_on(clip, tower, pixels, text).await?,
     };
     dets.into_iter().next().context("no image in the input")
 }

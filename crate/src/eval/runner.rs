@@ -14,7 +14,7 @@ use super::report::{
 use super::Mode;
 use crate::detect::prompts::{self, EnsembleKind};
 use crate::detect::winclip::{self, WinClipConfig};
-use crate::detect::{fast, musc, Detection, TextPair};
+use crate::detect::{anomalyclip, fast, learned, musc, Detection, TextPair};
 use crate::model::{CheckpointFiles, Clip};
 use crate::preprocess::{self, ImageLimits, Normalize};
 use crate::render;
@@ -94,6 +94,9 @@ pub struct Settings {
     pub surgery_layers: Option<usize>,
     /// The `--prompt-category` override (`None`: matched per category folder).
     pub prompt_category: Option<String>,
+    /// SHA-256 of the learned-prompt file (learned-prompt modes only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub learned_sha256: Option<String>,
 }
 
 impl Settings {
@@ -124,6 +127,12 @@ impl Settings {
             "prompt category",
             &previous.prompt_category,
             &self.prompt_category,
+        );
+        cmp(
+            &mut out,
+            "learned sha256",
+            &previous.learned_sha256,
+            &self.learned_sha256,
         );
         out
     }
@@ -162,6 +171,8 @@ pub struct EvalOptions {
     pub prompt_category: Option<String>,
     /// Fast mode's surgery layers (default [`fast::default_surgery_layers`]).
     pub surgery_layers: Option<usize>,
+    /// The learned-prompt file of the learned-prompt modes (`--learned`).
+    pub learned: Option<PathBuf>,
     /// The output folder (see the [module docs](super)).
     pub out: PathBuf,
     /// Continue a previous run in `out` (same settings), skipping finished images.
@@ -318,6 +329,15 @@ pub fn run(opts: &EvalOptions, progress: &mut dyn Progress) -> Result<EvalSummar
     if opts.surgery_layers.is_some() && opts.mode != Mode::Fast {
         bail!("--surgery-layers applies to --mode fast only (mode is {})", opts.mode);
     }
+    match (&opts.learned, opts.mode.learned()) {
+        (None, true) => bail!(
+            "--mode {} needs its learned prompts: --learned FILE (.pth or converted safetensors)",
+            opts.mode
+        ),
+        (Some(_), false) => bail!("--learned applies to --mode anomalyclip only (mode is {})", opts.mode),
+        (Some(p), true) if !p.is_file() => bail!("learned prompts {} not found", p.display()),
+        _ => {}
+    }
     let known = prompts::categories()?;
     let known_names: Vec<&str> = known.iter().map(|c| c.name.as_str()).collect();
     if let Some(p) = &opts.prompt_category {
@@ -371,8 +391,17 @@ pub fn run(opts: &EvalOptions, progress: &mut dyn Progress) -> Result<EvalSummar
         .with_context(|| format!("cannot read {}", files.weights.display()))?
         .len();
     let model_sha256 = file_sha256(&files.weights)?;
-    let clip = Clip::load_dir(&opts.model)?;
-    let size = opts.size.unwrap_or(clip.cfg.vision.image_size as u32);
+    let mut clip = Clip::load_dir(&opts.model)?;
+    // The learned-prompt modes: one class pair for every category, read before any scoring.
+    let learned = match &opts.learned {
+        Some(p) => {
+            learned::use_official_pos_interp(&mut clip);
+            Some((anomalyclip::text_pair_from_file(&clip, p)?, file_sha256(p)?))
+        }
+        None => None,
+    };
+    let clip = clip;
+    let size = opts.size.unwrap_or(opts.mode.default_size(&clip));
     if size == 0 || size > 4096 {
         bail!("--size must be in 1..=4096, got {size}");
     }
@@ -394,6 +423,7 @@ pub fn run(opts: &EvalOptions, progress: &mut dyn Progress) -> Result<EvalSummar
         seed: opts.seed,
         surgery_layers,
         prompt_category: opts.prompt_category.clone(),
+        learned_sha256: learned.as_ref().map(|(_, sha)| sha.clone()),
     };
     let out = OutDir::new(&opts.out);
     let mut previous_categories = serde_json::Map::new();
@@ -514,7 +544,7 @@ pub fn run(opts: &EvalOptions, progress: &mut dyn Progress) -> Result<EvalSummar
             Some(p) => (p.clone(), PromptMatch::Override),
             None => match_prompt_category(&cat.name, &known_names),
         };
-        if opts.mode.uses_text() {
+        if opts.mode.uses_text() && !opts.mode.learned() {
             match how {
                 PromptMatch::Fallback => progress.note(&format!(
                     "warning: category {} matches no prompt category: using the generic `object` prompts \
@@ -547,7 +577,10 @@ pub fn run(opts: &EvalOptions, progress: &mut dyn Progress) -> Result<EvalSummar
                 score_s = t.elapsed().as_secs_f64();
             } else {
                 let t = Instant::now();
-                let text = text_pair(&clip, tok.as_ref().context("tokenizer")?, &prompt_cat)?;
+                let text = match &learned {
+                    Some((pair, _)) => pair.clone(),
+                    None => text_pair(&clip, tok.as_ref().context("tokenizer")?, &prompt_cat)?,
+                };
                 text_s = t.elapsed().as_secs_f64();
                 let t = Instant::now();
                 let refs_feats = if opts.mode == Mode::Fewshot {
@@ -588,8 +621,8 @@ pub fn run(opts: &EvalOptions, progress: &mut dyn Progress) -> Result<EvalSummar
         cat_info.push(serde_json::json!({
             "name": cat.name,
             "dir": path_str(&cat.dir),
-            "prompt_category": if opts.mode.uses_text() { Some(&prompt_cat) } else { None },
-            "prompt_match": if opts.mode.uses_text() { Some(how) } else { None },
+            "prompt_category": if opts.mode.uses_text() && !opts.mode.learned() { Some(&prompt_cat) } else { None },
+            "prompt_match": if opts.mode.uses_text() && !opts.mode.learned() { Some(how) } else { None },
             "references": refs.iter().map(|p| path_str(p)).collect::<Vec<_>>(),
             "has_ground_truth": cat.has_ground_truth,
             "n_images": cat.test.len(),
@@ -727,6 +760,7 @@ mod tests {
             seed: 0,
             surgery_layers: Some(6),
             prompt_category: None,
+            learned_sha256: None,
         };
         let mut t = s.clone();
         t.model = "elsewhere".into();
