@@ -286,7 +286,13 @@ fn bad_learned_files_get_clear_errors() {
     std::fs::write(&junk, b"hello").unwrap();
     let e = format!("{:#}", Learned::read_tensors(&junk).unwrap_err());
     assert!(e.contains("junk.pth"), "{e}");
-    // An AnomalyCLIP-style file (other top-level keys) is not taken for AdaptCLIP.
+    // The official AnomalyCLIP checkpoint is not taken for AdaptCLIP.
+    let e = format!(
+        "{:#}",
+        Learned::read_tensors(&fixtures().join("anomalyclip_tiny").join("learned.pth")).unwrap_err()
+    );
+    assert!(e.contains("no `textual_learner` state dict"), "{e}");
+    // Nor tensors named like AnomalyCLIP's.
     let mut other = HashMap::new();
     other.insert(
         "prompt_learner.ctx_pos".to_string(),

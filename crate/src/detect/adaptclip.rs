@@ -342,14 +342,20 @@ impl Learned {
     pub fn read_tensors(path: &std::path::Path) -> Result<HashMap<String, Tensor>> {
         let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
         if crate::model::pth::is_torch_zip(&bytes) {
-            let mut out = crate::model::pth::read_state_dicts(path, &LEARNERS[..2])?;
-            // The prompt-query adapter is optional (zero-shot-only files).
-            match crate::model::pth::read_state_dicts(path, &LEARNERS[2..]) {
-                Ok(pq) => out.extend(pq),
-                Err(e) if format!("{e:#}").contains("key pq_learner not found") => {}
-                Err(e) => return Err(e),
+            let t = crate::model::pth::read_state_dicts(path)?;
+            for key in &LEARNERS[..2] {
+                if !t
+                    .keys()
+                    .any(|k| k.strip_prefix(key).is_some_and(|r| r.starts_with('.')))
+                {
+                    bail!(
+                        "{}: no `{key}` state dict (not an official AdaptCLIP checkpoint, which holds {})",
+                        path.display(),
+                        LEARNERS.join(", ")
+                    );
+                }
             }
-            Ok(out)
+            Ok(t)
         } else {
             Self::tensors_from_safetensors(&bytes, &path.display().to_string())
         }
