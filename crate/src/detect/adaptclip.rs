@@ -362,6 +362,17 @@ impl Learned {
     }
 }
 
+/// Whether `path` is an AdaptCLIP learned file (an official checkpoint with a
+/// `textual_learner`, or a conversion with its tensors), for commands that take either learned
+/// format.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn is_adaptclip_file(path: &std::path::Path) -> Result<bool> {
+    match Learned::read_tensors(path) {
+        Ok(t) => Ok(t.keys().any(|k| k.starts_with("textual_learner."))),
+        Err(_) => Ok(false),
+    }
+}
+
 /// Projected text feature `[P]` (not normalised) of a prompt whose token embeddings at positions
 /// `1..=N_CTX` are replaced by `ctx: [N_CTX, Dt]` (the official `encode_text_learn`).
 pub fn encode_with_context(text: &TextTower, tokenizer: &ClipTokenizer, ctx: &Tensor) -> Result<Vec<f32>> {
@@ -914,6 +925,39 @@ pub fn few_shot(
             .collect(),
         grid: f.grid,
     })
+}
+
+/// Scores every image of normalised `pixels: [B, 3, H, W]` at their own size: zero-shot, or
+/// few-shot when `refs` are given (then the features of every layer come from the CPU pass,
+/// [`encode`]; zero-shot uses the shared DPAM pass, which an accelerator can run). `clip` must
+/// resample position embeddings as the official code does
+/// ([`super::learned::use_official_pos_interp`]).
+pub fn detect(clip: &Clip, ready: &AdaptClip, pixels: &Tensor, refs: Option<&References>) -> Result<Vec<Detection>> {
+    let (_, _, h, w) = pixels
+        .dims4()
+        .map_err(|_| anyhow::anyhow!("pixels must be [B, 3, H, W], got {:?}", pixels.dims()))?;
+    let feats = match refs {
+        Some(_) => encode(clip, pixels)?,
+        None => super::passes::now(encode_last_on(clip, &clip.vision, pixels))?,
+    };
+    feats
+        .iter()
+        .map(|f| match refs {
+            Some(r) => {
+                if r.layers[0].dim(0)? != r.count * f.grid.0 * f.grid.1 {
+                    bail!("the reference images and the query must share one input size");
+                }
+                few_shot(&ready.learned, &ready.text, f, r, (h, w))
+            }
+            None => zero_shot(&ready.learned, &ready.text, f, (h, w)),
+        })
+        .collect()
+}
+
+/// The normal references of few-shot AdaptCLIP from normalised `pixels: [S, 3, H, W]` (the
+/// queries' size).
+pub fn references(clip: &Clip, pixels: &Tensor) -> Result<References> {
+    References::new(&encode(clip, pixels)?)
 }
 
 #[cfg(test)]
