@@ -171,3 +171,76 @@ fn adaptclip_misuse_is_a_clear_error() {
     let (ok, _, e) = run(&["convert", "--learned", s(&pth()), "--out", s(&tmp.path().join("c"))]);
     assert!(!ok && e.contains("needs --model DIR"), "{e}");
 }
+
+#[test]
+fn photos_eval_and_bench_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = common::repo();
+    // A photo at a small size, 1-shot with a photo reference.
+    let img = repo.join("tests/browser/images/bottle_broken_large_000.png");
+    let out = tmp.path().join("photo");
+    let (ok, _, stderr) = run(&[
+        "detect",
+        "--mode",
+        "adaptclip",
+        "--model",
+        s(&model()),
+        "--learned",
+        s(&pth()),
+        "--size",
+        "56",
+        "--refs",
+        s(&img),
+        "--out",
+        s(&out),
+        s(&img),
+    ]);
+    assert!(ok, "{stderr}");
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("bottle_broken_large_000.json")).unwrap()).unwrap();
+    assert_eq!(
+        (j["mode"].as_str(), j["map_height"].as_u64()),
+        (Some("adaptclip"), Some(56))
+    );
+    let score = j["score"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&score), "{score}");
+    // eval over the tiny MVTec tree (zero-shot).
+    let out = tmp.path().join("eval");
+    let (ok, stdout, stderr) = run(&[
+        "eval",
+        "--mode",
+        "adaptclip",
+        "--model",
+        s(&model()),
+        "--learned",
+        s(&pth()),
+        "--size",
+        "42",
+        "--dataset",
+        s(&repo.join("tests/data/tiny_mvtec")),
+        "--out",
+        s(&out),
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("| bottle |"), "{stdout}");
+    let run_json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+    assert_eq!(run_json["settings"]["mode"], "adaptclip");
+    assert_eq!(run_json["settings"]["learned_sha256"].as_str().unwrap().len(), 64);
+    let (ok, stdout, stderr) = run(&[
+        "bench",
+        "--mode",
+        "adaptclip",
+        "--model",
+        s(&model()),
+        "--size",
+        "42",
+        "--runs",
+        "1",
+        "--json",
+    ]);
+    assert!(ok, "{stderr}");
+    let b: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!((b["mode"].as_str(), b["size"].as_u64()), (Some("adaptclip"), Some(42)));
+    assert!(b["one_shot_ms"].as_f64().unwrap() > 0.0);
+}
