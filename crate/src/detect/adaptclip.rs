@@ -49,7 +49,7 @@ pub const BN_EPS: f64 = 1e-5;
 
 /// The prompt the learned contexts are written into: `"X X … X."` with [`N_CTX`] X's.
 pub fn learned_prompt() -> String {
-    let mut s = vec!["X"; N_CTX].join(" ");
+    let mut s = ["X"; N_CTX].join(" ");
     s.push('.');
     s
 }
@@ -367,62 +367,60 @@ impl AdaptClip {
     /// 128) for a model of embedding width `p`: what `anoscope bench` times (the numbers cost the
     /// same as real ones).
     pub fn random(p: usize, text_width: usize) -> Result<Self> {
-        let mut t = HashMap::new();
-        let mut put = |name: String, dims: &[usize], std: f64| -> Result<()> {
-            t.insert(name, Tensor::randn(0f32, std as f32, dims, &Device::Cpu)?);
+        fn put(t: &mut HashMap<String, Tensor>, name: String, dims: &[usize], std: f32) -> Result<()> {
+            t.insert(name, Tensor::randn(0f32, std, dims, &Device::Cpu)?);
             Ok(())
-        };
-        let bn = |put: &mut dyn FnMut(String, &[usize], f64) -> Result<()>, prefix: &str, c: usize| -> Result<()> {
+        }
+        fn bn(t: &mut HashMap<String, Tensor>, prefix: &str, c: usize) -> Result<()> {
             for n in ["weight", "bias", "running_mean"] {
-                put(format!("{prefix}.{n}"), &[c], 0.1)?;
+                put(t, format!("{prefix}.{n}"), &[c], 0.1)?;
             }
-            Ok(())
-        };
-        put("textual_learner.ctx_pos".into(), &[1, 1, N_CTX, text_width], 0.02)?;
-        put("textual_learner.ctx_neg".into(), &[1, 1, N_CTX, text_width], 0.02)?;
-        let r = (p / 4).max(1);
-        for side in ["global_adapter", "local_adater"] {
-            put(format!("visual_learner.{side}.fc.0.weight"), &[r, p], 0.05)?;
-            bn(&mut put, &format!("visual_learner.{side}.fc.1"), r)?;
-            put(format!("visual_learner.{side}.fc.3.weight"), &[p, r], 0.05)?;
-        }
-        let (mid, half) = (128, 64);
-        for l in 0..FEATURE_LAYERS.len() {
-            bn(&mut put, &format!("pq_learner.sharebn.{l}"), p)?;
-        }
-        let loc = |i: usize, n: &str| format!("pq_learner.local_adapter.0.{i}.{n}");
-        put(loc(0, "weight"), &[mid, p, 3, 3], 0.02)?;
-        bn(&mut put, "pq_learner.local_adapter.0.1", mid)?;
-        put(loc(3, "weight"), &[mid, mid, 2, 2], 0.05)?;
-        put(loc(3, "bias"), &[mid], 0.05)?;
-        put(loc(4, "weight"), &[half, mid, 3, 3], 0.05)?;
-        bn(&mut put, "pq_learner.local_adapter.0.5", half)?;
-        put(loc(7, "weight"), &[half, half, 2, 2], 0.05)?;
-        put(loc(7, "bias"), &[half], 0.05)?;
-        put(loc(8, "weight"), &[2, half, 1, 1], 0.05)?;
-        put(loc(8, "bias"), &[2], 0.05)?;
-        let glo = |i: usize| format!("pq_learner.global_adapter.0.{i}.weight");
-        put(glo(0), &[mid, p], 0.05)?;
-        bn(&mut put, "pq_learner.global_adapter.0.1", mid)?;
-        put(glo(3), &[half, mid], 0.05)?;
-        bn(&mut put, "pq_learner.global_adapter.0.4", half)?;
-        put(glo(6), &[2, half], 0.05)?;
-        for (prefix, c) in [
-            ("visual_learner.global_adapter.fc.1".to_string(), r),
-            ("visual_learner.local_adater.fc.1".to_string(), r),
-            ("pq_learner.local_adapter.0.1".to_string(), mid),
-            ("pq_learner.local_adapter.0.5".to_string(), half),
-            ("pq_learner.global_adapter.0.1".to_string(), mid),
-            ("pq_learner.global_adapter.0.4".to_string(), half),
-        ]
-        .into_iter()
-        .chain((0..FEATURE_LAYERS.len()).map(|l| (format!("pq_learner.sharebn.{l}"), p)))
-        {
             t.insert(
                 format!("{prefix}.running_var"),
                 Tensor::ones(c, candle_core::DType::F32, &Device::Cpu)?,
             );
+            Ok(())
         }
+        let mut t = HashMap::new();
+        put(
+            &mut t,
+            "textual_learner.ctx_pos".into(),
+            &[1, 1, N_CTX, text_width],
+            0.02,
+        )?;
+        put(
+            &mut t,
+            "textual_learner.ctx_neg".into(),
+            &[1, 1, N_CTX, text_width],
+            0.02,
+        )?;
+        let r = (p / 4).max(1);
+        for side in ["global_adapter", "local_adater"] {
+            put(&mut t, format!("visual_learner.{side}.fc.0.weight"), &[r, p], 0.05)?;
+            bn(&mut t, &format!("visual_learner.{side}.fc.1"), r)?;
+            put(&mut t, format!("visual_learner.{side}.fc.3.weight"), &[p, r], 0.05)?;
+        }
+        let (mid, half) = (128, 64);
+        for l in 0..FEATURE_LAYERS.len() {
+            bn(&mut t, &format!("pq_learner.sharebn.{l}"), p)?;
+        }
+        let loc = |i: usize, n: &str| format!("pq_learner.local_adapter.0.{i}.{n}");
+        put(&mut t, loc(0, "weight"), &[mid, p, 3, 3], 0.02)?;
+        bn(&mut t, "pq_learner.local_adapter.0.1", mid)?;
+        put(&mut t, loc(3, "weight"), &[mid, mid, 2, 2], 0.05)?;
+        put(&mut t, loc(3, "bias"), &[mid], 0.05)?;
+        put(&mut t, loc(4, "weight"), &[half, mid, 3, 3], 0.05)?;
+        bn(&mut t, "pq_learner.local_adapter.0.5", half)?;
+        put(&mut t, loc(7, "weight"), &[half, half, 2, 2], 0.05)?;
+        put(&mut t, loc(7, "bias"), &[half], 0.05)?;
+        put(&mut t, loc(8, "weight"), &[2, half, 1, 1], 0.05)?;
+        put(&mut t, loc(8, "bias"), &[2], 0.05)?;
+        let glo = |i: usize| format!("pq_learner.global_adapter.0.{i}.weight");
+        put(&mut t, glo(0), &[mid, p], 0.05)?;
+        bn(&mut t, "pq_learner.global_adapter.0.1", mid)?;
+        put(&mut t, glo(3), &[half, mid], 0.05)?;
+        bn(&mut t, "pq_learner.global_adapter.0.4", half)?;
+        put(&mut t, glo(6), &[2, half], 0.05)?;
         let pair = || -> Result<TextPair> {
             TextPair::new(
                 Tensor::randn(0f32, 1f32, p, &Device::Cpu)?.to_vec1()?,
