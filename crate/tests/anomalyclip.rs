@@ -17,7 +17,9 @@ const TOL: f32 = 1e-4;
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    let d = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+    eprintln!("max |Δ| = {d:.2e} over {} values", a.len());
+    d
 }
 
 fn model() -> Clip {
@@ -63,13 +65,18 @@ fn text_features_equal_the_official_code() {
 
 #[test]
 fn maps_and_scores_equal_the_official_code() {
-    let clip = model();
+    check_maps_and_scores(&model());
+}
+
+/// The DPAM features, maps and scores of `clip` (CPU, or with an accelerator) against the
+/// official outputs.
+fn check_maps_and_scores(clip: &Clip) {
     let exp = expected();
     let pixels = &exp["pixel_values"];
     let learned = LearnedPrompts::read_file(&pth()).unwrap();
-    let pair = learned.text_pair(&clip).unwrap();
+    let pair = learned.text_pair(clip).unwrap();
     // The encoder pieces first.
-    let f = now(dpam_on(&clip, &clip.vision, pixels)).unwrap();
+    let f = now(dpam_on(clip, &clip.vision, pixels)).unwrap();
     assert_eq!(f.grid, (6, 6));
     let d = max_diff(&f.global.concat(), &flat(&exp["image_features"]));
     assert!(d < TOL, "global features max |Δ| {d}");
@@ -77,7 +84,7 @@ fn maps_and_scores_equal_the_official_code() {
     let d = max_diff(&toks, &flat(&exp["patch_tokens"]));
     assert!(d < TOL, "DPAM patch tokens max |Δ| {d}");
     // Then the mode.
-    let dets = detect(&clip, pixels, &pair).unwrap();
+    let dets = detect(clip, pixels, &pair).unwrap();
     assert_eq!(dets.len(), 2);
     let raw = flat(&exp["maps_raw"]);
     let maps = flat(&exp["maps"]);
@@ -171,4 +178,30 @@ fn bad_learned_files_get_clear_errors() {
     m.remove("compound_prompts_text.0");
     let e = format!("{:#}", LearnedPrompts::from_tensors(&m, "m").unwrap_err());
     assert!(e.contains("compound_prompts_text.0"), "{e}");
+}
+
+/// The GPU path (wgpu; lavapipe where there is no GPU) against the same official outputs.
+#[cfg(feature = "gpu")]
+#[test]
+fn the_gpu_path_equals_the_official_code() {
+    use anoscope::gpu::{GpuContext, GpuVision};
+    use anoscope::model::VisionAccel;
+    use std::sync::Arc;
+    // The official resize is set before the accelerator copies the configuration.
+    let mut clip = model();
+    let ctx = match pollster::block_on(GpuContext::new()) {
+        Ok(ctx) => ctx,
+        Err(e) => {
+            if std::env::var("ANOSCOPE_REQUIRE_GPU").as_deref() == Ok("1") {
+                panic!("ANOSCOPE_REQUIRE_GPU=1 but {e:#}");
+            }
+            eprintln!("SKIPPED: {e:#} (install mesa-vulkan-drivers for lavapipe)");
+            return;
+        }
+    };
+    eprintln!("GPU adapter: {}", ctx.describe());
+    let g: Arc<dyn VisionAccel> = Arc::new(pollster::block_on(GpuVision::new(ctx, &clip.vision)).unwrap());
+    clip.vision.accel = Some(g.clone());
+    check_maps_and_scores(&clip);
+    assert!(!g.disabled(), "the GPU must not have fallen back to the CPU");
 }

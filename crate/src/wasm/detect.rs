@@ -262,6 +262,9 @@ impl ClipModel {
         if mode == Mode::Batch {
             bail!("batch mode scores several images together: call batch(images)");
         }
+        if mode.learned() {
+            bail!("the {mode} mode is not available in the page yet (use the CLI: anoscope detect --mode {mode})");
+        }
         let p = self.clip.cfg.embed_dim;
         if text.len() != 2 * p {
             bail!(
