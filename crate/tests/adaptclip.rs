@@ -426,3 +426,45 @@ fn converted_file_carries_the_text_pairs_and_one_copy_of_the_shared_heads() {
         "{e}"
     );
 }
+
+/// The GPU path (wgpu; lavapipe where there is no GPU): zero-shot runs the shared DPAM pass on
+/// the accelerator; its maps and scores against the official outputs.
+#[cfg(feature = "gpu")]
+#[test]
+fn the_gpu_path_equals_the_official_code_zero_shot() {
+    use anoscope::gpu::{GpuContext, GpuVision};
+    use anoscope::model::VisionAccel;
+    use std::sync::Arc;
+    let exp = expected();
+    let mut clip = model();
+    // The official resize is set before the accelerator copies the configuration.
+    anoscope::detect::learned::use_official_pos_interp(&mut clip);
+    let ctx = match pollster::block_on(GpuContext::new()) {
+        Ok(ctx) => ctx,
+        Err(e) => {
+            if std::env::var("ANOSCOPE_REQUIRE_GPU").as_deref() == Ok("1") {
+                panic!("ANOSCOPE_REQUIRE_GPU=1 but {e:#}");
+            }
+            eprintln!("SKIPPED: {e:#} (install mesa-vulkan-drivers for lavapipe)");
+            return;
+        }
+    };
+    eprintln!("GPU adapter: {}", ctx.describe());
+    let g: Arc<dyn VisionAccel> = Arc::new(pollster::block_on(GpuVision::new(ctx, &clip.vision)).unwrap());
+    clip.vision.accel = Some(g.clone());
+    let ready = adaptclip::AdaptClip::read_file(&clip, &pth()).unwrap();
+    let dets = adaptclip::detect(&clip, &ready, &exp["pixel_values"], None).unwrap();
+    assert!(!g.disabled(), "the accelerator failed and the CPU took over");
+    for (b, d) in dets.iter().enumerate() {
+        close(
+            &format!("GPU zero-shot map [{b}]"),
+            &d.map,
+            &flat(&exp["map_zero"].get(b).unwrap()),
+        );
+        close(
+            &format!("GPU zero-shot score [{b}]"),
+            &[d.score],
+            &[flat(&exp["score_zero"])[b]],
+        );
+    }
+}
