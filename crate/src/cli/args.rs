@@ -101,6 +101,9 @@ pub enum ModeArg {
     Batch,
     /// AnomalyCLIP: learned object-agnostic prompts (--learned FILE), CLIP ViT-L/14@336 at 518 px.
     Anomalyclip,
+    /// AdaptCLIP: learned adapters (--learned FILE), CLIP ViT-L/14@336 at 518 px; few-shot with
+    /// --refs / --ref-pixels.
+    Adaptclip,
 }
 
 impl From<ModeArg> for Mode {
@@ -111,6 +114,7 @@ impl From<ModeArg> for Mode {
             ModeArg::Fewshot => Mode::Fewshot,
             ModeArg::Batch => Mode::Batch,
             ModeArg::Anomalyclip => Mode::Anomalyclip,
+            ModeArg::Adaptclip => Mode::Adaptclip,
         }
     }
 }

@@ -36,7 +36,7 @@ pub struct BenchArgs {
     /// tower runs at once (default 1), reported per image.
     #[arg(long)]
     batch: Option<usize>,
-    /// Input side in pixels (default: the checkpoint's; 518 for anomalyclip).
+    /// Input side in pixels (default: the checkpoint's; 518 for anomalyclip and adaptclip).
     #[arg(long)]
     size: Option<usize>,
     #[command(flatten)]
@@ -59,6 +59,11 @@ enum BenchMode {
     /// AnomalyCLIP (one DPAM pass, maps and Gaussian; default 518 px; needs ≥ 19 blocks, e.g.
     /// --arch vit-l-14-336). Not part of `all`.
     Anomalyclip,
+    /// AdaptCLIP zero-shot (one DPAM pass, adapters, maps and Gaussian), with the 1-shot time
+    /// (every layer's tokens on the CPU, prompt-query adapter) as `one_shot_ms`; random adapters
+    /// of the published shapes; default 518 px; needs 24 blocks (--arch vit-l-14-336). Not part
+    /// of `all`.
+    Adaptclip,
     /// Every mode above, one line (or JSON object) each.
     All,
 }
@@ -95,7 +100,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         backend,
     } = args;
     let (arch, model) = (arch.as_str(), model.as_deref());
-    use anoscope::detect::{anomalyclip, fast, learned, musc, prompts, winclip, TextPair, TEMPERATURE};
+    use anoscope::detect::{adaptclip, anomalyclip, fast, learned, musc, prompts, winclip, TextPair, TEMPERATURE};
     if runs == 0 {
         bail!("--runs must be at least 1");
     }
@@ -119,10 +124,11 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             )?
         }
     };
-    if mode == BenchMode::Anomalyclip {
+    let learned_mode = matches!(mode, BenchMode::Anomalyclip | BenchMode::Adaptclip);
+    if learned_mode {
         learned::use_official_pos_interp(&mut clip);
     }
-    let size = size.unwrap_or(if mode == BenchMode::Anomalyclip {
+    let size = size.unwrap_or(if learned_mode {
         learned::RUN_SIZE as usize
     } else {
         clip.cfg.vision.image_size
@@ -210,6 +216,16 @@ pub fn bench(args: BenchArgs) -> Result<()> {
                     let t = time_median(runs, || anomalyclip::detect(clip, &pixels, &text).map(|_| ()))?;
                     extra.insert("dpam_blocks".into(), learned::DPAM_BLOCKS.into());
                     ("anomalyclip", vision_flops(&clip.cfg, size), t)
+                }
+                BenchMode::Adaptclip => {
+                    let ready = adaptclip::AdaptClip::random(clip.cfg.embed_dim, clip.cfg.text.width)?;
+                    let t = time_median(runs, || adaptclip::detect(clip, &ready, &pixels, None).map(|_| ()))?;
+                    let refs = adaptclip::references(clip, &pixels)?;
+                    let (one, _, _) = time_median(runs, || {
+                        adaptclip::detect(clip, &ready, &pixels, Some(&refs)).map(|_| ())
+                    })?;
+                    extra.insert("one_shot_ms".into(), one.into());
+                    ("adaptclip", vision_flops(&clip.cfg, size), t)
                 }
                 BenchMode::All => unreachable!("expanded above"),
                 BenchMode::Musc => {

@@ -3,6 +3,7 @@
 //! prompt file (AnomalyCLIP's official `.pth`) rewritten as safetensors
 //! ([`anoscope::detect::anomalyclip::LearnedPrompts::to_safetensors`]).
 use super::args::Dtype;
+use anoscope::detect::adaptclip;
 use anoscope::detect::anomalyclip::LearnedPrompts;
 use anoscope::detect::learned::use_official_pos_interp;
 use anoscope::model::{CheckpointFiles, Clip};
@@ -42,6 +43,26 @@ pub fn convert(args: ConvertArgs) -> Result<()> {
         Dtype::F16 => safetensors::Dtype::F16,
     };
     if let Some(file) = learned {
+        if adaptclip::is_adaptclip_file(&file)? {
+            // AdaptCLIP: the class pairs are stored too, so the model is needed.
+            let dir = model.context("converting an AdaptCLIP file needs --model DIR (its class pairs are stored)")?;
+            let mut clip = Clip::load_dir(&dir)?;
+            use_official_pos_interp(&mut clip);
+            if out.is_dir() {
+                bail!(
+                    "--out {} is a directory; with --learned it names the output file",
+                    out.display()
+                );
+            }
+            let bytes = adaptclip::convert(&clip, &adaptclip::Learned::read_tensors(&file)?, st_dtype)?;
+            std::fs::write(&out, &bytes).with_context(|| format!("cannot write {}", out.display()))?;
+            eprintln!(
+                "wrote {} ({} bytes, AdaptCLIP with its class pairs)",
+                out.display(),
+                bytes.len()
+            );
+            return Ok(());
+        }
         let prompts = LearnedPrompts::read_file(&file)?;
         let text = match &model {
             Some(dir) => {

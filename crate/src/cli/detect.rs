@@ -6,7 +6,9 @@ use super::args::{use_backend, BackendOpts, ModeArg};
 use anoscope::detect::prompts::{self, EnsembleKind, PromptBundle};
 use anoscope::detect::tiles::{self, TileScoring, TileSpec};
 use anoscope::detect::winclip::{self, WinClipConfig};
-use anoscope::detect::{anomalyclip, fast, geometry, learned, musc, regions, score_image, Detection, Mode, TextPair};
+use anoscope::detect::{
+    adaptclip, anomalyclip, fast, geometry, learned, musc, regions, score_image, Detection, Mode, TextPair,
+};
 use anoscope::model::{CheckpointFiles, Clip};
 use anoscope::preprocess::{self, ImageLimits, Normalize};
 use anoscope::render;
@@ -42,7 +44,9 @@ pub struct DetectArgs {
     prompts: Option<PathBuf>,
     /// The learned prompts of --mode anomalyclip: the official checkpoint (`.pth`, e.g.
     /// `checkpoints/9_12_4_multiscale/epoch_15.pth`) or its conversion (`anoscope convert
-    /// --learned`, safetensors).
+    /// --learned`, safetensors). With --mode adaptclip: AdaptCLIP's official checkpoint (e.g.
+    /// `12_4_128_train_on_mvtec_3adapters_batch8/epoch_15.pth`) or its conversion; --refs /
+    /// --ref-pixels make it few-shot.
     #[arg(long)]
     learned: Option<PathBuf>,
     /// Add the category's fine-grained defect descriptions to the anomalous prompts.
@@ -377,7 +381,7 @@ pub fn detect(args: DetectArgs) -> Result<()> {
         (None, true) => {
             bail!("--mode {mode} needs its learned prompts: --learned FILE (.pth or converted safetensors)")
         }
-        (Some(_), false) => bail!("--learned applies to --mode anomalyclip only (mode is {mode})"),
+        (Some(_), false) => bail!("--learned applies to --mode anomalyclip and adaptclip only (mode is {mode})"),
         _ => {}
     }
     let mut clip = Clip::load_dir(&args.model)?;
@@ -394,6 +398,9 @@ pub fn detect(args: DetectArgs) -> Result<()> {
         bail!("--overlay-size must be at least 1 pixel");
     }
     let tiled = args.tiles != TileSpec::Off;
+    if tiled && mode == Mode::Adaptclip {
+        bail!("--tiles: adaptclip is not tiled yet; use --tiles off");
+    }
     if tiled && Mode::from(args.mode) == Mode::Batch {
         bail!(
             "--tiles: batch mode (MuSc) is not tiled (its images score each other position by position, \
@@ -434,7 +441,14 @@ pub fn detect(args: DetectArgs) -> Result<()> {
     if mode == Mode::Fewshot && args.refs.is_empty() && args.ref_pixels.is_none() {
         bail!("few-shot mode needs at least one normal reference image (--refs IMG ... or --ref-pixels FILE)");
     }
-    let text = if let (Some(file), true) = (&args.learned, mode.learned()) {
+    // AdaptCLIP's adapters and class pairs (the official .pth or its conversion).
+    let ready = match (&args.learned, mode) {
+        (Some(file), Mode::Adaptclip) => Some(adaptclip::AdaptClip::read_file(&clip, file)?),
+        _ => None,
+    };
+    let text = if ready.is_some() {
+        None
+    } else if let (Some(file), true) = (&args.learned, mode.learned()) {
         Some(anomalyclip::text_pair_from_file(&clip, file)?)
     } else if mode.uses_text() {
         Some(text_pair(&clip, &args, &files.weights)?)
@@ -454,6 +468,20 @@ pub fn detect(args: DetectArgs) -> Result<()> {
             bail!("reference inputs are {rh}×{rw} but the images are {h}×{w}");
         }
         Some(winclip::references(&clip, &r, &cfg)?)
+    } else {
+        None
+    };
+    // AdaptCLIP's normal references: few-shot when given.
+    let adapt_refs = if mode == Mode::Adaptclip && (!args.refs.is_empty() || args.ref_pixels.is_some()) {
+        let r = match &args.ref_pixels {
+            Some(p) => Inputs::pixels(p)?.all(size, &norm)?.0,
+            None => load_images(&args.refs, size, &norm)?.0,
+        };
+        let (_, _, rh, rw) = r.dims4()?;
+        if (rh, rw) != (h, w) {
+            bail!("reference inputs are {rh}×{rw} but the images are {h}×{w}");
+        }
+        Some(adaptclip::references(&clip, &r)?)
     } else {
         None
     };
@@ -500,7 +528,18 @@ pub fn detect(args: DetectArgs) -> Result<()> {
     }
     // One image at a time: decoded, scored, written, dropped. A photo that cannot be read is
     // reported and skipped (the others are still scored); the run then fails naming them all.
-    let text = text.as_ref().context("text modes need the class pair")?;
+    let adapt = |pixels: &Tensor| -> Result<Detection> {
+        let ready = ready.as_ref().context("adaptclip needs its learned file")?;
+        adaptclip::detect(&clip, ready, pixels, adapt_refs.as_ref())?
+            .into_iter()
+            .next()
+            .context("no image in the input")
+    };
+    let pair = TextPair::new(vec![1.0], vec![0.0])?; // unused by adaptclip
+    let text = match (&text, mode) {
+        (_, Mode::Adaptclip) => &pair,
+        (t, _) => t.as_ref().context("text modes need the class pair")?,
+    };
     let k = args
         .surgery_layers
         .unwrap_or_else(|| fast::default_surgery_layers(&clip));
@@ -519,7 +558,11 @@ pub fn detect(args: DetectArgs) -> Result<()> {
         let r = match input.photo.as_ref().filter(|_| tiled) {
             // Untiled: today's detection on the squash-resized input.
             None => {
-                let d = score_image(&clip, &input.pixels, mode, text, refs.as_ref(), k, &cfg)?;
+                let d = if mode == Mode::Adaptclip {
+                    adapt(&input.pixels)?
+                } else {
+                    score_image(&clip, &input.pixels, mode, text, refs.as_ref(), k, &cfg)?
+                };
                 let (pw, ph) = photo_size(input.photo.as_ref(), &d);
                 let (full, fw, fh) = geometry::to_photo_bounded(&d.map, d.width, d.height, pw, ph, args.overlay_size)?;
                 let score = d.score;

@@ -45,7 +45,8 @@ pub struct EvalArgs {
     /// Surgery layers for --mode fast (default: half the tower).
     #[arg(long)]
     surgery_layers: Option<usize>,
-    /// The learned prompts of --mode anomalyclip (official `.pth` or converted safetensors).
+    /// The learned file of --mode anomalyclip or adaptclip (official `.pth` or converted
+    /// safetensors).
     #[arg(long)]
     learned: Option<PathBuf>,
     /// Overlays per category of the highest-scored good and lowest-scored anomalous images.

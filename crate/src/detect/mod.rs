@@ -9,6 +9,7 @@
 //! high-resolution inspection in [`tiles`], defect regions in [`regions`]. Dataset evaluation
 //! (`crate::eval`), metrics ([`crate::metrics`]) and drawing maps ([`crate::render`]) are not
 //! here.
+pub mod adaptclip;
 pub mod aggregate;
 pub mod anomalyclip;
 pub mod fast;
@@ -143,12 +144,22 @@ pub enum Mode {
     /// [`anomalyclip::detect`]: learned object-agnostic prompts (the class pair comes from the
     /// learned file, not from prompt ensembles), one DPAM pass at the input's own size.
     Anomalyclip,
+    /// [`adaptclip::detect`]: AdaptCLIP's learned adapters (the learned file, not prompt
+    /// ensembles), zero-shot, or few-shot with normal references; the input's own size.
+    Adaptclip,
 }
 
 impl Mode {
     /// Every mode, for parsing and listing (`fast`, `winclip`, `fewshot`, `batch`,
     /// `anomalyclip`).
-    pub const ALL: [Mode; 5] = [Mode::Fast, Mode::Winclip, Mode::Fewshot, Mode::Batch, Mode::Anomalyclip];
+    pub const ALL: [Mode; 6] = [
+        Mode::Fast,
+        Mode::Winclip,
+        Mode::Fewshot,
+        Mode::Batch,
+        Mode::Anomalyclip,
+        Mode::Adaptclip,
+    ];
 
     /// The mode's name on the command line and in `run.json` (`"fast"`, `"winclip"`, …).
     pub fn as_str(self) -> &'static str {
@@ -158,12 +169,13 @@ impl Mode {
             Mode::Fewshot => "fewshot",
             Mode::Batch => "batch",
             Mode::Anomalyclip => "anomalyclip",
+            Mode::Adaptclip => "adaptclip",
         }
     }
 
     /// Whether the class pair comes from a learned-prompt file (not from prompt ensembles).
     pub fn learned(self) -> bool {
-        self == Mode::Anomalyclip
+        matches!(self, Mode::Anomalyclip | Mode::Adaptclip)
     }
 
     /// The default input side of the mode for `clip`: the official 518 px of the learned-prompt
@@ -194,7 +206,7 @@ impl std::str::FromStr for Mode {
         Mode::ALL
             .into_iter()
             .find(|m| m.as_str() == s)
-            .with_context(|| format!("unknown mode `{s}` (fast, winclip, fewshot, batch, anomalyclip)"))
+            .with_context(|| format!("unknown mode `{s}` (fast, winclip, fewshot, batch, anomalyclip, adaptclip)"))
     }
 }
 
@@ -244,6 +256,7 @@ pub async fn score_image_on(
         }
         Mode::Batch => bail!("batch mode scores a whole batch together (musc::detect), not one image"),
         Mode::Anomalyclip => anomalyclip::detect_on(clip, tower, pixels, text).await?,
+        Mode::Adaptclip => bail!("adaptclip scores with its adapters (adaptclip::detect), not with one class pair"),
     };
     dets.into_iter().next().context("no image in the input")
 }

@@ -13,6 +13,7 @@ use super::report::{
     CategoryMetrics,
 };
 use super::Mode;
+use crate::detect::adaptclip::{self, AdaptClip};
 use crate::detect::prompts::{self, EnsembleKind};
 use crate::detect::winclip::{self, WinClipConfig};
 use crate::detect::{anomalyclip, fast, learned, musc, Detection, TextPair};
@@ -266,12 +267,21 @@ struct Scorer<'a> {
     cfg: WinClipConfig,
     text: Option<TextPair>,
     refs: Option<winclip::References>,
+    /// AdaptCLIP's adapters and class pairs (`--mode adaptclip`, zero-shot).
+    adapt: Option<&'a AdaptClip>,
 }
 
 impl Scorer<'_> {
     /// Loads and scores one image file: the detection and the image's size.
     fn score_one(&self, path: &Path) -> Result<(Detection, (u32, u32))> {
         let (px, dims) = load_pixels(&[path], self.size, &self.norm)?;
+        if let Some(ready) = self.adapt {
+            let det = adaptclip::detect(self.clip, ready, &px, None)?
+                .into_iter()
+                .next()
+                .context("no image in the input")?;
+            return Ok((det, dims[0]));
+        }
         let text = self.text.as_ref().context("text modes need the class pair")?;
         let det = crate::detect::score_image(
             self.clip,
@@ -341,7 +351,10 @@ pub fn run(opts: &EvalOptions, progress: &mut dyn Progress) -> Result<EvalSummar
             "--mode {} needs its learned prompts: --learned FILE (.pth or converted safetensors)",
             opts.mode
         ),
-        (Some(_), false) => bail!("--learned applies to --mode anomalyclip only (mode is {})", opts.mode),
+        (Some(_), false) => bail!(
+            "--learned applies to --mode anomalyclip and adaptclip only (mode is {})",
+            opts.mode
+        ),
         (Some(p), true) if !p.is_file() => bail!("learned prompts {} not found", p.display()),
         _ => {}
     }
@@ -400,7 +413,16 @@ pub fn run(opts: &EvalOptions, progress: &mut dyn Progress) -> Result<EvalSummar
     let model_sha256 = file_sha256(&files.weights)?;
     let mut clip = Clip::load_dir(&opts.model)?;
     // The learned-prompt modes: one class pair for every category, read before any scoring.
+    let mut adapt = None;
     let learned = match &opts.learned {
+        Some(p) if opts.mode == Mode::Adaptclip => {
+            learned::use_official_pos_interp(&mut clip);
+            let ready = AdaptClip::read_file(&clip, p)?;
+            // The learned pair stands in for the class pair; the adapters do the scoring.
+            let pair = ready.text.learned.clone();
+            adapt = Some(ready);
+            Some((pair, file_sha256(p)?))
+        }
         Some(p) => {
             learned::use_official_pos_interp(&mut clip);
             Some((anomalyclip::text_pair_from_file(&clip, p)?, file_sha256(p)?))
@@ -608,6 +630,7 @@ pub fn run(opts: &EvalOptions, progress: &mut dyn Progress) -> Result<EvalSummar
                     cfg: cfg.clone(),
                     text: Some(text),
                     refs: refs_feats,
+                    adapt: adapt.as_ref(),
                 };
                 let t_all = Instant::now();
                 for &i in &pending {
