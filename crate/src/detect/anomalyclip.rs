@@ -360,103 +360,22 @@ pub fn text_pair_from_file(clip: &Clip, path: &Path) -> Result<TextPair> {
 }
 
 /// The prompt learner's float tensors of an official checkpoint (`torch.save({"prompt_learner":
-/// state_dict})`, torch's zip format). The pickle is parsed with candle's pickle reader
-/// (`candle_core::pickle`); the tensors' storages are read from the zip here, so that the
-/// integer buffers (`tokenized_prompts_*`, int32, which candle does not read) and the unused
-/// `compound_prompt_projections` are skipped quietly. Storages must be contiguous.
+/// state_dict})`, torch's zip format), read by [`crate::model::pth::read_state_dicts`] (candle's
+/// pickle reader; integer buffers such as `tokenized_prompts_*` skipped quietly), without the
+/// unused `compound_prompt_projections`.
 pub fn read_torch_checkpoint(path: &Path) -> Result<HashMap<String, Tensor>> {
-    use candle_core::pickle::{Object, Stack};
-    use std::io::Read;
-    let origin = path.display();
-    let not_torch = |e: &dyn std::fmt::Display| {
-        anyhow::anyhow!(
-            "{origin}: not a torch checkpoint with a `{CHECKPOINT_KEY}` state dict (the official AnomalyCLIP \
-             format, torch.save's zip): {e}"
-        )
-    };
-    let file = std::fs::File::open(path).with_context(|| format!("cannot read {origin}"))?;
-    let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file)).map_err(|e| not_torch(&e))?;
-    let pkl = zip
-        .file_names()
-        .filter_map(|n| n.ok())
-        .find(|n| n.ends_with("/data.pkl") || n == "data.pkl")
-        .map(|n| n.into_owned())
-        .ok_or_else(|| not_torch(&"no data.pkl in the archive"))?;
-    let dir = pkl.strip_suffix(".pkl").expect("ends with .pkl").to_string();
-    let obj = {
-        let entry = zip.by_name(&pkl).map_err(|e| not_torch(&e))?;
-        let mut stack = Stack::empty();
-        stack
-            .read_loop(&mut std::io::BufReader::new(entry))
-            .map_err(|e| not_torch(&e))?;
-        stack.finalize().map_err(|e| not_torch(&e))?
-    };
-    let Object::Dict(top) = obj else {
-        return Err(not_torch(&"the pickle is not a dict"));
-    };
-    let state = top
+    let prefix = format!("{CHECKPOINT_KEY}.");
+    let map: HashMap<String, Tensor> = crate::model::pth::read_state_dicts(path)?
         .into_iter()
-        .find(|(k, _)| *k == Object::Unicode(CHECKPOINT_KEY.to_string()))
-        .map(|(_, v)| v)
-        .ok_or_else(|| not_torch(&format!("no `{CHECKPOINT_KEY}` key")))?;
-    let entries = match state {
-        Object::Dict(e) => e,
-        Object::Build { callable, .. } => match *callable {
-            Object::Dict(e) => e,
-            _ => return Err(not_torch(&"`prompt_learner` is not a state dict")),
-        },
-        _ => return Err(not_torch(&"`prompt_learner` is not a state dict")),
-    };
-    let mut map = HashMap::new();
-    for (key, value) in entries {
-        let Object::Unicode(name) = &key else { continue };
-        if name.starts_with("compound_prompt_projections.") || name.starts_with("tokenized_prompts") {
-            continue;
-        }
-        let name = name.clone();
-        // Not a tensor (the state dict's `_metadata`, merged in by the pickle reader): skipped.
-        let Some(info) = value
-            .into_tensor_info(key, Path::new(&dir))
-            .map_err(|e| anyhow::anyhow!("{origin}: tensor `{name}`: {e}"))?
-        else {
-            continue;
-        };
-        let dtype = match info.dtype {
-            DType::F32 => safetensors::Dtype::F32,
-            DType::F16 => safetensors::Dtype::F16,
-            DType::BF16 => safetensors::Dtype::BF16,
-            DType::F64 => safetensors::Dtype::F64,
-            other => bail!("{origin}: tensor `{name}` is {other:?}, not floating point"),
-        };
-        let dims = info.layout.dims().to_vec();
-        let count = info.layout.shape().elem_count();
-        if count > MAX_TENSOR_VALUES {
-            bail!("{origin}: tensor `{name}` {dims:?} is too large for a prompt learner");
-        }
-        if !info.layout.is_contiguous() {
-            bail!("{origin}: tensor `{name}` is stored non-contiguously (a view); save a .contiguous() copy");
-        }
-        let size = info.dtype.size_in_bytes();
-        let (start, len) = (info.layout.start_offset(), count * size);
-        if start + len > info.storage_size.saturating_mul(size) {
-            bail!("{origin}: tensor `{name}` runs past its storage");
-        }
-        let mut bytes = Vec::with_capacity(start + len);
-        zip.by_name(&info.path)
-            .map_err(|e| anyhow::anyhow!("{origin}: tensor `{name}`: {e}"))?
-            .take((start + len) as u64)
-            .read_to_end(&mut bytes)
-            .with_context(|| format!("{origin}: cannot read tensor `{name}`"))?;
-        if bytes.len() < start + len {
-            bail!("{origin}: tensor `{name}` is truncated");
-        }
-        let mut values = Vec::with_capacity(count);
-        crate::model::checkpoint::decode_floats(dtype, &bytes[start..start + len], &mut values)
-            .with_context(|| format!("{origin}: tensor `{name}`"))?;
-        map.insert(name, Tensor::from_vec(values, dims, &Device::Cpu)?);
-    }
+        .filter_map(|(name, t)| Some((name.strip_prefix(&prefix)?.to_string(), t)))
+        .filter(|(name, _)| !name.starts_with("compound_prompt_projections.") && !name.starts_with("tokenized_prompts"))
+        .collect();
     if map.is_empty() {
-        bail!("{origin}: the `{CHECKPOINT_KEY}` state dict holds no float tensors");
+        bail!(
+            "{}: no float tensors under `{CHECKPOINT_KEY}` (the official AnomalyCLIP format: \
+             torch.save({{\"{CHECKPOINT_KEY}\": state_dict}}))",
+            path.display()
+        );
     }
     Ok(map)
 }

@@ -5,8 +5,8 @@
 //! The pickle is parsed with candle's reader ([`candle_core::pickle`]); the storages are read
 //! from the zip here, so that tensors candle cannot or need not read (int32 token-id buffers,
 //! BatchNorm's int64 `num_batches_tracked`) and non-tensor entries (`_metadata`) are skipped
-//! quietly instead of being reported on stderr. The same approach as
-//! [`crate::detect::anomalyclip::read_torch_checkpoint`], for any set of keys.
+//! quietly instead of being reported on stderr. AnomalyCLIP's reader
+//! ([`crate::detect::anomalyclip::read_torch_checkpoint`]) takes its `prompt_learner` dict from here.
 use anyhow::{bail, Context, Result};
 use candle_core::pickle::{Object, Stack};
 use candle_core::{DType, Device, Tensor};
@@ -28,7 +28,8 @@ pub fn is_torch_zip(bytes: &[u8]) -> bool {
 /// other top-level keys and entries are ignored. Errors name the file (and the tensor).
 pub fn read_state_dicts(path: &Path) -> Result<HashMap<String, Tensor>> {
     let origin = path.display();
-    let not_torch = |e: &dyn std::fmt::Display| anyhow::anyhow!("{origin}: not a torch.save checkpoint (zip): {e}");
+    let not_torch =
+        |e: &dyn std::fmt::Display| anyhow::anyhow!("{origin}: not a torch checkpoint (torch.save's zip format): {e}");
     let file = std::fs::File::open(path).with_context(|| format!("cannot read {origin}"))?;
     let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file)).map_err(|e| not_torch(&e))?;
     let pkl = zip
