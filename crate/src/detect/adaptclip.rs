@@ -339,6 +339,7 @@ impl Learned {
     /// Reads a learned file: the official `torch.save` checkpoint or its safetensors conversion
     /// (told apart by their first bytes).
     #[cfg(not(target_arch = "wasm32"))]
+    #[cfg(not(target_arch = "wasm32"))] // reads files (torch checkpoints): native only
     pub fn read_tensors(path: &std::path::Path) -> Result<HashMap<String, Tensor>> {
         let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
         if crate::model::pth::is_torch_zip(&bytes) {
@@ -441,6 +442,7 @@ impl AdaptClip {
 /// `textual_learner`, or a conversion with its tensors), for commands that take either learned
 /// format.
 #[cfg(not(target_arch = "wasm32"))]
+#[cfg(not(target_arch = "wasm32"))] // reads files (torch checkpoints): native only
 pub fn is_adaptclip_file(path: &std::path::Path) -> Result<bool> {
     match Learned::read_tensors(path) {
         Ok(t) => Ok(t.keys().any(|k| k.starts_with("textual_learner."))),
@@ -566,6 +568,7 @@ impl AdaptClip {
 
     /// Reads `--learned FILE`: the official `.pth` or its conversion.
     #[cfg(not(target_arch = "wasm32"))]
+    #[cfg(not(target_arch = "wasm32"))] // reads files (torch checkpoints): native only
     pub fn read_file(clip: &Clip, path: &std::path::Path) -> Result<Self> {
         let size = std::fs::metadata(path)
             .with_context(|| format!("cannot read {}", path.display()))?

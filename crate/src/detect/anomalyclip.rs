@@ -24,6 +24,7 @@ use crate::tokenizer::ClipTokenizer;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
+#[cfg(not(target_arch = "wasm32"))]
 use std::path::Path;
 
 /// Key of the prompt learner's state dict in the published checkpoints.
@@ -164,6 +165,7 @@ impl LearnedPrompts {
         })
     }
 
+    #[cfg(not(target_arch = "wasm32"))] // reads files (torch checkpoints): native only
     /// Reads a learned file: the official torch checkpoint (`.pth`/`.pt`, a zip pickle with the
     /// state dict under `"prompt_learner"`) or its safetensors conversion (any other name).
     pub fn read_file(path: &Path) -> Result<Self> {
@@ -353,12 +355,14 @@ impl LearnedPrompts {
     }
 }
 
+#[cfg(not(target_arch = "wasm32"))] // reads files (torch checkpoints): native only
 /// The class pair of a learned file ([`LearnedPrompts::read_file`], then
 /// [`LearnedPrompts::text_pair`]).
 pub fn text_pair_from_file(clip: &Clip, path: &Path) -> Result<TextPair> {
     LearnedPrompts::read_file(path)?.text_pair(clip)
 }
 
+#[cfg(not(target_arch = "wasm32"))] // reads files (torch checkpoints): native only
 /// The prompt learner's float tensors of an official checkpoint (`torch.save({"prompt_learner":
 /// state_dict})`, torch's zip format), read by [`crate::model::pth::read_state_dicts`] (candle's
 /// pickle reader; integer buffers such as `tokenized_prompts_*` skipped quietly), without the
