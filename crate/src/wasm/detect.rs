@@ -130,6 +130,8 @@ pub(super) struct ScoreArgs {
     pub pair: TextPair,
     pub refs: Option<Rc<RefSet>>,
     pub surgery_layers: usize,
+    /// The side the image is resized to: the checkpoint's input, or the learned mode's size.
+    pub size: usize,
 }
 
 /// Keeps few-shot features under a new handle for model `model`.
@@ -203,10 +205,10 @@ impl BatchResult {
 }
 
 impl ClipModel {
-    /// The checkpoint's input: the image resized to `size × size` (as the CLI does) and its
+    /// The model's input: the image resized to `size × size` (as the CLI does) and its
     /// normalised CHW pixels.
-    fn model_input(&self, img: &RgbImage) -> (RgbImage, Vec<f32>) {
-        let size = self.clip.cfg.vision.image_size as u32;
+    fn model_input(&self, img: &RgbImage, size: usize) -> (RgbImage, Vec<f32>) {
+        let size = size as u32;
         let resized = preprocess::resize_bicubic(img, size, size);
         let norm = Normalize {
             mean: self.clip.cfg.mean,
@@ -222,7 +224,7 @@ impl ClipModel {
         let mut data = Vec::with_capacity(images.len() * 3 * s * s);
         let mut inputs = Vec::with_capacity(images.len());
         for im in images {
-            let (resized, chw) = self.model_input(&im.img);
+            let (resized, chw) = self.model_input(&im.img, s);
             data.extend(chw);
             inputs.push(resized);
         }
@@ -262,8 +264,23 @@ impl ClipModel {
         if mode == Mode::Batch {
             bail!("batch mode scores several images together: call batch(images)");
         }
-        if mode.learned() {
+        if mode == Mode::Adaptclip {
             bail!("the {mode} mode is not available in the page yet (use the CLI: anoscope detect --mode {mode})");
+        }
+        if mode.learned() {
+            // The class pair is the learned file's; `text` is not used.
+            let learned = self.learned.as_ref().with_context(|| {
+                format!(
+                    "the {mode} mode needs its learned file: load it first (loadLearned, anoscope convert --learned)"
+                )
+            })?;
+            return Ok(ScoreArgs {
+                mode,
+                pair: learned.pair.clone(),
+                refs: None,
+                surgery_layers: 0,
+                size: learned.size,
+            });
         }
         let p = self.clip.cfg.embed_dim;
         if text.len() != 2 * p {
@@ -293,19 +310,30 @@ impl ClipModel {
             pair,
             refs: set,
             surgery_layers: k,
+            size: self.clip.cfg.vision.image_size,
         })
     }
 
-    /// The model's input for one image: the resized picture and its `[1, 3, S, S]` pixels.
-    pub(super) fn image_input(&self, image: &Image) -> Result<(RgbImage, Tensor)> {
-        let (resized, chw) = self.model_input(&image.img);
+    /// The model's input for one image at side `size`: the resized picture and its
+    /// `[1, 3, size, size]` pixels.
+    pub(super) fn image_input(&self, image: &Image, size: usize) -> Result<(RgbImage, Tensor)> {
+        let (resized, chw) = self.model_input(&image.img, size);
         let s = resized.width() as usize;
         Ok((resized, Tensor::from_vec(chw, (1, 3, s, s), &Device::Cpu)?))
     }
 
     fn detect_impl(&self, mode: &str, image: &Image, text: &[f32], refs: &JsValue) -> Result<Detection> {
-        let (resized, t) = self.image_input(image)?;
-        let d = self.score(mode, &t, text, refs, 0)?;
+        let args = self.score_args(mode, text, refs, 0)?;
+        let (resized, t) = self.image_input(image, args.size)?;
+        let d = det::score_image(
+            &self.clip,
+            &t,
+            args.mode,
+            &args.pair,
+            args.refs.as_ref().map(|s| &s.refs),
+            args.surgery_layers,
+            &winclip::WinClipConfig::default(),
+        )?;
         Ok(Detection::new(d, &resized))
     }
 
@@ -363,9 +391,11 @@ impl ClipModel {
 #[wasm_bindgen]
 impl ClipModel {
     /// Scores one image with `mode` = `fast`, `winclip` or `fewshot` against a class pair
-    /// (`textPair`'s result). `refs` (from `references`) is required for `fewshot` and ignored
-    /// otherwise. The image is resized to the checkpoint's square input as `anoscope detect`
-    /// does; the map has that size.
+    /// (`textPair`'s result), or `anomalyclip` with the class pair of the learned file
+    /// (`loadLearned`; `text` is then ignored). `refs` (from `references`) is required for
+    /// `fewshot` and ignored otherwise. The image is resized to the checkpoint's square input
+    /// (the learned mode's size for `anomalyclip`) as `anoscope detect` does; the map has that
+    /// size.
     pub fn detect(
         &self,
         mode: &str,

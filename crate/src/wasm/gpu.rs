@@ -57,6 +57,11 @@ thread_local! {
     static GPUS: RefCell<HashMap<u32, Rc<WebGpu>>> = RefCell::new(HashMap::new());
 }
 
+/// Whether model `id` has a GPU tower.
+pub(super) fn attached(id: u32) -> bool {
+    GPUS.with(|g| g.borrow().contains_key(&id))
+}
+
 /// Releases model `id`'s GPU tower (when the model is freed).
 pub(super) fn forget(id: u32) {
     GPUS.with(|g| g.borrow_mut().remove(&id));
@@ -134,9 +139,10 @@ impl ClipModel {
         text: &[f32],
         #[wasm_bindgen(unchecked_param_type = "References | undefined")] refs: JsValue,
     ) -> js_sys::Promise {
-        let prepared = self
-            .score_args(mode, text, &refs, 0)
-            .and_then(|args| Ok((args, self.image_input(image)?)));
+        let prepared = self.score_args(mode, text, &refs, 0).and_then(|args| {
+            let input = self.image_input(image, args.size)?;
+            Ok((args, input))
+        });
         let (clip, gpu) = (self.clip.clone(), self.gpu());
         future_to_promise(async move {
             let run = async {

@@ -20,8 +20,17 @@ pub struct ClipModel {
     pub(crate) clip: Clip,
     tokenizer: Option<ClipTokenizer>,
     bundle: Option<PromptBundle>,
+    /// The learned mode's class pair and size (`loadLearned`).
+    pub(crate) learned: Option<LearnedPair>,
     /// Tells this model's few-shot references from another model's.
     pub(crate) id: u32,
+}
+
+/// A loaded AnomalyCLIP learned file: its class pair for this model and the side images are
+/// resized to.
+pub(crate) struct LearnedPair {
+    pub pair: TextPair,
+    pub size: usize,
 }
 
 /// The tokenizer in `slot`, created on first use (a free function, so that it borrows only the
@@ -40,6 +49,7 @@ impl ClipModel {
             clip,
             tokenizer: None,
             bundle: None,
+            learned: None,
             id: NEXT_MODEL_ID.fetch_add(1, Ordering::Relaxed),
         }
     }
@@ -49,6 +59,46 @@ impl ClipModel {
         if text.is_some() {
             self.clip.text = text;
         }
+    }
+
+    /// See [`ClipModel::load_learned`].
+    fn load_learned_impl(&mut self, bytes: &[u8], size: Option<usize>) -> Result<String> {
+        use crate::detect::{adaptclip, anomalyclip, learned};
+        if bytes.len() as u64 > anomalyclip::MAX_LEARNED_BYTES {
+            bail!(
+                "the learned file is {} bytes, over the limit of {} bytes",
+                bytes.len(),
+                anomalyclip::MAX_LEARNED_BYTES
+            );
+        }
+        if bytes.starts_with(b"PK\x03\x04") {
+            bail!(
+                "this is a torch checkpoint (.pth); the page reads its conversion: anoscope convert --learned FILE \
+                 --model DIR --out FILE.safetensors"
+            );
+        }
+        let size = size.unwrap_or(learned::RUN_SIZE as usize);
+        if size == 0 || size > 4096 {
+            bail!("the learned mode's size must be in 1..=4096 pixels, got {size}");
+        }
+        if let Ok(st) = safetensors::SafeTensors::deserialize(bytes) {
+            if st
+                .names()
+                .iter()
+                .any(|n| *n == adaptclip::STATIC_TEXT || *n == adaptclip::LEARNED_TEXT)
+            {
+                bail!("this is an AdaptCLIP learned file; the adaptclip mode is not available in the page yet");
+            }
+        }
+        let prompts = anomalyclip::LearnedPrompts::from_safetensors(bytes, "the learned file")?;
+        let pair = prompts.text_pair(&self.clip)?;
+        #[cfg(feature = "gpu")]
+        if super::gpu::attached(self.id) {
+            bail!("load the learned file before useGpu (the GPU tower keeps its own position-embedding settings)");
+        }
+        learned::use_official_pos_interp(&mut self.clip);
+        self.learned = Some(LearnedPair { pair, size });
+        Ok(crate::detect::Mode::Anomalyclip.to_string())
     }
 
     /// See [`ClipModel::load_prompts`].
@@ -181,6 +231,22 @@ impl ClipModel {
     #[wasm_bindgen(js_name = embedDim)]
     pub fn embed_dim(&self) -> usize {
         self.clip.cfg.embed_dim
+    }
+
+    /// Loads a learned-prompt file for `detect("anomalyclip", …)`: AnomalyCLIP's prompts as
+    /// `anoscope convert --learned FILE --model DIR` writes them (safetensors with the two text
+    /// features, so a vision-only model needs no text tower). `size` is the side images are
+    /// resized to in that mode (default 518, the official size). Returns the mode's name. Call it
+    /// before `useGpu`. On error the previously loaded file stays.
+    #[wasm_bindgen(js_name = loadLearned)]
+    pub fn load_learned(&mut self, bytes: &[u8], size: Option<usize>) -> Result<String, JsError> {
+        self.load_learned_impl(bytes, size).map_err(js_err)
+    }
+
+    /// The side images are resized to in the learned mode (0 when no learned file is loaded).
+    #[wasm_bindgen(js_name = learnedSize)]
+    pub fn learned_size(&self) -> usize {
+        self.learned.as_ref().map_or(0, |l| l.size)
     }
 
     /// Loads a prompt bundle made by `anoscope prompts build` for this checkpoint. With

@@ -293,6 +293,12 @@ impl ClipModel {
         tiles: &str,
     ) -> Result<(super::detect::ScoreArgs, TilePlan)> {
         let args = self.score_args(mode, text, refs, 0)?;
+        if args.mode.learned() {
+            bail!(
+                "the {} mode is not tiled in the page yet; set tiles to off (the CLI tiles it: anoscope detect --tiles)",
+                args.mode
+            );
+        }
         let spec: TileSpec = tiles.parse()?;
         let (w, h) = (image.img.width() as usize, image.img.height() as usize);
         Ok((args, tiles::plan(spec, w, h, self.clip.cfg.vision.image_size)?))
