@@ -488,6 +488,7 @@ async function loadModelNow(spec, restore) {
     state.refsGen += 1;
   }
   showLoaded(info);
+  updateLearnedModes(info);
   document.body.dataset.model = info.label;
   const previous = els.category.value;
   els.category.replaceChildren(
@@ -514,10 +515,11 @@ function showLoaded(info) {
       ? ''
       : ' No prompt file: prompts are encoded in the page with the text tower.';
   const rest = info.complete ? '' : ' Ready for images; the rest of the checkpoint is still loading.';
+  const learned = info.learned ? `, ${LEARNED_LABELS[info.learned.mode] ?? info.learned.mode} at ${info.learned.imageSize} px` : '';
   const text = info.hasText ? ', text tower' : info.textInFile && info.promptFile ? ', text tower loaded when a custom prompt needs it' : '';
   setStatus(
     els.modelStatus,
-    `Loaded ${info.label} (input ${info.imageSize} px${text}) in ${Math.round(info.ms)} ms.${rest}${note}`,
+    `Loaded ${info.label} (input ${info.imageSize} px${text}${learned}) in ${Math.round(info.ms)} ms.${rest}${note}`,
     info.test ? 'warn' : 'ok',
   );
 }
@@ -565,7 +567,38 @@ function specFromServed(m) {
     weightsSha256: m.weights.sha256,
     promptsUrl: m.prompts?.url,
     promptsSha256: m.prompts?.sha256,
+    learnedUrl: m.learned?.url,
+    learnedSha256: m.learned?.sha256,
+    learnedImageSize: m.learned?.imageSize,
   };
+}
+
+/** The learned modes' names in the mode picker. */
+const LEARNED_LABELS = { anomalyclip: 'AnomalyCLIP', adaptclip: 'AdaptCLIP' };
+
+/** What a served entry's learned file adds, said before anything is downloaded (or ''). */
+function learnedNote(m) {
+  if (!m.learned) return '';
+  const name = LEARNED_LABELS[m.learned.mode] ?? m.learned.mode;
+  return (
+    `; with ${name} (learned prompts, ${formatBytes(m.learned.size)}) at ${m.learned.imageSize} px: ` +
+    'slow on the CPU, fast with WebGPU'
+  );
+}
+
+/** Offers the loaded model's learned mode in the mode picker (and drops another model's). */
+function updateLearnedModes(info) {
+  for (const o of [...els.mode.options]) if (o.dataset.learned) o.remove();
+  const l = info?.learned;
+  if (l) {
+    const o = document.createElement('option');
+    o.value = l.mode;
+    o.dataset.learned = 'true';
+    o.textContent = `${LEARNED_LABELS[l.mode] ?? l.mode} (learned prompts, ${l.imageSize} px)`;
+    els.mode.append(o);
+  }
+  if (!els.mode.value) els.mode.value = 'fast';
+  onModeChange();
 }
 
 function specFromManifest(m) {
@@ -613,7 +646,7 @@ async function setupModelSources() {
   let auto = null;
 
   for (const m of real) {
-    rows.push(button(`Load ${m.label} (served with this site)`, () => loadModel(specFromServed(m))));
+    rows.push(button(`Load ${m.label} (served with this site${learnedNote(m)})`, () => loadModel(specFromServed(m))));
     auto ??= specFromServed(m);
   }
   for (const m of manifest) {
@@ -905,7 +938,7 @@ async function scoreEach(files, t0, run, mode) {
     setStatus(els.imageStatus, `Scoring ${f.name || 'image'} (${i + 1} of ${files.length}, ${mode})…`, 'busy');
     try {
       // Tiles: single images only (a run of many keeps one pass per image).
-      const tiles = files.length === 1 ? els.tiles.value : 'off';
+      const tiles = files.length === 1 && !LEARNED_LABELS[mode] ? els.tiles.value : 'off';
       const r = await client.call('detect', { mode, file: await fileItem(f), text: textSpec(), tiles });
       r.name = f.name || 'pasted image';
       r.settings = { ...settings.fields, tiles };
@@ -1336,8 +1369,13 @@ const MODE_NOTES = {
 };
 function onModeChange() {
   const m = els.mode.value;
-  els.modeNote.textContent = MODE_NOTES[m];
-  els.modeNote.className = m === 'winclip' ? 'note warn' : 'note';
+  const learned = state.model?.learned?.mode === m ? state.model.learned : null;
+  els.modeNote.textContent = learned
+    ? `${LEARNED_LABELS[m] ?? m} scores with the prompts learned for this model (no category prompts), on the image ` +
+      `resized to ${learned.imageSize} px: slow on the CPU (one pass through the whole image tower at that size), ` +
+      'fast with WebGPU. Tiles are not used in this mode.'
+    : MODE_NOTES[m];
+  els.modeNote.className = m === 'winclip' || (learned && els.backend.dataset.gpu !== 'true') ? 'note warn' : 'note';
   els.refsBox.hidden = m !== 'fewshot';
 }
 els.mode.addEventListener('change', onModeChange);

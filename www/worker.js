@@ -172,6 +172,9 @@ class CancelledError extends Error {}
 /** The requests a cancel stops (overlays and bookkeeping always run). */
 const CANCELLABLE = new Set(['detect', 'batch', 'references', 'text']);
 
+/** The modes that score with the loaded model's learned file instead of prompts. */
+const LEARNED_MODES = new Set(['anomalyclip', 'adaptclip']);
+
 // Test hook: ?stepdelay=MS makes every scoring step MS ms longer (each MuSc progress step, and
 // each image before it is scored), so the browser suite can act in the middle of a run.
 const stepDelay = Math.min(Number(new URL(self.location.href).searchParams.get('stepdelay')) || 0, 10_000);
@@ -729,7 +732,7 @@ async function detectTiled(m, mode, image, pair, r, tiles, name, t0) {
 
 const handlers = {
   /** {label, test, configName, configText?, configUrl?, weightsFile?(File), weightsUrl?, weightsSha256?,
-   *   configSha256?, promptsUrl?}. Resolves once the image tower is in; the rest of the file
+   *   configSha256?, promptsUrl?, learnedUrl?, learnedSha256?, learnedImageSize?}. Resolves once the image tower is in; the rest of the file
    *   streams on, then a {type: 'model'} message says whether the whole checkpoint checked out. */
   async load(p) {
     const lim = (await ready).limits;
@@ -753,11 +756,18 @@ const handlers = {
     const s = { loader, src, it: src.chunks[Symbol.asyncIterator](), label, expectSha: p.weightsSha256, gen };
     let next = null;
     let sha = null;
+    let learned = null;
     try {
       await feed(s, () => loader.visionReady());
       if (s.ended) sha = await verify(s);
       progress('load', 0, 1, { label: 'building the model' });
       next = loader.takeModel();
+      // A learned file (AnomalyCLIP's prompts, converted): loaded before the GPU takes its copy
+      // of the image tower's settings.
+      if (p.learnedUrl) {
+        const bytes = await getBytes(p.learnedUrl, 'learned file', p.learnedSha256);
+        learned = { mode: next.loadLearned(bytes, p.learnedImageSize ?? undefined), imageSize: next.learnedSize() };
+      }
       await attachGpu(next);
       if (s.ended && wantText) loader.attachText(next);
       if (p.promptsUrl) {
@@ -825,6 +835,7 @@ const handlers = {
       complete: s.ended,
       categories: model.categories(),
       promptFile: !!p.promptsUrl,
+      learned,
       ms: readyMs,
     };
   },
@@ -847,7 +858,9 @@ const handlers = {
     if (stepDelay) await new Promise((r) => setTimeout(r, stepDelay));
     checkCancel();
     if (mode === 'fewshot' && !refs) throw new Error('few-shot mode needs at least one normal reference image in the tray');
-    const pair = await textFor(text);
+    // The learned modes bring their own class pair (the model's learned file).
+    const learnedMode = LEARNED_MODES.has(mode);
+    const pair = learnedMode ? new Float32Array(0) : await textFor(text);
     const m = needModel();
     let image;
     if (rgba) {
@@ -858,7 +871,7 @@ const handlers = {
     const t0 = performance.now();
     try {
       const r = mode === 'fewshot' ? refs : undefined;
-      if (tiles && tiles !== 'off') return await detectTiled(m, mode, image, pair, r, tiles, file?.name, t0);
+      if (tiles && tiles !== 'off' && !learnedMode) return await detectTiled(m, mode, image, pair, r, tiles, file?.name, t0);
       const det = gpu.active ? await m.detectAsync(mode, image, pair, r) : m.detect(mode, image, pair, r);
       checkGpu(m);
       return publish(det, image.width, image.height, { ms: performance.now() - t0, name: file?.name });

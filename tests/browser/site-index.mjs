@@ -25,6 +25,27 @@ async function fileEntry(dist, path) {
   return { url: urlOf(dist, path), size: statSync(path).size, sha256: await sha256(path) };
 }
 
+/**
+ * A checkpoint folder's learned file (`learned.safetensors`, written by `anoscope convert
+ * --learned FILE --model DIR`): {url, size, sha256, mode, imageSize}, or undefined. The mode is
+ * adaptclip when the file holds AdaptCLIP's class pairs, else anomalyclip; `learned.json`
+ * ({"imageSize": N}) may set the side images are resized to (default 518, the official size).
+ */
+async function learnedEntry(dist, dir) {
+  const path = join(dir, 'learned.safetensors');
+  if (!existsSync(path)) return undefined;
+  const bytes = readFileSync(path);
+  const n = Number(bytes.readBigUInt64LE(0));
+  const names = Object.keys(JSON.parse(bytes.subarray(8, 8 + n).toString('utf8')));
+  const mode = names.some((k) => k.startsWith('adaptclip.')) ? 'adaptclip' : 'anomalyclip';
+  const side = join(dir, 'learned.json');
+  const imageSize = existsSync(side) ? JSON.parse(readFileSync(side, 'utf8')).imageSize : 518;
+  if (!Number.isInteger(imageSize) || imageSize < 1 || imageSize > 4096) {
+    throw new Error(`${side}: imageSize must be an integer in 1..4096, got ${imageSize}`);
+  }
+  return { ...(await fileEntry(dist, path)), mode, imageSize };
+}
+
 /** A checkpoint folder: {configName, config, weights, prompts?} or null when incomplete. */
 async function checkpoint(dist, dir) {
   for (const [configName, weightsName] of [
@@ -38,6 +59,7 @@ async function checkpoint(dist, dir) {
         config: await fileEntry(dist, join(dir, configName)),
         weights: await fileEntry(dist, join(dir, weightsName)),
         prompts: existsSync(prompts) ? await fileEntry(dist, prompts) : undefined,
+        learned: await learnedEntry(dist, dir),
       };
     }
   }

@@ -1,0 +1,128 @@
+// The learned modes in the page (issue 17): a served model entry with a learned file (AnomalyCLIP's
+// prompts, converted by `anoscope convert --learned FILE --model DIR` at test time from the tiny
+// fixture) offers AnomalyCLIP in the mode picker, says its size and speed before anything is
+// downloaded, and scores a real photo exactly as the native CLI's `detect --mode anomalyclip`.
+import assert from 'node:assert/strict';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, test } from 'node:test';
+import { readSafetensors } from '../wasm/safetensors.mjs';
+import { indexSite } from './site-index.mjs';
+import { IMAGES, ROOT, browser, cli, dropAndWait, dropFiles, loadTestModel, makeSite, openPage, ready, serve, waitLoaded } from './harness.mjs';
+
+const FIXTURE = join(ROOT, 'tests/fixtures/anomalyclip_tiny');
+const PHOTO = 'bottle_broken_large_000.png';
+const SIZE = 28; // the tiny model's own input side (the official size, 518, is the default)
+
+let tmp;
+let learned; // the converted learned file
+let server;
+let b;
+let page;
+
+before(async () => {
+  tmp = mkdtempSync(join(tmpdir(), 'anoscope-learned-'));
+  learned = join(tmp, 'learned.safetensors');
+  cli('convert', '--learned', join(FIXTURE, 'learned.pth'), '--model', FIXTURE, '--out', learned);
+  const dir = makeSite({
+    'models/anomalyclip-tiny/open_clip_config.json': readFileSync(join(FIXTURE, 'open_clip_config.json')),
+    'models/anomalyclip-tiny/open_clip_model.safetensors': readFileSync(join(FIXTURE, 'open_clip_model.safetensors')),
+    'models/anomalyclip-tiny/learned.safetensors': readFileSync(learned),
+    'models/anomalyclip-tiny/learned.json': JSON.stringify({ imageSize: SIZE }),
+  });
+  await indexSite(dir);
+  server = await serve(dir);
+  b = await browser();
+  ({ page } = await openPage(b.context, server.url));
+  await ready(page);
+  // The only real model served: loaded on arrival.
+  await waitLoaded(page, 'anomalyclip-tiny');
+});
+
+after(async () => {
+  await b?.close();
+  server?.stop();
+  if (tmp) rmSync(tmp, { recursive: true, force: true });
+});
+
+const modes = () => page.$$eval('#mode option', (os) => os.map((o) => o.value));
+
+test('models.json carries the learned file; the page says its size and speed before downloading', async () => {
+  const served = await page.evaluate(async () => (await (await fetch('models.json')).json()).models);
+  const m = served.find((s) => s.name === 'anomalyclip-tiny');
+  assert.ok(m, 'the entry is listed');
+  assert.equal(m.learned.mode, 'anomalyclip');
+  assert.equal(m.learned.imageSize, SIZE);
+  assert.equal(m.learned.size, readFileSync(learned).length);
+  assert.match(m.learned.sha256, /^[0-9a-f]{64}$/);
+  const text = await page.textContent('#model-sources');
+  assert.match(text, /Load anomalyclip-tiny \(served with this site; with AnomalyCLIP \(learned prompts, [0-9.]+ [kKM]?i?B\) at 28 px: slow on the CPU, fast with WebGPU\)/);
+});
+
+test('the mode picker offers AnomalyCLIP for the entry with a learned file, and only for it', { timeout: 120_000 }, async () => {
+  assert.deepEqual(await modes(), ['fast', 'winclip', 'fewshot', 'batch', 'anomalyclip']);
+  assert.match(await page.textContent('#model-status'), /^Loaded anomalyclip-tiny \(input 28 px.*, AnomalyCLIP at 28 px\)/);
+  await page.selectOption('#mode', 'anomalyclip');
+  const note = await page.textContent('#mode-note');
+  assert.match(note, /AnomalyCLIP .* resized to 28 px: slow on the CPU .* fast with WebGPU/);
+  // Another model (no learned file): the option goes, the mode falls back to fast.
+  await loadTestModel(page);
+  assert.deepEqual(await modes(), ['fast', 'winclip', 'fewshot', 'batch']);
+  assert.equal(await page.inputValue('#mode'), 'fast');
+  await page.getByRole('button', { name: /^Load anomalyclip-tiny/ }).click();
+  await waitLoaded(page, 'anomalyclip-tiny');
+  assert.deepEqual(await modes(), ['fast', 'winclip', 'fewshot', 'batch', 'anomalyclip']);
+});
+
+test("a real photo: the page's score and maps equal the CLI's detect --mode anomalyclip", { timeout: 120_000 }, async () => {
+  await page.selectOption('#mode', 'anomalyclip');
+  await page.selectOption('#tiles', 'auto'); // not used by the learned mode
+  const bytes = readFileSync(join(IMAGES, PHOTO));
+  const d = await dropAndWait(page, [{ name: PHOTO, type: 'image/png', bytes }]);
+  const out = join(tmp, 'cli');
+  cli(
+    'detect',
+    '--mode', 'anomalyclip',
+    '--model', FIXTURE,
+    '--learned', learned,
+    '--size', String(SIZE),
+    '--backend', 'cpu',
+    '--full-map',
+    '--out', out,
+    join(IMAGES, PHOTO),
+  );
+  const stem = PHOTO.replace(/\.png$/, '');
+  const native = JSON.parse(readFileSync(join(out, `${stem}.json`), 'utf8'));
+  const maps = readSafetensors(readFileSync(join(out, `${stem}.map.safetensors`)));
+  assert.equal(native.mode, 'anomalyclip');
+  assert.equal(d.tiles, 0, 'no tiles in the learned mode');
+  const map = maps.get('anomaly_map');
+  assert.deepEqual(map.shape, [SIZE, SIZE]);
+  assert.equal(d.map.length, SIZE * SIZE);
+  let worst = 0;
+  for (let i = 0; i < map.data.length; i++) worst = Math.max(worst, Math.abs(d.map[i] - map.data[i]));
+  const full = maps.get('anomaly_map_full');
+  const status = await page.textContent('#image-status');
+  console.log(`page vs CLI (anomalyclip, ${SIZE} px): score ${d.score} vs ${native.score}, map max|Δ| = ${worst.toExponential(2)}; ${status}`);
+  assert.ok(Math.abs(d.score - native.score) <= 1e-5, `score ${d.score} vs ${native.score}`);
+  assert.ok(worst <= 1e-5, `map max|Δ| = ${worst}`);
+  // The map differs from place to place (a real map, not a constant).
+  assert.ok(Math.max(...map.data) - Math.min(...map.data) > 1e-3);
+  assert.ok(full, 'the CLI wrote the photo-size map');
+  assert.match(status, /Scored 1 of 1 image \(anomalyclip\)/);
+});
+
+test('cancel stops an AnomalyCLIP run as in the other modes', { timeout: 120_000 }, async () => {
+  const { page: p } = await openPage(b.context, `${server.url}?stepdelay=1500`);
+  await ready(p);
+  await waitLoaded(p, 'anomalyclip-tiny');
+  await p.selectOption('#mode', 'anomalyclip');
+  await dropFiles(p, '#drop', [{ name: PHOTO, type: 'image/png', bytes: readFileSync(join(IMAGES, PHOTO)) }]);
+  await p.waitForSelector('#cancel:not([hidden])');
+  await p.click('#cancel');
+  await p.waitForFunction(() => /^Stopped \(cancelled\)/.test(document.getElementById('image-status').textContent), null, { timeout: 30_000 });
+  assert.equal(await p.textContent('#image-status'), 'Stopped (cancelled): scored 0 of 1 image (anomalyclip). Drop the rest again to score them.');
+  assert.equal(await p.textContent('#verdict'), 'No image scored yet.');
+  await p.close();
+});
