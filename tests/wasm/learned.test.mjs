@@ -1,6 +1,7 @@
-// AnomalyCLIP in wasm (the browser path, issue 17): `loadLearned` with the converted learned
-// file of the tiny fixture, then `detectPixels('anomalyclip', …)` against the official code's
-// outputs (tests/fixtures/anomalyclip_tiny_expected.safetensors), ≤ 1e-4; and its bad inputs.
+// The learned modes in wasm (the browser path, issue 17): `loadLearned` with the converted
+// learned files of the tiny fixtures, then `detectPixels('anomalyclip' | 'adaptclip', …)`
+// (zero-shot) against the official code's outputs (tests/fixtures/{anomalyclip,adaptclip}_tiny_
+// expected.safetensors), ≤ 1e-4; and their bad inputs.
 // The learned file is converted by the native CLI (`anoscope convert --learned`).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -19,11 +20,11 @@ const TOL = 1e-4;
 
 const mod = await import(path.join(PKG, 'anoscope.js'));
 mod.initSync({ module: fs.readFileSync(path.join(PKG, 'anoscope_bg.wasm')) });
-const load = () =>
+const load = (dir = FIXTURE) =>
   mod.ClipModel.load(
     'open_clip_config.json',
-    fs.readFileSync(path.join(FIXTURE, 'open_clip_config.json'), 'utf8'),
-    new Uint8Array(fs.readFileSync(path.join(FIXTURE, 'open_clip_model.safetensors'))),
+    fs.readFileSync(path.join(dir, 'open_clip_config.json'), 'utf8'),
+    new Uint8Array(fs.readFileSync(path.join(dir, 'open_clip_model.safetensors'))),
   );
 const exp = readSafetensors(fs.readFileSync(path.join(REPO, 'tests/fixtures/anomalyclip_tiny_expected.safetensors')));
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'anoscope-wasm-learned-'));
@@ -32,6 +33,11 @@ const pth = path.join(FIXTURE, 'learned.pth');
 // Without --model: the learned tensors only (the text tower computes the class pair, in f32).
 const plain = path.join(tmp, 'plain.safetensors');
 execFileSync(CLI, ['convert', '--learned', pth, '--out', plain]);
+
+// AdaptCLIP's conversion (f32, with its class pairs) for the model its fixture belongs to.
+const DPAM = path.join(REPO, 'tests/fixtures/dpam_tiny');
+const adapt = path.join(tmp, 'adaptclip.safetensors');
+execFileSync(CLI, ['convert', '--learned', path.join(REPO, 'tests/fixtures/adaptclip_tiny/learned.pth'), '--model', DPAM, '--dtype', 'f32', '--out', adapt]);
 
 function maxAbs(a, b) {
   assert.equal(a.length, b.length);
@@ -68,6 +74,28 @@ test('wasm anomalyclip (loadLearned + detectPixels) equals the official code', (
   model.free();
 });
 
+test('wasm adaptclip zero-shot (loadLearned + detectPixels) equals the official code', () => {
+  const model = load(DPAM);
+  const ex = readSafetensors(fs.readFileSync(path.join(REPO, 'tests/fixtures/adaptclip_tiny_expected.safetensors')));
+  assert.equal(model.loadLearned(new Uint8Array(fs.readFileSync(adapt)), 70), 'adaptclip');
+  const px = ex.get('pixel_values');
+  let worst = 0;
+  for (let b = 0; b < px.shape[0]; b++) {
+    const det = model.detectPixels('adaptclip', row(px, b).data, 70, 70, new Float32Array(0), 0, undefined);
+    assert.deepEqual([det.height, det.width], [70, 70]);
+    worst = Math.max(worst, Math.abs(det.score - ex.get('score_zero').data[b]));
+    worst = Math.max(worst, maxAbs(det.map(), row(ex.get('map_zero'), b).data));
+    det.free();
+  }
+  console.log(`wasm adaptclip zero-shot vs the official code: max|Δ| = ${worst.toExponential(2)}`);
+  assert.ok(worst <= TOL, `max|Δ| ${worst}`);
+  assert.throws(
+    () => model.detectPixels('anomalyclip', row(px, 0).data, 70, 70, new Float32Array(0), 0, undefined),
+    /the loaded learned file is for the adaptclip mode, not anomalyclip/,
+  );
+  model.free();
+});
+
 test('wasm detect("anomalyclip") resizes to the learned size', () => {
   const model = load();
   model.loadLearned(new Uint8Array(fs.readFileSync(plain)), 35);
@@ -91,7 +119,8 @@ test('wasm learned-mode bad inputs give clear errors and keep the loaded file', 
   );
   assert.throws(() => model.loadLearned(new Uint8Array(fs.readFileSync(pth))), /torch checkpoint \(\.pth\).*anoscope convert --learned/);
   assert.throws(() => model.loadLearned(new Uint8Array([1, 2, 3])), /not a valid safetensors file/);
-  assert.throws(() => model.loadLearned(oneTensor('adaptclip.static_text')), /AdaptCLIP learned file; the adaptclip mode is not available in the page yet/);
+  assert.throws(() => model.loadLearned(oneTensor('adaptclip.static_text')), /not AdaptCLIP parameters for this model/);
+  assert.throws(() => model.loadLearned(new Uint8Array(fs.readFileSync(adapt))), /not AdaptCLIP parameters for this model/, 'another model\'s file');
   assert.throws(() => model.loadLearned(new Uint8Array(fs.readFileSync(plain)), 0), /size must be in 1\.\.=4096/);
   assert.equal(model.learnedSize(), 0, 'nothing was loaded');
   model.loadLearned(new Uint8Array(fs.readFileSync(plain)));
@@ -102,6 +131,6 @@ test('wasm learned-mode bad inputs give clear errors and keep the loaded file', 
     () => model.detectTiled('anomalyclip', mod.Image.fromRgba(new Uint8Array(16 * 16 * 4), 16, 16), new Float32Array(0), undefined, 'auto', 0),
     /not tiled in the page yet/,
   );
-  assert.throws(() => model.detectPixels('adaptclip', px, 42, 42, new Float32Array(0), 0, undefined), /adaptclip mode is not available in the page yet/);
+  assert.throws(() => model.detectPixels('adaptclip', px, 42, 42, new Float32Array(0), 0, undefined), /the loaded learned file is for the anomalyclip mode, not adaptclip/);
   model.free();
 });

@@ -1014,10 +1014,10 @@ pub fn detect(clip: &Clip, ready: &AdaptClip, pixels: &Tensor, refs: Option<&Ref
     let (_, _, h, w) = pixels
         .dims4()
         .map_err(|_| anyhow::anyhow!("pixels must be [B, 3, H, W], got {:?}", pixels.dims()))?;
-    let feats = match refs {
-        Some(_) => encode(clip, pixels)?,
-        None => super::passes::now(encode_last_on(clip, &clip.vision, pixels))?,
-    };
+    if refs.is_none() {
+        return super::passes::now(detect_zero_shot_on(clip, &clip.vision, ready, pixels));
+    }
+    let feats = encode(clip, pixels)?;
     feats
         .iter()
         .map(|f| match refs {
@@ -1029,6 +1029,24 @@ pub fn detect(clip: &Clip, ready: &AdaptClip, pixels: &Tensor, refs: Option<&Ref
             }
             None => zero_shot(&ready.learned, &ready.text, f, (h, w)),
         })
+        .collect()
+}
+
+/// Zero-shot [`detect`] with the shared DPAM pass run by `tower` (see [`Passes`]): what the
+/// page runs, on the CPU or on WebGPU.
+pub async fn detect_zero_shot_on(
+    clip: &Clip,
+    tower: &impl Passes,
+    ready: &AdaptClip,
+    pixels: &Tensor,
+) -> Result<Vec<Detection>> {
+    let (_, _, h, w) = pixels
+        .dims4()
+        .map_err(|_| anyhow::anyhow!("pixels must be [B, 3, H, W], got {:?}", pixels.dims()))?;
+    let feats = encode_last_on(clip, tower, pixels).await?;
+    feats
+        .iter()
+        .map(|f| zero_shot(&ready.learned, &ready.text, f, (h, w)))
         .collect()
 }
 

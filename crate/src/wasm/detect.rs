@@ -3,7 +3,9 @@
 //! resize to the checkpoint's square input), then scored by [`crate::detect::score_image`] or
 //! [`crate::detect::musc`].
 use super::{js_err, ClipModel, Image, MAX_BATCH, MAX_REFERENCES};
-use crate::detect::{self as det, fast, musc, winclip, Mode, TextPair};
+use crate::detect::passes::{self, Passes};
+use crate::detect::{self as det, adaptclip, fast, musc, winclip, Mode, TextPair};
+use crate::model::Clip;
 use crate::preprocess::{self, Normalize};
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{Device, Tensor};
@@ -132,6 +134,23 @@ pub(super) struct ScoreArgs {
     pub surgery_layers: usize,
     /// The side the image is resized to: the checkpoint's input, or the learned mode's size.
     pub size: usize,
+    /// AdaptCLIP's adapters and class pairs (the adaptclip mode).
+    pub adapt: Option<Rc<adaptclip::AdaptClip>>,
+}
+
+impl ScoreArgs {
+    /// Scores normalised `pixels: [1, 3, H, W]` with the image tower's passes run by `tower`:
+    /// [`det::score_image_on`], or AdaptCLIP's zero-shot detection.
+    pub async fn score_on(&self, clip: &Clip, tower: &impl Passes, pixels: &Tensor) -> Result<det::Detection> {
+        let Some(ready) = &self.adapt else {
+            let refs = self.refs.as_ref().map(|s| &s.refs);
+            let cfg = winclip::WinClipConfig::default();
+            let k = self.surgery_layers;
+            return det::score_image_on(clip, tower, pixels, self.mode, &self.pair, refs, k, &cfg).await;
+        };
+        let dets = adaptclip::detect_zero_shot_on(clip, tower, ready, pixels).await?;
+        dets.into_iter().next().context("no image in the input")
+    }
 }
 
 /// Keeps few-shot features under a new handle for model `model`.
@@ -241,15 +260,7 @@ impl ClipModel {
         surgery_layers: usize,
     ) -> Result<det::Detection> {
         let args = self.score_args(mode, text, refs, surgery_layers)?;
-        det::score_image(
-            &self.clip,
-            pixels,
-            args.mode,
-            &args.pair,
-            args.refs.as_ref().map(|s| &s.refs),
-            args.surgery_layers,
-            &winclip::WinClipConfig::default(),
-        )
+        passes::now(args.score_on(&self.clip, &self.clip.vision, pixels))
     }
 
     /// Checks and resolves the arguments of a per-image detection.
@@ -264,22 +275,23 @@ impl ClipModel {
         if mode == Mode::Batch {
             bail!("batch mode scores several images together: call batch(images)");
         }
-        if mode == Mode::Adaptclip {
-            bail!("the {mode} mode is not available in the page yet (use the CLI: anoscope detect --mode {mode})");
-        }
         if mode.learned() {
-            // The class pair is the learned file's; `text` is not used.
+            // The class pair (or AdaptCLIP's adapters) is the learned file's; `text` is not used.
             let learned = self.learned.as_ref().with_context(|| {
                 format!(
                     "the {mode} mode needs its learned file: load it first (loadLearned, anoscope convert --learned)"
                 )
             })?;
+            if learned.mode != mode {
+                bail!("the loaded learned file is for the {} mode, not {mode}", learned.mode);
+            }
             return Ok(ScoreArgs {
                 mode,
                 pair: learned.pair.clone(),
                 refs: None,
                 surgery_layers: 0,
                 size: learned.size,
+                adapt: learned.adapt.clone(),
             });
         }
         let p = self.clip.cfg.embed_dim;
@@ -311,6 +323,7 @@ impl ClipModel {
             refs: set,
             surgery_layers: k,
             size: self.clip.cfg.vision.image_size,
+            adapt: None,
         })
     }
 
@@ -325,15 +338,7 @@ impl ClipModel {
     fn detect_impl(&self, mode: &str, image: &Image, text: &[f32], refs: &JsValue) -> Result<Detection> {
         let args = self.score_args(mode, text, refs, 0)?;
         let (resized, t) = self.image_input(image, args.size)?;
-        let d = det::score_image(
-            &self.clip,
-            &t,
-            args.mode,
-            &args.pair,
-            args.refs.as_ref().map(|s| &s.refs),
-            args.surgery_layers,
-            &winclip::WinClipConfig::default(),
-        )?;
+        let d = passes::now(args.score_on(&self.clip, &self.clip.vision, &t))?;
         Ok(Detection::new(d, &resized))
     }
 

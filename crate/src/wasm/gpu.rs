@@ -7,7 +7,7 @@
 //! says why, for the page to show.
 use super::detect::{batch_progress, register, BatchResult, Detection};
 use super::{js_err, ClipModel, Image};
-use crate::detect::{self as det, musc, passes::Accelerated, winclip};
+use crate::detect::{musc, passes::Accelerated, winclip};
 use crate::gpu::{GpuContext, GpuVision};
 use crate::model::{AsyncVisionAccel, EncodeOptions, VisionOutput};
 use anyhow::Result;
@@ -147,18 +147,15 @@ impl ClipModel {
         future_to_promise(async move {
             let run = async {
                 let (args, (resized, pixels)) = prepared?;
-                let refs = args.refs.as_ref().map(|s| &s.refs);
-                let cfg = winclip::WinClipConfig::default();
-                let (mode, pair, k) = (args.mode, &args.pair, args.surgery_layers);
                 let d = match &gpu {
                     Some(g) => {
                         let tower = Accelerated {
                             tower: &clip.vision,
                             accel: &**g,
                         };
-                        det::score_image_on(&clip, &tower, &pixels, mode, pair, refs, k, &cfg).await?
+                        args.score_on(&clip, &tower, &pixels).await?
                     }
-                    None => det::score_image(&clip, &pixels, mode, pair, refs, k, &cfg)?,
+                    None => args.score_on(&clip, &clip.vision, &pixels).await?,
                 };
                 Ok(Detection::new(d, &resized))
             };

@@ -26,10 +26,13 @@ pub struct ClipModel {
     pub(crate) id: u32,
 }
 
-/// A loaded AnomalyCLIP learned file: its class pair for this model and the side images are
-/// resized to.
+/// A loaded learned file: AnomalyCLIP's class pair or AdaptCLIP's adapters and class pairs for
+/// this model, and the side images are resized to.
 pub(crate) struct LearnedPair {
+    pub mode: crate::detect::Mode,
+    /// AnomalyCLIP's class pair (for AdaptCLIP a placeholder: it scores with `adapt`).
     pub pair: TextPair,
+    pub adapt: Option<std::rc::Rc<crate::detect::adaptclip::AdaptClip>>,
     pub size: usize,
 }
 
@@ -63,7 +66,7 @@ impl ClipModel {
 
     /// See [`ClipModel::load_learned`].
     fn load_learned_impl(&mut self, bytes: &[u8], size: Option<usize>) -> Result<String> {
-        use crate::detect::{adaptclip, anomalyclip, learned};
+        use crate::detect::{adaptclip, anomalyclip, learned, Mode};
         if bytes.len() as u64 > anomalyclip::MAX_LEARNED_BYTES {
             bail!(
                 "the learned file is {} bytes, over the limit of {} bytes",
@@ -81,24 +84,29 @@ impl ClipModel {
         if size == 0 || size > 4096 {
             bail!("the learned mode's size must be in 1..=4096 pixels, got {size}");
         }
-        if let Ok(st) = safetensors::SafeTensors::deserialize(bytes) {
-            if st
-                .names()
-                .iter()
-                .any(|n| *n == adaptclip::STATIC_TEXT || *n == adaptclip::LEARNED_TEXT)
-            {
-                bail!("this is an AdaptCLIP learned file; the adaptclip mode is not available in the page yet");
-            }
-        }
-        let prompts = anomalyclip::LearnedPrompts::from_safetensors(bytes, "the learned file")?;
-        let pair = prompts.text_pair(&self.clip)?;
+        // AdaptCLIP's conversion carries its class pairs; AnomalyCLIP's anything else.
+        let adapt_file = safetensors::SafeTensors::deserialize(bytes)
+            .is_ok_and(|st| st.names().iter().any(|n| n.starts_with("adaptclip.")));
+        let (mode, pair, adapt) = if adapt_file {
+            let ready = adaptclip::AdaptClip::from_safetensors(&self.clip, bytes, "the learned file")?;
+            let placeholder = TextPair::new(vec![1.0], vec![0.0])?;
+            (Mode::Adaptclip, placeholder, Some(std::rc::Rc::new(ready)))
+        } else {
+            let prompts = anomalyclip::LearnedPrompts::from_safetensors(bytes, "the learned file")?;
+            (Mode::Anomalyclip, prompts.text_pair(&self.clip)?, None)
+        };
         #[cfg(feature = "gpu")]
         if super::gpu::attached(self.id) {
             bail!("load the learned file before useGpu (the GPU tower keeps its own position-embedding settings)");
         }
         learned::use_official_pos_interp(&mut self.clip);
-        self.learned = Some(LearnedPair { pair, size });
-        Ok(crate::detect::Mode::Anomalyclip.to_string())
+        self.learned = Some(LearnedPair {
+            mode,
+            pair,
+            adapt,
+            size,
+        });
+        Ok(mode.to_string())
     }
 
     /// See [`ClipModel::load_prompts`].
@@ -233,9 +241,10 @@ impl ClipModel {
         self.clip.cfg.embed_dim
     }
 
-    /// Loads a learned-prompt file for `detect("anomalyclip", …)`: AnomalyCLIP's prompts as
-    /// `anoscope convert --learned FILE --model DIR` writes them (safetensors with the two text
-    /// features, so a vision-only model needs no text tower). `size` is the side images are
+    /// Loads a learned file for `detect("anomalyclip" | "adaptclip", …)` (zero-shot), as
+    /// `anoscope convert --learned FILE --model DIR` writes it: AnomalyCLIP's prompts with the
+    /// two text features, or AdaptCLIP's adapters with its class pairs (safetensors; then a
+    /// vision-only model needs no text tower). `size` is the side images are
     /// resized to in that mode (default 518, the official size). Returns the mode's name. Call it
     /// before `useGpu`. On error the previously loaded file stays.
     #[wasm_bindgen(js_name = loadLearned)]
