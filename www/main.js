@@ -575,13 +575,15 @@ function specFromServed(m) {
 
 /** The learned modes' names in the mode picker. */
 const LEARNED_LABELS = { anomalyclip: 'AnomalyCLIP', adaptclip: 'AdaptCLIP' };
+/** What each learned mode brings (its learned file). */
+const LEARNED_WHAT = { anomalyclip: 'learned prompts', adaptclip: 'learned adapters, zero-shot' };
 
 /** What a served entry's learned file adds, said before anything is downloaded (or ''). */
 function learnedNote(m) {
   if (!m.learned) return '';
   const name = LEARNED_LABELS[m.learned.mode] ?? m.learned.mode;
   return (
-    `; with ${name} (learned prompts, ${formatBytes(m.learned.size)}) at ${m.learned.imageSize} px: ` +
+    `; with ${name} (${LEARNED_WHAT[m.learned.mode] ?? 'learned file'}, ${formatBytes(m.learned.size)}) at ${m.learned.imageSize} px: ` +
     'slow on the CPU, fast with WebGPU'
   );
 }
@@ -594,7 +596,7 @@ function updateLearnedModes(info) {
     const o = document.createElement('option');
     o.value = l.mode;
     o.dataset.learned = 'true';
-    o.textContent = `${LEARNED_LABELS[l.mode] ?? l.mode} (learned prompts, ${l.imageSize} px)`;
+    o.textContent = `${LEARNED_LABELS[l.mode] ?? l.mode} (${LEARNED_WHAT[l.mode] ?? 'learned file'}, ${l.imageSize} px)`;
     els.mode.append(o);
   }
   if (!els.mode.value) els.mode.value = 'fast';
@@ -1371,7 +1373,7 @@ function onModeChange() {
   const m = els.mode.value;
   const learned = state.model?.learned?.mode === m ? state.model.learned : null;
   els.modeNote.textContent = learned
-    ? `${LEARNED_LABELS[m] ?? m} scores with the prompts learned for this model (no category prompts), on the image ` +
+    ? `${LEARNED_LABELS[m] ?? m} scores with the ${LEARNED_WHAT[m] ?? 'learned file'} of this model (no category prompts), on the image ` +
       `resized to ${learned.imageSize} px: slow on the CPU (one pass through the whole image tower at that size), ` +
       'fast with WebGPU. Tiles are not used in this mode.'
     : MODE_NOTES[m];

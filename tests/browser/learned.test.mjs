@@ -1,7 +1,8 @@
 // The learned modes in the page (issue 17): a served model entry with a learned file (AnomalyCLIP's
-// prompts, converted by `anoscope convert --learned FILE --model DIR` at test time from the tiny
-// fixture) offers AnomalyCLIP in the mode picker, says its size and speed before anything is
-// downloaded, and scores a real photo exactly as the native CLI's `detect --mode anomalyclip`.
+// prompts or AdaptCLIP's adapters, converted by `anoscope convert --learned FILE --model DIR` at
+// test time from the tiny fixtures) offers the mode in the mode picker, says its size and speed
+// before anything is downloaded, and scores a real photo exactly as the native CLI's `detect
+// --mode anomalyclip|adaptclip`.
 import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -12,6 +13,8 @@ import { indexSite } from './site-index.mjs';
 import { IMAGES, ROOT, browser, cli, dropAndWait, dropFiles, loadTestModel, makeSite, openPage, ready, serve, waitLoaded } from './harness.mjs';
 
 const FIXTURE = join(ROOT, 'tests/fixtures/anomalyclip_tiny');
+const DPAM = join(ROOT, 'tests/fixtures/dpam_tiny'); // AdaptCLIP's fixture model
+const ADAPT_SIZE = 70; // the AdaptCLIP fixture's size (dpam_tiny's own is 56)
 const PHOTO = 'bottle_broken_large_000.png';
 // The learned mode's side for the tiny model: 42 px (the official fixture's size), not its own 28,
 // so the position embeddings are resampled as the official code does (the default is 518).
@@ -19,6 +22,7 @@ const SIZE = 42;
 
 let tmp;
 let learned; // the converted learned file
+let adapt; // AdaptCLIP's
 let server;
 let b;
 let page;
@@ -28,18 +32,23 @@ before(async () => {
   tmp = mkdtempSync(join(tmpdir(), 'anoscope-learned-'));
   learned = join(tmp, 'learned.safetensors');
   cli('convert', '--learned', join(FIXTURE, 'learned.pth'), '--model', FIXTURE, '--out', learned);
+  adapt = join(tmp, 'adaptclip.safetensors');
+  cli('convert', '--learned', join(ROOT, 'tests/fixtures/adaptclip_tiny/learned.pth'), '--model', DPAM, '--out', adapt);
   const dir = makeSite({
     'models/anomalyclip-tiny/open_clip_config.json': readFileSync(join(FIXTURE, 'open_clip_config.json')),
     'models/anomalyclip-tiny/open_clip_model.safetensors': readFileSync(join(FIXTURE, 'open_clip_model.safetensors')),
     'models/anomalyclip-tiny/learned.safetensors': readFileSync(learned),
     'models/anomalyclip-tiny/learned.json': JSON.stringify({ imageSize: SIZE }),
+    'models/adaptclip-tiny/open_clip_config.json': readFileSync(join(DPAM, 'open_clip_config.json')),
+    'models/adaptclip-tiny/open_clip_model.safetensors': readFileSync(join(DPAM, 'open_clip_model.safetensors')),
+    'models/adaptclip-tiny/learned.safetensors': readFileSync(adapt),
+    'models/adaptclip-tiny/learned.json': JSON.stringify({ imageSize: ADAPT_SIZE }),
   });
   await indexSite(dir);
   server = await serve(dir);
   b = await browser();
-  ({ page } = await openPage(b.context, server.url));
+  ({ page } = await openPage(b.context, `${server.url}?model=anomalyclip-tiny`));
   await ready(page);
-  // The only real model served: loaded on arrival.
   await waitLoaded(page, 'anomalyclip-tiny');
 });
 
@@ -119,7 +128,7 @@ test("a real photo: the page's score and maps equal the CLI's detect --mode anom
 
 test('on WebGPU (?backend=gpu) the page scores the same photo as the CLI', { timeout: 180_000 }, async (t) => {
   assert.ok(native, 'the CPU test ran first');
-  const { page: p } = await openPage(b.context, `${server.url}?backend=gpu`);
+  const { page: p } = await openPage(b.context, `${server.url}?model=anomalyclip-tiny&backend=gpu`);
   await ready(p);
   await waitLoaded(p, 'anomalyclip-tiny');
   if ((await p.getAttribute('#backend', 'data-gpu')) !== 'true') {
@@ -142,7 +151,7 @@ test('on WebGPU (?backend=gpu) the page scores the same photo as the CLI', { tim
 });
 
 test('cancel stops an AnomalyCLIP run as in the other modes', { timeout: 120_000 }, async () => {
-  const { page: p } = await openPage(b.context, `${server.url}?stepdelay=1500`);
+  const { page: p } = await openPage(b.context, `${server.url}?model=anomalyclip-tiny&stepdelay=1500`);
   await ready(p);
   await waitLoaded(p, 'anomalyclip-tiny');
   await p.selectOption('#mode', 'anomalyclip');
@@ -153,4 +162,33 @@ test('cancel stops an AnomalyCLIP run as in the other modes', { timeout: 120_000
   assert.equal(await p.textContent('#image-status'), 'Stopped (cancelled): scored 0 of 1 image (anomalyclip). Drop the rest again to score them.');
   assert.equal(await p.textContent('#verdict'), 'No image scored yet.');
   await p.close();
+});
+
+test("AdaptCLIP (zero-shot): the page's score and map equal the CLI's detect --mode adaptclip", { timeout: 120_000 }, async () => {
+  const served = await page.evaluate(async () => (await (await fetch('models.json')).json()).models);
+  const l = served.find((s) => s.name === 'adaptclip-tiny').learned;
+  assert.equal(l.mode, 'adaptclip', 'told from the file (its class pairs)');
+  assert.equal(l.imageSize, ADAPT_SIZE);
+  assert.equal(l.size, readFileSync(adapt).length);
+  assert.match(await page.textContent('#model-sources'), new RegExp(`Load adaptclip-tiny \\(served with this site; with AdaptCLIP \\(learned adapters, zero-shot, [^)]*\\) at ${ADAPT_SIZE} px: slow on the CPU, fast with WebGPU\\)`));
+  await page.getByRole('button', { name: /^Load adaptclip-tiny/ }).click();
+  await waitLoaded(page, 'adaptclip-tiny');
+  assert.deepEqual(await modes(), ['fast', 'winclip', 'fewshot', 'batch', 'adaptclip']);
+  await page.selectOption('#mode', 'adaptclip');
+  const d = await dropAndWait(page, [{ name: PHOTO, type: 'image/png', bytes: readFileSync(join(IMAGES, PHOTO)) }]);
+  const out = join(tmp, 'cli-adapt');
+  cli('detect', '--mode', 'adaptclip', '--model', DPAM, '--learned', adapt, '--size', String(ADAPT_SIZE), '--backend', 'cpu', '--out', out, join(IMAGES, PHOTO));
+  const stem = PHOTO.replace(/\.png$/, '');
+  const json = JSON.parse(readFileSync(join(out, `${stem}.json`), 'utf8'));
+  const map = readSafetensors(readFileSync(join(out, `${stem}.map.safetensors`))).get('anomaly_map');
+  assert.equal(json.mode, 'adaptclip');
+  assert.deepEqual(map.shape, [ADAPT_SIZE, ADAPT_SIZE]);
+  assert.equal(d.map.length, ADAPT_SIZE * ADAPT_SIZE);
+  let worst = 0;
+  for (let i = 0; i < map.data.length; i++) worst = Math.max(worst, Math.abs(d.map[i] - map.data[i]));
+  console.log(`page vs CLI (adaptclip zero-shot, ${ADAPT_SIZE} px): score ${d.score} vs ${json.score}, map max|Δ| = ${worst.toExponential(2)}`);
+  assert.ok(Math.abs(d.score - json.score) <= 1e-5, `score ${d.score} vs ${json.score}`);
+  assert.ok(worst <= 1e-5, `map max|Δ| = ${worst}`);
+  assert.ok(Math.max(...map.data) - Math.min(...map.data) > 1e-3);
+  assert.match(await page.textContent('#image-status'), /Scored 1 of 1 image \(adaptclip\)/);
 });
