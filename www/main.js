@@ -1373,7 +1373,7 @@ function onModeChange() {
   const m = els.mode.value;
   const learned = state.model?.learned?.mode === m ? state.model.learned : null;
   els.modeNote.textContent = learned
-    ? `${LEARNED_LABELS[m] ?? m} scores with the ${LEARNED_WHAT[m] ?? 'learned file'} of this model (no category prompts), on the image ` +
+    ? `${LEARNED_LABELS[m] ?? m} scores with this model's ${LEARNED_WHAT[m] ?? 'learned file'} (no category prompts), on the image ` +
       `resized to ${learned.imageSize} px: slow on the CPU (one pass through the whole image tower at that size), ` +
       'fast with WebGPU. Tiles are not used in this mode.'
     : MODE_NOTES[m];
