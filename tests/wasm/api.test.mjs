@@ -294,7 +294,7 @@ for (const c of API_CASES.filter((c) => c.mode !== 'batch')) {
 test('detect rejects bad input with a clear message', () => {
   const img = Image.decode(read('tests/images/bottle_broken_large_000_64.png'));
   const pair = model.textPair('bottle', undefined, false);
-  assert.throws(() => model.detect('nope', img, pair), /unknown mode `nope` \(fast, winclip, fewshot, batch\)/);
+  assert.throws(() => model.detect('nope', img, pair), /unknown mode `nope` \(fast, winclip, fewshot, batch, anomalyclip, adaptclip\)/);
   assert.throws(() => model.detect('batch', img, pair), /call batch\(images\)/);
   assert.throws(() => model.detect('fast', img, new Float32Array(10)), /class pair must hold 2×48 values .*got 10/);
   assert.throws(() => model.detect('fewshot', img, pair), /few-shot mode needs normal reference images/);
