@@ -244,7 +244,9 @@ impl ClipModel {
     /// Loads a learned file for `detect("anomalyclip" | "adaptclip", …)` (zero-shot), as
     /// `anoscope convert --learned FILE --model DIR` writes it: AnomalyCLIP's prompts with the
     /// two text features, or AdaptCLIP's adapters with its class pairs (safetensors; then a
-    /// vision-only model needs no text tower). `size` is the side images are
+    /// vision-only model needs no text tower). From then on the model resamples position
+    /// embeddings bilinearly as the official code does (the other modes, which run at the
+    /// checkpoint's own size, need no resampling). `size` is the side images are
     /// resized to in that mode (default 518, the official size). Returns the mode's name. Call it
     /// before `useGpu`. On error the previously loaded file stays.
     #[wasm_bindgen(js_name = loadLearned)]
