@@ -32,6 +32,10 @@ const MUSC_MAP: f32 = 1e-2;
 /// the batch, and an int8-sized change of an embedding can swap a neighbour, which moves the
 /// score by a step (0.075 on the 6-image fixture batch) rather than by the noise.
 const MUSC_SCORE: f32 = 0.15;
+/// Fast mode on the full-size random ViT-B/16 (measured 8.2e-4 and 3.5e-3 on the AVX-512 VNNI
+/// kernel, whose activation blocks are 256 values, against 32 elsewhere).
+const FULL_FAST_SCORE: f32 = 3e-3;
+const FULL_FAST_MAP: f32 = 1e-2;
 
 fn cos(a: &[f32], b: &[f32]) -> f32 {
     let dot: f64 = a.iter().zip(b).map(|(x, y)| (*x as f64) * (*y as f64)).sum();
@@ -336,8 +340,12 @@ fn int8_full_size_vit_b_16_matches_f32() {
     let k = fast::default_surgery_layers(&clip);
     let da = fast::detect(&clip, &px, &text, k, TEMPERATURE).unwrap();
     let db = fast::detect(&q, &px, &text, k, TEMPERATURE).unwrap();
-    check("vit-b-16 fast score", (da[0].score - db[0].score).abs(), FAST_SCORE);
-    check("vit-b-16 fast map", max_abs(&da[0].map, &db[0].map), FAST_MAP);
+    check(
+        "vit-b-16 fast score",
+        (da[0].score - db[0].score).abs(),
+        FULL_FAST_SCORE,
+    );
+    check("vit-b-16 fast map", max_abs(&da[0].map, &db[0].map), FULL_FAST_MAP);
 }
 
 #[test]
