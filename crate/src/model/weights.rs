@@ -311,11 +311,15 @@ impl VisionWeights {
                 "visual.ln_post",
             ),
         };
-        // A q8 checkpoint (its block weights stored as int8): run them in int8.
-        let q8 = src.is_q8(&match cfg.layout {
-            Layout::HuggingFace => format!("{blocks}.0.mlp.fc1.weight"),
-            Layout::OpenClip => format!("{blocks}.0.mlp.c_fc.weight"),
-        });
+        // A q8 checkpoint (its block weights stored as int8): run them in int8 natively. Not in
+        // wasm32: there candle's Q8_0 matmul (SIMD128 vec_dot) measured 1.5-1.9x slower than its
+        // f32 matmul on the ViT-B/16 GEMMs (docs/speed.md), so a q8 file there is a smaller
+        // download run in f32; `ClipModel.quantizeInt8()` still turns int8 on.
+        let q8 = cfg!(not(target_arch = "wasm32"))
+            && src.is_q8(&match cfg.layout {
+                Layout::HuggingFace => format!("{blocks}.0.mlp.fc1.weight"),
+                Layout::OpenClip => format!("{blocks}.0.mlp.c_fc.weight"),
+            });
         let patch = src.get(conv, &[d, 3, p, p])?;
         let proj = match cfg.layout {
             Layout::HuggingFace => src

@@ -171,8 +171,9 @@ impl ClipModel {
         self.clip.cfg.vision.image_size
     }
 
-    /// Whether the image tower's block linear layers run in int8 (a q8 checkpoint, or after
-    /// `quantizeInt8`).
+    /// Whether the image tower's block linear layers run in int8 (after `quantizeInt8`; in the
+    /// browser a q8 checkpoint loads as f32, candle's wasm int8 kernel being slower than f32:
+    /// docs/speed.md).
     #[wasm_bindgen(js_name = isInt8)]
     pub fn is_int8(&self) -> bool {
         self.clip.vision.w.is_q8()
