@@ -125,7 +125,7 @@ test('a tampered wasm module is refused before instantiation', { timeout: 90_000
     assert.match(await page.textContent('#engine-status'), /^Not started: this page and the server are from different versions/);
     assert.match(
       text,
-      /^The WebAssembly module \(pkg(-threads)?\/anoscope_bg\.wasm\) failed its integrity check \(sha256 [0-9a-f]{64}, expected [0-9a-f]{64}\): it is not the file build\.json of version [0-9a-f]{16} lists\..*Nothing was started\.$/,
+      /^The WebAssembly module \(pkg(-threads)?(-relaxed)?\/anoscope_bg\.wasm\) failed its integrity check \(sha256 [0-9a-f]{64}, expected [0-9a-f]{64}\): it is not the file build\.json of version [0-9a-f]{16} lists\..*Nothing was started\.$/,
     );
     assert.equal(await page.isDisabled('#image-files'), true);
   } finally {
