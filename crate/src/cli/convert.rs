@@ -1,6 +1,5 @@
 //! `anoscope convert`: a checkpoint's floating-point tensors rewritten in another storage type
 //! (the conversion itself is [`anoscope::model::weights::convert_safetensors`]).
-use super::args::Dtype;
 use anoscope::model::{CheckpointFiles, Clip};
 use anyhow::{Context, Result};
 use clap::Args;
@@ -11,10 +10,20 @@ use std::path::PathBuf;
 pub struct ConvertArgs {
     #[arg(long)]
     model: PathBuf,
+    /// f32, f16, or q8: the image tower's block linear layers as int8 blocks (run in int8 when
+    /// loaded), everything else f16.
     #[arg(long, value_enum, default_value = "f16")]
-    dtype: Dtype,
+    dtype: ConvertDtype,
     #[arg(long)]
     out: PathBuf,
+}
+
+/// What `anoscope convert --dtype` writes.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub(crate) enum ConvertDtype {
+    F32,
+    F16,
+    Q8,
 }
 
 /// Runs `anoscope convert`: validates the whole checkpoint, then writes the config (copied)
@@ -25,12 +34,12 @@ pub fn convert(args: ConvertArgs) -> Result<()> {
     // Validate the whole checkpoint before writing anything.
     Clip::load_dir(&model)?;
     let bytes = std::fs::read(&files.weights).with_context(|| format!("cannot read {}", files.weights.display()))?;
-    let st_dtype = match dtype {
-        Dtype::F32 => safetensors::Dtype::F32,
-        Dtype::F16 => safetensors::Dtype::F16,
+    let origin = files.weights.display().to_string();
+    let converted = match dtype {
+        ConvertDtype::F32 => anoscope::model::weights::convert_safetensors(&bytes, &origin, safetensors::Dtype::F32)?,
+        ConvertDtype::F16 => anoscope::model::weights::convert_safetensors(&bytes, &origin, safetensors::Dtype::F16)?,
+        ConvertDtype::Q8 => anoscope::model::weights::quantize_safetensors(&bytes, &origin)?,
     };
-    let converted =
-        anoscope::model::weights::convert_safetensors(&bytes, &files.weights.display().to_string(), st_dtype)?;
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     let cfg_name = files.layout.config_file();
     std::fs::copy(&files.config, out.join(cfg_name))

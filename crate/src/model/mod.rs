@@ -153,6 +153,16 @@ impl Clip {
         Self::from_source(&cfg, &src)
     }
 
+    /// Runs the image tower's block linear layers in int8 from now on
+    /// ([`weights::VisionWeights::quantize`]); a no-op when they already are (a q8 checkpoint is
+    /// loaded that way).
+    pub fn quantize_vision(&mut self) -> Result<()> {
+        if !self.vision.w.is_q8() {
+            self.vision.w.quantize()?;
+        }
+        Ok(())
+    }
+
     /// The token padding convention of the checkpoint's own library.
     pub fn padding(&self) -> Padding {
         match self.cfg.layout {

@@ -22,12 +22,17 @@ impl Norm {
 }
 
 impl Linear {
-    /// `x @ w_t + b` over the last dimension of `x` (any number of leading dimensions).
+    /// `x @ w_t + b` over the last dimension of `x` (any number of leading dimensions), in int8
+    /// when the layer has its int8 form ([`Linear::quantize`]).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         let last = dims[dims.len() - 1];
         let rows = x.elem_count() / last;
-        let y = matmul_2d(&x.contiguous()?.reshape((rows, last))?, &self.w_t)?;
+        let x = x.contiguous()?.reshape((rows, last))?;
+        let y = match &self.q8 {
+            Some(q) => candle_core::Module::forward(q, &x)?,
+            None => matmul_2d(&x, &self.w_t)?,
+        };
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
