@@ -12,6 +12,8 @@ pub mod random;
 pub mod stream;
 pub mod text;
 pub mod vision;
+#[cfg(all(target_arch = "wasm32", feature = "relaxed-simd"))]
+pub mod wasm_gemm;
 pub mod weights;
 
 pub use checkpoint::TensorSource;
