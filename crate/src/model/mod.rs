@@ -6,7 +6,6 @@
 pub mod checkpoint;
 pub mod config;
 pub mod ops;
-#[cfg(not(target_arch = "wasm32"))]
 pub mod pth;
 pub mod random;
 pub mod stream;
