@@ -33,6 +33,12 @@ GZIP_GOAL_BYTES=4000000
 # Where that toolchain is missing the site ships the single-threaded build alone.
 THREADS_TOOLCHAIN="${ANOSCOPE_THREADS_TOOLCHAIN:-nightly}"
 WASM_THREADS_RUSTFLAGS="-C target-feature=+simd128,+atomics,+bulk-memory,+mutable-globals -C link-arg=--max-memory=4294967296"
+# The relaxed-SIMD variants (www/dist/pkg-relaxed, pkg-threads-relaxed): the same builds with the
+# crate's `relaxed-simd` feature (f32x4.relaxed_madd in its wasm GEMM kernel,
+# crate/src/model/wasm_gemm.rs, which enables the target feature on its own functions: the
+# dependencies are the SIMD128 builds' own, cached). The worker loads them where
+# WebAssembly.validate accepts a relaxed-SIMD probe (Chrome ≥ 114), else the SIMD128 builds.
+# ANOSCOPE_RELAXED=0 skips them.
 # Linker arguments for the final module only: shared, imported memory and the TLS exports
 # wasm-bindgen's thread support needs (passed through `cargo rustc`, so dependencies keep their cache).
 WASM_THREADS_LINK_ARGS=(-C link-arg=--shared-memory -C link-arg=--import-memory
@@ -403,7 +409,7 @@ pkg_for() {
         log "wasm-bindgen --target web ($kind module)"
         rm -rf "$cache.tmp"
         wasm-bindgen --target web --typescript --out-dir "$cache.tmp" "$wasm_in"
-        [[ "$kind" != threads ]] || same_origin_thread_workers "$cache.tmp"
+        [[ "$kind" != threads* ]] || same_origin_thread_workers "$cache.tmp"
         case "$opt" in
         skipped) echo "wasm-opt: skipped (ANOSCOPE_WASM_OPT=0)" ;;
         none) echo "wasm-opt: not installed (run 'npm ci' for npm's binaryen); shipping wasm-bindgen output as is" ;;
@@ -432,7 +438,9 @@ build_site() {
     pkg_for single "$wasm_in" "$PKG" "${WASM_OPT_FEATURES[@]}"
     local wasm_out="$PKG/anoscope_bg.wasm"
 
+    build_relaxed
     build_threads
+    [[ "${ANOSCOPE_RELAXED:-1}" == 0 ]] || build_threads relaxed
 
     log "assembling www/dist"
     local f
@@ -482,8 +490,40 @@ have_threads_toolchain() {
     [[ -d "$sysroot/lib/rustlib/src/rust/library" ]]
 }
 
-# www/dist/pkg-threads: the same crate with `--features threads`, built by the nightly toolchain.
+# Both variants of a build write the same anoscope.wasm (a wasm cdylib's name has no hash), and
+# cargo judges a unit fresh by its fingerprint and the output's mtime: after the other variant's
+# build it would hand over that variant's module. Deleting the module around the relaxed-SIMD
+# builds makes each build write its own (this crate is compiled again; its dependencies are not).
+forget_wasm() {
+    rm -f "$1/anoscope.wasm" "$1/deps/anoscope.wasm"
+}
+
+# www/dist/pkg-relaxed: the single-threaded build with relaxed SIMD (the crate's relaxed-simd feature).
+build_relaxed() {
+    if [[ "${ANOSCOPE_RELAXED:-1}" == 0 ]]; then
+        echo "relaxed-SIMD wasm build: skipped (ANOSCOPE_RELAXED=0); every browser runs the SIMD128 build"
+        return 0
+    fi
+    log "cargo build (wasm32, release, $WASM_RUSTFLAGS, --features relaxed-simd)"
+    local wasm_in="$TARGET_DIR/$WASM_TARGET/release/anoscope.wasm"
+    forget_wasm "$TARGET_DIR/$WASM_TARGET/release"
+    cargo_wasm build -p anoscope --lib --release --target "$WASM_TARGET" --features relaxed-simd
+    [[ -f "$wasm_in" ]] || die "expected $wasm_in after the relaxed-SIMD build"
+    pkg_for relaxed "$wasm_in" "$DIST/pkg-relaxed" "${WASM_OPT_FEATURES[@]}" --enable-relaxed-simd
+    forget_wasm "$TARGET_DIR/$WASM_TARGET/release"
+    printf 'relaxed-SIMD '
+    size_report "$DIST/pkg-relaxed/anoscope_bg.wasm"
+}
+
+# www/dist/pkg-threads: the same crate with `--features threads`, built by the nightly toolchain;
+# `build_threads relaxed`: www/dist/pkg-threads-relaxed, the same with relaxed SIMD.
 build_threads() {
+    local variant="${1:-}" suffix="" features=threads kind=threads
+    if [[ "$variant" == relaxed ]]; then
+        suffix="-relaxed"
+        features=threads,relaxed-simd
+        kind=threads-relaxed
+    fi
     if [[ "${ANOSCOPE_THREADS:-1}" == 0 ]]; then
         echo "threaded wasm build: skipped (ANOSCOPE_THREADS=0); the page will run on one thread"
         return 0
@@ -494,16 +534,18 @@ build_threads() {
             "The page will run on one thread."
         return 0
     fi
-    log "cargo +$THREADS_TOOLCHAIN rustc (wasm32, release, threads: atomics, build-std)"
+    log "cargo +$THREADS_TOOLCHAIN rustc (wasm32, release, threads: atomics, build-std${suffix:+, relaxed SIMD})"
     local dir="$TARGET_DIR/threads"
+    [[ -z "$suffix" ]] || forget_wasm "$dir/$WASM_TARGET/release"
     env -u RUSTFLAGS -u CARGO_ENCODED_RUSTFLAGS CARGO_TARGET_DIR="$dir" \
         CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS="$WASM_THREADS_RUSTFLAGS" \
         cargo "+$THREADS_TOOLCHAIN" rustc -p anoscope --lib --release --target "$WASM_TARGET" \
-        --no-default-features --features threads -Z build-std=panic_abort,std -- "${WASM_THREADS_LINK_ARGS[@]}"
-    local wasm_in="$dir/$WASM_TARGET/release/anoscope.wasm" out="$DIST/pkg-threads"
+        --no-default-features --features "$features" -Z build-std=panic_abort,std -- "${WASM_THREADS_LINK_ARGS[@]}"
+    local wasm_in="$dir/$WASM_TARGET/release/anoscope.wasm" out="$DIST/pkg-threads$suffix"
     [[ -f "$wasm_in" ]] || die "expected $wasm_in after the threaded build"
-    pkg_for threads "$wasm_in" "$out" "${WASM_OPT_FEATURES[@]}" --enable-threads
-    printf 'threaded '
+    pkg_for "$kind" "$wasm_in" "$out" "${WASM_OPT_FEATURES[@]}" --enable-threads ${suffix:+--enable-relaxed-simd}
+    [[ -z "$suffix" ]] || forget_wasm "$dir/$WASM_TARGET/release"
+    printf 'threaded%s ' "${suffix:+ relaxed-SIMD}"
     size_report "$out/anoscope_bg.wasm"
 }
 

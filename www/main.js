@@ -165,6 +165,9 @@ if (stepDelayParam && /^[0-9]{1,5}$/.test(stepDelayParam)) workerUrl.searchParam
 // ?plantmap=1 (test hook): each single image's map is replaced by a known pattern (one hot cell)
 // before it goes back onto the photo (photo.test.mjs).
 if (pageParams.get('plantmap') === '1') workerUrl.searchParams.set('plantmap', '1');
+// ?relaxedprobe=fail (test hook): the worker's relaxed-SIMD probe fails, as on an engine without
+// relaxed SIMD, so the SIMD128 module runs (relaxed.test.mjs).
+if (pageParams.get('relaxedprobe') === 'fail') workerUrl.searchParams.set('relaxedprobe', 'fail');
 // The worker checks that it is this page's version (deploy.js).
 workerUrl.searchParams.set('build', BUILD_ID);
 // A half-deployed site (this page and the server's build.json differ) starts no worker.
@@ -225,6 +228,9 @@ function showBackend(b) {
   els.backend.textContent = b.label + (b.failure ? ` (${b.failure})` : b.note ? ` (${b.note})` : '');
   els.backend.dataset.threads = String(b.threads);
   els.backend.dataset.gpu = String(!!b.gpu);
+  // Which module variant runs, and why not the relaxed-SIMD one (a hover note).
+  els.backend.dataset.relaxed = String(!!b.relaxedSimd);
+  els.backend.title = b.simdNote ? `SIMD128 module: ${b.simdNote}` : '';
   els.backendChoice.value = b.backend;
 }
 els.backendChoice.value = ['gpu', 'cpu'].includes(backendParam) ? backendParam : 'auto';
@@ -1500,6 +1506,7 @@ client.ready.then(
     // Which version runs (the tests read these): the build id and the wasm's sha256.
     document.body.dataset.build = info.buildId;
     document.body.dataset.wasmSha256 = info.wasmSha256;
+    document.body.dataset.wasmUrl = info.wasmUrl;
     els.modelFiles.disabled = false;
     await setupModelSources();
     document.body.dataset.ready = 'true';

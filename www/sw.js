@@ -60,8 +60,10 @@ async function consistentShell() {
     throw new Error(`sw.js is version ${BUILD_ID} but the server's build.json says ${build.id}: the site is being redeployed`);
   }
   const files = build.files ?? {};
-  // The threaded build's files (pkg-threads/, listed in build.json) when the site has it.
-  const paths = [...SHELL, ...(build.wasmThreads?.files ?? [])].filter((p) => p !== 'build.json');
+  // The threaded build's and the relaxed-SIMD variants' files (pkg-threads/, pkg-relaxed/,
+  // pkg-threads-relaxed/, listed in build.json) when the site has them.
+  const extra = [build.wasmThreads, build.wasmRelaxed, build.wasmThreadsRelaxed].flatMap((e) => e?.files ?? []);
+  const paths = [...SHELL, ...extra].filter((p) => p !== 'build.json');
   const entries = await Promise.all(
     paths.map(async (path) => {
       const want = files[path === './' ? 'index.html' : path];
@@ -106,7 +108,9 @@ self.addEventListener('fetch', (event) => {
   const req = event.request;
   const url = new URL(req.url);
   if (req.method !== 'GET' || url.origin !== self.location.origin) return;
-  const inThreadsPkg = url.pathname.startsWith(new URL('pkg-threads/', self.location.href).pathname);
+  const inThreadsPkg = ['pkg-threads/', 'pkg-relaxed/', 'pkg-threads-relaxed/'].some((d) =>
+    url.pathname.startsWith(new URL(d, self.location.href).pathname),
+  );
   if (!SHELL_URLS.has(url.origin + url.pathname) && !inThreadsPkg) return;
   // Network first (so a redeployed site is picked up at once; the page and the detector worker
   // check that what they got is one version), the installed version when offline. Responses are

@@ -4,7 +4,9 @@
 // The wasm package is imported once start() has picked the build: pkg (single-threaded, with the
 // WebGPU image tower) when the image tower is to run on WebGPU (see probeWebGpu), else
 // pkg-threads (wasm threads, a rayon pool of Web Workers) on a cross-origin isolated page with
-// more than one core, else pkg.
+// more than one core, else pkg. Each comes in two variants: the SIMD128 one (pkg, pkg-threads) and,
+// where the browser validates relaxed SIMD (see relaxedSimd) and the site has them, the
+// relaxed-SIMD one (pkg-relaxed, pkg-threads-relaxed: fused multiply-adds in the f32 GEMM).
 let wasm = null;
 let ClipLoader, Image, renderOverlay, photoMap, regionsOf;
 import { sha256Hex, fetchWithProgress, responseChunks, WEIGHTS_CACHE } from './common.js';
@@ -49,6 +51,33 @@ const MOVED = (() => {
   const q = new URL(import.meta.url).searchParams;
   return q.get('glue') && q.get('wasm') ? { glue: q.get('glue'), wasm: q.get('wasm') } : null;
 })();
+// The module variant running: {relaxed, note} (note: why relaxed SIMD is not used, or '').
+const simd = { relaxed: false, note: '' };
+
+// A module of one function, `v128.const 0 ×3; f32x4.relaxed_madd`: valid only where the engine
+// has relaxed SIMD (Chrome ≥ 114; Firefox and Safari behind flags as of 2026).
+const RELAXED_PROBE = new Uint8Array([
+  0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // magic, version
+  0x01, 0x05, 0x01, 0x60, 0x00, 0x01, 0x7b, // type section: () -> v128
+  0x03, 0x02, 0x01, 0x00, // function section: one function of type 0
+  0x0a, 0x3d, 0x01, 0x3b, 0x00, // code section: one body of 59 bytes, no locals
+  ...[0, 1, 2].flatMap(() => [0xfd, 0x0c, ...new Array(16).fill(0)]), // v128.const 0, three times
+  0xfd, 0x85, 0x02, // f32x4.relaxed_madd
+  0x0b, // end
+]);
+
+/**
+ * Whether this engine runs relaxed SIMD: WebAssembly.validate of RELAXED_PROBE. Test hook:
+ * ?relaxedprobe=fail validates a broken probe (as on an engine without relaxed SIMD).
+ */
+function relaxedSimd(params) {
+  const probe = params.get('relaxedprobe') === 'fail' ? RELAXED_PROBE.subarray(0, RELAXED_PROBE.length - 1) : RELAXED_PROBE;
+  try {
+    return WebAssembly.validate(probe);
+  } catch {
+    return false;
+  }
+}
 
 function progress(stage, done, total, extra = {}) {
   postMessage({ type: 'progress', stage, done, total, ...extra });
@@ -108,7 +137,7 @@ async function chooseBackend(params) {
 
 /** What the page shows: {gpu, label, note, failure, threads}. */
 function backendInfo() {
-  const cpu = `CPU (WebAssembly SIMD, ${cpuThreads} thread${cpuThreads === 1 ? '' : 's'})`;
+  const cpu = `CPU (WebAssembly SIMD${simd.relaxed ? ' + relaxed' : ''}, ${cpuThreads} thread${cpuThreads === 1 ? '' : 's'})`;
   return {
     gpu: gpu.active,
     backend: gpu.backend,
@@ -116,6 +145,8 @@ function backendInfo() {
     note: gpu.active ? '' : gpu.note,
     failure: gpu.failure,
     threads: cpuThreads,
+    relaxedSimd: simd.relaxed,
+    simdNote: simd.note,
   };
 }
 
@@ -298,8 +329,14 @@ async function start() {
   // WebGPU runs in the plain build (the threaded one has no GPU code).
   const requested = Number(params.get('threads') || 0);
   const threads = gpu.wanted || MOVED ? 0 : wantedThreads(build, requested);
-  const entry = threads ? build.wasmThreads : build.wasm;
-  const dir = threads ? 'pkg-threads' : 'pkg';
+  // The relaxed-SIMD variant of that build where the engine validates the probe and the site has
+  // it (the npm package carries the SIMD128 builds only).
+  const relaxedEntry = MOVED ? null : threads ? build.wasmThreadsRelaxed : build.wasmRelaxed;
+  const engineRelaxed = relaxedSimd(params);
+  simd.relaxed = engineRelaxed && !!relaxedEntry;
+  simd.note = simd.relaxed ? '' : engineRelaxed ? 'this site has no relaxed-SIMD build' : 'this browser has no relaxed SIMD';
+  const entry = simd.relaxed ? relaxedEntry : threads ? build.wasmThreads : build.wasm;
+  const dir = (threads ? 'pkg-threads' : 'pkg') + (simd.relaxed ? '-relaxed' : '');
   // The wasm and its glue code must be the ones build.json lists (else: damaged or mid-deploy).
   const wasmUrl = MOVED ? MOVED.wasm : new URL(entry.url, HERE).href;
   const glueUrl = MOVED ? MOVED.glue : new URL(`${dir}/anoscope.js`, HERE).href;
@@ -328,6 +365,7 @@ async function start() {
     wasmUrl: entry.url,
     wasmSha256, // as computed from the bytes instantiated
     threads: cpuThreads,
+    relaxedSimd: simd.relaxed,
     backend: backendInfo(),
   };
 }

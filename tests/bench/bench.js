@@ -1,4 +1,5 @@
-// One benchmark block in the page: ?peer=ours|ort&threads=N&runs=R&warmup=W&size=S.
+// One benchmark block in the page: ?peer=ours|oursq8|ort|ortq8&threads=N&runs=R&warmup=W&size=S
+// [&variant=simd|relaxed] (our module: the SIMD128 build or the relaxed-SIMD one).
 // The result (or an error) is stored in window.__bench for tests/bench/browser_bench.mjs.
 const q = new URLSearchParams(location.search);
 const peer = q.get('peer');
@@ -14,6 +15,9 @@ const surgery = Number(q.get('surgery') || 0);
 // did before) or `stream` (ClipLoader fed with the fetch body's chunks, as the page does now: only
 // the towers the task needs, the image tower usable as soon as its bytes are in).
 const load = q.get('load') || 'whole';
+const variant = q.get('variant') || 'simd';
+// Our f32 checkpoint (/model/) or our q8 one (/model-q8/, anoscope convert --dtype q8).
+const modelDir = peer === 'oursq8' ? '/model-q8' : '/model';
 const t0 = performance.now();
 let readyMs = null;
 let wasmMemory = null;
@@ -57,16 +61,17 @@ async function bytesOf(url) {
 async function makeOurs() {
   // One thread: the default build; more: the threaded build (wasm atomics + a rayon pool of
   // Web Workers, needs cross-origin isolation).
-  const pkg = await import(threads === 1 ? '/pkg/anoscope.js' : '/pkg-threads/anoscope.js');
+  const dir = (threads === 1 ? '/pkg' : '/pkg-threads') + (variant === 'relaxed' ? '-relaxed' : '');
+  const pkg = await import(`${dir}/anoscope.js`);
   wasmMemory = (await pkg.default()).memory;
   if (threads > 1) await pkg.initThreadPool(threads);
   const running = pkg.threads?.() ?? 1;
   if (running !== threads) throw new Error(`asked for ${threads} threads, the module runs ${running}`);
   const { ClipModel, ClipLoader } = pkg;
-  const config = await (await fetch('/model/config.json')).text();
+  const config = await (await fetch(`${modelDir}/config.json`)).text();
   let model;
   if (load === 'stream') {
-    const res = await fetch('/model/model.safetensors');
+    const res = await fetch(`${modelDir}/model.safetensors`);
     if (!res.ok) throw new Error(`model.safetensors: HTTP ${res.status}`);
     const total = Number(res.headers.get('content-length')) || undefined;
     const loader = new ClipLoader('config.json', config, 'model.safetensors', total, true, task === 'text');
@@ -84,7 +89,7 @@ async function makeOurs() {
     if (task === 'text') loader.attachText(model);
     loader.free();
   } else {
-    model = ClipModel.load('config.json', config, await bytesOf('/model/model.safetensors'));
+    model = ClipModel.load('config.json', config, await bytesOf(`${modelDir}/model.safetensors`));
     readyMs = performance.now() - t0;
   }
   if (task === 'text') return () => tensor(model.embedText([PROMPT]), 'text_embeds');
@@ -97,7 +102,7 @@ async function makeOrt() {
   ort.env.wasm.wasmPaths = '/ort/';
   ort.env.wasm.numThreads = threads;
   ort.env.wasm.proxy = false;
-  const session = await ort.InferenceSession.create('/onnx/model.onnx', {
+  const session = await ort.InferenceSession.create(peer === 'ortq8' ? '/onnx/model_q8.onnx' : '/onnx/model.onnx', {
     executionProviders: ['wasm'],
     graphOptimizationLevel: 'all',
   });
@@ -108,7 +113,8 @@ async function makeOrt() {
 }
 
 async function main() {
-  const run = peer === 'ours' ? await makeOurs() : peer === 'ort' ? await makeOrt() : null;
+  const ours = peer === 'ours' || peer === 'oursq8';
+  const run = ours ? await makeOurs() : peer === 'ort' || peer === 'ortq8' ? await makeOrt() : null;
   if (!run) throw new Error(`unknown peer ${peer}`);
   const loadMs = performance.now() - t0;
   const x = pixels();
@@ -124,6 +130,7 @@ async function main() {
     peer,
     task,
     threads,
+    variant,
     crossOriginIsolated: self.crossOriginIsolated,
     loadMs,
     readyMs,
@@ -151,7 +158,7 @@ if (inWorker) {
     (r) => postMessage(r),
     (e) => postMessage({ error: String(e?.stack ?? e) }),
   );
-} else if (peer === 'ours') {
+} else if (peer === 'ours' || peer === 'oursq8') {
   const w = new Worker(new URL(`bench.js${location.search}`, import.meta.url), { type: 'module' });
   w.onmessage = ({ data }) => finish(data);
   w.onerror = (e) => finish({ error: `worker: ${e.message}` });

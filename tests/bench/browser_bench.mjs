@@ -6,8 +6,16 @@
 //   npm --prefix tests/bench ci                        # onnxruntime-web (peer)
 //   anoscope random-weights --arch vit-b-16 --seed 0 --out /tmp/vitb16
 //   python tests/reference/export_onnx.py --checkpoint /tmp/vitb16 --out /tmp/vitb16.onnx
+//   python tests/reference/quantize_onnx_q8.py --onnx /tmp/vitb16.onnx --out /tmp/vitb16_q8.onnx
 //   node tests/bench/browser_bench.mjs --model /tmp/vitb16 --onnx /tmp/vitb16.onnx \
-//        [--runs 5] [--rounds 5] [--ours-threads 1,2] [--ort-threads 1,2] [--text] [--json out.json]
+//        [--onnx-q8 /tmp/vitb16_q8.onnx] [--runs 5] [--rounds 5] [--ours-threads 1,2]
+//        [--ort-threads 1,2] [--variants simd,relaxed] [--text] [--json out.json]
+//   --onnx-q8 adds onnxruntime-web running the transformers.js-style q8 export (what
+//   transformers.js loads by default on its wasm device) at the --ort-threads counts.
+//   --variants picks our wasm module variants (simd: SIMD128, relaxed: + relaxed SIMD, in
+//   www/dist/pkg-relaxed and pkg-threads-relaxed when ./build.sh build made them); each is its
+//   own row.
+//   --q8-model DIR also runs our q8 checkpoint (anoscope convert --dtype q8) as peer ours-q8.
 //   --text also times one prompt through our text tower (compare: tests/reference/bench_text.py)
 //   --surgery K runs our pass with the CLIP Surgery path in the last K blocks (fast mode: half)
 //   Our blocks also print the wasm linear memory after the runs (its peak: it never shrinks).
@@ -36,6 +44,9 @@ const { values: a } = parseArgs({
   options: {
     model: { type: 'string' },
     onnx: { type: 'string' },
+    'onnx-q8': { type: 'string' },
+    'q8-model': { type: 'string' },
+    variants: { type: 'string', default: 'simd' },
     pkg: { type: 'string', default: join(root, 'www/dist/pkg') },
     'pkg-threads': { type: 'string', default: join(root, 'www/dist/pkg-threads') },
     runs: { type: 'string', default: '5' },
@@ -58,15 +69,30 @@ const runs = Number(a.runs);
 const rounds = Number(a.rounds);
 const ortThreads = a['ort-threads'].split(',').filter(Boolean).map(Number);
 const oursThreads = a['ours-threads'].split(',').filter(Boolean).map(Number);
+const variants = a.variants.split(',').filter(Boolean);
+for (const v of variants) {
+  if (v !== 'simd' && v !== 'relaxed') {
+    console.error(`--variants: unknown variant '${v}' (simd, relaxed)`);
+    process.exit(2);
+  }
+}
 
 const mounts = {
   '/pkg/': resolve(a.pkg),
   ...(oursThreads.some((t) => t > 1) ? { '/pkg-threads/': resolve(a['pkg-threads']) } : {}),
+  ...(variants.includes('relaxed') && oursThreads.includes(1) ? { '/pkg-relaxed/': `${resolve(a.pkg)}-relaxed` } : {}),
+  ...(variants.includes('relaxed') && oursThreads.some((t) => t > 1)
+    ? { '/pkg-threads-relaxed/': `${resolve(a['pkg-threads'])}-relaxed` }
+    : {}),
   ...(ortThreads.length ? { '/ort/': join(here, 'node_modules/onnxruntime-web/dist') } : {}),
   '/model/': resolve(a.model),
+  ...(a['q8-model'] ? { '/model-q8/': resolve(a['q8-model']) } : {}),
   '/bench/': here,
 };
-const single = a.onnx ? { '/onnx/model.onnx': resolve(a.onnx) } : {};
+const single = {
+  ...(a.onnx ? { '/onnx/model.onnx': resolve(a.onnx) } : {}),
+  ...(a['onnx-q8'] ? { '/onnx/model_q8.onnx': resolve(a['onnx-q8']) } : {}),
+};
 for (const [p, dir] of Object.entries({ ...mounts, ...single })) {
   try {
     statSync(dir);
@@ -123,10 +149,10 @@ const browser = await chromium.launch({
   args: CHROMIUM_FLAGS,
 });
 
-async function block(peer, threads, task = 'image') {
+async function block(peer, threads, task = 'image', variant = 'simd') {
   const page = await browser.newPage();
   page.on('pageerror', (e) => console.error(`[${peer}/${threads}] page error: ${e}`));
-  await page.goto(`${base}/bench/bench.html?peer=${peer}&task=${task}&threads=${threads}&runs=${runs}&size=${a.size}&surgery=${a.surgery}&load=${a.load}`);
+  await page.goto(`${base}/bench/bench.html?peer=${peer}&task=${task}&threads=${threads}&runs=${runs}&size=${a.size}&surgery=${a.surgery}&load=${a.load}&variant=${variant}`);
   await page.waitForFunction(() => window.__bench, null, { timeout: 30 * 60_000, polling: 500 });
   const r = await page.evaluate(() => window.__bench);
   await page.close();
@@ -135,20 +161,29 @@ async function block(peer, threads, task = 'image') {
   return r;
 }
 
-const configs = [...oursThreads.map((t) => ['ours', t]), ...ortThreads.map((t) => ['ort', t])];
+// [peer, threads, variant]: our f32 (and q8) checkpoint per module variant, then the peers.
+const oursPeers = a['q8-model'] ? ['ours', 'oursq8'] : ['ours'];
+const configs = [
+  ...oursPeers.flatMap((p) => variants.flatMap((v) => oursThreads.map((t) => [p, t, v]))),
+  ...ortThreads.map((t) => ['ort', t, 'simd']),
+  ...(a['onnx-q8'] ? ortThreads.map((t) => ['ortq8', t, 'simd']) : []),
+];
+const keyOf = (p, t, v) => (p.startsWith('ours') ? `${p}-${v}/${t}` : `${p}/${t}`);
 const textResults = Object.fromEntries(oursThreads.map((t) => [t, []]));
-const results = Object.fromEntries(configs.map(([p, t]) => [`${p}/${t}`, []]));
+const results = Object.fromEntries(configs.map(([p, t, v]) => [keyOf(p, t, v), []]));
 let embeds = {};
 try {
   for (let round = 0; round < rounds; round++) {
     const order = configs.map((_, i) => configs[(i + round) % configs.length]);
-    for (const [peer, t] of order) {
-      const r = await block(peer, t);
-      results[`${peer}/${t}`].push(r.medianMs);
-      embeds[`${peer}/${t}`] = r.embeds;
+    for (const [peer, t, v] of order) {
+      const r = await block(peer, t, 'image', v);
+      const key = keyOf(peer, t, v);
+      if (peer.startsWith('ours') && r.variant !== v) throw new Error(`${key}: the page ran the ${r.variant} module`);
+      results[key].push(r.medianMs);
+      embeds[key] = r.embeds;
       const mem = r.wasmMemoryBytes ? `, wasm memory ${(r.wasmMemoryBytes / 2 ** 20).toFixed(0)} MiB` : '';
-      const ready = peer === 'ours' ? `, ${r.load} load: image tower ready at ${r.readyMs.toFixed(0)} ms` : '';
-      console.error(`round ${round + 1}/${rounds} ${peer} ${t} thread(s): median ${r.medianMs.toFixed(1)} ms (load ${r.loadMs.toFixed(0)} ms${ready}${mem})`);
+      const ready = peer.startsWith('ours') ? `, ${r.load} load: image tower ready at ${r.readyMs.toFixed(0)} ms` : '';
+      console.error(`round ${round + 1}/${rounds} ${key} thread(s): median ${r.medianMs.toFixed(1)} ms (load ${r.loadMs.toFixed(0)} ms${ready}${mem})`);
     }
     if (a.text) {
       for (const t of oursThreads) {
@@ -168,35 +203,34 @@ const median = (xs) => {
   const m = s.length >> 1;
   return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
 };
-const oursAt = (t) => median(results[`ours/${t}`] ?? results['ours/1']);
-// Every configuration against the first onnxruntime-web one (same pixels, same weights).
-const refKey = Object.keys(embeds).find((k) => k.startsWith('ort/'));
+// Every configuration against the first onnxruntime-web fp32 one (same pixels, same weights),
+// or our first f32 one without that peer.
+const refKey = Object.keys(embeds).find((k) => k.startsWith('ort/')) ?? Object.keys(embeds)[0];
 const maxDiff = {};
 for (const [key, e] of Object.entries(embeds)) {
   if (!refKey || key === refKey) continue;
   maxDiff[key] = e.reduce((m, v, i) => Math.max(m, Math.abs(v - embeds[refKey][i])), 0);
 }
-const rows = configs.map(([p, t]) => {
-  const ms = median(results[`${p}/${t}`]);
-  return {
-    peer: p === 'ours' ? 'anoscope wasm (SIMD)' : 'onnxruntime-web (wasm SIMD)',
-    threads: t,
-    ms,
-    ratio: oursAt(t) / ms,
-  };
-});
+const NAMES = {
+  ours: (v) => `anoscope wasm f32 (${v === 'relaxed' ? 'SIMD + relaxed' : 'SIMD'})`,
+  oursq8: (v) => `anoscope wasm q8 (${v === 'relaxed' ? 'SIMD + relaxed' : 'SIMD'})`,
+  ort: () => 'onnxruntime-web 1.30 fp32 (wasm SIMD)',
+  ortq8: () => 'onnxruntime-web 1.30 q8, transformers.js-style (wasm SIMD)',
+};
+const msOf = (k) => (results[k]?.length ? median(results[k]) : NaN);
+const rows = configs.map(([p, t, v]) => ({ peer: NAMES[p](v), key: keyOf(p, t, v), threads: t, ms: msOf(keyOf(p, t, v)) }));
+const fmt = (x) => (Number.isFinite(x) ? x.toFixed(2) : '—');
 console.log(`\nViT image tower, ${a.size} px, batch 1, headless Chromium; median of ${rounds} rounds × ${runs} runs`);
-console.log('| runtime | threads | ms / image | ours ÷ this (same threads) |');
-console.log('|---|---|---|---|');
+console.log('| runtime | threads | ms / image | ÷ ORT-web fp32 | ÷ ORT-web q8 |');
+console.log('|---|---|---|---|---|');
 for (const r of rows) {
-  const ratio = r.peer.startsWith('anoscope') ? '—' : r.ratio.toFixed(2);
-  console.log(`| ${r.peer} | ${r.threads} | ${r.ms.toFixed(0)} | ${ratio} |`);
+  console.log(`| ${r.peer} | ${r.threads} | ${r.ms.toFixed(0)} | ${fmt(r.ms / msOf(`ort/${r.threads}`))} | ${fmt(r.ms / msOf(`ortq8/${r.threads}`))} |`);
 }
 for (const [key, d] of Object.entries(maxDiff)) console.log(`image_embeds max|Δ| ${key} vs ${refKey}: ${d.toExponential(2)}`);
 if (a.text) {
   for (const t of oursThreads) console.log(`text tower, one prompt (tokenizer included), ${t} thread(s): ${median(textResults[t]).toFixed(1)} ms`);
 }
 if (a.json) {
-  const out = { size: Number(a.size), runs, rounds, results, rows, maxDiff, text: a.text ? textResults : undefined };
+  const out = { size: Number(a.size), runs, rounds, variants, results, rows, maxDiff, text: a.text ? textResults : undefined };
   writeFileSync(a.json, JSON.stringify(out, null, 2));
 }

@@ -106,10 +106,10 @@ test('the CSP is enforced: an injected inline script is blocked and reported', {
 });
 
 test('a tampered wasm module is refused before instantiation', { timeout: 90_000 }, async () => {
-  // Both builds (the page picks the threaded one where it can): one flipped byte in each.
+  // Every build (the page picks the threaded, relaxed-SIMD one where it can): one flipped byte in each.
   const build = JSON.parse(readFileSync(join(DIST, 'build.json'), 'utf8'));
   const tampered = {};
-  for (const entry of [build.wasm, build.wasmThreads].filter(Boolean)) {
+  for (const entry of [build.wasm, build.wasmThreads, build.wasmRelaxed, build.wasmThreadsRelaxed].filter(Boolean)) {
     const bad = Buffer.from(readFileSync(join(DIST, entry.url)));
     bad[bad.length >> 1] ^= 0xff;
     tampered[entry.url] = bad;
@@ -125,7 +125,7 @@ test('a tampered wasm module is refused before instantiation', { timeout: 90_000
     assert.match(await page.textContent('#engine-status'), /^Not started: this page and the server are from different versions/);
     assert.match(
       text,
-      /^The WebAssembly module \(pkg(-threads)?\/anoscope_bg\.wasm\) failed its integrity check \(sha256 [0-9a-f]{64}, expected [0-9a-f]{64}\): it is not the file build\.json of version [0-9a-f]{16} lists\..*Nothing was started\.$/,
+      /^The WebAssembly module \(pkg(-threads)?(-relaxed)?\/anoscope_bg\.wasm\) failed its integrity check \(sha256 [0-9a-f]{64}, expected [0-9a-f]{64}\): it is not the file build\.json of version [0-9a-f]{16} lists\..*Nothing was started\.$/,
     );
     assert.equal(await page.isDisabled('#image-files'), true);
   } finally {

@@ -171,9 +171,11 @@ export async function indexSite(dist) {
   const id = buildId(dist);
   stampSite(dist, id);
   const build = { schema: 2, id, wasm: wasmEntry(dist, 'pkg') };
-  // The threaded build (when built): its wasm and every file the service worker must keep offline.
-  const threadsDir = join(dist, 'pkg-threads');
-  if (existsSync(join(threadsDir, 'anoscope_bg.wasm'))) {
+  // The threaded build and the relaxed-SIMD variants (when built): each one's wasm and every file
+  // the service worker must keep offline.
+  const optional = { wasmThreads: 'pkg-threads', wasmRelaxed: 'pkg-relaxed', wasmThreadsRelaxed: 'pkg-threads-relaxed' };
+  for (const [key, dir] of Object.entries(optional)) {
+    if (!existsSync(join(dist, dir, 'anoscope_bg.wasm'))) continue;
     const files = [];
     const walk = (d) => {
       for (const e of readdirSync(d, { withFileTypes: true })) {
@@ -181,8 +183,8 @@ export async function indexSite(dist) {
         else if (/\.(js|wasm)$/.test(e.name)) files.push(urlOf(dist, join(d, e.name)));
       }
     };
-    walk(threadsDir);
-    build.wasmThreads = { ...wasmEntry(dist, 'pkg-threads'), files: files.sort() };
+    walk(join(dist, dir));
+    build[key] = { ...wasmEntry(dist, dir), files: files.sort() };
   }
   // sha256 of every page file as served (stamped): the service worker caches a version only when
   // every file it keeps matches (a half-deployed server is not cached).

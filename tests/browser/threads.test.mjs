@@ -56,9 +56,9 @@ for (const mode of ['fast', 'winclip']) {
     const one = await scoreWith(1, mode);
     const two = await scoreWith(2, mode);
     assert.equal(one.backend.threads, '1');
-    assert.match(one.backend.text, /CPU \(WebAssembly SIMD, 1 thread\)/);
+    assert.match(one.backend.text, /CPU \(WebAssembly SIMD( \+ relaxed)?, 1 thread\)/);
     assert.equal(two.backend.threads, '2');
-    assert.match(two.backend.text, /CPU \(WebAssembly SIMD, 2 threads\)/);
+    assert.match(two.backend.text, /CPU \(WebAssembly SIMD( \+ relaxed)?, 2 threads\)/);
     assert.ok(Number.isFinite(one.score) && one.score >= 0 && one.score <= 1, `score ${one.score}`);
     assert.ok(Math.abs(one.score - two.score) <= 1e-6, `scores differ: ${one.score} vs ${two.score}`);
     assert.equal(one.pixels.length, two.pixels.length);

@@ -32,22 +32,26 @@ function customSection(name, payload) {
   return Buffer.concat([Buffer.from([0]), leb128(body.length), body]);
 }
 
+// The site's wasm builds (the threaded and relaxed-SIMD ones where built).
+const PKGS = ['pkg', 'pkg-threads', 'pkg-relaxed', 'pkg-threads-relaxed'];
+
 /** Turns the site in `dir` into another version (`tag`): new page bytes and new wasm bytes. */
 async function newVersion(dir, tag) {
   appendFileSync(join(dir, 'style.css'), `\n/* deploy ${tag} */\n`);
-  for (const pkg of ['pkg', 'pkg-threads']) {
+  for (const pkg of PKGS) {
     const wasm = join(dir, pkg, 'anoscope_bg.wasm');
     try {
       appendFileSync(wasm, customSection('anoscope-deploy', tag));
     } catch (e) {
-      if (e.code !== 'ENOENT' || pkg === 'pkg') throw e; // no threaded build: one wasm
+      if (e.code !== 'ENOENT' || pkg === 'pkg') throw e; // no threaded or relaxed build: fewer wasm
     }
   }
   return (await indexSite(dir)).build;
 }
 
 const buildOf = (dir) => JSON.parse(readFileSync(join(dir, 'build.json'), 'utf8'));
-const wasmShas = (build) => [build.wasm.sha256, build.wasmThreads?.sha256].filter(Boolean);
+const wasmShas = (build) =>
+  [build.wasm, build.wasmThreads, build.wasmRelaxed, build.wasmThreadsRelaxed].map((e) => e?.sha256).filter(Boolean);
 /** Server log lines for `path` (e.g. "GET /models/… -> 200") from index `from` on. */
 const hits = (server, path, from = 0) => server.log.slice(from).filter((l) => l.startsWith(`GET /${path} `)).length;
 
@@ -142,7 +146,7 @@ test('a redeployed site runs the new version after a reload; old caches go, the 
     assert.ok(Number.isFinite(d.score));
     assert.equal(hits(own, MODEL, mark), 0, 'the checkpoint (same sha256) was downloaded again');
     assert.equal(hits(own, CONFIG, mark), 0, 'the config (same sha256) was downloaded again');
-    assert.ok(hits(own, 'pkg/anoscope_bg.wasm', mark) + hits(own, 'pkg-threads/anoscope_bg.wasm', mark) >= 1);
+    assert.ok(PKGS.reduce((n, pkg) => n + hits(own, `${pkg}/anoscope_bg.wasm`, mark), 0) >= 1);
 
     // v2 works offline: its service worker cached all of v2.
     await page.reload(); // controlled by v2's service worker from here
@@ -226,7 +230,7 @@ test('a half-deployed site is refused with the mismatch named; the deploy comple
     // 2. The new page and build.json with the old wasm: the worker refuses the wasm.
     mark = own.log.length;
     cpSync(next, site, { recursive: true });
-    for (const pkg of ['pkg', 'pkg-threads']) {
+    for (const pkg of PKGS) {
       try {
         cpSync(join(v1dir, pkg, 'anoscope_bg.wasm'), join(site, pkg, 'anoscope_bg.wasm'));
       } catch (e) {
@@ -237,7 +241,7 @@ test('a half-deployed site is refused with the mismatch named; the deploy comple
     assert.match(
       text,
       new RegExp(
-        `^The WebAssembly module \\(pkg(-threads)?/anoscope_bg\\.wasm\\) failed its integrity check \\(sha256 (${wasmShas(v1).join('|')}), ` +
+        `^The WebAssembly module \\(pkg(-threads)?(-relaxed)?/anoscope_bg\\.wasm\\) failed its integrity check \\(sha256 (${wasmShas(v1).join('|')}), ` +
           `expected (${wasmShas(v2).join('|')})\\): it is not the file build\\.json of version ${v2.id} lists\\.`,
       ),
     );
@@ -264,7 +268,7 @@ test('a half-deployed site is refused with the mismatch named; the deploy comple
     // 3. The reverse: the old page with the new wasm and build.json: the page refuses.
     own = await serve(site, { port });
     cpSync(v1dir, site, { recursive: true });
-    for (const f of ['build.json', 'pkg', 'pkg-threads']) {
+    for (const f of ['build.json', ...PKGS]) {
       try {
         cpSync(join(next, f), join(site, f), { recursive: true });
       } catch (e) {

@@ -96,3 +96,63 @@ test('a refused camera permission is reported and the page keeps working', { tim
     await b.close();
   }
 });
+
+test('a busy worker drops webcam frames: one frame in flight at most, each grabbed after the last result', { timeout: 90_000 }, async () => {
+  const b = await browser({ fakeMedia: true });
+  try {
+    // Every detect request takes 300 ms longer (?stepdelay): the camera (Chromium's fake device,
+    // 20-30 frames/s) makes far more frames than the worker scores meanwhile.
+    const { page, problems } = await openPage(b.context, `${server.url}?stepdelay=300`);
+    // Logs every detect request the page posts to a Worker and when its answer comes back.
+    await page.addInitScript(() => {
+      window.__detects = [];
+      const post = Worker.prototype.postMessage;
+      Worker.prototype.postMessage = function (msg, ...rest) {
+        if (msg?.type === 'detect') {
+          const entry = { id: msg.id, sent: performance.now(), done: null };
+          window.__detects.push(entry);
+          this.addEventListener('message', function answered({ data }) {
+            if (data?.id !== entry.id || data.type === 'progress') return;
+            entry.done = performance.now();
+            this.removeEventListener('message', answered);
+          });
+        }
+        return post.call(this, msg, ...rest);
+      };
+    });
+    await page.reload();
+    await ready(page);
+    await loadTestModel(page);
+    await page.click('#webcam');
+    await page.waitForFunction(() => document.getElementById('video').srcObject, null, { timeout: 30_000 });
+    // Count the frames the camera presents while the page scores.
+    await page.evaluate(() => {
+      window.__camFrames = 0;
+      const v = document.getElementById('video');
+      const tick = () => {
+        window.__camFrames += 1;
+        v.requestVideoFrameCallback(tick);
+      };
+      v.requestVideoFrameCallback(tick);
+    });
+    await page.waitForFunction(() => Number(document.getElementById('webcam-status').dataset.frames) >= 5, null, {
+      timeout: 60_000,
+    });
+    await page.click('#webcam');
+    const { detects, camFrames } = await page.evaluate(() => ({ detects: window.__detects, camFrames: window.__camFrames }));
+    assert.ok(detects.length >= 5, `${detects.length} detect requests`);
+    // Never queued: each request is posted after the previous one was answered.
+    for (let i = 1; i < detects.length; i++) {
+      assert.ok(detects[i - 1].done !== null, `request ${i - 1} never answered before request ${i}`);
+      assert.ok(detects[i].sent >= detects[i - 1].done, `request ${i} sent while request ${i - 1} was in flight`);
+    }
+    // Each request waited the 300 ms step delay at least.
+    const answered = detects.filter((d) => d.done !== null);
+    assert.ok(answered.every((d) => d.done - d.sent >= 290), JSON.stringify(answered.map((d) => d.done - d.sent)));
+    // Dropped: the camera presented several frames per scored frame.
+    assert.ok(camFrames >= 2 * detects.length, `camera frames ${camFrames}, scored ${detects.length}`);
+    assert.deepEqual(problems, []);
+  } finally {
+    await b.close();
+  }
+});

@@ -106,7 +106,7 @@ test('auto on a software WebGPU adapter (SwiftShader) runs on the CPU', { timeou
     await ready(page);
     const backend = await backendOf(page);
     assert.equal(backend.gpu, false);
-    assert.match(backend.text, /^CPU \(WebAssembly SIMD, 1 thread\) \(the only WebGPU adapter, .+, runs on the CPU; \?backend=gpu forces it\)$/);
+    assert.match(backend.text, /^CPU \(WebAssembly SIMD( \+ relaxed)?, 1 thread\) \(the only WebGPU adapter, .+, runs on the CPU; \?backend=gpu forces it\)$/);
     assert.equal(await page.$eval('#backend-choice', (el) => el.value), 'auto');
     assert.equal(await message(page), '');
   } finally {
@@ -119,7 +119,7 @@ test('forced WebGPU (?backend=gpu) scores like the CPU: fast, WinCLIP, few-shot,
   const gpu = await scoreAll('?backend=gpu');
   const ref = await cpuRun();
   assert.equal(ref.backend.gpu, false);
-  assert.match(ref.backend.text, /^CPU \(WebAssembly SIMD, 1 thread\)/);
+  assert.match(ref.backend.text, /^CPU \(WebAssembly SIMD( \+ relaxed)?, 1 thread\)/);
   assert.equal(gpu.backend.gpu, true, gpu.backend.text);
   assert.match(gpu.backend.text, /^GPU \(WebGPU, .+, f(16|32) weights\)$/);
   assert.equal(gpu.backendAfter.gpu, true, `the GPU was switched off: ${gpu.backendAfter.text}`);
@@ -139,7 +139,7 @@ for (const hook of ['adapter', 'forward']) {
     const ref = await cpuRun();
     assert.equal(failed.backendAfter.gpu, false);
     const why = hook === 'adapter' ? /WebGPU could not start \(no GPU adapter \(forced/ : /WebGPU failed \(GPU device lost \(forced/;
-    assert.match(failed.backendAfter.text, /^CPU \(WebAssembly SIMD, 1 thread\)/);
+    assert.match(failed.backendAfter.text, /^CPU \(WebAssembly SIMD( \+ relaxed)?, 1 thread\)/);
     assert.match(failed.backendAfter.text, why);
     if (hook === 'adapter') assert.equal(failed.backend.gpu, false);
     const d = compare(failed, ref);

@@ -14,6 +14,17 @@ not depend on the weight values):
   ours         `ANOSCOPE bench --arch vit-b-16 --threads T --runs N --json`
                run as a subprocess (only with --ours PATH); its JSON line
                {"arch","threads","runs","encode_ms","gflops"} is parsed.
+  ours-q8      the same with `--q8` (the image tower's block linear layers in
+               int8, quantized at load).
+  ours-base    another anoscope binary (--ours-base PATH), e.g. the build
+               before a change, timed in the same interleaved rounds.
+  onnxruntime-q8
+               the ONNX export dynamically quantized to int8 the way
+               transformers.js makes its default wasm "q8" models
+               (scripts/quantize.py: `onnxruntime.quantization` dynamic
+               IntegerOps, MatMul and Conv weights uint8 per tensor since the
+               graph has a Conv, activations uint8 at run time,
+               MatMulConstBOnly); cached next to the fp32 export.
 
 Measurements are interleaved so machine noise hits every peer alike: for each
 round, for each thread count, each peer runs one timed block (2 warm-up runs,
@@ -25,7 +36,7 @@ Usage (from the repo root):
   /work/venv-ref/bin/python tests/reference/bench_peers.py \
       [--ours target/release/anoscope] [--threads 1,2] [--runs 5] \
       [--rounds 2] [--json bench.json] [--cache-dir /tmp/anoscope-bench] \
-      [--peers pytorch,onnxruntime,ours]
+      [--peers pytorch,onnxruntime,ours] [--ours-base OLD_BINARY]
 
 Needs: torch, transformers, numpy, onnx, onnxruntime (and onnxscript for
 newer torch versions' exporter imports).
@@ -73,7 +84,11 @@ def parse_args(argv=None):
     p.add_argument("--cache-dir", default=os.path.join("/tmp", "anoscope-bench"),
                    help="where the exported .onnx file is cached (default /tmp/anoscope-bench)")
     p.add_argument("--peers", default="pytorch,onnxruntime,ours",
-                   help="subset of peers to run (default: all; 'ours' only with --ours)")
+                   help="subset of peers to run (default pytorch,onnxruntime,ours; also "
+                        "ours-q8, ours-base (with --ours-base) and onnxruntime-q8; "
+                        "'ours*' only with --ours)")
+    p.add_argument("--ours-base", metavar="PATH",
+                   help="another anoscope binary, the 'ours-base' peer (before/after a change)")
     p.add_argument("--ours-timeout", type=float, default=900.0,
                    help="seconds before an 'ours' subprocess is abandoned (default 900)")
     p.add_argument("--seed", type=int, default=0)
@@ -84,12 +99,15 @@ def parse_args(argv=None):
     if a.runs < 1 or a.rounds < 1:
         p.error("--runs and --rounds must be >= 1")
     peers = [s.strip() for s in a.peers.split(",") if s.strip()]
-    bad = set(peers) - {"pytorch", "onnxruntime", "ours"}
+    bad = set(peers) - {"pytorch", "onnxruntime", "onnxruntime-q8", "ours", "ours-q8", "ours-base"}
     if bad:
         p.error("unknown peers: %s" % ", ".join(sorted(bad)))
-    if "ours" in peers and not a.ours:
-        peers.remove("ours")
-    if a.ours and "ours" not in peers and "ours" in a.peers:
+    for name in ("ours", "ours-q8"):
+        if name in peers and not a.ours:
+            peers.remove(name)
+    if "ours-base" in peers and not a.ours_base:
+        p.error("--peers ours-base needs --ours-base PATH")
+    if a.ours and "ours" not in peers and "ours" in a.peers.split(","):
         peers.append("ours")
     a.peers = peers
     if not peers:
@@ -175,15 +193,15 @@ class OrtPeer:
 
 
 class OursPeer:
-    name = "ours"
-
-    def __init__(self, binary: str, timeout: float):
+    def __init__(self, binary: str, timeout: float, name: str = "ours", extra=()):
         self.binary = binary
         self.timeout = timeout
+        self.name = name
+        self.extra = list(extra)
 
     def measure(self, threads: int, runs: int) -> dict:
         cmd = [self.binary, "bench", "--arch", "vit-b-16", "--threads", str(threads),
-               "--runs", str(runs), "--json"]
+               "--runs", str(runs), "--json"] + self.extra
         proc = subprocess.run(cmd, env=thread_env(threads), capture_output=True,
                               text=True, timeout=self.timeout)
         if proc.returncode != 0:
@@ -270,6 +288,28 @@ def write_image_embeds_onnx(model, x, path) -> None:
     os.replace(tmp, path)
 
 
+def quantize_q8(fp32_path: Path) -> Path:
+    """The transformers.js-style dynamic int8 model of `fp32_path` (cached beside it)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    out = fp32_path.with_name(fp32_path.stem + "_q8dyn.onnx")
+    if out.exists():
+        print("onnx q8: using cached %s" % out, file=sys.stderr)
+        return out
+    tmp = out.with_suffix(".onnx.tmp")
+    # transformers.js scripts/quantize.py, mode q8: IntegerOps (dynamic), weights uint8 when the
+    # graph has a Conv (this one does: the patch embedding), per tensor, no reduced range,
+    # MatMul only with constant B.
+    quantize_dynamic(
+        str(fp32_path), str(tmp),
+        op_types_to_quantize=["MatMul", "Conv"],
+        per_channel=False, reduce_range=False,
+        weight_type=QuantType.QUInt8,
+        extra_options={"EnableSubgraph": True, "MatMulConstBOnly": True})
+    os.replace(tmp, out)
+    return out
+
+
 def check_ort_matches(model, x, ort_peer: OrtPeer) -> float:
     """Max abs difference between torch and onnxruntime image_embeds."""
     import numpy as np
@@ -303,7 +343,7 @@ def main(argv=None) -> int:
     peers = []
     meta = {}
     model = x = None
-    if "pytorch" in a.peers or "onnxruntime" in a.peers:
+    if "pytorch" in a.peers or "onnxruntime" in a.peers or "onnxruntime-q8" in a.peers:
         model, x = build_torch_model(a.seed)
     if "pytorch" in a.peers:
         peers.append(TorchPeer(model, x))
@@ -318,8 +358,26 @@ def main(argv=None) -> int:
         meta["onnx_max_abs_diff"] = diff
         meta["onnxruntime_version"] = ort.__version__
         peers.append(ortp)
+    if "onnxruntime-q8" in a.peers:
+        import numpy as np
+
+        q8_path = quantize_q8(export_onnx(model, x, Path(a.cache_dir)))
+        q8p = OrtPeer(q8_path, x.numpy())
+        q8p.name = "onnxruntime-q8"
+        with torch.inference_mode():
+            ref = model(pixel_values=x).image_embeds.numpy()[0]
+        got = q8p.session(1).run(["image_embeds"], q8p.feed)[0][0]
+        cosv = float(np.dot(ref, got) / (np.linalg.norm(ref) * np.linalg.norm(got)))
+        print("onnx q8: cosine(torch, ort q8) image_embeds = %.6f" % cosv, file=sys.stderr)
+        meta["onnx_q8_path"] = str(q8_path)
+        meta["onnx_q8_cosine"] = cosv
+        peers.append(q8p)
     if "ours" in a.peers:
         peers.append(OursPeer(a.ours, a.ours_timeout))
+    if "ours-q8" in a.peers:
+        peers.append(OursPeer(a.ours, a.ours_timeout, "ours-q8", ["--q8"]))
+    if "ours-base" in a.peers:
+        peers.append(OursPeer(a.ours_base, a.ours_timeout, "ours-base"))
 
     # results[peer][threads] -> list of per-round encode_ms (or error string)
     per_round = {p.name: {t: [] for t in a.threads} for p in peers}
@@ -362,15 +420,15 @@ def main(argv=None) -> int:
             results[p.name][str(t)] = entry
 
     ratios = {}
-    if "ours" in results:
-        for t in a.threads:
-            o = results["ours"][str(t)].get("encode_ms")
-            rt = {}
-            for other in ("pytorch", "onnxruntime"):
+    for t in a.threads:
+        rt = {}
+        for mine in ("ours", "ours-q8", "ours-base"):
+            o = results.get(mine, {}).get(str(t), {}).get("encode_ms")
+            for other in ("pytorch", "onnxruntime", "onnxruntime-q8", "ours-base"):
                 v = results.get(other, {}).get(str(t), {}).get("encode_ms")
-                if o is not None and v is not None:
-                    rt["ours/%s" % other] = o / v
-            ratios[str(t)] = rt
+                if mine != other and o is not None and v is not None:
+                    rt["%s/%s" % (mine, other)] = o / v
+        ratios[str(t)] = rt
 
     # Table
     print()

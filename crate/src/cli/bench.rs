@@ -39,6 +39,10 @@ pub struct BenchArgs {
     /// Input side in pixels (default: the checkpoint's; 518 for anomalyclip and adaptclip).
     #[arg(long)]
     size: Option<usize>,
+    /// Run the image tower's block linear layers in int8 (quantized at load; a q8 checkpoint
+    /// always runs in int8).
+    #[arg(long)]
+    q8: bool,
     #[command(flatten)]
     backend: BackendOpts,
 }
@@ -97,6 +101,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         mode,
         batch,
         size,
+        q8,
         backend,
     } = args;
     let (arch, model) = (arch.as_str(), model.as_deref());
@@ -124,6 +129,9 @@ pub fn bench(args: BenchArgs) -> Result<()> {
             )?
         }
     };
+    if q8 {
+        clip.quantize_vision()?;
+    }
     let learned_mode = matches!(mode, BenchMode::Anomalyclip | BenchMode::Adaptclip);
     if learned_mode {
         learned::use_official_pos_interp(&mut clip);
@@ -246,6 +254,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         let mut extra = serde_json::Map::new();
         let (label, flops, (median, lo, hi)) = time_mode(&clip, m, &mut extra)?;
         extra.insert("backend".into(), if on_gpu { "gpu" } else { "cpu" }.into());
+        extra.insert("int8".into(), clip.vision.w.is_q8().into());
         if on_gpu && m != BenchMode::Text {
             // The baseline, measured in the same run.
             let (_, _, (cpu, _, _)) = time_mode(&cpu_clip, m, &mut serde_json::Map::new())?;

@@ -1,8 +1,8 @@
 //! `anoscope convert`: a checkpoint's floating-point tensors rewritten in another storage type
-//! (the conversion itself is [`anoscope::model::weights::convert_safetensors`]), or a learned
+//! (the conversion itself is [`anoscope::model::weights::convert_safetensors`]; q8:
+//! [`anoscope::model::weights::quantize_safetensors`]), or a learned
 //! prompt file (AnomalyCLIP's official `.pth`) rewritten as safetensors
 //! ([`anoscope::detect::anomalyclip::LearnedPrompts::to_safetensors`]).
-use super::args::Dtype;
 use anoscope::detect::adaptclip;
 use anoscope::detect::anomalyclip::LearnedPrompts;
 use anoscope::detect::learned::use_official_pos_interp;
@@ -23,11 +23,21 @@ pub struct ConvertArgs {
     /// text features are stored too (`text_features`), so no text tower is needed later.
     #[arg(long)]
     learned: Option<PathBuf>,
+    /// f32, f16, or q8: the image tower's block linear layers as int8 blocks (run in int8 when
+    /// loaded), everything else f16 (q8: checkpoints only, not learned files).
     #[arg(long, value_enum, default_value = "f16")]
-    dtype: Dtype,
+    dtype: ConvertDtype,
     /// Output directory (a checkpoint) or, with --learned, output file.
     #[arg(long)]
     out: PathBuf,
+}
+
+/// What `anoscope convert --dtype` writes.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub(crate) enum ConvertDtype {
+    F32,
+    F16,
+    Q8,
 }
 
 /// Runs `anoscope convert`: validates the whole input, then writes the converted copy to `--out`.
@@ -39,10 +49,13 @@ pub fn convert(args: ConvertArgs) -> Result<()> {
         out,
     } = args;
     let st_dtype = match dtype {
-        Dtype::F32 => safetensors::Dtype::F32,
-        Dtype::F16 => safetensors::Dtype::F16,
+        ConvertDtype::F32 => safetensors::Dtype::F32,
+        ConvertDtype::F16 | ConvertDtype::Q8 => safetensors::Dtype::F16,
     };
     if let Some(file) = learned {
+        if matches!(dtype, ConvertDtype::Q8) {
+            bail!("--dtype q8 applies to checkpoints (--model DIR without --learned); learned files are f32 or f16");
+        }
         if adaptclip::is_adaptclip_file(&file)? {
             // AdaptCLIP: the class pairs are stored too, so the model is needed.
             let dir = model.context("converting an AdaptCLIP file needs --model DIR (its class pairs are stored)")?;
@@ -93,8 +106,13 @@ pub fn convert(args: ConvertArgs) -> Result<()> {
     // Validate the whole checkpoint before writing anything.
     Clip::load_dir(&model)?;
     let bytes = std::fs::read(&files.weights).with_context(|| format!("cannot read {}", files.weights.display()))?;
-    let converted =
-        anoscope::model::weights::convert_safetensors(&bytes, &files.weights.display().to_string(), st_dtype)?;
+    let origin = files.weights.display().to_string();
+    let converted = match dtype {
+        ConvertDtype::Q8 => anoscope::model::weights::quantize_safetensors(&bytes, &origin)?,
+        ConvertDtype::F32 | ConvertDtype::F16 => {
+            anoscope::model::weights::convert_safetensors(&bytes, &origin, st_dtype)?
+        }
+    };
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     let cfg_name = files.layout.config_file();
     std::fs::copy(&files.config, out.join(cfg_name))

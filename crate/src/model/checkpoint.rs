@@ -60,9 +60,38 @@ pub fn decode_floats(dtype: Dtype, bytes: &[u8], out: &mut Vec<f32>) -> Result<(
                 .chunks_exact(8)
                 .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32),
         ),
+        // The int8 values of a q8 checkpoint, as exact integers; the reader then scales them
+        // ([`dequantize_q8`]). Only meaningful with their block scales, which the readers check.
+        Dtype::I8 => out.extend(bytes.iter().map(|&b| b as i8 as f32)),
         other => bail!("unsupported dtype {other:?} (expected F32, F16 or BF16)"),
     }
     Ok(())
+}
+
+/// Name suffix of the block scales of an int8 tensor in a q8 checkpoint (`anoscope convert
+/// --dtype q8`): tensor `W` (`I8`, `[rows, cols]`) has its scales in `W` + this suffix (`F16`,
+/// `[rows, cols / Q8_BLOCK]`), one per run of [`Q8_BLOCK`] values along a row, and
+/// `W[r, c] = int8[r, c] · scale[r, c / Q8_BLOCK]` (candle's Q8_0 blocks, stored apart).
+pub const Q8_SCALES_SUFFIX: &str = ".q8_scales";
+
+/// Values per int8 block along a row (the `cols` of an int8 tensor are a multiple of it).
+pub const Q8_BLOCK: usize = 32;
+
+/// The shape the scales of an int8 tensor of `shape` must have, or an error naming why it cannot
+/// be an int8 tensor (not 2-D, or rows not a multiple of [`Q8_BLOCK`]).
+pub fn q8_scales_shape(shape: &[usize]) -> Result<[usize; 2]> {
+    match *shape {
+        [rows, cols] if cols % Q8_BLOCK == 0 && cols > 0 => Ok([rows, cols / Q8_BLOCK]),
+        _ => bail!("an int8 tensor must be 2-D with a multiple of {Q8_BLOCK} columns, got shape {shape:?}"),
+    }
+}
+
+/// Scales the int8 `values` (exact integers as f32, row-major, `shape` as checked by
+/// [`q8_scales_shape`]) by their block `scales` in place.
+pub fn dequantize_q8(values: &mut [f32], scales: &[f32]) {
+    for (block, &s) in values.chunks_exact_mut(Q8_BLOCK).zip(scales) {
+        block.iter_mut().for_each(|v| *v *= s);
+    }
 }
 
 /// A named set of tensors that the towers read their weights from.
@@ -71,6 +100,10 @@ pub trait TensorSource {
     fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor>;
     /// Whether `name` exists.
     fn contains(&self, name: &str) -> bool;
+    /// Whether `name` is stored as int8 with block scales (a q8 checkpoint's linear weight).
+    fn is_q8(&self, name: &str) -> bool {
+        self.contains(&format!("{name}{Q8_SCALES_SUFFIX}"))
+    }
 }
 
 /// Whether `name` belongs to the image tower (or is the shared `logit_scale`) in either layout:

@@ -467,18 +467,18 @@ impl ClipConfig {
         .fold(0u64, u64::saturating_add)
     }
 
-    /// Rejects weights too small to hold the image tower this configuration describes (at two
-    /// bytes per parameter, the smallest supported dtype), before any tensor is read: a
+    /// Rejects weights too small to hold the image tower this configuration describes (at one
+    /// byte per parameter, a q8 file's int8), before any tensor is read: a
     /// configuration that belongs to a bigger model gets one clear error instead of a shape
     /// mismatch deep inside the file.
     pub fn check_weights_size(&self, weights_bytes: u64, origin: &str) -> Result<()> {
         let params = self.vision_params();
-        if weights_bytes < params.saturating_mul(2) {
+        // One byte per parameter: the smallest storage read (a q8 file's int8 blocks).
+        if weights_bytes < params {
             bail!(
-                "{origin}: the configuration describes an image tower of {params} parameters (at least {} \
-                 bytes in f16), but the weights file has only {weights_bytes} bytes: the configuration and \
-                 the weights do not belong together (or the file is truncated)",
-                params.saturating_mul(2)
+                "{origin}: the configuration describes an image tower of {params} parameters (at least \
+                 {params} bytes even in int8), but the weights file has only {weights_bytes} bytes: the \
+                 configuration and the weights do not belong together (or the file is truncated)"
             );
         }
         Ok(())

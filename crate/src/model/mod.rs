@@ -6,12 +6,13 @@
 pub mod checkpoint;
 pub mod config;
 pub mod ops;
-#[cfg(not(target_arch = "wasm32"))]
 pub mod pth;
 pub mod random;
 pub mod stream;
 pub mod text;
 pub mod vision;
+#[cfg(all(target_arch = "wasm32", feature = "relaxed-simd"))]
+pub mod wasm_gemm;
 pub mod weights;
 
 pub use checkpoint::TensorSource;
@@ -151,6 +152,16 @@ impl Clip {
         let src = SafetensorsSource::new(&bytes, &origin)?;
         cfg.check_weights_size(size, &origin)?;
         Self::from_source(&cfg, &src)
+    }
+
+    /// Runs the image tower's block linear layers in int8 from now on
+    /// ([`weights::VisionWeights::quantize`]); a no-op when they already are (a q8 checkpoint is
+    /// loaded that way).
+    pub fn quantize_vision(&mut self) -> Result<()> {
+        if !self.vision.w.is_q8() {
+            self.vision.w.quantize()?;
+        }
+        Ok(())
     }
 
     /// The token padding convention of the checkpoint's own library.

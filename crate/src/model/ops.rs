@@ -22,12 +22,17 @@ impl Norm {
 }
 
 impl Linear {
-    /// `x @ w_t + b` over the last dimension of `x` (any number of leading dimensions).
+    /// `x @ w_t + b` over the last dimension of `x` (any number of leading dimensions), in int8
+    /// when the layer has its int8 form ([`Linear::quantize`]).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         let last = dims[dims.len() - 1];
         let rows = x.elem_count() / last;
-        let y = x.contiguous()?.reshape((rows, last))?.matmul(&self.w_t)?;
+        let x = x.contiguous()?.reshape((rows, last))?;
+        let y = match &self.q8 {
+            Some(q) => candle_core::Module::forward(q, &x)?,
+            None => matmul_2d(&x, &self.w_t)?,
+        };
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
@@ -36,6 +41,29 @@ impl Linear {
         *out_dims.last_mut().unwrap() = self.w_t.dim(1)?;
         Ok(y.reshape(out_dims)?)
     }
+}
+
+/// `x [M, K] @ w [K, N]`: candle's matmul, or in the relaxed-SIMD wasm build (f32, both
+/// contiguous) the `f32x4.relaxed_madd` GEMM of [`super::wasm_gemm`].
+fn matmul_2d(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    #[cfg(all(target_arch = "wasm32", feature = "relaxed-simd"))]
+    {
+        use candle_core::Storage;
+        let ((m, k), (k2, n)) = (x.dims2()?, w.dims2()?);
+        anyhow::ensure!(k == k2, "matmul: [{m}, {k}] @ [{k2}, {n}]");
+        let (sa, la) = x.storage_and_layout();
+        let (sb, lb) = w.storage_and_layout();
+        if let (Storage::Cpu(ca), Storage::Cpu(cb), Some((a0, a1)), Some((b0, b1))) =
+            (&*sa, &*sb, la.contiguous_offsets(), lb.contiguous_offsets())
+        {
+            if let (Ok(a), Ok(b)) = (ca.as_slice::<f32>(), cb.as_slice::<f32>()) {
+                let mut c = vec![0f32; m * n];
+                super::wasm_gemm::gemm(&a[a0..a1], &b[b0..b1], &mut c, m, k, n);
+                return Ok(Tensor::from_vec(c, (m, n), x.device())?);
+            }
+        }
+    }
+    Ok(x.matmul(w)?)
 }
 
 /// Applies the MLP activation.

@@ -12,7 +12,10 @@
 //! The size limits, the image-tower test and the vision-first writer are shared with the
 //! whole-file reader ([`super::weights`]) and live in [`super::checkpoint`] (the last two are
 //! re-exported here under their old paths).
-use super::checkpoint::{decode_floats, TensorSource, MAX_CHECKPOINT_BYTES, MAX_SAFETENSORS_HEADER_BYTES};
+use super::checkpoint::{
+    decode_floats, dequantize_q8, q8_scales_shape, TensorSource, MAX_CHECKPOINT_BYTES, MAX_SAFETENSORS_HEADER_BYTES,
+    Q8_SCALES_SUFFIX,
+};
 pub use super::checkpoint::{is_image_tower_tensor, serialize_vision_first};
 use super::config::ClipConfig;
 use super::{Clip, TextTower, VisionTower};
@@ -116,6 +119,8 @@ struct Received {
     origin: String,
     /// Every tensor name of the header, with its shape.
     shapes: HashMap<String, Vec<usize>>,
+    /// The tensors stored as int8 (scaled by their block scales when read).
+    int8: HashSet<String>,
     slots: RefCell<HashMap<String, Slot>>,
 }
 
@@ -130,7 +135,22 @@ impl TensorSource for Received {
         }
         let mut slots = self.slots.borrow_mut();
         match slots.remove(name) {
-            Some(Slot::Ready(values)) => Ok(Tensor::from_vec(values, shape, &Device::Cpu)?),
+            Some(Slot::Ready(mut values)) => {
+                drop(slots);
+                if self.int8.contains(name) {
+                    let want = q8_scales_shape(shape).with_context(|| format!("{origin}: tensor `{name}` (I8)"))?;
+                    let scales_name = format!("{name}{Q8_SCALES_SUFFIX}");
+                    if !self.shapes.contains_key(&scales_name) {
+                        bail!(
+                            "{origin}: tensor `{name}`: unsupported dtype I8 without its block scales \
+                             `{scales_name}` (int8 tensors are read only as anoscope's q8 format)"
+                        );
+                    }
+                    let scales = self.get(&scales_name, &want)?.flatten_all()?.to_vec1::<f32>()?;
+                    dequantize_q8(&mut values, &scales);
+                }
+                Ok(Tensor::from_vec(values, shape, &Device::Cpu)?)
+            }
             Some(Slot::Bad(Some(context), cause)) => Err(anyhow!(cause).context(context)),
             Some(Slot::Bad(None, message)) => Err(anyhow!(message)),
             None => bail!("{origin}: tensor `{name}` was not loaded (internal error: read twice or not streamed)"),
@@ -351,9 +371,15 @@ impl StreamLoader {
         };
         let (vision_end, text_end) = (end_of(true), end_of(false));
         let shapes = entries.iter().map(|e| (e.name.clone(), e.shape.clone())).collect();
+        let int8 = entries
+            .iter()
+            .filter(|e| e.dtype == Dtype::I8)
+            .map(|e| e.name.clone())
+            .collect();
         let src = Received {
             origin: self.origin.clone(),
             shapes,
+            int8,
             slots: RefCell::new(HashMap::new()),
         };
         let has_text = super::weights::TextWeights::present(&src, self.cfg.layout);
@@ -399,6 +425,7 @@ impl StreamLoader {
                 Dtype::F32 => 4,
                 Dtype::F16 | Dtype::BF16 => 2,
                 Dtype::F64 => 8,
+                Dtype::I8 => 1,
                 _ => 0,
             };
             let elem = if wanted { elem } else { 0 };

@@ -6,12 +6,14 @@
 //! (re-exported here under their old paths). The streaming reader (`model::stream`) builds on
 //! this module; this module does not use it.
 use super::checkpoint::serialize_vision_first;
+use super::checkpoint::{dequantize_q8, q8_scales_shape, Q8_BLOCK, Q8_SCALES_SUFFIX};
 pub use super::checkpoint::{
     TensorSource, MAX_CHECKPOINT_BYTES, MAX_CHECKPOINT_BYTES_NATIVE, MAX_CHECKPOINT_BYTES_WASM,
     MAX_SAFETENSORS_HEADER_BYTES,
 };
 use super::config::{ClipConfig, Layout};
 use anyhow::{bail, Context, Result};
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Tensor};
 use safetensors::{Dtype, SafeTensors};
 use std::collections::HashMap;
@@ -79,12 +81,42 @@ impl TensorSource for SafetensorsSource<'_> {
                 shape
             );
         }
-        let values = view_to_f32(&view).with_context(|| format!("{}: tensor `{name}`", self.origin))?;
+        let mut values = view_to_f32(&view).with_context(|| format!("{}: tensor `{name}`", self.origin))?;
+        if view.dtype() == Dtype::I8 {
+            let scales = self.q8_scales(name, shape)?;
+            dequantize_q8(&mut values, &scales);
+        }
         check_finite(&values, &format!("{}: tensor `{name}`", self.origin))?;
         Ok(Tensor::from_vec(values, shape, &Device::Cpu)?)
     }
     fn contains(&self, name: &str) -> bool {
         self.st.tensor(name).is_ok()
+    }
+}
+
+impl SafetensorsSource<'_> {
+    /// The block scales of the int8 tensor `name` of `shape` (checked: present, of the right
+    /// shape and dtype, finite).
+    fn q8_scales(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let origin = &self.origin;
+        let want = q8_scales_shape(shape).with_context(|| format!("{origin}: tensor `{name}` (I8)"))?;
+        let scales_name = format!("{name}{Q8_SCALES_SUFFIX}");
+        let Ok(view) = self.st.tensor(&scales_name) else {
+            bail!(
+                "{origin}: tensor `{name}`: unsupported dtype I8 without its block scales \
+                 `{scales_name}` (int8 tensors are read only as anoscope's q8 format)"
+            );
+        };
+        if view.shape() != &want[..] || !matches!(view.dtype(), Dtype::F16 | Dtype::F32) {
+            bail!(
+                "{origin}: tensor `{scales_name}` is {:?} {:?}, expected F16 {want:?}",
+                view.dtype(),
+                view.shape()
+            );
+        }
+        let values = view_to_f32(&view)?;
+        check_finite(&values, &format!("{origin}: tensor `{scales_name}`"))?;
+        Ok(values)
     }
 }
 
@@ -126,6 +158,30 @@ pub struct Linear {
     pub w_t: Tensor,
     /// Added to every output row, `[out]` (`None`: no bias).
     pub bias: Option<Tensor>,
+    /// The int8 form of `w_t` ([`Linear::quantize`]); when set, [`Linear::forward`] runs it
+    /// instead of the f32 matmul (`w_t` stays, for the GPU and as the reference).
+    pub q8: Option<QMatMul>,
+}
+
+impl Linear {
+    /// A layer with f32 weights only.
+    pub fn new(w_t: Tensor, bias: Option<Tensor>) -> Self {
+        Self { w_t, bias, q8: None }
+    }
+
+    /// Adds the int8 form of the weights: candle's Q8_0 (per output channel, one f16 scale per
+    /// [`Q8_BLOCK`] input values; activations quantized per row block at run time, i32
+    /// accumulation). Re-quantizing weights read from a q8 checkpoint gives back its exact
+    /// blocks. Errors when the input width is not a multiple of [`Q8_BLOCK`].
+    pub fn quantize(&mut self) -> Result<()> {
+        let (k, _) = self.w_t.dims2()?;
+        if k % Q8_BLOCK != 0 {
+            bail!("cannot quantize a linear layer with {k} inputs to int8 (not a multiple of {Q8_BLOCK})");
+        }
+        let w = self.w_t.t()?.contiguous()?; // [out, in]: blocks run along the inputs
+        self.q8 = Some(QMatMul::from_qtensor(QTensor::quantize(&w, GgmlDType::Q8_0)?)?);
+        Ok(())
+    }
 }
 
 /// One pre-norm transformer block.
@@ -189,10 +245,10 @@ fn norm(src: &dyn TensorSource, prefix: &str, d: usize, eps: f64) -> Result<Norm
 
 fn linear(src: &dyn TensorSource, prefix: &str, out_dim: usize, in_dim: usize) -> Result<Linear> {
     let w = src.get(&format!("{prefix}.weight"), &[out_dim, in_dim])?;
-    Ok(Linear {
-        w_t: w.t()?.contiguous()?,
-        bias: Some(src.get(&format!("{prefix}.bias"), &[out_dim])?),
-    })
+    Ok(Linear::new(
+        w.t()?.contiguous()?,
+        Some(src.get(&format!("{prefix}.bias"), &[out_dim])?),
+    ))
 }
 
 /// Key names of one block in each layout.
@@ -208,10 +264,7 @@ fn block(src: &dyn TensorSource, layout: Layout, prefix: &str, d: usize, mlp: us
             let w = Tensor::cat(&[q, k, v], 0)?;
             Ok(Block {
                 ln_1: norm(src, &format!("{prefix}.layer_norm1"), d, eps)?,
-                qkv: Linear {
-                    w_t: w.t()?.contiguous()?,
-                    bias: Some(Tensor::cat(&[qb, kb, vb], 0)?),
-                },
+                qkv: Linear::new(w.t()?.contiguous()?, Some(Tensor::cat(&[qb, kb, vb], 0)?)),
                 out: linear(src, &format!("{prefix}.self_attn.out_proj"), d, d)?,
                 ln_2: norm(src, &format!("{prefix}.layer_norm2"), d, eps)?,
                 fc1: linear(src, &format!("{prefix}.mlp.fc1"), mlp, d)?,
@@ -222,10 +275,10 @@ fn block(src: &dyn TensorSource, layout: Layout, prefix: &str, d: usize, mlp: us
             let w = src.get(&format!("{prefix}.attn.in_proj_weight"), &[3 * d, d])?;
             Ok(Block {
                 ln_1: norm(src, &format!("{prefix}.ln_1"), d, eps)?,
-                qkv: Linear {
-                    w_t: w.t()?.contiguous()?,
-                    bias: Some(src.get(&format!("{prefix}.attn.in_proj_bias"), &[3 * d])?),
-                },
+                qkv: Linear::new(
+                    w.t()?.contiguous()?,
+                    Some(src.get(&format!("{prefix}.attn.in_proj_bias"), &[3 * d])?),
+                ),
                 out: linear(src, &format!("{prefix}.attn.out_proj"), d, d)?,
                 ln_2: norm(src, &format!("{prefix}.ln_2"), d, eps)?,
                 fc1: linear(src, &format!("{prefix}.mlp.c_fc"), mlp, d)?,
@@ -258,6 +311,15 @@ impl VisionWeights {
                 "visual.ln_post",
             ),
         };
+        // A q8 checkpoint (its block weights stored as int8): run them in int8 natively. Not in
+        // wasm32: there candle's Q8_0 matmul (SIMD128 vec_dot) measured 1.5-1.9x slower than its
+        // f32 matmul on the ViT-B/16 GEMMs (docs/speed.md), so a q8 file there is a smaller
+        // download run in f32; `ClipModel.quantizeInt8()` still turns int8 on.
+        let q8 = cfg!(not(target_arch = "wasm32"))
+            && src.is_q8(&match cfg.layout {
+                Layout::HuggingFace => format!("{blocks}.0.mlp.fc1.weight"),
+                Layout::OpenClip => format!("{blocks}.0.mlp.c_fc.weight"),
+            });
         let patch = src.get(conv, &[d, 3, p, p])?;
         let proj = match cfg.layout {
             Layout::HuggingFace => src
@@ -266,7 +328,7 @@ impl VisionWeights {
                 .contiguous()?,
             Layout::OpenClip => src.get("visual.proj", &[d, cfg.embed_dim])?,
         };
-        Ok(Self {
+        let mut w = Self {
             patch_w_t: patch.reshape((d, 3 * p * p))?.t()?.contiguous()?,
             class_embedding: src.get(cls, &[d])?,
             pos_embedding: src.get(pos, &[g * g + 1, d])?,
@@ -276,7 +338,31 @@ impl VisionWeights {
                 .collect::<Result<_>>()?,
             ln_post: norm(src, ln_post, d, v.ln_eps)?,
             proj,
-        })
+        };
+        if q8 {
+            w.quantize()?;
+        }
+        Ok(w)
+    }
+
+    /// Gives every block's linear layers (q, k, v, output projection, MLP) their int8 form
+    /// ([`Linear::quantize`]). The patch embedding and the final projection stay f32 (under 1 %
+    /// of the work), as does a layer whose input width is not a multiple of [`Q8_BLOCK`].
+    pub fn quantize(&mut self) -> Result<()> {
+        for b in &mut self.blocks {
+            for l in [&mut b.qkv, &mut b.out, &mut b.fc1, &mut b.fc2] {
+                // A width that is not a multiple of the block stays f32 (no ViT config has one).
+                if l.w_t.dim(0)? % Q8_BLOCK == 0 {
+                    l.quantize()?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the blocks run in int8 ([`VisionWeights::quantize`]).
+    pub fn is_q8(&self) -> bool {
+        self.blocks.first().is_some_and(|b| b.fc1.q8.is_some())
     }
 }
 
@@ -327,29 +413,99 @@ impl TextWeights {
 }
 
 /// Rewrites a safetensors buffer with every floating-point tensor stored as `dtype`
-/// (`F16` halves the browser download; `F32` undoes it). Other tensors are copied unchanged.
+/// (`F16` halves the browser download; `F32` undoes it); int8 tensors of a q8 file are scaled
+/// back to floats and their scales dropped. Other tensors are copied unchanged.
 /// The image tower's data comes first, so that the page can use it before the text tower is in.
 pub fn convert_safetensors(bytes: &[u8], origin: &str, dtype: Dtype) -> Result<Vec<u8>> {
     if !matches!(dtype, Dtype::F16 | Dtype::F32) {
         bail!("conversion target must be F16 or F32, got {dtype:?}");
     }
+    rewrite(bytes, origin, dtype, false)
+}
+
+/// Rewrites a safetensors buffer as a q8 checkpoint: the weights of the image tower's block
+/// linear layers (q, k, v, output projection, MLP) as int8 blocks with their f16 scales (see
+/// [`super::checkpoint::Q8_SCALES_SUFFIX`]), every other floating-point tensor (patch embedding,
+/// norms, projection, the whole text tower) in f16. Loading it runs those layers in int8.
+pub fn quantize_safetensors(bytes: &[u8], origin: &str) -> Result<Vec<u8>> {
+    rewrite(bytes, origin, Dtype::F16, true)
+}
+
+/// Whether `name` is the weight of a block linear layer of the image tower, in either layout
+/// (what a q8 checkpoint stores as int8).
+pub fn is_vision_block_linear(name: &str) -> bool {
+    const HF: [&str; 6] = [
+        "self_attn.q_proj.weight",
+        "self_attn.k_proj.weight",
+        "self_attn.v_proj.weight",
+        "self_attn.out_proj.weight",
+        "mlp.fc1.weight",
+        "mlp.fc2.weight",
+    ];
+    const OPEN_CLIP: [&str; 4] = [
+        "attn.in_proj_weight",
+        "attn.out_proj.weight",
+        "mlp.c_fc.weight",
+        "mlp.c_proj.weight",
+    ];
+    (name.starts_with("vision_model.encoder.layers.") && HF.iter().any(|s| name.ends_with(s)))
+        || (name.starts_with("visual.transformer.resblocks.") && OPEN_CLIP.iter().any(|s| name.ends_with(s)))
+}
+
+/// Candle's Q8_0 blocks of `values` (`[rows, cols]`, cols a multiple of [`Q8_BLOCK`]), split
+/// into the int8 values and the f16 scales, as little-endian bytes.
+fn q8_blocks(values: Vec<f32>, rows: usize, cols: usize) -> Result<(Vec<u8>, Vec<u8>)> {
+    let t = Tensor::from_vec(values, (rows, cols), &Device::Cpu)?;
+    let q = QTensor::quantize(&t, GgmlDType::Q8_0)?;
+    let raw = q.data()?;
+    const BLOCK_BYTES: usize = 2 + Q8_BLOCK; // BlockQ8_0: f16 scale, then 32 int8
+    let blocks = rows * cols / Q8_BLOCK;
+    if raw.len() != blocks * BLOCK_BYTES {
+        bail!("unexpected Q8_0 storage: {} bytes for {blocks} blocks", raw.len());
+    }
+    let mut ints = Vec::with_capacity(rows * cols);
+    let mut scales = Vec::with_capacity(blocks * 2);
+    for b in raw.chunks_exact(BLOCK_BYTES) {
+        scales.extend_from_slice(&b[..2]);
+        ints.extend_from_slice(&b[2..]);
+    }
+    Ok((ints, scales))
+}
+
+fn rewrite(bytes: &[u8], origin: &str, dtype: Dtype, q8: bool) -> Result<Vec<u8>> {
     let src = SafetensorsSource::new(bytes, origin)?;
     let mut data: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
-    for name in src.names() {
-        let view = src.st.tensor(&name)?;
-        let is_float = matches!(view.dtype(), Dtype::F32 | Dtype::F16 | Dtype::BF16 | Dtype::F64);
-        let (d, b) = if is_float {
-            let v = view_to_f32(&view).with_context(|| format!("{origin}: tensor `{name}`"))?;
-            check_finite(&v, &format!("{origin}: tensor `{name}`"))?;
-            let b: Vec<u8> = match dtype {
-                Dtype::F16 => v.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect(),
-                _ => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            };
-            (dtype, b)
-        } else {
-            (view.dtype(), view.data().to_vec())
+    let names = src.names();
+    for name in &names {
+        let view = src.st.tensor(name)?;
+        let shape = view.shape().to_vec();
+        if name.ends_with(Q8_SCALES_SUFFIX) && names.contains(&name[..name.len() - Q8_SCALES_SUFFIX.len()].to_string())
+        {
+            continue; // written again (q8) or applied (f16/f32) with its tensor
+        }
+        let is_float = matches!(
+            view.dtype(),
+            Dtype::F32 | Dtype::F16 | Dtype::BF16 | Dtype::F64 | Dtype::I8
+        );
+        if !is_float || (view.dtype() == Dtype::I8 && !src.is_q8(name)) {
+            data.push((name.clone(), view.dtype(), shape, view.data().to_vec()));
+            continue;
+        }
+        // Floats, checked, with int8 tensors scaled back.
+        let v = src.get(name, &shape)?.flatten_all()?.to_vec1::<f32>()?;
+        let quantize = q8 && is_vision_block_linear(name) && q8_scales_shape(&shape).is_ok();
+        if quantize {
+            let (ints, scales) = q8_blocks(v, shape[0], shape[1])?;
+            let scales_shape = q8_scales_shape(&shape)?.to_vec();
+            data.push((format!("{name}{Q8_SCALES_SUFFIX}"), Dtype::F16, scales_shape, scales));
+            data.push((name.clone(), Dtype::I8, shape, ints));
+            continue;
+        }
+        let b: Vec<u8> = match dtype {
+            Dtype::F16 => v.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect(),
+            _ => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
         };
-        data.push((name, d, view.shape().to_vec(), b));
+        data.push((name.clone(), dtype, shape, b));
     }
     let views = data
         .iter()

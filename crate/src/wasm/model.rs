@@ -229,6 +229,21 @@ impl ClipModel {
         self.clip.cfg.vision.image_size
     }
 
+    /// Whether the image tower's block linear layers run in int8 (after `quantizeInt8`; in the
+    /// browser a q8 checkpoint loads as f32, candle's wasm int8 kernel being slower than f32:
+    /// docs/speed.md).
+    #[wasm_bindgen(js_name = isInt8)]
+    pub fn is_int8(&self) -> bool {
+        self.clip.vision.w.is_q8()
+    }
+
+    /// Runs the image tower's block linear layers in int8 from now on (weights quantized here,
+    /// as a q8 checkpoint stores them; a no-op when they already are).
+    #[wasm_bindgen(js_name = quantizeInt8)]
+    pub fn quantize_int8(&mut self) -> Result<(), JsError> {
+        self.clip.quantize_vision().map_err(js_err)
+    }
+
     /// Whether the checkpoint has a text tower.
     #[wasm_bindgen(js_name = hasText)]
     pub fn has_text(&self) -> bool {

@@ -1,0 +1,91 @@
+// The relaxed-SIMD module variants (pkg-relaxed, pkg-threads-relaxed: f32x4.relaxed_madd in the
+// f32 GEMM, crate/src/model/wasm_gemm.rs) in headless Chromium, which has relaxed SIMD: the
+// worker picks them by WebAssembly.validate of a probe module, says so on the page, and scores
+// like the SIMD128 module within the relaxed-FMA bound; with the probe made to fail
+// (?relaxedprobe=fail) the SIMD128 module runs.
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, before, test } from 'node:test';
+import { DIST, browser, dropAndWait, image, loadTestModel, makeSite, openPage, ready, serve } from './harness.mjs';
+
+const build = JSON.parse(readFileSync(join(DIST, 'build.json'), 'utf8'));
+const skip = build.wasmRelaxed ? false : 'no relaxed-SIMD build in www/dist (ANOSCOPE_RELAXED=0?)';
+
+// Relaxed FMA: each product is added with one rounding instead of two, so activations differ
+// by a few ulps per layer; the score and the overlay of the test model move by far less than this.
+const SCORE_BOUND = 1e-4;
+
+let server;
+let b;
+
+before(async () => {
+  if (skip) return;
+  server = await serve(makeSite());
+  b = await browser();
+});
+
+after(async () => {
+  await b?.close();
+  server?.stop();
+});
+
+const bottle = () => ({ name: 'bottle_broken_large_000.png', type: 'image/png', bytes: image('bottle_broken_large_000.png') });
+
+/** Opens the page with `query`, loads the test model, scores the bottle in `mode`. */
+async function scoreWith(query, mode) {
+  const { page, problems, cspViolations } = await openPage(b.context, `${server.url}?${query}`);
+  try {
+    await ready(page);
+    await loadTestModel(page);
+    const backend = await page.$eval('#backend', (el) => ({ text: el.textContent, relaxed: el.dataset.relaxed, title: el.title }));
+    const wasmUrl = await page.evaluate(() => document.body.dataset.wasmUrl);
+    await page.selectOption('#mode', mode);
+    const drawn = await dropAndWait(page, [bottle()]);
+    const pixels = await page.evaluate(() => {
+      const c = document.getElementById('overlay');
+      return Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data);
+    });
+    assert.deepEqual(problems, []);
+    assert.deepEqual(await cspViolations(), []);
+    return { backend, wasmUrl, score: drawn.score, pixels };
+  } finally {
+    await page.close();
+  }
+}
+
+function assertClose(a, c) {
+  assert.ok(Number.isFinite(a.score) && a.score >= 0 && a.score <= 1, `score ${a.score}`);
+  assert.ok(Math.abs(a.score - c.score) <= SCORE_BOUND, `scores differ: ${a.score} vs ${c.score}`);
+  assert.equal(a.pixels.length, c.pixels.length);
+  let differing = 0;
+  for (let i = 0; i < a.pixels.length; i++) if (Math.abs(a.pixels[i] - c.pixels[i]) > 2) differing++;
+  assert.ok(differing <= a.pixels.length * 1e-3, `${differing} overlay channel values differ by more than 2`);
+}
+
+for (const mode of ['fast', 'winclip']) {
+  test(`relaxed-SIMD module (1 thread) is picked and scores like the SIMD128 one: ${mode}`, { skip, timeout: 180_000 }, async () => {
+    const relaxed = await scoreWith('threads=1', mode);
+    const plain = await scoreWith('threads=1&relaxedprobe=fail', mode);
+    assert.equal(relaxed.wasmUrl, 'pkg-relaxed/anoscope_bg.wasm');
+    assert.equal(relaxed.backend.relaxed, 'true');
+    assert.match(relaxed.backend.text, /^CPU \(WebAssembly SIMD \+ relaxed, 1 thread\)/);
+    assert.equal(plain.wasmUrl, 'pkg/anoscope_bg.wasm');
+    assert.equal(plain.backend.relaxed, 'false');
+    assert.match(plain.backend.text, /^CPU \(WebAssembly SIMD, 1 thread\)/);
+    assert.equal(plain.backend.title, 'SIMD128 module: this browser has no relaxed SIMD');
+    assertClose(relaxed, plain);
+  });
+}
+
+test('threaded relaxed-SIMD module (2 threads) is picked and scores like the threaded SIMD128 one', { timeout: 180_000 }, async (t) => {
+  if (skip) return t.skip(skip);
+  if (!build.wasmThreadsRelaxed) return t.skip('no threaded relaxed-SIMD build (it needs the nightly toolchain)');
+  const relaxed = await scoreWith('threads=2', 'fast');
+  const plain = await scoreWith('threads=2&relaxedprobe=fail', 'fast');
+  assert.equal(relaxed.wasmUrl, 'pkg-threads-relaxed/anoscope_bg.wasm');
+  assert.match(relaxed.backend.text, /^CPU \(WebAssembly SIMD \+ relaxed, 2 threads\)/);
+  assert.equal(plain.wasmUrl, 'pkg-threads/anoscope_bg.wasm');
+  assert.match(plain.backend.text, /^CPU \(WebAssembly SIMD, 2 threads\)/);
+  assertClose(relaxed, plain);
+});
