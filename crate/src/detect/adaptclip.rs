@@ -624,22 +624,7 @@ pub fn convert(clip: &Clip, t: &HashMap<String, Tensor>, dtype: safetensors::Dty
         let rows = [pair.normal.clone(), pair.anomalous.clone()].concat();
         out.push((name.to_string(), Tensor::from_vec(rows, (2, pair.dim()), &Device::Cpu)?));
     }
-    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = out
-        .iter()
-        .map(|(n, t)| {
-            let v = t.flatten_all()?.to_vec1::<f32>()?;
-            let b = match dtype {
-                safetensors::Dtype::F16 => v.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect(),
-                _ => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            };
-            Ok((n.clone(), t.dims().to_vec(), b))
-        })
-        .collect::<Result<_>>()?;
-    let views = bytes
-        .iter()
-        .map(|(n, s, b)| Ok((n.clone(), safetensors::tensor::TensorView::new(dtype, s.clone(), b)?)))
-        .collect::<Result<Vec<_>>>()?;
-    Ok(safetensors::serialize(views, None)?)
+    super::learned::serialize(&out, dtype)
 }
 
 /// The DPAM encoder's features of one image that AdaptCLIP reads.

@@ -250,22 +250,7 @@ impl LearnedPrompts {
         if let Some(t) = text {
             tensors.push((TEXT_FEATURES.into(), t));
         }
-        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
-            .iter()
-            .map(|(n, t)| {
-                let v = t.flatten_all()?.to_vec1::<f32>()?;
-                let b = match dtype {
-                    safetensors::Dtype::F16 => v.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect(),
-                    _ => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-                };
-                Ok((n.clone(), t.dims().to_vec(), b))
-            })
-            .collect::<Result<_>>()?;
-        let views = bytes
-            .iter()
-            .map(|(n, s, b)| Ok((n.clone(), safetensors::tensor::TensorView::new(dtype, s.clone(), b)?)))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(safetensors::serialize(views, None)?)
+        super::learned::serialize(&tensors, dtype)
     }
 
     /// The two prompt texts of the official learner with `n_ctx` placeholders.

@@ -182,6 +182,31 @@ pub fn smooth_map(grid_map: &[f32], grid: (usize, usize), h: usize, w: usize, si
     gaussian_filter(&bilinear_resize(grid_map, grid.0, grid.1, h, w), h, w, sigma)
 }
 
+/// Named f32 tensors as one safetensors file in `dtype` (F16, else F32): the converted learned
+/// files of AnomalyCLIP and AdaptCLIP (`anoscope convert --learned`).
+pub fn serialize(tensors: &[(String, Tensor)], dtype: safetensors::Dtype) -> Result<Vec<u8>> {
+    let dtype = match dtype {
+        safetensors::Dtype::F16 => safetensors::Dtype::F16,
+        _ => safetensors::Dtype::F32,
+    };
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(n, t)| {
+            let v = t.flatten_all()?.to_vec1::<f32>()?;
+            let b = match dtype {
+                safetensors::Dtype::F16 => v.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect(),
+                _ => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            };
+            Ok((n.clone(), t.dims().to_vec(), b))
+        })
+        .collect::<Result<_>>()?;
+    let views = bytes
+        .iter()
+        .map(|(n, s, b)| Ok((n.clone(), safetensors::tensor::TensorView::new(dtype, s.clone(), b)?)))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(safetensors::serialize(views, None)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
