@@ -151,22 +151,13 @@ fn adaptclip_misuse_is_a_clear_error() {
             .join("bottle_broken_large_000_64.png")),
     ]);
     assert!(!ok && e.contains("not AdaptCLIP parameters for this model"), "{e}");
-    // Tiles are not offered for this mode yet.
+    // Tiles need the photos, not --pixels.
     let (ok, _, e) = run(&[
-        "detect",
-        "--mode",
-        "adaptclip",
-        "--model",
-        s(&model()),
-        "--learned",
-        s(&pth()),
-        "--tiles",
-        "2x2",
-        "--out",
-        tmp.path().to_str().unwrap(),
-        "x.png",
-    ]);
-    assert!(!ok && e.contains("adaptclip is not tiled"), "{e}");
+        &base[..],
+        &["--mode", "adaptclip", "--learned", s(&pth()), "--tiles", "2x2"],
+    ]
+    .concat());
+    assert!(!ok && e.contains("--tiles needs the photos"), "{e}");
     // Converting an AdaptCLIP file needs the model (its class pairs are stored).
     let (ok, _, e) = run(&["convert", "--learned", s(&pth()), "--out", s(&tmp.path().join("c"))]);
     assert!(!ok && e.contains("needs --model DIR"), "{e}");
@@ -243,4 +234,118 @@ fn photos_eval_and_bench_run() {
     let b: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!((b["mode"].as_str(), b["size"].as_u64()), (Some("adaptclip"), Some(42)));
     assert!(b["one_shot_ms"].as_f64().unwrap() > 0.0);
+}
+
+/// `detect --mode adaptclip --size 56 --full-map --tiles SPEC` on the 250×627 strip (+ extra):
+/// the JSON and the maps file.
+fn detect_strip(
+    out: &Path,
+    spec: &str,
+    extra: &[&str],
+) -> (
+    serde_json::Value,
+    std::collections::HashMap<String, candle_core::Tensor>,
+) {
+    let strip = common::repo().join("tests/images/ksdd_defect_134.png");
+    let (m, l) = (model(), pth());
+    // `extra` (--refs takes every path that follows) before the flags that end it.
+    let args = [
+        &["detect"][..],
+        extra,
+        &[
+            "--mode",
+            "adaptclip",
+            "--model",
+            s(&m),
+            "--learned",
+            s(&l),
+            "--size",
+            "56",
+            "--full-map",
+            "--backend",
+            "cpu",
+            "--tiles",
+            spec,
+            "--out",
+            s(out),
+            s(&strip),
+        ],
+    ]
+    .concat();
+    let (ok, _, stderr) = run(&args);
+    assert!(ok, "{stderr}");
+    let j = serde_json::from_str(&std::fs::read_to_string(out.join("ksdd_defect_134.json")).unwrap()).unwrap();
+    (j, load(&out.join("ksdd_defect_134.map.safetensors")))
+}
+
+#[test]
+fn detect_tiles_zero_and_few_shot_equal_a_manual_run_per_tile() {
+    use anoscope::detect::{adaptclip, learned, tiles};
+    use anoscope::preprocess::{self, ImageLimits, Normalize};
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = common::repo();
+    let reference = repo.join("tests/browser/images/bottle_good_000.jpg");
+    let strip =
+        preprocess::load_image(&repo.join("tests/images/ksdd_defect_134.png"), &ImageLimits::default()).unwrap();
+    let mut clip = anoscope::model::Clip::load_dir(&model()).unwrap();
+    learned::use_official_pos_interp(&mut clip);
+    let ready = adaptclip::AdaptClip::read_file(&clip, &pth()).unwrap();
+    let norm = Normalize {
+        mean: clip.cfg.mean,
+        std: clip.cfg.std,
+    };
+    let px = |img: &image::RgbImage| {
+        candle_core::Tensor::from_vec(
+            preprocess::resize_preprocess(img, 56, &norm),
+            (1, 3, 56, 56),
+            &candle_core::Device::Cpu,
+        )
+        .unwrap()
+    };
+    let ref_img = preprocess::load_image(&reference, &ImageLimits::default()).unwrap();
+    let refs = adaptclip::references(&clip, &px(&ref_img)).unwrap();
+    for (name, extra, r) in [
+        ("zero", vec![], None),
+        ("few", vec!["--refs", s(&reference)], Some(&refs)),
+    ] {
+        let (off, off_maps) = detect_strip(&tmp.path().join(format!("{name}-off")), "off", &extra);
+        let (one, one_maps) = detect_strip(&tmp.path().join(format!("{name}-1x1")), "1x1", &extra);
+        // 1x1 is off exactly.
+        assert_eq!(one["score"], off["score"], "{name}");
+        assert_eq!(
+            flat(&one_maps["anomaly_map_full"]),
+            flat(&off_maps["anomaly_map_full"]),
+            "{name}"
+        );
+        let (auto, maps) = detect_strip(&tmp.path().join(format!("{name}-auto")), "auto", &extra);
+        assert_eq!(auto["mode"], "adaptclip");
+        let plan: tiles::TilePlan = tiles::plan(tiles::TileSpec::Auto, 250, 627, 56).unwrap();
+        let rects: Vec<tiles::Tile> = serde_json::from_value(auto["tiles"]["tiles"].clone()).unwrap();
+        assert_eq!(rects, plan.tiles, "{name}: the tile plan");
+        assert!(plan.tiles.len() > 1);
+        assert_eq!(
+            auto["tiles"]["whole_score"], off["score"],
+            "{name}: the whole-photo pass is the untiled run"
+        );
+        assert_eq!(flat(&maps["anomaly_map"]), flat(&off_maps["anomaly_map"]));
+        // Every tile by hand: its crop squash-resized to 56 px, scored alone (same references).
+        let mut tile_maps = Vec::new();
+        let mut top = f32::MIN;
+        let listed = auto["tiles"]["tile_scores"].as_array().unwrap();
+        for (i, t) in plan.tiles.iter().enumerate() {
+            let crop = image::imageops::crop_imm(&strip, t.x as u32, t.y as u32, t.w as u32, t.h as u32).to_image();
+            let d = adaptclip::detect(&clip, &ready, &px(&crop), r).unwrap().remove(0);
+            assert_eq!(listed[i].as_f64().unwrap() as f32, d.score, "{name}: tile {i}");
+            top = top.max(d.score);
+            tile_maps.push(d.map);
+        }
+        let views: Vec<&[f32]> = tile_maps.iter().map(Vec::as_slice).collect();
+        let want = tiles::stitch(&plan, &views, 56, 56, 250, 627).unwrap();
+        assert_eq!(maps["anomaly_map_full"].dims(), &[627, 250]);
+        assert_eq!(flat(&maps["anomaly_map_full"]), want, "{name}: the stitched map");
+        let whole = off["score"].as_f64().unwrap() as f32;
+        assert_eq!(auto["score"].as_f64().unwrap() as f32, 0.5 * (whole + top), "{name}");
+        // Regions come from the stitched map.
+        assert!(auto["regions"].is_array());
+    }
 }

@@ -3,9 +3,10 @@
 //! photo (a 250×627 KolektorSDD strip, `tests/images/ksdd_defect_134.png`).
 mod common;
 
-use anoscope::detect::tiles::{self, TilePlan, TileScoring, TileSpec};
+use anoscope::detect::adaptclip::{self, AdaptClip};
+use anoscope::detect::tiles::{self, AdaptScoring, TilePlan, TileScoring, TileSpec};
 use anoscope::detect::winclip::WinClipConfig;
-use anoscope::detect::{geometry, regions, score_image, Mode, TextPair};
+use anoscope::detect::{geometry, learned, regions, score_image, Mode, TextPair};
 use anoscope::model::Clip;
 use anoscope::preprocess::{self, ImageLimits, Normalize};
 use candle_core::{Device, Tensor};
@@ -69,6 +70,7 @@ fn tiled(
         refs: None,
         surgery_layers: 2,
         cfg: &cfg,
+        adapt: None,
     };
     let mut calls = Vec::new();
     let td = tiles::detect_tiled(
@@ -200,6 +202,7 @@ fn cancel_between_tiles_and_batch_is_refused() {
         refs: None,
         surgery_layers: 2,
         cfg: &cfg,
+        adapt: None,
     };
     let e = tiles::detect_tiled(
         &clip,
@@ -263,6 +266,184 @@ fn cancel_between_tiles_and_batch_is_refused() {
         &|| false
     )
     .is_err());
+}
+
+// --------------------------------------------------------------------- AdaptCLIP (learned adapters)
+
+/// AdaptCLIP's input side on the tiny DPAM model (patch 14: a 4×4 grid).
+const ADAPT_SIZE: u32 = 56;
+
+/// The tiny 24-block DPAM model, resampling position embeddings as the official code does.
+fn adapt_model() -> Clip {
+    let mut clip = Clip::load_dir(&fixtures().join("dpam_tiny")).unwrap();
+    learned::use_official_pos_interp(&mut clip);
+    clip
+}
+
+fn adapt_ready(clip: &Clip) -> AdaptClip {
+    AdaptClip::read_file(clip, &fixtures().join("adaptclip_tiny/learned.pth")).unwrap()
+}
+
+fn adapt_pixels(clip: &Clip, img: &RgbImage) -> Tensor {
+    let s = ADAPT_SIZE as usize;
+    Tensor::from_vec(
+        preprocess::resize_preprocess(img, ADAPT_SIZE, &norm(clip)),
+        (1, 3, s, s),
+        &Device::Cpu,
+    )
+    .unwrap()
+}
+
+/// AdaptCLIP's untiled detection of `img` (as `anoscope detect --mode adaptclip`).
+fn adapt_untiled(
+    clip: &Clip,
+    ready: &AdaptClip,
+    img: &RgbImage,
+    refs: Option<&adaptclip::References>,
+) -> anoscope::detect::Detection {
+    let px = adapt_pixels(clip, img);
+    adaptclip::detect(clip, ready, &px, refs).unwrap().remove(0)
+}
+
+fn adapt_tiled(
+    clip: &Clip,
+    ready: &AdaptClip,
+    img: &RgbImage,
+    plan: &TilePlan,
+    refs: Option<&adaptclip::References>,
+) -> tiles::TiledDetection {
+    let cfg = WinClipConfig::default();
+    let unused = TextPair::new(vec![1.0], vec![0.0]).unwrap();
+    let scoring = TileScoring {
+        mode: Mode::Adaptclip,
+        text: &unused,
+        refs: None,
+        surgery_layers: 0,
+        cfg: &cfg,
+        adapt: Some(AdaptScoring { ready, refs }),
+    };
+    tiles::detect_tiled(
+        clip,
+        img,
+        plan,
+        ADAPT_SIZE,
+        &norm(clip),
+        &scoring,
+        4096,
+        &mut |_, _| Ok(()),
+        &|| false,
+    )
+    .unwrap()
+}
+
+/// One normal reference for few-shot AdaptCLIP (a bottle photo, squash-resized to the input).
+fn adapt_refs(clip: &Clip) -> adaptclip::References {
+    let img = photo(&repo().join("tests/browser/images/bottle_good_000.jpg"));
+    adaptclip::references(clip, &adapt_pixels(clip, &img)).unwrap()
+}
+
+#[test]
+fn adaptclip_one_tile_plans_are_exactly_the_untiled_result_zero_and_few_shot() {
+    let clip = adapt_model();
+    let ready = adapt_ready(&clip);
+    let refs = adapt_refs(&clip);
+    let img = photo(&strip_path());
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let mut few_scores = Vec::new();
+    for r in [None, Some(&refs)] {
+        let want = adapt_untiled(&clip, &ready, &img, r);
+        let want_full = geometry::to_photo(&want.map, want.width, want.height, w, h).unwrap();
+        for spec in [TileSpec::Off, TileSpec::Grid { rows: 1, cols: 1 }] {
+            let plan = tiles::plan(spec, w, h, ADAPT_SIZE as usize).unwrap();
+            assert!(plan.is_whole());
+            let got = adapt_tiled(&clip, &ready, &img, &plan, r);
+            assert_eq!(got.score, want.score, "{spec:?}, refs {}", r.is_some());
+            assert_eq!(got.whole.map, want.map);
+            assert!(got.tiles.is_empty());
+            assert_eq!(got.map, want_full);
+        }
+        few_scores.push(want.score);
+    }
+    // The references are used: few-shot is another score than zero-shot.
+    assert_ne!(few_scores[0], few_scores[1]);
+}
+
+#[test]
+fn adaptclip_tiles_are_each_crops_own_detection_stitched_zero_and_few_shot() {
+    let clip = adapt_model();
+    let ready = adapt_ready(&clip);
+    let refs = adapt_refs(&clip);
+    let img = photo(&strip_path());
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let plan = tiles::plan(TileSpec::Auto, w, h, ADAPT_SIZE as usize).unwrap();
+    assert!(
+        plan.tiles.len() > 1 && plan.tiles.len() <= tiles::AUTO_MAX_TILES,
+        "{plan:?}"
+    );
+    let mut stitched = Vec::new();
+    for r in [None, Some(&refs)] {
+        let td = adapt_tiled(&clip, &ready, &img, &plan, r);
+        let whole = adapt_untiled(&clip, &ready, &img, r);
+        assert_eq!(td.whole.score, whole.score);
+        assert_eq!(td.whole.map, whole.map);
+        assert_eq!(td.tiles.len(), plan.tiles.len());
+        // Every tile: a manual run on its crop, with the same references.
+        let mut maps = Vec::new();
+        for (i, (t, d)) in plan.tiles.iter().zip(&td.tiles).enumerate() {
+            let crop = image::imageops::crop_imm(&img, t.x as u32, t.y as u32, t.w as u32, t.h as u32).to_image();
+            let own = adapt_untiled(&clip, &ready, &crop, r);
+            assert_eq!(d.score, own.score, "tile {i}");
+            assert_eq!(d.map, own.map, "tile {i}");
+            assert_eq!((d.width, d.height), (ADAPT_SIZE as usize, ADAPT_SIZE as usize));
+            maps.push(own.map);
+        }
+        // The stitched map is the manual tile maps stitched; the score (whole + max tile) / 2.
+        let refs_maps: Vec<&[f32]> = maps.iter().map(Vec::as_slice).collect();
+        let s = ADAPT_SIZE as usize;
+        let want = tiles::stitch(&plan, &refs_maps, s, s, w, h).unwrap();
+        assert_eq!(td.map, want);
+        assert_eq!((td.width, td.height), (w, h));
+        let top = td.tiles.iter().map(|d| d.score).fold(f32::MIN, f32::max);
+        assert_eq!(td.score, 0.5 * (whole.score + top));
+        // A real map: it varies over the photo.
+        let (lo, hi) = td
+            .map
+            .iter()
+            .fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+        assert!(hi - lo > 1e-3, "{lo}..{hi}");
+        stitched.push(td.map);
+    }
+    assert_ne!(stitched[0], stitched[1], "few-shot tiles use the references");
+}
+
+#[test]
+fn adaptclip_tiles_without_adapters_are_an_error() {
+    let clip = adapt_model();
+    let img = photo(&strip_path());
+    let plan = tiles::plan(TileSpec::Auto, 250, 627, ADAPT_SIZE as usize).unwrap();
+    let cfg = WinClipConfig::default();
+    let unused = TextPair::new(vec![1.0], vec![0.0]).unwrap();
+    let scoring = TileScoring {
+        mode: Mode::Adaptclip,
+        text: &unused,
+        refs: None,
+        surgery_layers: 0,
+        cfg: &cfg,
+        adapt: None,
+    };
+    let e = tiles::detect_tiled(
+        &clip,
+        &img,
+        &plan,
+        ADAPT_SIZE,
+        &norm(&clip),
+        &scoring,
+        4096,
+        &mut |_, _| Ok(()),
+        &|| false,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("needs its adapters"), "{e}");
 }
 
 // ------------------------------------------------------------------------------------- the CLI

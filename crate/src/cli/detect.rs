@@ -398,9 +398,6 @@ pub fn detect(args: DetectArgs) -> Result<()> {
         bail!("--overlay-size must be at least 1 pixel");
     }
     let tiled = args.tiles != TileSpec::Off;
-    if tiled && mode == Mode::Adaptclip {
-        bail!("--tiles: adaptclip is not tiled yet; use --tiles off");
-    }
     if tiled && Mode::from(args.mode) == Mode::Batch {
         bail!(
             "--tiles: batch mode (MuSc) is not tiled (its images score each other position by position, \
@@ -589,6 +586,10 @@ pub fn detect(args: DetectArgs) -> Result<()> {
                     refs: refs.as_ref(),
                     surgery_layers: k,
                     cfg: &cfg,
+                    adapt: ready.as_ref().map(|ready| tiles::AdaptScoring {
+                        ready,
+                        refs: adapt_refs.as_ref(),
+                    }),
                 };
                 let td = tiles::detect_tiled(
                     &clip,

@@ -1035,6 +1035,23 @@ pub async fn detect_zero_shot_on(
         .collect()
 }
 
+/// One image of normalised `pixels: [1, 3, H, W]`: zero-shot with the DPAM pass run by `tower`
+/// ([`detect_zero_shot_on`]), or few-shot with `refs` (the CPU pass of [`detect`], which reads
+/// every layer of [`FEATURE_LAYERS`]). What tiled runs score each tile with.
+pub async fn detect_one_on(
+    clip: &Clip,
+    tower: &impl Passes,
+    ready: &AdaptClip,
+    pixels: &Tensor,
+    refs: Option<&References>,
+) -> Result<Detection> {
+    let dets = match refs {
+        None => detect_zero_shot_on(clip, tower, ready, pixels).await?,
+        Some(_) => detect(clip, ready, pixels, refs)?,
+    };
+    dets.into_iter().next().context("no image in the input")
+}
+
 /// The normal references of few-shot AdaptCLIP from normalised `pixels: [S, 3, H, W]` (the
 /// queries' size).
 pub fn references(clip: &Clip, pixels: &Tensor) -> Result<References> {

@@ -14,9 +14,11 @@
 //! * [`detect_tiled`]: the whole run, with a progress callback per pass and a cancel check
 //!   between passes.
 //!
-//! Batch mode (MuSc) is not tiled: see [`detect_tiled`].
+//! Every per-image mode is tiled the same way, the learned ones included (AnomalyCLIP through its
+//! class pair, AdaptCLIP through [`AdaptScoring`]); batch mode (MuSc) is not: see
+//! [`detect_tiled`].
 use super::geometry;
-use super::{passes, score_image_on, winclip, Detection, Mode, TextPair};
+use super::{adaptclip, passes, score_image_on, winclip, Detection, Mode, TextPair};
 use crate::model::Clip;
 use crate::preprocess::{self, Normalize};
 use anyhow::{bail, Context, Result};
@@ -361,12 +363,24 @@ pub fn stitch(
     Ok(sum)
 }
 
+/// AdaptCLIP's side of a tiled run: its adapters and class pairs and, few-shot, the normal
+/// references. The references are those of the untiled run (the reference photos squash-resized
+/// to the input, as WinCLIP+'s in tiled few-shot): every tile and the whole photo are compared
+/// with the same references.
+#[derive(Clone, Copy)]
+pub struct AdaptScoring<'a> {
+    /// The adapters and class pairs.
+    pub ready: &'a adaptclip::AdaptClip,
+    /// Normal references (few-shot); `None`: zero-shot.
+    pub refs: Option<&'a adaptclip::References>,
+}
+
 /// What [`detect_tiled`] scores with: the per-image mode and its inputs (as [`score_image`]).
 #[derive(Clone, Copy)]
 pub struct TileScoring<'a> {
-    /// A per-image mode (fast, winclip, fewshot).
+    /// A per-image mode (fast, winclip, fewshot, anomalyclip, adaptclip).
     pub mode: Mode,
-    /// The class pair.
+    /// The class pair (AnomalyCLIP: the learned one; unused by AdaptCLIP).
     pub text: &'a TextPair,
     /// Normal references (few-shot).
     pub refs: Option<&'a winclip::References>,
@@ -374,6 +388,8 @@ pub struct TileScoring<'a> {
     pub surgery_layers: usize,
     /// WinCLIP's settings.
     pub cfg: &'a winclip::WinClipConfig,
+    /// AdaptCLIP's adapters and references (required in the adaptclip mode, else unused).
+    pub adapt: Option<AdaptScoring<'a>>,
 }
 
 /// The result of [`detect_tiled`].
@@ -486,6 +502,12 @@ pub async fn detect_tiled_on(
         photo_tensor(img, size, norm)
     };
     let run = |px: Tensor| async move {
+        if scoring.mode == Mode::Adaptclip {
+            let a = scoring
+                .adapt
+                .context("tiles: the adaptclip mode needs its adapters (TileScoring::adapt)")?;
+            return adaptclip::detect_one_on(clip, tower, a.ready, &px, a.refs).await;
+        }
         score_image_on(
             clip,
             tower,

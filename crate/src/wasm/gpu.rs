@@ -193,6 +193,7 @@ impl ClipModel {
                     refs: args.refs.as_ref().map(|s| &s.refs),
                     surgery_layers: args.surgery_layers,
                     cfg: &cfg,
+                    adapt: None,
                 };
                 let norm = crate::preprocess::Normalize {
                     mean: clip.cfg.mean,

@@ -258,6 +258,7 @@ impl ClipModel {
                 refs: args.refs.as_ref().map(|s| &s.refs),
                 surgery_layers: args.surgery_layers,
                 cfg: &cfg,
+                adapt: None,
             };
             let norm = Normalize {
                 mean: self.clip.cfg.mean,
