@@ -349,3 +349,167 @@ fn detect_tiles_zero_and_few_shot_equal_a_manual_run_per_tile() {
         assert!(auto["regions"].is_array());
     }
 }
+
+/// A small MVTec-layout tree built from the tiny bottle set: category `widget`, three normal
+/// training images, two good and two broken test images with masks.
+fn widget_tree(root: &Path) -> PathBuf {
+    let src = common::repo().join("tests/data/tiny_mvtec/bottle");
+    let cat = root.join("widget");
+    for (from, to) in [
+        ("train/good/000.png", "train/good/a.png"),
+        ("train/good/001.png", "train/good/b.png"),
+        ("test/good/002.png", "train/good/c.png"),
+        ("test/good/000.png", "test/good/000.png"),
+        ("test/good/001.png", "test/good/001.png"),
+        ("test/broken_large/000.png", "test/broken/000.png"),
+        ("test/broken_large/001.png", "test/broken/001.png"),
+        (
+            "ground_truth/broken_large/000_mask.png",
+            "ground_truth/broken/000_mask.png",
+        ),
+        (
+            "ground_truth/broken_large/001_mask.png",
+            "ground_truth/broken/001_mask.png",
+        ),
+    ] {
+        let dst = cat.join(to);
+        std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+        std::fs::copy(src.join(from), &dst).unwrap();
+    }
+    root.to_path_buf()
+}
+
+fn read_json(p: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+#[test]
+fn eval_few_shot_draws_the_references_as_fewshot_and_scores_with_them() {
+    use anoscope::detect::{adaptclip, learned};
+    use anoscope::preprocess::{self, ImageLimits, Normalize};
+    let tmp = tempfile::tempdir().unwrap();
+    let data = widget_tree(&tmp.path().join("data"));
+    let (m, l) = (model(), pth());
+    let eval = |out: &Path, extra: &[&str]| {
+        let args = [
+            &[
+                "eval",
+                "--mode",
+                "adaptclip",
+                "--model",
+                s(&m),
+                "--learned",
+                s(&l),
+                "--size",
+                "42",
+                "--dataset",
+                s(&data),
+                "--worst",
+                "0",
+                "--out",
+                s(out),
+            ][..],
+            extra,
+        ]
+        .concat();
+        run(&args)
+    };
+    let few = tmp.path().join("few");
+    let (ok, stdout, stderr) = eval(&few, &["--shots", "2", "--seed", "5"]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("| widget |"), "{stdout}");
+    let run_json = read_json(&few.join("run.json"));
+    assert_eq!(run_json["settings"]["mode"], "adaptclip");
+    assert_eq!(run_json["settings"]["shots"], 2);
+    let listed: Vec<String> = run_json["categories"]["widget"]["references"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(listed.len(), 2);
+    // The same draw as the WinCLIP+ few-shot eval (same tree, shots and seed).
+    let ws = tmp.path().join("winclip-few");
+    let wm = fixtures().join("winclip_tiny");
+    let (ok, _, stderr) = run(&[
+        "eval",
+        "--mode",
+        "fewshot",
+        "--model",
+        s(&wm),
+        "--dataset",
+        s(&data),
+        "--shots",
+        "2",
+        "--seed",
+        "5",
+        "--worst",
+        "0",
+        "--out",
+        s(&ws),
+    ]);
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        read_json(&ws.join("run.json"))["categories"]["widget"]["references"],
+        run_json["categories"]["widget"]["references"]
+    );
+    // Every test image's score: few-shot AdaptCLIP with exactly those references, by hand.
+    let mut clip = anoscope::model::Clip::load_dir(&m).unwrap();
+    learned::use_official_pos_interp(&mut clip);
+    let ready = adaptclip::AdaptClip::read_file(&clip, &l).unwrap();
+    let norm = Normalize {
+        mean: clip.cfg.mean,
+        std: clip.cfg.std,
+    };
+    let px = |paths: &[PathBuf]| {
+        let mut v = Vec::new();
+        for p in paths {
+            let img = preprocess::load_image(p, &ImageLimits::default()).unwrap();
+            v.extend(preprocess::resize_preprocess(&img, 42, &norm));
+        }
+        candle_core::Tensor::from_vec(v, (paths.len(), 3, 42, 42), &candle_core::Device::Cpu).unwrap()
+    };
+    let refs = adaptclip::references(&clip, &px(&listed.iter().map(PathBuf::from).collect::<Vec<_>>())).unwrap();
+    let zero = tmp.path().join("zero");
+    let (ok, _, stderr) = eval(&zero, &[]);
+    assert!(ok, "{stderr}");
+    assert!(read_json(&zero.join("run.json"))["settings"]["shots"].is_null());
+    let mut differ = 0;
+    for (defect, stem) in [("good", "000"), ("good", "001"), ("broken", "000"), ("broken", "001")] {
+        let rec = |dir: &Path| read_json(&dir.join(format!("records/widget/{defect}/{stem}.json")));
+        let img = data.join(format!("widget/test/{defect}/{stem}.png"));
+        let want = adaptclip::detect(&clip, &ready, &px(&[img]), Some(&refs))
+            .unwrap()
+            .remove(0);
+        let got = rec(&few)["score"].as_f64().unwrap() as f32;
+        assert_eq!(got, want.score, "{defect}/{stem}");
+        let z = rec(&zero)["score"].as_f64().unwrap() as f32;
+        differ += usize::from(z != got);
+    }
+    assert_eq!(differ, 4, "few-shot scores differ from zero-shot ones");
+    // Misuse: more shots than train/good holds; --shots with another learned mode.
+    let (ok, _, e) = eval(&tmp.path().join("e1"), &["--shots", "4"]);
+    assert!(!ok && e.contains("--shots 4") && e.contains("train/good"), "{e}");
+    let (ok, _, e) = run(&[
+        "eval",
+        "--mode",
+        "anomalyclip",
+        "--model",
+        s(&m),
+        "--learned",
+        s(&l),
+        "--dataset",
+        s(&data),
+        "--shots",
+        "1",
+        "--out",
+        s(&tmp.path().join("e2")),
+    ]);
+    assert!(
+        !ok && e.contains("--shots applies to --mode fewshot and adaptclip only"),
+        "{e}"
+    );
+    // Resuming with other shots is refused.
+    let (ok, _, e) = eval(&few, &["--shots", "1", "--seed", "5", "--resume"]);
+    assert!(!ok && e.contains("shots"), "{e}");
+}

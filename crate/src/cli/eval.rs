@@ -29,7 +29,8 @@ pub struct EvalArgs {
     categories: Vec<String>,
     #[arg(long, value_enum, default_value = "fast")]
     mode: ModeArg,
-    /// Normal references per category for --mode fewshot (default 1), drawn from train/good.
+    /// Normal references per category, drawn from train/good: --mode fewshot (default 1), or
+    /// --mode adaptclip few-shot (its prompt-query adapter; without --shots it is zero-shot).
     #[arg(long)]
     shots: Option<usize>,
     /// Seed of the reference draw (ChaCha8; recorded in run.json).

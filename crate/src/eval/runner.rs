@@ -91,7 +91,8 @@ pub struct Settings {
     pub mode: Mode,
     /// Side of the square model input in pixels (maps are `size × size`).
     pub size: u32,
-    /// Number of few-shot references (`Some` in fewshot mode only).
+    /// Number of few-shot references (`Some` in fewshot mode, and in adaptclip mode when it is
+    /// few-shot).
     pub shots: Option<usize>,
     /// Seed of the reference draw (recorded, and compared by `--resume`, in every mode).
     pub seed: u64,
@@ -169,7 +170,8 @@ pub struct EvalOptions {
     pub categories: Vec<String>,
     /// The detection mode.
     pub mode: Mode,
-    /// Few-shot references (fewshot only; default 1).
+    /// Few-shot references (fewshot: default 1; adaptclip: few-shot with this many, zero-shot
+    /// without).
     pub shots: Option<usize>,
     /// Seed of the reference draw ([`select_references`]).
     pub seed: u64,
@@ -267,8 +269,10 @@ struct Scorer<'a> {
     cfg: WinClipConfig,
     text: Option<TextPair>,
     refs: Option<winclip::References>,
-    /// AdaptCLIP's adapters and class pairs (`--mode adaptclip`, zero-shot).
+    /// AdaptCLIP's adapters and class pairs (`--mode adaptclip`).
     adapt: Option<&'a AdaptClip>,
+    /// AdaptCLIP's normal references (`--mode adaptclip --shots K`; `None`: zero-shot).
+    adapt_refs: Option<adaptclip::References>,
 }
 
 impl Scorer<'_> {
@@ -276,7 +280,7 @@ impl Scorer<'_> {
     fn score_one(&self, path: &Path) -> Result<(Detection, (u32, u32))> {
         let (px, dims) = load_pixels(&[path], self.size, &self.norm)?;
         if let Some(ready) = self.adapt {
-            let det = adaptclip::detect(self.clip, ready, &px, None)?
+            let det = adaptclip::detect(self.clip, ready, &px, self.adapt_refs.as_ref())?
                 .into_iter()
                 .next()
                 .context("no image in the input")?;
@@ -331,8 +335,10 @@ pub fn run(opts: &EvalOptions, progress: &mut dyn Progress) -> Result<EvalSummar
     // Options.
     let shots = match (opts.mode, opts.shots) {
         (Mode::Fewshot, s) => Some(s.unwrap_or(1)),
+        // AdaptCLIP: few-shot (its prompt-query adapter) with --shots, zero-shot without.
+        (Mode::Adaptclip, s) => s,
         (_, None) => None,
-        (m, Some(_)) => bail!("--shots applies to --mode fewshot only (mode is {m})"),
+        (m, Some(_)) => bail!("--shots applies to --mode fewshot and adaptclip only (mode is {m})"),
     };
     if shots == Some(0) {
         bail!("--shots must be at least 1");
@@ -372,7 +378,7 @@ pub fn run(opts: &EvalOptions, progress: &mut dyn Progress) -> Result<EvalSummar
     }
     for cat in &dataset.categories {
         match opts.mode {
-            Mode::Fewshot => {
+            Mode::Fewshot | Mode::Adaptclip if shots.is_some() => {
                 let k = shots.unwrap_or(1);
                 if cat.train_good.len() < k {
                     bail!(
@@ -418,6 +424,13 @@ pub fn run(opts: &EvalOptions, progress: &mut dyn Progress) -> Result<EvalSummar
         Some(p) if opts.mode == Mode::Adaptclip => {
             learned::use_official_pos_interp(&mut clip);
             let ready = AdaptClip::read_file(&clip, p)?;
+            if shots.is_some() && ready.learned.pq.is_none() {
+                bail!(
+                    "{}: no prompt-query adapter (pq_learner): --shots needs it (few-shot AdaptCLIP); \
+                     leave --shots out for zero-shot",
+                    p.display()
+                );
+            }
             // The learned pair stands in for the class pair; the adapters do the scoring.
             let pair = ready.text.learned.clone();
             adapt = Some(ready);
@@ -620,6 +633,15 @@ pub fn run(opts: &EvalOptions, progress: &mut dyn Progress) -> Result<EvalSummar
                 } else {
                     None
                 };
+                // AdaptCLIP few-shot: the same draw, squash-resized to the input as the queries.
+                let adapt_refs = match (&adapt, shots) {
+                    (Some(_), Some(_)) => {
+                        let paths: Vec<&Path> = refs.iter().map(|p| p.as_path()).collect();
+                        let (px, _) = load_pixels(&paths, size, &norm)?;
+                        Some(adaptclip::references(&clip, &px)?)
+                    }
+                    _ => None,
+                };
                 refs_s = t.elapsed().as_secs_f64();
                 let scorer = Scorer {
                     clip: &clip,
@@ -631,6 +653,7 @@ pub fn run(opts: &EvalOptions, progress: &mut dyn Progress) -> Result<EvalSummar
                     text: Some(text),
                     refs: refs_feats,
                     adapt: adapt.as_ref(),
+                    adapt_refs,
                 };
                 let t_all = Instant::now();
                 for &i in &pending {
