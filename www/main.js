@@ -946,7 +946,7 @@ async function scoreEach(files, t0, run, mode) {
     setStatus(els.imageStatus, `Scoring ${f.name || 'image'} (${i + 1} of ${files.length}, ${mode})…`, 'busy');
     try {
       // Tiles: single images only (a run of many keeps one pass per image).
-      const tiles = files.length === 1 && !LEARNED_LABELS[mode] ? els.tiles.value : 'off';
+      const tiles = files.length === 1 ? els.tiles.value : 'off';
       const r = await client.call('detect', { mode, file: await fileItem(f), text: textSpec(), tiles });
       r.name = f.name || 'pasted image';
       r.settings = { ...settings.fields, tiles };
@@ -1381,7 +1381,7 @@ function onModeChange() {
   els.modeNote.textContent = learned
     ? `${LEARNED_LABELS[m] ?? m} scores with this model's ${LEARNED_WHAT[m] ?? 'learned file'} (no category prompts), on the image ` +
       `resized to ${learned.imageSize} px: slow on the CPU (one pass through the whole image tower at that size), ` +
-      'fast with WebGPU. Tiles are not used in this mode.'
+      'fast with WebGPU. Tiles (auto) add one such pass per tile.'
     : MODE_NOTES[m];
   els.modeNote.className = m === 'winclip' || (learned && els.backend.dataset.gpu !== 'true') ? 'note warn' : 'note';
   els.refsBox.hidden = m !== 'fewshot';

@@ -909,7 +909,7 @@ const handlers = {
     const t0 = performance.now();
     try {
       const r = mode === 'fewshot' ? refs : undefined;
-      if (tiles && tiles !== 'off' && !learnedMode) return await detectTiled(m, mode, image, pair, r, tiles, file?.name, t0);
+      if (tiles && tiles !== 'off') return await detectTiled(m, mode, image, pair, r, tiles, file?.name, t0);
       const det = gpu.active ? await m.detectAsync(mode, image, pair, r) : m.detect(mode, image, pair, r);
       checkGpu(m);
       return publish(det, image.width, image.height, { ms: performance.now() - t0, name: file?.name });

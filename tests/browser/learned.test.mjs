@@ -60,6 +60,58 @@ after(async () => {
 
 const modes = () => page.$$eval('#mode option', (os) => os.map((o) => o.value));
 
+const STRIP = join(ROOT, 'tests/images/ksdd_defect_134.png'); // 250×627: tiled by auto at 42 and 70 px
+
+/** Drops `path` and resolves with the drawn result, its photo-size map copied out (a plain array). */
+function dropWithPhotoMap(p, path) {
+  return p.evaluate(
+    async ({ b64, name }) => {
+      const drawn = new Promise((r) => document.addEventListener('anoscope:drawn', (e) => r(e.detail), { once: true }));
+      const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+      const dt = new DataTransfer();
+      dt.items.add(new File([bytes], name, { type: 'image/png' }));
+      document.getElementById('drop').dispatchEvent(new DragEvent('drop', { dataTransfer: dt, bubbles: true, cancelable: true }));
+      const e = await drawn;
+      const pm = e.photoMap;
+      return { ...e, map: undefined, photoMap: { width: pm.width, height: pm.height, map: Array.from(pm.map) } };
+    },
+    { b64: readFileSync(path).toString('base64'), name: 'ksdd_defect_134.png' },
+  );
+}
+
+/** Tiles auto on the strip in the page (the loaded model, `mode`) against the CLI's `detect
+ * --tiles auto --full-map` with `args`: the same plan, the stitched map and score within 1e-5. */
+async function tiledAgainstCli(mode, args, label) {
+  await page.selectOption('#mode', mode);
+  await page.selectOption('#tiles', 'auto');
+  const out = join(tmp, `cli-tiles-${mode}`);
+  try {
+    const d = await dropWithPhotoMap(page, STRIP);
+    cli('detect', '--mode', mode, ...args, '--backend', 'cpu', '--tiles', 'auto', '--full-map', '--out', out, STRIP);
+    const native = JSON.parse(readFileSync(join(out, 'ksdd_defect_134.json'), 'utf8'));
+    const full = readSafetensors(readFileSync(join(out, 'ksdd_defect_134.map.safetensors'))).get('anomaly_map_full');
+    assert.equal(native.mode, mode);
+    assert.deepEqual(full.shape, [627, 250]);
+    assert.deepEqual([d.photoMap.width, d.photoMap.height], [250, 627]);
+    assert.ok(native.tiles.tiles.length > 1, 'the CLI tiled the strip');
+    assert.equal(d.tiles, native.tiles.tiles.length);
+    assert.deepEqual(d.tileRects, native.tiles.tiles, 'the same tile plan');
+    let worst = 0;
+    for (let i = 0; i < full.data.length; i++) worst = Math.max(worst, Math.abs(d.photoMap.map[i] - full.data[i]));
+    console.log(`page vs CLI (${label}, tiles auto, ${d.tiles} tiles): stitched map max|Δ| = ${worst.toExponential(2)}, score ${d.score} vs ${native.score}`);
+    assert.ok(worst <= 1e-5, `stitched map max|Δ| = ${worst}`);
+    assert.ok(Math.abs(d.score - native.score) <= 1e-5, `score ${d.score} vs ${native.score}`);
+    // A real map (not a constant), and the tiled score is not the whole-photo one.
+    let [lo, hi] = [Infinity, -Infinity];
+    for (const v of full.data) [lo, hi] = [Math.min(lo, v), Math.max(hi, v)];
+    assert.ok(hi - lo > 1e-3, `map range ${lo}..${hi}`);
+    assert.notEqual(native.score, native.tiles.whole_score);
+    assert.match(await page.textContent('#photo-note'), new RegExp(`Tiled inspection: ${d.tiles} tiles`));
+  } finally {
+    await page.selectOption('#tiles', 'off');
+  }
+}
+
 test('models.json carries the learned file; the page says its size and speed before downloading', async () => {
   const served = await page.evaluate(async () => (await (await fetch('models.json')).json()).models);
   const m = served.find((s) => s.name === 'anomalyclip-tiny');
@@ -89,7 +141,7 @@ test('the mode picker offers AnomalyCLIP for the entry with a learned file, and 
 
 test("a real photo: the page's score and maps equal the CLI's detect --mode anomalyclip", { timeout: 120_000 }, async () => {
   await page.selectOption('#mode', 'anomalyclip');
-  await page.selectOption('#tiles', 'auto'); // not used by the learned mode
+  await page.selectOption('#tiles', 'off'); // the untiled pass (tiles: the next test)
   const bytes = readFileSync(join(IMAGES, PHOTO));
   const d = await dropAndWait(page, [{ name: PHOTO, type: 'image/png', bytes }]);
   const out = join(tmp, 'cli');
@@ -108,7 +160,7 @@ test("a real photo: the page's score and maps equal the CLI's detect --mode anom
   const json = JSON.parse(readFileSync(join(out, `${stem}.json`), 'utf8'));
   const maps = readSafetensors(readFileSync(join(out, `${stem}.map.safetensors`)));
   assert.equal(json.mode, 'anomalyclip');
-  assert.equal(d.tiles, 0, 'no tiles in the learned mode');
+  assert.equal(d.tiles, 0, 'tiles off: one pass');
   const map = maps.get('anomaly_map');
   native = { score: json.score, map: map.data };
   assert.deepEqual(map.shape, [SIZE, SIZE]);
@@ -124,6 +176,10 @@ test("a real photo: the page's score and maps equal the CLI's detect --mode anom
   assert.ok(Math.max(...map.data) - Math.min(...map.data) > 1e-3);
   assert.ok(full, 'the CLI wrote the photo-size map');
   assert.match(status, /Scored 1 of 1 image \(anomalyclip\)/);
+});
+
+test("AnomalyCLIP tiled: the page's stitched map equals the CLI's detect --tiles auto --full-map", { timeout: 180_000 }, async () => {
+  await tiledAgainstCli('anomalyclip', ['--model', FIXTURE, '--learned', learned, '--size', String(SIZE)], `anomalyclip, ${SIZE} px`);
 });
 
 test('on WebGPU (?backend=gpu) the page scores the same photo as the CLI', { timeout: 180_000 }, async (t) => {
@@ -191,4 +247,9 @@ test("AdaptCLIP (zero-shot): the page's score and map equal the CLI's detect --m
   assert.ok(worst <= 1e-5, `map max|Δ| = ${worst}`);
   assert.ok(Math.max(...map.data) - Math.min(...map.data) > 1e-3);
   assert.match(await page.textContent('#image-status'), /Scored 1 of 1 image \(adaptclip\)/);
+});
+
+test("AdaptCLIP tiled (zero-shot): the page's stitched map equals the CLI's detect --tiles auto --full-map", { timeout: 180_000 }, async () => {
+  assert.deepEqual(await modes(), ['fast', 'winclip', 'fewshot', 'batch', 'adaptclip'], 'the AdaptCLIP model is loaded');
+  await tiledAgainstCli('adaptclip', ['--model', DPAM, '--learned', adapt, '--size', String(ADAPT_SIZE)], `adaptclip, ${ADAPT_SIZE} px`);
 });

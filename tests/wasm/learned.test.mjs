@@ -128,9 +128,49 @@ test('wasm learned-mode bad inputs give clear errors and keep the loaded file', 
   assert.throws(() => model.loadLearned(oneTensor('x')), /the learned file/);
   assert.equal(model.learnedSize(), 518, 'a bad file leaves the loaded one');
   assert.throws(
-    () => model.detectTiled('anomalyclip', mod.Image.fromRgba(new Uint8Array(16 * 16 * 4), 16, 16), new Float32Array(0), undefined, 'auto', 0),
-    /not tiled in the page yet/,
+    () => model.detectTiled('anomalyclip', mod.Image.fromRgba(new Uint8Array(16 * 16 * 4), 16, 16), new Float32Array(0), undefined, '1x3', 0),
+    /1x3 tiles do not fit a 16x16 photo/,
   );
   assert.throws(() => model.detectPixels('adaptclip', px, 42, 42, new Float32Array(0), 0, undefined), /the loaded learned file is for the anomalyclip mode, not adaptclip/);
   model.free();
+});
+
+/** detectTiled of a 120×60 picture in a learned mode: 'off' is detect's result exactly; '2x3' runs
+ * six tiles at the learned size and combines the scores as the other modes do. */
+function tiledLearned(model, mode, size) {
+  const rgba = new Uint8Array(120 * 60 * 4).map((_, i) => (i * 53) % 241);
+  const img = () => mod.Image.fromRgba(rgba, 120, 60);
+  const det = model.detect(mode, img(), new Float32Array(0), undefined);
+  const off = model.detectTiled(mode, img(), new Float32Array(0), undefined, 'off', 0);
+  assert.equal(off.inputSize, size);
+  assert.equal(off.score, det.score);
+  assert.deepEqual(Array.from(off.inputMap()), Array.from(det.map()));
+  assert.deepEqual([off.width, off.height], [120, 60]);
+  const calls = [];
+  const r = model.detectTiled(mode, img(), new Float32Array(0), undefined, '2x3', 0, (d, t) => calls.push([d, t]));
+  const plan = JSON.parse(r.plan);
+  assert.deepEqual([plan.rows, plan.cols, plan.tiles.length], [2, 3, 6]);
+  assert.deepEqual(calls, [1, 2, 3, 4, 5, 6, 7].map((d) => [d, 7]));
+  assert.equal(r.inputSize, size);
+  assert.equal(r.wholeScore, det.score, 'the whole-photo pass is the untiled one');
+  const tiles = Array.from(r.tileScores());
+  assert.equal(tiles.length, 6);
+  assert.ok(Math.abs(r.score - 0.5 * (det.score + Math.max(...tiles))) <= 1e-7, `${r.score}`);
+  assert.deepEqual([r.width, r.height], [120, 60]);
+  const map = r.map();
+  assert.equal(map.length, 120 * 60);
+  assert.ok(Math.max(...map) - Math.min(...map) > 1e-4, 'a real stitched map');
+  assert.notDeepEqual(Array.from(map), Array.from(off.map()), 'tiles change the map');
+  for (const x of [det, off, r]) x.free();
+}
+
+test('wasm detectTiled tiles both learned modes at their learned size', () => {
+  const a = load();
+  a.loadLearned(new Uint8Array(fs.readFileSync(plain)), 35);
+  tiledLearned(a, 'anomalyclip', 35);
+  a.free();
+  const b = load(DPAM);
+  b.loadLearned(new Uint8Array(fs.readFileSync(adapt)), 56);
+  tiledLearned(b, 'adaptclip', 56);
+  b.free();
 });

@@ -148,8 +148,23 @@ impl ScoreArgs {
             let k = self.surgery_layers;
             return det::score_image_on(clip, tower, pixels, self.mode, &self.pair, refs, k, &cfg).await;
         };
-        let dets = adaptclip::detect_zero_shot_on(clip, tower, ready, pixels).await?;
-        dets.into_iter().next().context("no image in the input")
+        adaptclip::detect_one_on(clip, tower, ready, pixels, None).await
+    }
+
+    /// What a tiled run scores each pass with (the same mode, class pair, references and
+    /// AdaptCLIP adapters as [`ScoreArgs::score_on`]).
+    pub fn tile_scoring<'a>(&'a self, cfg: &'a winclip::WinClipConfig) -> crate::detect::tiles::TileScoring<'a> {
+        crate::detect::tiles::TileScoring {
+            mode: self.mode,
+            text: &self.pair,
+            refs: self.refs.as_ref().map(|s| &s.refs),
+            surgery_layers: self.surgery_layers,
+            cfg,
+            adapt: self
+                .adapt
+                .as_deref()
+                .map(|ready| crate::detect::tiles::AdaptScoring { ready, refs: None }),
+        }
     }
 }
 

@@ -178,23 +178,16 @@ impl ClipModel {
         max_side: usize,
         progress: Option<js_sys::Function>,
     ) -> js_sys::Promise {
-        use crate::detect::tiles::{self, TileScoring};
-        let size = self.clip.cfg.vision.image_size;
+        use crate::detect::tiles;
         let prepared = self.tiled_args(mode, image, text, &refs, tiles);
         let photo = image.img.clone();
         let (clip, gpu) = (self.clip.clone(), self.gpu());
         future_to_promise(async move {
             let run = async {
                 let (args, plan) = prepared?;
+                let size = args.size;
                 let cfg = winclip::WinClipConfig::default();
-                let scoring = TileScoring {
-                    mode: args.mode,
-                    text: &args.pair,
-                    refs: args.refs.as_ref().map(|s| &s.refs),
-                    surgery_layers: args.surgery_layers,
-                    cfg: &cfg,
-                    adapt: None,
-                };
+                let scoring = args.tile_scoring(&cfg);
                 let norm = crate::preprocess::Normalize {
                     mean: clip.cfg.mean,
                     std: clip.cfg.std,

@@ -3,7 +3,7 @@
 //! [`crate::detect::geometry`], [`crate::detect::regions`] and [`crate::detect::tiles`], the
 //! functions `anoscope detect` runs, so the page and the CLI give the same numbers.
 use super::{js_err, ClipModel, Image};
-use crate::detect::tiles::{self, TilePlan, TileScoring, TileSpec};
+use crate::detect::tiles::{self, TilePlan, TileSpec};
 use crate::detect::{geometry, regions, winclip};
 use crate::preprocess::Normalize;
 use anyhow::{anyhow, bail, Result};
@@ -231,8 +231,9 @@ impl TiledResult {
 
 #[wasm_bindgen]
 impl ClipModel {
-    /// Tiled inspection of one photo ([`tiles::detect_tiled`]): `mode` = `fast`, `winclip` or
-    /// `fewshot` as in `detect`, `tiles` = `auto`, `off` or `RxC`, the map at the photo's size
+    /// Tiled inspection of one photo ([`tiles::detect_tiled`]): `mode` = `fast`, `winclip`,
+    /// `fewshot`, `anomalyclip` or `adaptclip` as in `detect` (the learned modes at their
+    /// `learnedSize()`), `tiles` = `auto`, `off` or `RxC`, the map at the photo's size
     /// bounded to `maxSide` (0 = 4096). Calls `progress(done, total)` after each pass (the whole
     /// photo, then every tile); if `progress` throws, the run stops there with that message (the
     /// page's cancel). With a one-tile plan the result equals `detect`'s on the photo.
@@ -250,16 +251,9 @@ impl ClipModel {
     ) -> Result<TiledResult, JsError> {
         let run = || -> Result<TiledResult> {
             let (args, plan) = self.tiled_args(mode, image, text, &refs, tiles)?;
-            let size = self.clip.cfg.vision.image_size;
+            let size = args.size;
             let cfg = winclip::WinClipConfig::default();
-            let scoring = TileScoring {
-                mode: args.mode,
-                text: &args.pair,
-                refs: args.refs.as_ref().map(|s| &s.refs),
-                surgery_layers: args.surgery_layers,
-                cfg: &cfg,
-                adapt: None,
-            };
+            let scoring = args.tile_scoring(&cfg);
             let norm = Normalize {
                 mean: self.clip.cfg.mean,
                 std: self.clip.cfg.std,
@@ -294,14 +288,10 @@ impl ClipModel {
         tiles: &str,
     ) -> Result<(super::detect::ScoreArgs, TilePlan)> {
         let args = self.score_args(mode, text, refs, 0)?;
-        if args.mode.learned() {
-            bail!(
-                "the {} mode is not tiled in the page yet; set tiles to off (the CLI tiles it: anoscope detect --tiles)",
-                args.mode
-            );
-        }
         let spec: TileSpec = tiles.parse()?;
         let (w, h) = (image.img.width() as usize, image.img.height() as usize);
-        Ok((args, tiles::plan(spec, w, h, self.clip.cfg.vision.image_size)?))
+        // The mode's own input side: the checkpoint's, or the learned mode's (518 by default).
+        let plan = tiles::plan(spec, w, h, args.size)?;
+        Ok((args, plan))
     }
 }
