@@ -330,7 +330,8 @@ els.cancel.addEventListener('click', () => {
 function settingsStamp(mode) {
   const prompts = mode === 'batch' ? null : { text: textSpec(), file: state.promptsGen };
   const tiles = mode === 'batch' ? null : els.tiles.value;
-  return JSON.stringify({ model: state.modelSeq, mode, prompts, refs: mode === 'fewshot' ? state.refsGen : null, tiles });
+  const withRefs = mode === 'fewshot' || mode === 'adaptclip';
+  return JSON.stringify({ model: state.modelSeq, mode, prompts, refs: withRefs ? state.refsGen : null, tiles });
 }
 
 /** The settings in words, and as fields for each result (export). */
@@ -416,7 +417,7 @@ function restartWorker(data) {
       }
       if (state.refFiles) {
         const files = await Promise.all(state.refFiles.map(fileItem));
-        await client.call('references', { files }).then(
+        await client.call('references', { files, mode: els.mode.value }).then(
           () => restored.push(`${files.length} reference image(s) embedded again`),
           (e) => {
             state.refFiles = null;
@@ -582,7 +583,7 @@ function specFromServed(m) {
 /** The learned modes' names in the mode picker. */
 const LEARNED_LABELS = { anomalyclip: 'AnomalyCLIP', adaptclip: 'AdaptCLIP' };
 /** What each learned mode brings (its learned file). */
-const LEARNED_WHAT = { anomalyclip: 'learned prompts', adaptclip: 'learned adapters, zero-shot' };
+const LEARNED_WHAT = { anomalyclip: 'learned prompts', adaptclip: 'learned adapters, zero-shot or few-shot' };
 
 /** What a served entry's learned file adds, said before anything is downloaded (or ''). */
 function learnedNote(m) {
@@ -1227,7 +1228,7 @@ async function setReferences(files) {
   if (!needModel() || files.length === 0) return;
   setStatus(els.refsStatus, `Embedding ${files.length} reference image(s)…`, 'busy');
   const items = await Promise.all(files.map(fileItem));
-  const r = await run('Reference images', () => client.call('references', { files: items }));
+  const r = await run('Reference images', () => client.call('references', { files: items, mode: els.mode.value }));
   if (r) {
     state.refFiles = files;
     state.refsGen += 1;
@@ -1381,10 +1382,12 @@ function onModeChange() {
   els.modeNote.textContent = learned
     ? `${LEARNED_LABELS[m] ?? m} scores with this model's ${LEARNED_WHAT[m] ?? 'learned file'} (no category prompts), on the image ` +
       `resized to ${learned.imageSize} px: slow on the CPU (one pass through the whole image tower at that size), ` +
-      'fast with WebGPU. Tiles (auto) add one such pass per tile.'
+      'fast with WebGPU. Tiles (auto) add one such pass per tile.' +
+      (m === 'adaptclip' ? ' Normal reference images in the tray below make it few-shot (its prompt-query adapter, on the CPU).' : '')
     : MODE_NOTES[m];
   els.modeNote.className = m === 'winclip' || (learned && els.backend.dataset.gpu !== 'true') ? 'note warn' : 'note';
-  els.refsBox.hidden = m !== 'fewshot';
+  // Few-shot AdaptCLIP takes the same tray (without references it is zero-shot).
+  els.refsBox.hidden = m !== 'fewshot' && !(learned && m === 'adaptclip');
 }
 els.mode.addEventListener('change', onModeChange);
 onModeChange();

@@ -18,7 +18,9 @@ const BUILD_ID = 'dev';
 let model = null; // ClipModel
 let modelInfo = null; // {label, weightsSha256, test, source, rest}
 let loadGen = 0; // the latest load; an older load's background stream stops
-let refs = null; // References (few-shot)
+let refs = null; // References (few-shot: WinCLIP+'s, or AdaptCLIP's when refsKind is 'adaptclip')
+let refsKind = null; // 'fewshot' | 'adaptclip': the mode `refs` were embedded for
+let refItems = null; // the reference files, to embed them again for the other mode
 let batchResult = null; // BatchResult
 let current = null; // {map: the map at the photo's (bounded) size, width, height, regions?}
 // Test hook: ?plantmap=1 replaces each single image's map (at the model's input size) with a
@@ -711,6 +713,19 @@ async function getBytes(url, label, expectSha, maxBytes = state.limits.maxCheckp
   return bytes;
 }
 
+/** Embeds the reference `files` for `kind` ('fewshot': WinCLIP+, 'adaptclip': AdaptCLIP's
+ * prompt-query adapter, on the CPU) and makes them the current references. */
+async function embedReferences(m, files, kind) {
+  // The images move into wasm (references() takes them over).
+  let next;
+  if (kind === 'adaptclip') next = m.adaptReferences(decodeAll(files));
+  else next = gpu.active ? await m.referencesAsync(decodeAll(files)) : m.references(decodeAll(files));
+  checkGpu(m);
+  if (refs) refs.free();
+  refs = next;
+  refsKind = kind;
+}
+
 let batchDims = []; // the batch's photo sizes, [w, h] each
 
 /** Tiled inspection of one photo (tiles::detect_tiled): a pass over the whole photo, then one per
@@ -823,6 +838,7 @@ const handlers = {
     if (refs) refs.free();
     if (batchResult) batchResult.free();
     refs = null;
+    refItems = null;
     batchResult = null;
     textCache.clear();
     model = next;
@@ -895,6 +911,9 @@ const handlers = {
     needModel();
     if (stepDelay) await new Promise((r) => setTimeout(r, stepDelay));
     checkCancel();
+    // The tray's references, embedded for the mode that uses them (few-shot, or few-shot AdaptCLIP).
+    const refMode = mode === 'fewshot' || mode === 'adaptclip' ? mode : null;
+    if (refMode && refItems && refsKind !== refMode) await embedReferences(needModel(), refItems, refMode);
     if (mode === 'fewshot' && !refs) throw new Error('few-shot mode needs at least one normal reference image in the tray');
     // The learned modes bring their own class pair (the model's learned file).
     const learnedMode = LEARNED_MODES.has(mode);
@@ -908,7 +927,7 @@ const handlers = {
     }
     const t0 = performance.now();
     try {
-      const r = mode === 'fewshot' ? refs : undefined;
+      const r = refMode && refs ? refs : undefined; // adaptclip without references: zero-shot
       if (tiles && tiles !== 'off') return await detectTiled(m, mode, image, pair, r, tiles, file?.name, t0);
       const det = gpu.active ? await m.detectAsync(mode, image, pair, r) : m.detect(mode, image, pair, r);
       checkGpu(m);
@@ -917,22 +936,22 @@ const handlers = {
       image.free();
     }
   },
-  async references({ files }) {
+  /** {files, mode}: the tray's normal references, embedded for `mode` (adaptclip: AdaptCLIP's
+   * few-shot features; otherwise WinCLIP+'s) and kept, to embed them for the other mode later. */
+  async references({ files, mode }) {
     const m = needModel();
     const lim = state.limits;
     if (files.length > lim.maxReferences) {
       throw new Error(`few-shot mode takes 1 to ${lim.maxReferences} normal reference images, got ${files.length}`);
     }
-    // The images move into wasm (references() takes them over).
-    const next = gpu.active ? await m.referencesAsync(decodeAll(files)) : m.references(decodeAll(files));
-    checkGpu(m);
-    if (refs) refs.free();
-    refs = next;
+    await embedReferences(m, files, mode === 'adaptclip' ? 'adaptclip' : 'fewshot');
+    refItems = files;
     return { count: files.length };
   },
   clearReferences() {
     if (refs) refs.free();
     refs = null;
+    refItems = null;
     return {};
   },
   async batch({ files }) {

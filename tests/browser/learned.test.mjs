@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { readSafetensors } from '../wasm/safetensors.mjs';
 import { indexSite } from './site-index.mjs';
-import { IMAGES, ROOT, browser, cli, dropAndWait, dropFiles, loadTestModel, makeSite, openPage, ready, serve, waitLoaded } from './harness.mjs';
+import { IMAGES, ROOT, browser, cli, dropAndWait, dropFiles, loadTestModel, makeSite, message, openPage, ready, serve, waitLoaded } from './harness.mjs';
 
 const FIXTURE = join(ROOT, 'tests/fixtures/anomalyclip_tiny');
 const DPAM = join(ROOT, 'tests/fixtures/dpam_tiny'); // AdaptCLIP's fixture model
@@ -226,7 +226,7 @@ test("AdaptCLIP (zero-shot): the page's score and map equal the CLI's detect --m
   assert.equal(l.mode, 'adaptclip', 'told from the file (its class pairs)');
   assert.equal(l.imageSize, ADAPT_SIZE);
   assert.equal(l.size, readFileSync(adapt).length);
-  assert.match(await page.textContent('#model-sources'), new RegExp(`Load adaptclip-tiny \\(served with this site; with AdaptCLIP \\(learned adapters, zero-shot, [^)]*\\) at ${ADAPT_SIZE} px: slow on the CPU, fast with WebGPU\\)`));
+  assert.match(await page.textContent('#model-sources'), new RegExp(`Load adaptclip-tiny \\(served with this site; with AdaptCLIP \\(learned adapters, zero-shot or few-shot, [^)]*\\) at ${ADAPT_SIZE} px: slow on the CPU, fast with WebGPU\\)`));
   await page.getByRole('button', { name: /^Load adaptclip-tiny/ }).click();
   await waitLoaded(page, 'adaptclip-tiny');
   assert.deepEqual(await modes(), ['fast', 'winclip', 'fewshot', 'batch', 'adaptclip']);
@@ -252,4 +252,38 @@ test("AdaptCLIP (zero-shot): the page's score and map equal the CLI's detect --m
 test("AdaptCLIP tiled (zero-shot): the page's stitched map equals the CLI's detect --tiles auto --full-map", { timeout: 180_000 }, async () => {
   assert.deepEqual(await modes(), ['fast', 'winclip', 'fewshot', 'batch', 'adaptclip'], 'the AdaptCLIP model is loaded');
   await tiledAgainstCli('adaptclip', ['--model', DPAM, '--learned', adapt, '--size', String(ADAPT_SIZE)], `adaptclip, ${ADAPT_SIZE} px`);
+});
+
+test("AdaptCLIP few-shot: references in the tray; the page's score and map equal the CLI's detect --refs", { timeout: 180_000 }, async () => {
+  const REF = 'bottle_train_good_000.jpg';
+  await page.selectOption('#mode', 'adaptclip');
+  await page.selectOption('#tiles', 'off');
+  assert.equal(await page.isVisible('#refs-box'), true, 'the reference tray is offered in the adaptclip mode');
+  assert.match(await page.textContent('#mode-note'), /Normal reference images in the tray below make it few-shot/);
+  // Zero-shot first (no references), then one reference: the result changes.
+  const zero = await dropAndWait(page, [{ name: PHOTO, type: 'image/png', bytes: readFileSync(join(IMAGES, PHOTO)) }]);
+  await dropFiles(page, '#refs-drop', [{ name: REF, type: 'image/jpeg', bytes: readFileSync(join(IMAGES, REF)) }]);
+  await page.waitForFunction(() => /1 normal reference image\(s\) embedded/.test(document.getElementById('refs-status').textContent));
+  const d = await dropAndWait(page, [{ name: PHOTO, type: 'image/png', bytes: readFileSync(join(IMAGES, PHOTO)) }]);
+  const out = join(tmp, 'cli-adapt-few');
+  cli('detect', '--mode', 'adaptclip', '--refs', join(IMAGES, REF), '--model', DPAM, '--learned', adapt, '--size', String(ADAPT_SIZE), '--backend', 'cpu', '--out', out, join(IMAGES, PHOTO));
+  const stem = PHOTO.replace(/\.png$/, '');
+  const json = JSON.parse(readFileSync(join(out, `${stem}.json`), 'utf8'));
+  const map = readSafetensors(readFileSync(join(out, `${stem}.map.safetensors`))).get('anomaly_map');
+  assert.equal(d.map.length, ADAPT_SIZE * ADAPT_SIZE);
+  let worst = 0;
+  for (let i = 0; i < map.data.length; i++) worst = Math.max(worst, Math.abs(d.map[i] - map.data[i]));
+  console.log(`page vs CLI (adaptclip 1-shot, ${ADAPT_SIZE} px): score ${d.score} vs ${json.score}, map max|Δ| = ${worst.toExponential(2)}; zero-shot ${zero.score}`);
+  assert.ok(Math.abs(d.score - json.score) <= 1e-5, `score ${d.score} vs ${json.score}`);
+  assert.ok(worst <= 1e-5, `map max|Δ| = ${worst}`);
+  assert.notEqual(d.score, zero.score, 'the references are used');
+  // Few-shot WinCLIP+ on the same tray still works (the references are embedded for it anew).
+  await page.selectOption('#mode', 'fewshot');
+  const w = await dropAndWait(page, [{ name: PHOTO, type: 'image/png', bytes: readFileSync(join(IMAGES, PHOTO)) }]);
+  assert.ok(Number.isFinite(w.score));
+  assert.equal(await message(page), '');
+  // Back to AdaptCLIP: the same few-shot result again.
+  await page.selectOption('#mode', 'adaptclip');
+  const again = await dropAndWait(page, [{ name: PHOTO, type: 'image/png', bytes: readFileSync(join(IMAGES, PHOTO)) }]);
+  assert.equal(again.score, d.score);
 });

@@ -174,3 +174,37 @@ test('wasm detectTiled tiles both learned modes at their learned size', () => {
   tiledLearned(b, 'adaptclip', 56);
   b.free();
 });
+
+test('wasm adaptclip few-shot (adaptReferences + detect) equals the native CLI; misuse is a clear error', () => {
+  const IMAGES = path.join(REPO, 'tests/browser/images');
+  const photo = path.join(IMAGES, 'bottle_broken_large_000.png');
+  const ref = path.join(IMAGES, 'bottle_train_good_000.jpg');
+  const decode = (p) => mod.Image.decode(new Uint8Array(fs.readFileSync(p)));
+  const model = load(DPAM);
+  assert.throws(() => model.adaptReferences([decode(ref)]), /few-shot AdaptCLIP needs its learned file: load it first/);
+  model.loadLearned(new Uint8Array(fs.readFileSync(adapt)), 56);
+  const refs = model.adaptReferences([decode(ref)]);
+  assert.equal(refs.length, 1);
+  const det = model.detect('adaptclip', decode(photo), new Float32Array(0), refs);
+  const zero = model.detect('adaptclip', decode(photo), new Float32Array(0), undefined);
+  const out = path.join(tmp, 'few');
+  execFileSync(CLI, ['detect', '--mode', 'adaptclip', '--refs', ref, '--model', DPAM, '--learned', adapt, '--size', '56', '--backend', 'cpu', '--out', out, photo]);
+  const json = JSON.parse(fs.readFileSync(path.join(out, 'bottle_broken_large_000.json'), 'utf8'));
+  const map = readSafetensors(fs.readFileSync(path.join(out, 'bottle_broken_large_000.map.safetensors'))).get('anomaly_map');
+  const worst = maxAbs(det.map(), map.data);
+  console.log(`wasm adaptclip 1-shot vs the CLI: score ${det.score} vs ${json.score}, map max|Δ| = ${worst.toExponential(2)}`);
+  assert.ok(Math.abs(det.score - json.score) <= 1e-5, `${det.score} vs ${json.score}`);
+  assert.ok(worst <= 1e-5, `map max|Δ| ${worst}`);
+  assert.notEqual(det.score, zero.score, 'the references are used');
+  // Tiled few-shot: 'off' is detect's result with the same references.
+  const off = model.detectTiled('adaptclip', decode(photo), new Float32Array(0), refs, 'off', 0);
+  assert.equal(off.score, det.score);
+  // WinCLIP+'s references are not AdaptCLIP's, and the other way round.
+  const wref = model.references([decode(ref)]);
+  assert.throws(() => model.detect('adaptclip', decode(photo), new Float32Array(0), wref), /needs references from adaptReferences\(images\), not references\(images\)/);
+  const pair = model.textPair('bottle', undefined, false);
+  assert.throws(() => model.detect('fewshot', decode(photo), pair, refs), /embedded for AdaptCLIP \(adaptReferences\)/);
+  assert.throws(() => model.adaptReferences([]), /1 to \d+ normal reference images, got 0/);
+  for (const x of [det, zero, off, refs, wref]) x.free();
+  model.free();
+});

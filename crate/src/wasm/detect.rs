@@ -74,7 +74,10 @@ impl Detection {
 /// from an optional argument (wasm-bindgen can only move optional class arguments).
 pub(super) struct RefSet {
     model: u32,
-    pub refs: winclip::References,
+    /// WinCLIP+'s features (`references`, few-shot mode).
+    pub refs: Option<winclip::References>,
+    /// AdaptCLIP's (`adaptReferences`, few-shot adaptclip).
+    pub adapt: Option<adaptclip::References>,
 }
 
 thread_local! {
@@ -83,7 +86,8 @@ thread_local! {
 static NEXT_REF_SET: AtomicU32 = AtomicU32::new(1);
 
 /// Normal reference images for few-shot mode (WinCLIP+), embedded once by
-/// `ClipModel.references`; pass it to every `detect("fewshot", …)` call. `free()` releases it.
+/// `ClipModel.references`; pass it to every `detect("fewshot", …)` call. Few-shot AdaptCLIP's,
+/// from `ClipModel.adaptReferences`, go to `detect("adaptclip", …)`. `free()` releases it.
 #[wasm_bindgen]
 pub struct References {
     handle: u32,
@@ -143,12 +147,12 @@ impl ScoreArgs {
     /// [`det::score_image_on`], or AdaptCLIP's zero-shot detection.
     pub async fn score_on(&self, clip: &Clip, tower: &impl Passes, pixels: &Tensor) -> Result<det::Detection> {
         let Some(ready) = &self.adapt else {
-            let refs = self.refs.as_ref().map(|s| &s.refs);
+            let refs = self.refs.as_ref().and_then(|s| s.refs.as_ref());
             let cfg = winclip::WinClipConfig::default();
             let k = self.surgery_layers;
             return det::score_image_on(clip, tower, pixels, self.mode, &self.pair, refs, k, &cfg).await;
         };
-        adaptclip::detect_one_on(clip, tower, ready, pixels, None).await
+        adaptclip::detect_one_on(clip, tower, ready, pixels, self.adapt_refs()).await
     }
 
     /// What a tiled run scores each pass with (the same mode, class pair, references and
@@ -157,21 +161,42 @@ impl ScoreArgs {
         crate::detect::tiles::TileScoring {
             mode: self.mode,
             text: &self.pair,
-            refs: self.refs.as_ref().map(|s| &s.refs),
+            refs: self.refs.as_ref().and_then(|s| s.refs.as_ref()),
             surgery_layers: self.surgery_layers,
             cfg,
-            adapt: self
-                .adapt
-                .as_deref()
-                .map(|ready| crate::detect::tiles::AdaptScoring { ready, refs: None }),
+            adapt: self.adapt.as_deref().map(|ready| crate::detect::tiles::AdaptScoring {
+                ready,
+                refs: self.adapt_refs(),
+            }),
         }
+    }
+
+    /// AdaptCLIP's references, when this is a few-shot adaptclip detection.
+    fn adapt_refs(&self) -> Option<&adaptclip::References> {
+        self.refs.as_ref().and_then(|s| s.adapt.as_ref())
     }
 }
 
 /// Keeps few-shot features under a new handle for model `model`.
 pub(super) fn register(model: u32, refs: winclip::References, count: usize) -> References {
     let handle = NEXT_REF_SET.fetch_add(1, Ordering::Relaxed);
-    let set = Rc::new(RefSet { model, refs });
+    let set = Rc::new(RefSet {
+        model,
+        refs: Some(refs),
+        adapt: None,
+    });
+    REF_SETS.with(|r| r.borrow_mut().insert(handle, set));
+    References { handle, count }
+}
+
+/// Keeps few-shot AdaptCLIP features under a new handle for model `model`.
+pub(super) fn register_adapt(model: u32, refs: adaptclip::References, count: usize) -> References {
+    let handle = NEXT_REF_SET.fetch_add(1, Ordering::Relaxed);
+    let set = Rc::new(RefSet {
+        model,
+        refs: None,
+        adapt: Some(refs),
+    });
     REF_SETS.with(|r| r.borrow_mut().insert(handle, set));
     References { handle, count }
 }
@@ -300,10 +325,28 @@ impl ClipModel {
             if learned.mode != mode {
                 bail!("the loaded learned file is for the {} mode, not {mode}", learned.mode);
             }
+            // AdaptCLIP with references (adaptReferences) is few-shot; without, zero-shot.
+            let set = match ref_set(refs)? {
+                Some(set) if mode == Mode::Adaptclip => {
+                    if set.model != self.id {
+                        bail!(
+                            "these reference images were embedded by another model; call adaptReferences(images) again"
+                        );
+                    }
+                    if set.adapt.is_none() {
+                        bail!(
+                            "few-shot AdaptCLIP needs references from adaptReferences(images), not references(images) \
+                             (WinCLIP+'s)"
+                        );
+                    }
+                    Some(set)
+                }
+                _ => None,
+            };
             return Ok(ScoreArgs {
                 mode,
                 pair: learned.pair.clone(),
-                refs: None,
+                refs: set,
                 surgery_layers: 0,
                 size: learned.size,
                 adapt: learned.adapt.clone(),
@@ -322,6 +365,9 @@ impl ClipModel {
                 .context("few-shot mode needs normal reference images: call references(images) and pass the result")?;
             if set.model != self.id {
                 bail!("these reference images were embedded by another model; call references(images) again");
+            }
+            if set.refs.is_none() {
+                bail!("these references were embedded for AdaptCLIP (adaptReferences); call references(images) for few-shot mode");
             }
             Some(set)
         } else {
@@ -383,6 +429,29 @@ impl ClipModel {
         Ok(self.batch_input(images)?.1)
     }
 
+    fn adapt_references_impl(&self, images: &[Image]) -> Result<References> {
+        let (ready, size) = match &self.learned {
+            Some(l) if l.mode == Mode::Adaptclip => (l.adapt.as_ref().context("AdaptCLIP's adapters")?, l.size),
+            _ => bail!("few-shot AdaptCLIP needs its learned file: load it first (loadLearned)"),
+        };
+        if ready.learned.pq.is_none() {
+            bail!("this learned file has no prompt-query adapter (pq_learner): few-shot AdaptCLIP needs it");
+        }
+        if images.is_empty() || images.len() > MAX_REFERENCES {
+            bail!(
+                "few-shot AdaptCLIP takes 1 to {MAX_REFERENCES} normal reference images, got {}",
+                images.len()
+            );
+        }
+        let mut data = Vec::with_capacity(images.len() * 3 * size * size);
+        for im in images {
+            data.extend(self.model_input(&im.img, size).1);
+        }
+        let t = Tensor::from_vec(data, (images.len(), 3, size, size), &Device::Cpu)?;
+        let refs = adaptclip::references(&self.clip, &t)?;
+        Ok(register_adapt(self.id, refs, images.len()))
+    }
+
     fn references_impl(&self, images: &[Image]) -> Result<References> {
         let t = self.references_input(images)?;
         let refs = winclip::references(&self.clip, &t, &winclip::WinClipConfig::default())?;
@@ -411,11 +480,11 @@ impl ClipModel {
 #[wasm_bindgen]
 impl ClipModel {
     /// Scores one image with `mode` = `fast`, `winclip` or `fewshot` against a class pair
-    /// (`textPair`'s result), or `anomalyclip` with the class pair of the learned file
-    /// (`loadLearned`; `text` is then ignored). `refs` (from `references`) is required for
-    /// `fewshot` and ignored otherwise. The image is resized to the checkpoint's square input
-    /// (the learned mode's size for `anomalyclip`) as `anoscope detect` does; the map has that
-    /// size.
+    /// (`textPair`'s result), or `anomalyclip` / `adaptclip` with the learned file (`loadLearned`;
+    /// `text` is then ignored). `refs` (from `references`) is required for `fewshot`; with
+    /// `adaptclip`, refs from `adaptReferences` make it few-shot; ignored otherwise. The image is
+    /// resized to the checkpoint's square input (the learned mode's size for the learned modes)
+    /// as `anoscope detect` does; the map has that size.
     pub fn detect(
         &self,
         mode: &str,
@@ -469,6 +538,16 @@ impl ClipModel {
             Ok(self.register(refs, count))
         };
         run().map_err(js_err)
+    }
+
+    /// Embeds 1..=`limits().maxReferences` normal reference images for few-shot AdaptCLIP
+    /// (`detect("adaptclip", image, text, refs)`), resized to the learned size as the queries are;
+    /// needs the AdaptCLIP learned file (`loadLearned`) with its prompt-query adapter. Runs on the
+    /// CPU (few-shot AdaptCLIP reads four layers of the tower, which the GPU path does not
+    /// return). Takes the images over.
+    #[wasm_bindgen(js_name = adaptReferences)]
+    pub fn adapt_references(&self, images: Vec<Image>) -> Result<References, JsError> {
+        self.adapt_references_impl(&images).map_err(js_err)
     }
 
     /// Embeds 1..=`limits().maxReferences` normal reference images for few-shot mode. Takes the
