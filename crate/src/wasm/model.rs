@@ -95,10 +95,10 @@ impl ClipModel {
             let prompts = anomalyclip::LearnedPrompts::from_safetensors(bytes, "the learned file")?;
             (Mode::Anomalyclip, prompts.text_pair(&self.clip)?, None)
         };
+        // The GPU tower keeps the position-embedding settings it was uploaded with: a file loaded
+        // after `useGpu` releases it (only now, the file being valid), and the caller uploads again.
         #[cfg(feature = "gpu")]
-        if super::gpu::attached(self.id) {
-            bail!("load the learned file before useGpu (the GPU tower keeps its own position-embedding settings)");
-        }
+        super::gpu::forget(self.id);
         learned::use_official_pos_interp(&mut self.clip);
         self.learned = Some(LearnedPair {
             mode,
@@ -263,7 +263,9 @@ impl ClipModel {
     /// embeddings bilinearly as the official code does (the other modes, which run at the
     /// checkpoint's own size, need no resampling). `size` is the side images are
     /// resized to in that mode (default 518, the official size). Returns the mode's name. Call it
-    /// before `useGpu`. On error the previously loaded file stays.
+    /// before `useGpu`: a file loaded after it releases the GPU's copy of the image tower (it
+    /// resamples with the old settings), so call `useGpu` again. On error the previously loaded
+    /// file (and the GPU tower) stays.
     #[wasm_bindgen(js_name = loadLearned)]
     pub fn load_learned(&mut self, bytes: &[u8], size: Option<usize>) -> Result<String, JsError> {
         self.load_learned_impl(bytes, size).map_err(js_err)
