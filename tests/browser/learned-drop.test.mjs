@@ -1,9 +1,10 @@
 // A learned file dropped or picked on the page (issue 17 §3): dropped next to a loaded model (with
-// its learned.json for the input size), a converted AnomalyCLIP file adds "AnomalyCLIP" to the
-// mode picker and scores a real photo as the CLI's `detect --mode anomalyclip`; a file that does
-// not belong to the loaded checkpoint (AdaptCLIP's for another model, AnomalyCLIP's 16-wide text
-// features on a 48-wide model) or an unconverted .pth is refused with the reason, and the model,
-// its learned mode and the results stay.
+// its learned.json for the input size), a converted AnomalyCLIP file, or the official .pth (its
+// text features computed in the page with the text tower), adds "AnomalyCLIP" to the mode picker
+// and scores a real photo as the CLI's `detect --mode anomalyclip`; a file that does not belong
+// to the loaded checkpoint (AdaptCLIP's for another model, converted or .pth; AnomalyCLIP's
+// 16-wide text features or context on a model 48 or 32 wide) is refused with the reason, and the
+// model, its learned mode and the results stay.
 import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -94,7 +95,7 @@ test('a dropped learned.safetensors (+ learned.json) adds AnomalyCLIP and scores
   learnedScore = d.score;
 });
 
-test('a learned file for another checkpoint or an unconverted .pth is refused; model, mode and results stay', { timeout: 180_000 }, async () => {
+test('a learned file for another checkpoint (converted or .pth) is refused; model, mode and results stay', { timeout: 180_000 }, async () => {
   assert.ok(learnedScore !== undefined, 'the drop test ran first');
   const status = await modelStatus();
   const verdict = await page.textContent('#verdict');
@@ -107,10 +108,11 @@ test('a learned file for another checkpoint or an unconverted .pth is refused; m
   assert.equal(await page.inputValue('#mode'), 'anomalyclip');
   assert.equal(await page.textContent('#verdict'), verdict);
 
-  // The official checkpoint itself: the page says to convert it.
-  await dropFiles(page, '#drop', [{ name: 'learned.pth', type: '', bytes: readFileSync(join(FIXTURE, 'learned.pth')) }]);
-  await page.waitForFunction(() => /learned\.pth/.test(document.getElementById('message').textContent), null, { timeout: 60_000 });
-  assert.match(await message(page), /^Learned file learned\.pth \(nothing was changed\): this is a torch checkpoint \(\.pth\); the page reads its conversion: anoscope convert --learned FILE --model DIR/);
+  // AdaptCLIP's official checkpoint for dpam_tiny (visual adapters 64 wide; this model's tokens are 32).
+  await dropFiles(page, '#drop', [{ name: 'adaptclip.pth', type: '', bytes: readFileSync(join(ROOT, 'tests/fixtures/adaptclip_tiny/learned.pth')) }]);
+  await page.waitForFunction(() => /adaptclip\.pth/.test(document.getElementById('message').textContent), null, { timeout: 60_000 });
+  assert.match(await message(page), /^Learned file adaptclip\.pth \(nothing was changed\): the learned file \(\.pth\): not AdaptCLIP parameters for this model: /);
+  assert.deepEqual(await modes(), ['fast', 'winclip', 'fewshot', 'batch', 'anomalyclip']);
 
   // A bad learned.json: refused before anything is read.
   await dropFiles(page, '#drop', [
@@ -125,6 +127,30 @@ test('a learned file for another checkpoint or an unconverted .pth is refused; m
   assert.equal(await modelStatus(), status);
 });
 
+test("the official AnomalyCLIP .pth dropped: read in the page, scores as the CLI's --learned learned.pth", { timeout: 180_000 }, async () => {
+  await dropFiles(page, '#drop', [
+    { name: 'learned.pth', type: '', bytes: readFileSync(join(FIXTURE, 'learned.pth')) },
+    { name: 'learned.json', type: 'application/json', bytes: Buffer.from(JSON.stringify({ imageSize: SIZE })) },
+  ]);
+  await page.waitForFunction(() => /from learned\.pth/.test(document.getElementById('model-status').textContent), null, { timeout: 60_000 });
+  assert.equal(await message(page), '');
+  assert.equal(await page.inputValue('#mode'), 'anomalyclip');
+  const d = await dropAndWait(page, photo());
+  const out = join(tmp, 'cli-pth');
+  cli('detect', '--mode', 'anomalyclip', '--model', FIXTURE, '--learned', join(FIXTURE, 'learned.pth'), '--size', String(SIZE), '--backend', 'cpu', '--out', out, join(IMAGES, PHOTO));
+  const stem = PHOTO.replace(/\.png$/, '');
+  const json = JSON.parse(readFileSync(join(out, `${stem}.json`), 'utf8'));
+  const map = readSafetensors(readFileSync(join(out, `${stem}.map.safetensors`))).get('anomaly_map');
+  let worst = 0;
+  for (let i = 0; i < map.data.length; i++) worst = Math.max(worst, Math.abs(d.map[i] - map.data[i]));
+  console.log(`page (dropped .pth) vs CLI (.pth): score ${d.score} vs ${json.score}, map max|Δ| = ${worst.toExponential(2)}`);
+  assert.ok(Math.abs(d.score - json.score) <= 1e-5, `score ${d.score} vs ${json.score}`);
+  assert.ok(worst <= 1e-5, `map max|Δ| = ${worst}`);
+  // Its conversion stores the text features as f16 (anoscope convert's default): close, not equal.
+  assert.ok(Math.abs(d.score - learnedScore) <= 1e-3, `${d.score} vs the conversion's ${learnedScore}`);
+  assert.notEqual(d.score, learnedScore, 'the .pth itself was read (f32 text features), not the earlier conversion');
+});
+
 test('picked on the interface test model (48-wide embeddings): AnomalyCLIP\'s 16-wide text features are refused', { timeout: 180_000 }, async () => {
   await loadTestModel(page);
   assert.deepEqual(await modes(), ['fast', 'winclip', 'fewshot', 'batch'], 'the dropped file went with the old model');
@@ -133,6 +159,12 @@ test('picked on the interface test model (48-wide embeddings): AnomalyCLIP\'s 16
   await page.setInputFiles('#learned-file', learned);
   const m = await nextMessage();
   assert.match(m, /^Learned file learned\.safetensors \(nothing was changed\): the learned prompts do not belong to this model: text embeddings have 16 dimensions, the model 48$/);
+  assert.deepEqual(await modes(), ['fast', 'winclip', 'fewshot', 'batch']);
+  // The .pth: its context vectors are 16 wide, this model's text tower 32 (loaded for it first:
+  // this model came with a prompt file and without its text tower).
+  await page.evaluate(() => (document.getElementById('message').hidden = true));
+  await page.setInputFiles('#learned-file', join(FIXTURE, 'learned.pth'));
+  assert.match(await nextMessage(), /^Learned file learned\.pth \(nothing was changed\): the learned prompts are 16 wide, the model's text tower 32$/);
   assert.deepEqual(await modes(), ['fast', 'winclip', 'fewshot', 'batch']);
   assert.equal(await modelStatus(), status);
   const again = await dropAndWait(page, photo());
