@@ -170,3 +170,30 @@ test('picked on the interface test model (48-wide embeddings): AnomalyCLIP\'s 16
   const again = await dropAndWait(page, photo());
   assert.equal(again.score, d.score, 'the model still scores as before');
 });
+
+test('on WebGPU (?backend=gpu): a learned file dropped after the GPU took the image tower re-uploads it and scores as the CLI', { timeout: 180_000 }, async (t) => {
+  const { page: p } = await openPage(b.context, `${server.url}?model=anomalyclip-plain&backend=gpu`);
+  try {
+    await ready(p);
+    await waitLoaded(p, 'anomalyclip-plain');
+    if ((await p.getAttribute('#backend', 'data-gpu')) !== 'true') {
+      const why = await p.textContent('#backend');
+      if (process.env.ANOSCOPE_REQUIRE_WEBGPU === '1') assert.fail(`no WebGPU: ${why}`);
+      return t.skip(`Chromium offers no WebGPU adapter here (${why})`);
+    }
+    await dropFiles(p, '#drop', [
+      { name: 'learned.safetensors', type: '', bytes: readFileSync(learned) },
+      { name: 'learned.json', type: 'application/json', bytes: Buffer.from(JSON.stringify({ imageSize: SIZE })) },
+    ]);
+    await p.waitForFunction(() => /from learned\.safetensors/.test(document.getElementById('model-status').textContent), null, { timeout: 60_000 });
+    const d = await dropAndWait(p, photo());
+    const backend = await p.textContent('#backend');
+    console.log(`page on WebGPU (learned file dropped after load) vs the CPU page: score ${d.score} vs ${learnedScore}; ${backend}`);
+    assert.equal(await p.getAttribute('#backend', 'data-gpu'), 'true', `still on the GPU: ${backend}`);
+    // As learned.test.mjs on WebGPU: within 1e-3 of the CPU (the CPU page equals the CLI to 1e-5).
+    assert.ok(Math.abs(d.score - learnedScore) <= 1e-3, `score ${d.score} vs ${learnedScore}`);
+    assert.equal(d.map.length, SIZE * SIZE);
+  } finally {
+    await p.close();
+  }
+});
