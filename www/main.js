@@ -761,7 +761,8 @@ const LEARNED_TENSOR = /^(ctx_pos|ctx_neg|adaptclip\..+|(textual|visual|pq)_lear
 
 /**
  * Dropped or picked files that are a learned file for the loaded model: {file, side} (side: its
- * learned.json, {"imageSize": N}), or null. An official .pth is taken too (wasm says to convert it).
+ * learned.json, {"imageSize": N}), or null. An official .pth is taken too (wasm reads it, computing
+ * its text features or class pairs with the text tower).
  */
 async function learnedFiles(files) {
   const side = files.find((f) => /learned.*\.json$/i.test(f.name));
@@ -776,7 +777,8 @@ async function learnedFiles(files) {
 
 /**
  * Loads a learned file for the loaded model (AnomalyCLIP's prompts or AdaptCLIP's adapters, as
- * `anoscope convert --learned` writes them) and offers its mode. The worker checks it against
+ * `anoscope convert --learned` writes them, or the official .pth) and offers its mode. Runs
+ * dropped meanwhile wait for it, as for a model load. The worker checks it against
  * the model; a wrong file is refused with the reason, and the model, its learned mode and the
  * results stay.
  */
@@ -798,9 +800,12 @@ async function loadLearnedFile({ file, side }) {
   }
   const model = state.model;
   setStatus(els.modelStatus, `Loading the learned file ${file.name}…`, 'busy');
-  const r = await run(`Learned file ${file.name} (nothing was changed)`, async () =>
+  const p = run(`Learned file ${file.name} (nothing was changed)`, async () =>
     client.call('loadLearned', { bytes: await file.arrayBuffer(), imageSize, name: file.name }),
   );
+  state.loading = p;
+  const r = await p;
+  if (state.loading === p) state.loading = null;
   if (state.model !== model) return; // another model was loaded meanwhile: the file went with the old one
   showLoaded(model);
   if (!r) return;
