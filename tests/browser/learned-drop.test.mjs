@@ -197,3 +197,38 @@ test('on WebGPU (?backend=gpu): a learned file dropped after the GPU took the im
     await p.close();
   }
 });
+
+test('out of memory: the restarted detector loads the dropped learned file again; its mode stays picked and scores the same', { timeout: 180_000 }, async () => {
+  // ?memcap=40 leaves 40 MB of wasm memory: a 4000 × 4000 photo cannot be decoded.
+  const { page: p } = await openPage(b.context, `${server.url}?model=anomalyclip-plain&memcap=40`);
+  try {
+    await ready(p);
+    await waitLoaded(p, 'anomalyclip-plain');
+    await dropFiles(p, '#drop', [
+      { name: 'learned.safetensors', type: '', bytes: readFileSync(learned) },
+      { name: 'learned.json', type: 'application/json', bytes: Buffer.from(JSON.stringify({ imageSize: SIZE })) },
+    ]);
+    await p.waitForFunction(() => /from learned\.safetensors/.test(document.getElementById('model-status').textContent), null, { timeout: 60_000 });
+    const before = await dropAndWait(p, photo());
+    assert.ok(Math.abs(before.score - learnedScore) <= 1e-6);
+    await p.evaluate(async (b64) => {
+      const src = await createImageBitmap(new Blob([Uint8Array.from(atob(b64), (c) => c.charCodeAt(0))]));
+      const c = new OffscreenCanvas(4000, 4000);
+      c.getContext('2d').drawImage(src, 0, 0, 4000, 4000);
+      const dt = new DataTransfer();
+      dt.items.add(new File([await c.convertToBlob({ type: 'image/png' })], 'large.png', { type: 'image/png' }));
+      document.getElementById('drop').dispatchEvent(new DragEvent('drop', { dataTransfer: dt, bubbles: true, cancelable: true }));
+    }, readFileSync(join(IMAGES, PHOTO)).toString('base64'));
+    await p.waitForSelector('body[data-restarted="2"]', { timeout: 90_000 });
+    await p.waitForFunction(() => /The detector was restarted/.test(document.getElementById('message').textContent));
+    const m = await p.textContent('#message');
+    assert.match(m, /^Out of memory: this image .* The detector was restarted: anomalyclip-plain is loaded again, its learned file learned\.safetensors too\. /);
+    assert.equal(await p.inputValue('#mode'), 'anomalyclip', 'the learned mode stays picked');
+    assert.deepEqual(await p.$$eval('#mode option', (os) => os.map((o) => o.value)), ['fast', 'winclip', 'fewshot', 'batch', 'anomalyclip']);
+    assert.match(await p.textContent('#model-status'), new RegExp(`AnomalyCLIP at ${SIZE} px from learned\\.safetensors`));
+    const after = await dropAndWait(p, photo());
+    assert.equal(after.score, before.score);
+  } finally {
+    await p.close();
+  }
+});
