@@ -11,7 +11,8 @@
 //   `anomaly-score`  CustomEvent, detail {score, verdict, threshold, map, width, height, name,
 //                    photoWidth, photoHeight, regions, regionsWidth, regionsHeight}
 //   `anomaly-error`  CustomEvent, detail {message}
-//   `anomaly-ready`  CustomEvent, detail {threads, notice, model} once the model is loaded
+//   `anomaly-ready`  CustomEvent, detail {threads, notice, model, weightsUrl, learned} once the
+//                    model is loaded (learned: {mode, imageSize} when a learned file came with it)
 // and exposes `.score`, `.map` (Float32Array, row-major width × height, values in [0, 1]: the map
 // on the model's square input), `.mapWidth`, `.mapHeight`, `.regions`, `.load()` (starts loading
 // now) and `.detect(blobOrFile)` (a Promise of the event detail). `regions` (at `threshold`,
@@ -30,7 +31,15 @@
 // serves no other), else the manifest's smallest pinned checkpoint. `assets-base` (or the
 // `assetsBase` property) names the folder of the package's files when they are not next to this
 // module.
-import { Detector, PACKAGED, assetsBaseOf, resolveModel } from './api.js';
+//
+// `mode`: fast (default), winclip, or a learned mode, anomalyclip or adaptclip (zero-shot), which
+// scores with a learned file (`anoscope convert --learned FILE.pth --model DIR` writes it for the
+// checkpoint): `learned="…/learned.safetensors"` (optional `learned-sha256`, checked, and
+// `learned-size`, the side images are resized to; default 518, the official size), else the one
+// the model's models.json entry lists, else `learned.safetensors` (and `learned.json`) in the
+// model's folder. It is downloaded with the model when the element starts in a learned mode,
+// else when a learned mode first scores.
+import { Detector, LEARNED_MODES, PACKAGED, assetsBaseOf, learnedOfFolder, resolveModel } from './api.js';
 import { servedModels, verdict } from './common.js';
 import { PhotoView, buildPhotoView } from './photo-view.js';
 
@@ -56,7 +65,7 @@ function stylesheet(root, href) {
 
 class AnomalyDetector extends HTMLElement {
   static get observedAttributes() {
-    return ['category', 'mode', 'threshold', 'src', 'loading'];
+    return ['category', 'mode', 'threshold', 'src', 'loading', 'learned', 'learned-sha256', 'learned-size'];
   }
 
   constructor() {
@@ -219,14 +228,25 @@ class AnomalyDetector extends HTMLElement {
       const info = await detector.start();
       this.$notice.textContent = info.notice;
       const spec = await this.#spec(base);
+      this.modelSpec = spec;
+      this.folderLearned = null;
+      // A learned mode's file comes with the model (before the GPU takes the image tower).
+      const learned = LEARNED_MODES.includes(this.getAttribute('mode')) ? await this.#learnedSource() : null;
       this.$status.textContent = `Loading ${spec.label}…`;
-      this.modelInfo = await detector.load(spec);
+      this.modelInfo = await detector.load(spec, { learned: learned ?? false });
+      this.learnedKey = learned ? JSON.stringify(learned) : null;
       this.$progress.hidden = true;
       this.$status.textContent = '';
       this.$hint.textContent = `Drop, paste or pick an image to check it for anomalies${
         spec.test ? ' (interface test model: random weights, meaningless scores)' : ''
       }.`;
-      const detail = { threads: info.threads, notice: info.notice, model: spec.label, weightsUrl: spec.weightsUrl };
+      const detail = {
+        threads: info.threads,
+        notice: info.notice,
+        model: spec.label,
+        weightsUrl: spec.weightsUrl,
+        learned: this.modelInfo.learned ?? null,
+      };
       this.dispatchEvent(new CustomEvent('anomaly-ready', { detail, bubbles: true, composed: true }));
     } catch (e) {
       this.$progress.hidden = true;
@@ -247,6 +267,48 @@ class AnomalyDetector extends HTMLElement {
       if (m) return resolveModel(`${new URL('models.json', base).href}#${encodeURIComponent(m.name)}`, { assetsBase: base });
     }
     return resolveModel(want, { assetsBase: base });
+  }
+
+  /** The learned file for the learned modes (see the header): {url, sha256, imageSize}, or null. */
+  async #learnedSource() {
+    const spec = this.modelSpec;
+    const sizeAttr = this.getAttribute('learned-size');
+    let imageSize;
+    if (sizeAttr !== null && sizeAttr.trim() !== '') {
+      imageSize = Number(sizeAttr);
+      if (!Number.isInteger(imageSize) || imageSize < 1 || imageSize > 4096) {
+        throw new Error(`learned-size must be a whole number of pixels from 1 to 4096, got “${sizeAttr}”`);
+      }
+    }
+    const url = this.getAttribute('learned');
+    if (url) {
+      return {
+        url: new URL(url, document.baseURI).href,
+        sha256: this.getAttribute('learned-sha256') || undefined,
+        imageSize,
+      };
+    }
+    if (spec?.learnedUrl) return { url: spec.learnedUrl, sha256: spec.learnedSha256, imageSize: imageSize ?? spec.learnedImageSize };
+    if (spec?.source === 'folder') {
+      // learned.json is read once per model (scoring makes no request after that).
+      this.folderLearned ??= learnedOfFolder(new URL('./', spec.configUrl).href);
+      const l = await this.folderLearned;
+      return { url: l.url, sha256: undefined, imageSize: imageSize ?? l.imageSize };
+    }
+    return null;
+  }
+
+  /** Loads the learned file a learned `mode` scores with, unless it is the one loaded. */
+  async #ensureLearned(mode) {
+    if (!LEARNED_MODES.includes(mode)) return;
+    const src = await this.#learnedSource();
+    const key = src ? JSON.stringify(src) : null;
+    if (!src || key === this.learnedKey) return; // checkMode says what is missing or wrong
+    this.$status.textContent = 'Loading the learned file…';
+    this.modelInfo.learned = null;
+    this.learnedKey = null;
+    await this.detector.loadLearned(src.url, src);
+    this.learnedKey = key;
   }
 
   #progress({ done, total, label }) {
@@ -296,15 +358,12 @@ class AnomalyDetector extends HTMLElement {
   async detect(blob) {
     await this.load();
     const mode = this.getAttribute('mode') || 'fast';
-    if (mode !== 'fast' && mode !== 'winclip') {
-      const e = new Error(`mode “${mode}” is not available in the element (fast or winclip)`);
-      this.#fail(e);
-      throw e;
-    }
     const threshold = Number(this.getAttribute('threshold') ?? 0.5);
-    this.$status.textContent = 'Scoring…';
     this.$status.className = '';
     try {
+      await this.#ensureLearned(mode);
+      this.detector.checkMode(mode);
+      this.$status.textContent = 'Scoring…';
       const r = await this.client.call('detect', {
         mode,
         file: { name: blob.name || 'image', bytes: await blob.arrayBuffer() },

@@ -113,6 +113,11 @@ function specFromServed(m, base) {
     weightsSha256: m.weights.sha256,
     promptsUrl: m.prompts ? url(m.prompts.url) : undefined,
     promptsSha256: m.prompts?.sha256,
+    // A learned file (AnomalyCLIP's prompts or AdaptCLIP's adapters): loaded with the model.
+    learnedUrl: m.learned ? url(m.learned.url) : undefined,
+    learnedSha256: m.learned?.sha256,
+    learnedImageSize: m.learned?.imageSize,
+    learnedMode: m.learned?.mode,
     source: 'models.json',
   };
 }
@@ -220,6 +225,46 @@ export async function resolveModel(model, { assetsBase } = {}) {
   return spec;
 }
 
+/** The modes that score with a learned file (anoscope convert --learned) instead of prompts. */
+export const LEARNED_MODES = Object.freeze(['anomalyclip', 'adaptclip']);
+/** The modes detect() runs. */
+export const MODES = Object.freeze(['fast', 'winclip', ...LEARNED_MODES]);
+const LEARNED_WHAT = { anomalyclip: "AnomalyCLIP's learned prompts", adaptclip: "AdaptCLIP's learned adapters" };
+
+/**
+ * The learned file of a checkpoint folder, as a served folder holds it: `learned.safetensors`,
+ * and its input size from `learned.json` (`{"imageSize": N}`) when there is one (else the
+ * official 518). Resolves to {url, imageSize} (nothing is downloaded but learned.json).
+ */
+export async function learnedOfFolder(folder) {
+  const base = new URL(folder, globalThis.document?.baseURI ?? DEFAULT_ASSETS_BASE);
+  if (!base.pathname.endsWith('/')) base.pathname += '/';
+  const res = await fetch(new URL('learned.json', base)).catch(() => null);
+  const side = res?.ok ? await res.json().catch(() => null) : null;
+  return { url: new URL('learned.safetensors', base).href, imageSize: Number(side?.imageSize) || undefined };
+}
+
+/** `learned` (a URL, or {url, sha256, imageSize}) as the load spec's fields, the URL resolved against the document. */
+function learnedFields(learned) {
+  const l = typeof learned === 'object' && !(learned instanceof URL) ? learned : { url: learned };
+  if (!l?.url) throw new TypeError('a learned file is given as a URL or {url, sha256, imageSize}');
+  return {
+    learnedUrl: new URL(String(l.url), globalThis.document?.baseURI ?? DEFAULT_ASSETS_BASE).href,
+    learnedSha256: l.sha256 || undefined,
+    learnedImageSize: l.imageSize || undefined,
+    learnedMode: undefined,
+  };
+}
+
+/** A learned file's name for messages: the last part of its URL. */
+function learnedName(url) {
+  try {
+    return decodeURIComponent(new URL(url).pathname.split('/').pop()) || url;
+  } catch {
+    return String(url);
+  }
+}
+
 /** Pixels of an image-like input as {data, width, height} (RGBA), or null for encoded bytes. */
 function rgbaOf(input) {
   if (typeof ImageData !== 'undefined' && input instanceof ImageData) {
@@ -285,9 +330,16 @@ export class Detector {
     return this.info;
   }
 
-  /** Loads a model (see resolveModel for what `model` may be); resolves to the worker's model info. */
-  async load(model) {
-    const spec = typeof model === 'object' && model ? model : await resolveModel(model, { assetsBase: this.assetsBase });
+  /**
+   * Loads a model (see resolveModel for what `model` may be); resolves to the worker's model info
+   * (`learned`: {mode, imageSize} when a learned file came with it). `options.learned` (a URL or
+   * {url, sha256, imageSize}) loads that learned file with the model, in place of the one its
+   * models.json entry lists; `learned: false` loads none.
+   */
+  async load(model, { learned } = {}) {
+    let spec = typeof model === 'object' && model ? model : await resolveModel(model, { assetsBase: this.assetsBase });
+    if (learned === false) spec = { ...spec, learnedUrl: undefined, learnedSha256: undefined, learnedImageSize: undefined, learnedMode: undefined };
+    else if (learned) spec = { ...spec, ...learnedFields(learned) };
     if (!this.info) await this.start();
     this.modelError = null;
     try {
@@ -313,13 +365,77 @@ export class Detector {
   }
 
   /**
+   * Loads a learned file for the loaded model, for mode 'anomalyclip' or 'adaptclip' (zero-shot):
+   * what `anoscope convert --learned FILE.pth --model DIR --out learned.safetensors` writes for
+   * this checkpoint. `source`: a URL (downloaded; with `sha256` checked and kept for offline
+   * use), a Blob/File, or bytes. `imageSize`: the side images are resized to in that mode
+   * (default 518, the official size). Resolves to {mode, imageSize}. A file that is not a learned
+   * file, or one converted for another checkpoint, is refused with the reason; the model and the
+   * learned file loaded before stay.
+   */
+  async loadLearned(source, { sha256, imageSize } = {}) {
+    if (!this.model) throw new Error('no model is loaded: call load() first (createDetector does)');
+    let payload;
+    let what;
+    if (typeof Blob !== 'undefined' && source instanceof Blob) {
+      what = source.name || '';
+      payload = { bytes: await source.arrayBuffer(), imageSize, name: what };
+    } else if (source instanceof ArrayBuffer || ArrayBuffer.isView(source)) {
+      what = '';
+      const view = source instanceof ArrayBuffer ? new Uint8Array(source) : new Uint8Array(source.buffer, source.byteOffset, source.byteLength);
+      payload = { bytes: view.slice().buffer, imageSize, name: what };
+    } else if (source) {
+      const { learnedUrl: url } = learnedFields({ url: source });
+      what = url;
+      payload = { url, sha256, imageSize, name: `learned file ${learnedName(url)}` };
+    } else {
+      throw new TypeError('loadLearned() takes a URL, a Blob/File or bytes');
+    }
+    let r;
+    try {
+      r = await this.client.call('loadLearned', payload);
+    } catch (e) {
+      const why = e?.message ?? String(e);
+      throw new Error(
+        /Failed to fetch|NetworkError|Load failed/i.test(why)
+          ? `could not download the learned file ${what} (${why}): the network or the server's CORS refuses it`
+          : `could not load the learned file${what ? ` ${what}` : ''} for ${this.model.label}: ${why}`,
+      );
+    }
+    this.model.learned = r.learned;
+    return r.learned;
+  }
+
+  /** Throws the reason `mode` cannot score with the loaded model (an unknown mode, a learned mode without its file). */
+  checkMode(mode) {
+    if (!this.model) throw new Error('no model is loaded: call load() first (createDetector does)');
+    if (!MODES.includes(mode)) throw new Error(`mode “${mode}” is not available here (${MODES.join(', ')})`);
+    if (!LEARNED_MODES.includes(mode)) return;
+    const l = this.model.learned;
+    if (!l) {
+      throw new Error(
+        `mode “${mode}” needs a learned file (${LEARNED_WHAT[mode]}, as anoscope convert --learned FILE.pth --model DIR ` +
+          `writes it for this checkpoint), and none is loaded for ${this.model.label}: give one (learned="…/learned.safetensors", ` +
+          'loadLearned(url)) or use a models.json entry that lists one',
+      );
+    }
+    if (l.mode !== mode) {
+      throw new Error(
+        `mode “${mode}” needs ${LEARNED_WHAT[mode]}, but the learned file loaded for ${this.model.label} holds ` +
+          `${LEARNED_WHAT[l.mode] ?? l.mode}: use mode “${l.mode}”, or load ${mode}'s file`,
+      );
+    }
+  }
+
+  /**
    * Scores one image: a Blob/File (PNG, JPEG, WebP …), ImageData, a canvas, an ImageBitmap, an
-   * <img> or a <video> frame. options: {category = 'object', mode = 'fast' | 'winclip', threshold = 0.5}.
-   * Resolves to {score, verdict, threshold, map (Float32Array, width × height, in [0, 1]), width, height, ms}.
+   * <img> or a <video> frame. options: {category = 'object', mode = 'fast' | 'winclip' |
+   * 'anomalyclip' | 'adaptclip' (these two need the model's learned file: load(model, {learned}),
+   * loadLearned; `category` is then not used), threshold = 0.5}. Resolves to {score, verdict,
+   * threshold, map (Float32Array, width × height, in [0, 1]; a learned mode's at its own size), width, height, ms}.
    */
   async detect(input, { category = 'object', mode = 'fast', threshold = 0.5, name } = {}) {
-    if (!this.model) throw new Error('no model is loaded: call load() first (createDetector does)');
-    if (mode !== 'fast' && mode !== 'winclip') throw new Error(`mode “${mode}” is not available here (fast or winclip)`);
+    this.checkMode(mode);
     const rgba = rgbaOf(input);
     let payload;
     if (rgba) {
@@ -355,13 +471,14 @@ export class Detector {
 
 /**
  * A ready detector: starts the module and loads `model` (default: the manifest's smallest pinned
- * checkpoint). options: {model, assetsBase, onProgress({stage, done, total, label})}.
+ * checkpoint). options: {model, learned (a learned file's URL or {url, sha256, imageSize}, for
+ * the modes anomalyclip and adaptclip; see Detector.load), assetsBase, onProgress({stage, done, total, label})}.
  */
-export async function createDetector({ model, assetsBase, onProgress } = {}) {
+export async function createDetector({ model, learned, assetsBase, onProgress } = {}) {
   const d = new Detector({ assetsBase, onProgress });
   try {
     await d.start();
-    await d.load(model);
+    await d.load(model, { learned });
   } catch (e) {
     d.close();
     throw e;

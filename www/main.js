@@ -16,6 +16,7 @@ const els = {
   modelSources: $('model-sources'),
   modelFiles: $('model-files'),
   promptFile: $('prompt-file'),
+  learnedFile: $('learned-file'),
   progressBox: $('progress-box'),
   progress: $('progress'),
   progressText: $('progress-text'),
@@ -81,6 +82,8 @@ const state = {
   loading: null, // the model load (or worker restart) in progress: runs wait for it
   modelSpec: null, // how the loaded model was loaded (a worker restart loads it again)
   promptFile: null, // the prompt file loaded for it, if any
+  learnedFile: null, // {file, imageSize}: the learned file dropped or picked for it, if any
+  learnedGen: 0, // bumped when a dropped learned file is loaded
   refFiles: null, // the few-shot reference files embedded, if any
   workerGen: 1, // bumped each time the worker is restarted
   restarting: null, // the restart in progress
@@ -242,7 +245,7 @@ els.backendChoice.addEventListener('change', () => {
 });
 
 function enableInputs(on) {
-  for (const el of [els.imageFiles, els.folderFiles, els.category, els.encode, els.webcam, els.promptFile]) {
+  for (const el of [els.imageFiles, els.folderFiles, els.category, els.encode, els.webcam, els.promptFile, els.learnedFile]) {
     el.disabled = !on;
   }
 }
@@ -331,7 +334,8 @@ function settingsStamp(mode) {
   const prompts = mode === 'batch' ? null : { text: textSpec(), file: state.promptsGen };
   const tiles = mode === 'batch' ? null : els.tiles.value;
   const withRefs = mode === 'fewshot' || mode === 'adaptclip';
-  return JSON.stringify({ model: state.modelSeq, mode, prompts, refs: withRefs ? state.refsGen : null, tiles });
+  const learned = LEARNED_LABELS[mode] ? state.learnedGen : null;
+  return JSON.stringify({ model: state.modelSeq, mode, prompts, refs: withRefs ? state.refsGen : null, tiles, learned });
 }
 
 /** The settings in words, and as fields for each result (export). */
@@ -406,6 +410,7 @@ function restartWorker(data) {
     }
     let restored = [];
     if (state.modelSpec) {
+      const mode = els.mode.value; // a dropped learned file's mode is offered again below
       const ok = await loadModel(state.modelSpec, { restore: true });
       if (!ok || state.restartFailed) return;
       restored.push(`${state.model.label} is loaded again`);
@@ -413,6 +418,21 @@ function restartWorker(data) {
         await client.call('loadPrompts', { bytes: await state.promptFile.arrayBuffer() }).then(
           () => restored.push('its prompt file too'),
           (e) => restored.push(`its prompt file could not be loaded again (${e?.message ?? e}): pick it again`),
+        );
+      }
+      if (state.learnedFile) {
+        const { file, imageSize } = state.learnedFile;
+        await client.call('loadLearned', { bytes: await file.arrayBuffer(), imageSize, name: file.name }).then(
+          (r) => {
+            state.model.learned = { ...r.learned, file: file.name };
+            updateLearnedModes(state.model, mode);
+            showLoaded(state.model);
+            restored.push(`its learned file ${file.name} too`);
+          },
+          (e) => {
+            state.learnedFile = null;
+            restored.push(`its learned file could not be loaded again (${e?.message ?? e}): drop it again`);
+          },
         );
       }
       if (state.refFiles) {
@@ -490,6 +510,7 @@ async function loadModelNow(spec, restore) {
   if (!restore) {
     // The old model's references and prompt file went with it; its results stay, labelled.
     state.promptFile = null;
+    state.learnedFile = null;
     if (state.refFiles) setStatus(els.refsStatus, 'No references (the model changed): drop them again.', '');
     state.refFiles = null;
     state.refsGen += 1;
@@ -522,7 +543,9 @@ function showLoaded(info) {
       ? ''
       : ' No prompt file: prompts are encoded in the page with the text tower.';
   const rest = info.complete ? '' : ' Ready for images; the rest of the checkpoint is still loading.';
-  const learned = info.learned ? `, ${LEARNED_LABELS[info.learned.mode] ?? info.learned.mode} at ${info.learned.imageSize} px` : '';
+  const learned = info.learned
+    ? `, ${LEARNED_LABELS[info.learned.mode] ?? info.learned.mode} at ${info.learned.imageSize} px${info.learned.file ? ` from ${info.learned.file}` : ''}`
+    : '';
   const text = info.hasText ? ', text tower' : info.textInFile && info.promptFile ? ', text tower loaded when a custom prompt needs it' : '';
   setStatus(
     els.modelStatus,
@@ -595,8 +618,9 @@ function learnedNote(m) {
   );
 }
 
-/** Offers the loaded model's learned mode in the mode picker (and drops another model's). */
-function updateLearnedModes(info) {
+/** Offers the loaded model's learned mode in the mode picker (and drops another model's);
+ * `select`: the mode to pick when it is offered. */
+function updateLearnedModes(info, select) {
   for (const o of [...els.mode.options]) if (o.dataset.learned) o.remove();
   const l = info?.learned;
   if (l) {
@@ -606,6 +630,7 @@ function updateLearnedModes(info) {
     o.textContent = `${LEARNED_LABELS[l.mode] ?? l.mode} (${LEARNED_WHAT[l.mode] ?? 'learned file'}, ${l.imageSize} px)`;
     els.mode.append(o);
   }
+  if (select && [...els.mode.options].some((o) => o.value === select)) els.mode.value = select;
   if (!els.mode.value) els.mode.value = 'fast';
   onModeChange();
 }
@@ -718,7 +743,84 @@ async function loadPromptFile(file) {
   }
 }
 
+/** The tensor names of a safetensors file (from its header), or null when it is not one. */
+async function safetensorsNames(file) {
+  const head = new DataView(await file.slice(0, 8).arrayBuffer());
+  if (head.byteLength < 8) return null;
+  const n = Number(head.getBigUint64(0, true));
+  if (n <= 0 || n > 100_000_000) return null;
+  try {
+    return Object.keys(JSON.parse(await file.slice(8, 8 + n).text())).filter((k) => k !== '__metadata__');
+  } catch {
+    return null;
+  }
+}
+
+/** Tensors that mark a converted learned file (AnomalyCLIP's context vectors, AdaptCLIP's learners
+ * and class pairs); a checkpoint has none (its names start with visual., vision_model. …). */
+const LEARNED_TENSOR = /^(ctx_pos|ctx_neg|adaptclip\..+|(textual|visual|pq)_learner\..+)$/;
+
+/**
+ * Dropped or picked files that are a learned file for the loaded model: {file, side} (side: its
+ * learned.json, {"imageSize": N}), or null. An official .pth is taken too (wasm reads it, computing
+ * its text features or class pairs with the text tower).
+ */
+async function learnedFiles(files) {
+  const side = files.find((f) => /learned.*\.json$/i.test(f.name));
+  const rest = files.filter((f) => f !== side);
+  if (rest.length !== 1) return null;
+  const [file] = rest;
+  if (/\.(pth|pt)$/i.test(file.name)) return { file, side };
+  if (!file.name.endsWith('.safetensors')) return null;
+  const names = await safetensorsNames(file);
+  return names?.some((n) => LEARNED_TENSOR.test(n)) ? { file, side } : null;
+}
+
+/**
+ * Loads a learned file for the loaded model (AnomalyCLIP's prompts or AdaptCLIP's adapters, as
+ * `anoscope convert --learned` writes them, or the official .pth) and offers its mode. Runs
+ * dropped meanwhile wait for it, as for a model load. The worker checks it against
+ * the model; a wrong file is refused with the reason, and the model, its learned mode and the
+ * results stay.
+ */
+async function loadLearnedFile({ file, side }) {
+  if (!needModel()) return;
+  while (state.loading) await state.loading.catch(() => {});
+  if (!needModel()) return;
+  let imageSize;
+  if (side) {
+    const j = await side
+      .text()
+      .then((t) => JSON.parse(t))
+      .catch(() => null);
+    imageSize = Number(j?.imageSize);
+    if (!Number.isInteger(imageSize) || imageSize < 1 || imageSize > 4096) {
+      showMessage(`Learned file ${file.name}: ${side.name} must be {"imageSize": N} with N a whole number of pixels from 1 to 4096. Nothing was changed.`);
+      return;
+    }
+  }
+  const model = state.model;
+  setStatus(els.modelStatus, `Loading the learned file ${file.name}…`, 'busy');
+  const p = run(`Learned file ${file.name} (nothing was changed)`, async () =>
+    client.call('loadLearned', { bytes: await file.arrayBuffer(), imageSize, name: file.name }),
+  );
+  state.loading = p;
+  const r = await p;
+  if (state.loading === p) state.loading = null;
+  if (state.model !== model) return; // another model was loaded meanwhile: the file went with the old one
+  showLoaded(model);
+  if (!r) return;
+  state.learnedFile = { file, imageSize };
+  state.learnedGen += 1;
+  state.model.learned = { ...r.learned, file: file.name };
+  updateLearnedModes(state.model, r.learned.mode);
+  showLoaded(state.model);
+  updateGridNote();
+}
+
 async function handleCheckpointFiles(files) {
+  const learned = await learnedFiles(files);
+  if (learned) return loadLearnedFile(learned);
   const configs = files.filter((f) => f.name.endsWith('.json'));
   const tensors = files.filter((f) => f.name.endsWith('.safetensors'));
   if (tensors.length === 1 && configs.length === 0) {
@@ -1189,7 +1291,7 @@ function imagesOfFolder(files) {
 }
 
 async function routeFiles(files, t0) {
-  if (files.some((f) => /\.(safetensors|json)$/i.test(f.name))) return handleCheckpointFiles(files);
+  if (files.some((f) => /\.(safetensors|json|pth|pt)$/i.test(f.name))) return handleCheckpointFiles(files);
   return scoreFiles(files, t0);
 }
 
@@ -1258,6 +1360,13 @@ els.modelFiles.addEventListener('change', async () => {
   const files = Array.from(els.modelFiles.files);
   els.modelFiles.value = '';
   await handleCheckpointFiles(files);
+});
+els.learnedFile.addEventListener('change', async () => {
+  const files = Array.from(els.learnedFile.files);
+  els.learnedFile.value = '';
+  const learned = await learnedFiles(files);
+  if (learned) await loadLearnedFile(learned);
+  else showMessage(`${files.map((f) => f.name).join(', ')}: not a learned file (anoscope convert --learned FILE.pth --model DIR writes one), with its learned.json at most.`);
 });
 els.promptFile.addEventListener('change', async () => {
   const [f] = els.promptFile.files;

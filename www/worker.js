@@ -902,6 +902,27 @@ const handlers = {
     textCache.clear();
     return { categories: cats };
   },
+  /** A learned file for the loaded model (anoscope convert --learned): {bytes} dropped or picked,
+   * or {url, sha256} downloaded (sha256-checked and cached as the checkpoint's files). Checked
+   * against the model by wasm loadLearned; on error the model and its learned file stay. */
+  async loadLearned({ bytes, url, sha256, imageSize, name }) {
+    if (modelInfo?.rest) await modelInfo.rest; // a file without text features needs the text tower
+    needModel();
+    const data = bytes ? new Uint8Array(bytes) : await getBytes(url, name ?? 'learned file', sha256);
+    // The official .pth (a zip): its text features are computed with the text tower, loaded now
+    // as for a custom prompt when the model came without it.
+    if (data[0] === 0x50 && data[1] === 0x4b) await ensureText({ category: '', object: 'learned prompts' });
+    const m = needModel();
+    const onGpu = gpu.active;
+    const mode = m.loadLearned(data, imageSize ?? undefined);
+    // loadLearned released the GPU's copy of the image tower (its position embeddings now follow
+    // the learned mode): upload it again.
+    if (onGpu) {
+      gpu.active = false;
+      await attachGpu(m);
+    }
+    return { learned: { mode, imageSize: m.learnedSize() } };
+  },
   async text(p) {
     const pair = await textFor(p);
     return { length: pair.length };

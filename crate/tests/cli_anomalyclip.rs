@@ -212,7 +212,8 @@ fn learned_flag_errors_are_clear() {
     let missing = tmp.path().join("none.pth");
     let (ok, _, e) = run(&[&base[..], &["--mode", "anomalyclip", "--learned", s(&missing)]].concat());
     assert!(!ok && e.contains("none.pth"), "{e}");
-    // A 12-block model is refused: DPAM needs 19 blocks.
+    // A 12-block model is refused: DPAM needs 19 blocks (its 2-block text tower is refused
+    // first: the deep prompts need text blocks 1 to 8).
     let (ok, _, e) = run(&[
         "detect",
         "--mode",
@@ -226,7 +227,10 @@ fn learned_flag_errors_are_clear() {
         "--out",
         s(tmp.path()),
     ]);
-    assert!(!ok && (e.contains("wide") || e.contains("19 blocks")), "{e}");
+    assert!(
+        !ok && (e.contains("wide") || e.contains("19 blocks") || e.contains("deep prompts for text blocks 1 to 8")),
+        "{e}"
+    );
     let (ok, _, e) = run(&["convert", "--out", s(&tmp.path().join("x"))]);
     assert!(!ok && e.contains("--learned FILE"), "{e}");
 }

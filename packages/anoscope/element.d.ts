@@ -1,5 +1,5 @@
 // Types for `import 'anoscope/element'` (anomaly-detector.js): registers <anomaly-detector>.
-import type { DetectResult } from './index.js';
+import type { DetectResult, LearnedInfo } from './index.js';
 
 export interface AnomalyScoreDetail {
   score: number;
@@ -16,6 +16,8 @@ export interface AnomalyReadyDetail {
   notice: string;
   model: string;
   weightsUrl: string;
+  /** The learned file loaded with the model (the element started in a learned mode), else null. */
+  learned: LearnedInfo | null;
 }
 
 export class AnomalyDetector extends HTMLElement {

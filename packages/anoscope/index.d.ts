@@ -30,13 +30,28 @@ export interface ModelSpec {
   weightsSha256?: string;
   promptsUrl?: string;
   promptsSha256?: string;
+  /** A learned file loaded with the model (the modes anomalyclip and adaptclip). */
+  learnedUrl?: string;
+  learnedSha256?: string;
+  learnedImageSize?: number;
   size?: number;
   source?: 'manifest' | 'models.json' | 'folder';
+}
+
+/** A learned file (what `anoscope convert --learned FILE.pth --model DIR` writes): a URL, or a URL with its sha256 and input size. */
+export type LearnedSource = string | URL | { url: string | URL; sha256?: string; imageSize?: number };
+
+/** The learned file loaded for the model: its mode and the side images are resized to in it. */
+export interface LearnedInfo {
+  mode: 'anomalyclip' | 'adaptclip';
+  imageSize: number;
 }
 
 export interface DetectorOptions {
   /** The model (default: the manifest's smallest pinned checkpoint). */
   model?: ModelSource;
+  /** A learned file loaded with the model, for the modes anomalyclip and adaptclip (default: the one its models.json entry lists). */
+  learned?: LearnedSource;
   /** Folder holding the package's files (worker.js, pkg/, build.json …); default: next to this module. */
   assetsBase?: string | URL;
   onProgress?: (p: Progress) => void;
@@ -64,7 +79,8 @@ export type ImageInput =
 export interface DetectOptions {
   /** What the image shows (a bottle, a screw …); default 'object'. */
   category?: string;
-  mode?: 'fast' | 'winclip';
+  /** anomalyclip and adaptclip (zero-shot) need the model's learned file; `category` is then not used. */
+  mode?: 'fast' | 'winclip' | 'anomalyclip' | 'adaptclip';
   /** Score at or above which the verdict is 'anomalous'; default 0.5. */
   threshold?: number;
   name?: string;
@@ -87,7 +103,15 @@ export class Detector {
   readonly assetsBase: string;
   info: DetectorInfo | null;
   start(): Promise<DetectorInfo>;
-  load(model?: ModelSource): Promise<{ label: string; test: boolean; imageSize: number; hasText: boolean; ms: number }>;
+  /** `learned`: a learned file to load with the model instead of its entry's; `false`: none. */
+  load(
+    model?: ModelSource,
+    options?: { learned?: LearnedSource | false },
+  ): Promise<{ label: string; test: boolean; imageSize: number; hasText: boolean; ms: number; learned: LearnedInfo | null }>;
+  /** Loads a learned file for the loaded model (refused with the reason when it belongs to another checkpoint; the model stays). */
+  loadLearned(source: string | URL | Blob | ArrayBuffer | ArrayBufferView, options?: { sha256?: string; imageSize?: number }): Promise<LearnedInfo>;
+  /** Throws why `mode` cannot score with the loaded model (unknown mode, learned mode without its file). */
+  checkMode(mode: string): void;
   detect(input: ImageInput, options?: DetectOptions): Promise<DetectResult>;
   overlay(options?: { threshold?: number }): Promise<{ rgba: Uint8Array; width: number; height: number }>;
   close(): void;
@@ -104,3 +128,7 @@ export function manifest(assetsBase?: string | URL): Promise<unknown>;
 export function assetsBaseOf(base?: string | URL | null): string;
 export function verdict(score: number, threshold: number): 'anomalous' | 'normal';
 export const DEFAULT_ASSETS_BASE: string;
+export const MODES: readonly ['fast', 'winclip', 'anomalyclip', 'adaptclip'];
+export const LEARNED_MODES: readonly ['anomalyclip', 'adaptclip'];
+/** A checkpoint folder's learned file: learned.safetensors there, its size from learned.json. */
+export function learnedOfFolder(folder: string | URL): Promise<{ url: string; imageSize?: number }>;

@@ -1,7 +1,8 @@
 // The learned modes in wasm (the browser path, issue 17): `loadLearned` with the converted
 // learned files of the tiny fixtures, then `detectPixels('anomalyclip' | 'adaptclip', …)`
 // (zero-shot) against the official code's outputs (tests/fixtures/{anomalyclip,adaptclip}_tiny_
-// expected.safetensors), ≤ 1e-4; and their bad inputs.
+// expected.safetensors), ≤ 1e-4, from the converted files and from the official .pth files read
+// by wasm itself; and their bad inputs.
 // The learned file is converted by the native CLI (`anoscope convert --learned`).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -96,6 +97,36 @@ test('wasm adaptclip zero-shot (loadLearned + detectPixels) equals the official 
   model.free();
 });
 
+test('wasm reads the official .pth of both modes (text features / class pairs with the text tower) and equals the official code', () => {
+  const cases = [
+    { dir: FIXTURE, file: pth, mode: 'anomalyclip', size: 42, ex: exp, score: 'scores', map: 'maps' },
+    {
+      dir: DPAM,
+      file: path.join(REPO, 'tests/fixtures/adaptclip_tiny/learned.pth'),
+      mode: 'adaptclip',
+      size: 70,
+      ex: readSafetensors(fs.readFileSync(path.join(REPO, 'tests/fixtures/adaptclip_tiny_expected.safetensors'))),
+      score: 'score_zero',
+      map: 'map_zero',
+    },
+  ];
+  for (const c of cases) {
+    const model = load(c.dir);
+    assert.equal(model.loadLearned(new Uint8Array(fs.readFileSync(c.file)), c.size), c.mode);
+    const px = c.ex.get('pixel_values');
+    let worst = 0;
+    for (let b = 0; b < px.shape[0]; b++) {
+      const det = model.detectPixels(c.mode, row(px, b).data, c.size, c.size, new Float32Array(0), 0, undefined);
+      worst = Math.max(worst, Math.abs(det.score - c.ex.get(c.score).data[b]));
+      worst = Math.max(worst, maxAbs(det.map(), row(c.ex.get(c.map), b).data));
+      det.free();
+    }
+    console.log(`wasm ${c.mode} from the official .pth vs the official code: max|Δ| = ${worst.toExponential(2)}`);
+    assert.ok(worst <= TOL, `${c.mode}: max|Δ| ${worst}`);
+    model.free();
+  }
+});
+
 test('wasm detect("anomalyclip") resizes to the learned size', () => {
   const model = load();
   model.loadLearned(new Uint8Array(fs.readFileSync(plain)), 35);
@@ -117,7 +148,12 @@ test('wasm learned-mode bad inputs give clear errors and keep the loaded file', 
     () => model.detectPixels('anomalyclip', px, 42, 42, new Float32Array(0), 0, undefined),
     /anomalyclip mode needs its learned file: load it first/,
   );
-  assert.throws(() => model.loadLearned(new Uint8Array(fs.readFileSync(pth))), /torch checkpoint \(\.pth\).*anoscope convert --learned/);
+  // AdaptCLIP's official checkpoint for another model, and a zip that is no torch checkpoint.
+  assert.throws(
+    () => model.loadLearned(new Uint8Array(fs.readFileSync(path.join(REPO, 'tests/fixtures/adaptclip_tiny/learned.pth')))),
+    /^Error: the learned file \(\.pth\): not AdaptCLIP parameters for this model/,
+  );
+  assert.throws(() => model.loadLearned(new Uint8Array([0x50, 0x4b, 3, 4, 0, 0, 0, 0])), /the learned file \(\.pth\): not a torch checkpoint/);
   assert.throws(() => model.loadLearned(new Uint8Array([1, 2, 3])), /not a valid safetensors file/);
   assert.throws(() => model.loadLearned(oneTensor('adaptclip.static_text')), /not AdaptCLIP parameters for this model/);
   assert.throws(() => model.loadLearned(new Uint8Array(fs.readFileSync(adapt))), /not AdaptCLIP parameters for this model/, 'another model\'s file');

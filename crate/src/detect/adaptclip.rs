@@ -336,6 +336,23 @@ impl Learned {
         Ok(out)
     }
 
+    /// Checks that the state dicts of a `torch.save` file (`origin` in errors) hold the official
+    /// checkpoint's textual and visual learners.
+    pub fn check_official(t: &HashMap<String, Tensor>, origin: &str) -> Result<()> {
+        for key in &LEARNERS[..2] {
+            if !t
+                .keys()
+                .any(|k| k.strip_prefix(key).is_some_and(|r| r.starts_with('.')))
+            {
+                bail!(
+                    "{origin}: no `{key}` state dict (not an official AdaptCLIP checkpoint, which holds {})",
+                    LEARNERS.join(", ")
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// Reads a learned file: the official `torch.save` checkpoint or its safetensors conversion
     /// (told apart by their first bytes).
     #[cfg(not(target_arch = "wasm32"))]
@@ -344,18 +361,7 @@ impl Learned {
         let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
         if crate::model::pth::is_torch_zip(&bytes) {
             let t = crate::model::pth::read_state_dicts(path)?;
-            for key in &LEARNERS[..2] {
-                if !t
-                    .keys()
-                    .any(|k| k.strip_prefix(key).is_some_and(|r| r.starts_with('.')))
-                {
-                    bail!(
-                        "{}: no `{key}` state dict (not an official AdaptCLIP checkpoint, which holds {})",
-                        path.display(),
-                        LEARNERS.join(", ")
-                    );
-                }
-            }
+            Self::check_official(&t, &path.display().to_string())?;
             Ok(t)
         } else {
             Self::tensors_from_safetensors(&bytes, &path.display().to_string())

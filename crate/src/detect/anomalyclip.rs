@@ -285,6 +285,15 @@ impl LearnedPrompts {
         if d != tc.width {
             bail!("the learned prompts are {d} wide, the model's text tower {}", tc.width);
         }
+        // The deep prompts replace tokens before text blocks 1..=n (0-based): a text tower with
+        // fewer blocks is not the one they were learned for (the official learner fails there).
+        if self.deep.len() >= text.w.blocks.len() {
+            bail!(
+                "the learned prompts have deep prompts for text blocks 1 to {}, the model's text tower has {} blocks",
+                self.deep.len(),
+                text.w.blocks.len()
+            );
+        }
         let n_deep = self.deep[0].dim(0)?;
         let tokenizer = ClipTokenizer::shared()?;
         let texts = self.prompt_texts()?;
@@ -353,17 +362,23 @@ pub fn text_pair_from_file(clip: &Clip, path: &Path) -> Result<TextPair> {
 /// pickle reader; integer buffers such as `tokenized_prompts_*` skipped quietly), without the
 /// unused `compound_prompt_projections`.
 pub fn read_torch_checkpoint(path: &Path) -> Result<HashMap<String, Tensor>> {
+    prompt_learner_tensors(crate::model::pth::read_state_dicts(path)?, &path.display().to_string())
+}
+
+/// The prompt learner's tensors among an official checkpoint's state dicts
+/// ([`crate::model::pth::read_state_dicts`]), named as in its state dict, without the unused
+/// `compound_prompt_projections`; `origin` names the file in errors.
+pub fn prompt_learner_tensors(dicts: HashMap<String, Tensor>, origin: &str) -> Result<HashMap<String, Tensor>> {
     let prefix = format!("{CHECKPOINT_KEY}.");
-    let map: HashMap<String, Tensor> = crate::model::pth::read_state_dicts(path)?
+    let map: HashMap<String, Tensor> = dicts
         .into_iter()
         .filter_map(|(name, t)| Some((name.strip_prefix(&prefix)?.to_string(), t)))
         .filter(|(name, _)| !name.starts_with("compound_prompt_projections.") && !name.starts_with("tokenized_prompts"))
         .collect();
     if map.is_empty() {
         bail!(
-            "{}: no float tensors under `{CHECKPOINT_KEY}` (the official AnomalyCLIP format: \
-             torch.save({{\"{CHECKPOINT_KEY}\": state_dict}}))",
-            path.display()
+            "{origin}: no float tensors under `{CHECKPOINT_KEY}` (the official AnomalyCLIP format: \
+             torch.save({{\"{CHECKPOINT_KEY}\": state_dict}}))"
         );
     }
     Ok(map)

@@ -27,11 +27,21 @@ pub fn is_torch_zip(bytes: &[u8]) -> bool {
 /// whose value is a state dict, its floating-point tensors as f32, named `<key>.<name>`. The
 /// other top-level keys and entries are ignored. Errors name the file (and the tensor).
 pub fn read_state_dicts(path: &Path) -> Result<HashMap<String, Tensor>> {
-    let origin = path.display();
+    let origin = path.display().to_string();
+    let file = std::fs::File::open(path).with_context(|| format!("cannot read {origin}"))?;
+    read_state_dicts_from(std::io::BufReader::new(file), &origin)
+}
+
+/// [`read_state_dicts`] of a `torch.save` file in memory (a file dropped on the page); `origin`
+/// names it in errors.
+pub fn read_state_dicts_bytes(bytes: &[u8], origin: &str) -> Result<HashMap<String, Tensor>> {
+    read_state_dicts_from(std::io::Cursor::new(bytes), origin)
+}
+
+fn read_state_dicts_from<R: Read + std::io::Seek>(reader: R, origin: &str) -> Result<HashMap<String, Tensor>> {
     let not_torch =
         |e: &dyn std::fmt::Display| anyhow::anyhow!("{origin}: not a torch checkpoint (torch.save's zip format): {e}");
-    let file = std::fs::File::open(path).with_context(|| format!("cannot read {origin}"))?;
-    let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file)).map_err(|e| not_torch(&e))?;
+    let mut zip = zip::ZipArchive::new(reader).map_err(|e| not_torch(&e))?;
     let pkl = zip
         .file_names()
         .filter_map(|n| n.ok())

@@ -57,11 +57,6 @@ thread_local! {
     static GPUS: RefCell<HashMap<u32, Rc<WebGpu>>> = RefCell::new(HashMap::new());
 }
 
-/// Whether model `id` has a GPU tower.
-pub(super) fn attached(id: u32) -> bool {
-    GPUS.with(|g| g.borrow().contains_key(&id))
-}
-
 /// Releases model `id`'s GPU tower (when the model is freed).
 pub(super) fn forget(id: u32) {
     GPUS.with(|g| g.borrow_mut().remove(&id));

@@ -7,7 +7,7 @@ use crate::detect::TextPair;
 use crate::embed::{embed_image, embed_text, to_safetensors};
 use crate::model::Clip;
 use crate::tokenizer::ClipTokenizer;
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{Device, Tensor};
 use std::sync::atomic::{AtomicU32, Ordering};
 use wasm_bindgen::prelude::*;
@@ -74,12 +74,6 @@ impl ClipModel {
                 anomalyclip::MAX_LEARNED_BYTES
             );
         }
-        if bytes.starts_with(b"PK\x03\x04") {
-            bail!(
-                "this is a torch checkpoint (.pth); the page reads its conversion: anoscope convert --learned FILE \
-                 --model DIR --out FILE.safetensors"
-            );
-        }
         let size = size.unwrap_or(learned::RUN_SIZE as usize);
         if size == 0 || size > 4096 {
             bail!("the learned mode's size must be in 1..=4096 pixels, got {size}");
@@ -87,7 +81,35 @@ impl ClipModel {
         // AdaptCLIP's conversion carries its class pairs; AnomalyCLIP's anything else.
         let adapt_file = safetensors::SafeTensors::deserialize(bytes)
             .is_ok_and(|st| st.names().iter().any(|n| n.starts_with("adaptclip.")));
-        let (mode, pair, adapt) = if adapt_file {
+        let (mode, pair, adapt) = if crate::model::pth::is_torch_zip(bytes) {
+            // The official checkpoint: its text features (AnomalyCLIP) or class pairs (AdaptCLIP)
+            // are computed here with the model's text tower, as `anoscope convert` does.
+            let origin = "the learned file (.pth)";
+            let dicts = crate::model::pth::read_state_dicts_bytes(bytes, origin)?;
+            let need_text = || {
+                if self.clip.text.is_none() {
+                    bail!(
+                        "{origin}: reading the official checkpoint needs this model's text tower, and it is not \
+                         loaded (vision-only weights); load its conversion instead: anoscope convert --learned \
+                         FILE.pth --model DIR --out FILE.safetensors"
+                    );
+                }
+                Ok(())
+            };
+            if dicts.keys().any(|k| k.starts_with(anomalyclip::CHECKPOINT_KEY)) {
+                need_text()?;
+                let t = anomalyclip::prompt_learner_tensors(dicts, origin)?;
+                let prompts = anomalyclip::LearnedPrompts::from_tensors(&t, origin)?;
+                (Mode::Anomalyclip, prompts.text_pair(&self.clip)?, None)
+            } else {
+                adaptclip::Learned::check_official(&dicts, origin)?;
+                need_text()?;
+                let ready = adaptclip::AdaptClip::from_tensors(&self.clip, &dicts)
+                    .with_context(|| format!("{origin}: not AdaptCLIP parameters for this model"))?;
+                let placeholder = TextPair::new(vec![1.0], vec![0.0])?;
+                (Mode::Adaptclip, placeholder, Some(std::rc::Rc::new(ready)))
+            }
+        } else if adapt_file {
             let ready = adaptclip::AdaptClip::from_safetensors(&self.clip, bytes, "the learned file")?;
             let placeholder = TextPair::new(vec![1.0], vec![0.0])?;
             (Mode::Adaptclip, placeholder, Some(std::rc::Rc::new(ready)))
@@ -95,10 +117,10 @@ impl ClipModel {
             let prompts = anomalyclip::LearnedPrompts::from_safetensors(bytes, "the learned file")?;
             (Mode::Anomalyclip, prompts.text_pair(&self.clip)?, None)
         };
+        // The GPU tower keeps the position-embedding settings it was uploaded with: a file loaded
+        // after `useGpu` releases it (only now, the file being valid), and the caller uploads again.
         #[cfg(feature = "gpu")]
-        if super::gpu::attached(self.id) {
-            bail!("load the learned file before useGpu (the GPU tower keeps its own position-embedding settings)");
-        }
+        super::gpu::forget(self.id);
         learned::use_official_pos_interp(&mut self.clip);
         self.learned = Some(LearnedPair {
             mode,
@@ -259,11 +281,14 @@ impl ClipModel {
     /// Loads a learned file for `detect("anomalyclip" | "adaptclip", …)` (zero-shot), as
     /// `anoscope convert --learned FILE --model DIR` writes it: AnomalyCLIP's prompts with the
     /// two text features, or AdaptCLIP's adapters with its class pairs (safetensors; then a
-    /// vision-only model needs no text tower). From then on the model resamples position
-    /// embeddings bilinearly as the official code does (the other modes, which run at the
-    /// checkpoint's own size, need no resampling). `size` is the side images are
+    /// vision-only model needs no text tower), or the official `.pth` itself (its text features
+    /// or class pairs are then computed with the model's text tower, which must be attached).
+    /// From then on the model resamples position embeddings bilinearly as the official code
+    /// does (the other modes, which run at the checkpoint's own size, need no resampling). `size` is the side images are
     /// resized to in that mode (default 518, the official size). Returns the mode's name. Call it
-    /// before `useGpu`. On error the previously loaded file stays.
+    /// before `useGpu`: a file loaded after it releases the GPU's copy of the image tower (it
+    /// resamples with the old settings), so call `useGpu` again. On error the previously loaded
+    /// file (and the GPU tower) stays.
     #[wasm_bindgen(js_name = loadLearned)]
     pub fn load_learned(&mut self, bytes: &[u8], size: Option<usize>) -> Result<String, JsError> {
         self.load_learned_impl(bytes, size).map_err(js_err)
