@@ -228,9 +228,10 @@ class AnomalyDetector extends HTMLElement {
       this.modelInfo = await detector.load(spec);
       this.$progress.hidden = true;
       this.$status.textContent = '';
-      // Which variant runs, and where (the worker's label names int8 while the q8 tower runs in it).
+      // A q8 model: the notice says so, and where its image tower runs (the worker's label names
+      // int8 while it runs in int8). Other models keep the plain notice.
       const backend = detector.backend?.label ?? info.backend;
-      if (this.modelInfo.dtype) this.$notice.textContent = `${info.notice} ${spec.label}: ${this.modelInfo.dtype} weights, ${backend}.`;
+      if (this.modelInfo.dtype === 'q8') this.$notice.textContent = `${info.notice} ${spec.label}: q8 weights, ${backend}.`;
       this.$hint.textContent = `Drop, paste or pick an image to check it for anomalies${
         spec.test ? ' (interface test model: random weights, meaningless scores)' : ''
       }.`;

@@ -226,6 +226,7 @@ test('the JS API and <anomaly-detector> take dtype, and refuse a bad one clearly
       const ready = new Promise((resolve) => el.addEventListener('anomaly-ready', (e) => resolve(e.detail), { once: true }));
       document.body.append(el);
       out.element = await ready;
+      out.notice = el.shadowRoot.querySelector('[part="notice"]').textContent;
       return out;
     });
     assert.deepEqual([r.q8.dtype, r.q8.int8], ['q8', true]);
@@ -242,6 +243,7 @@ test('the JS API and <anomaly-detector> take dtype, and refuse a bad one clearly
     assert.equal(r.element.int8, true);
     assert.match(r.element.weightsUrl, /\/models\/test-tiny-q8\/model\.safetensors$/);
     assert.match(r.element.backend, /, int8, /);
+    assert.match(r.notice, /interface test model \(random weights, meaningless scores\), q8: q8 weights, CPU \(WebAssembly SIMD( \+ relaxed)?, int8, \d+ threads?\)\.$/);
     assert.deepEqual(problems, []);
   } finally {
     await page.close();
