@@ -790,14 +790,16 @@ for (const model of m.models) for (const f of model.files)
 ' weights/manifest.json
 }
 
-# Prints "model<TAB>kind<TAB>backbone<TAB>mode<TAB>gated<TAB>repo<TAB>optional" per manifest model
-# (kind "clip" unless "learned"; "-" where absent).
+# Prints "model<TAB>kind<TAB>backbone<TAB>mode<TAB>gated<TAB>repo<TAB>optional<TAB>convert" per
+# manifest model (kind "clip" unless "learned"; "-" where absent; convert: the page's variants
+# written next to the checkpoint, comma-separated, "f16" unless the entry's "convert" lists more).
 manifest_models() {
     node -e '
 const m = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"));
 for (const model of m.models)
   console.log([model.name, model.kind ?? "clip", model.backbone ?? "-", model.mode ?? "-",
-    model.gated ? "gated" : "-", model.repo ?? "-", model.optional ? "optional" : "-"].join("\t"));
+    model.gated ? "gated" : "-", model.repo ?? "-", model.optional ? "optional" : "-",
+    (model.convert ?? ["f16"]).join(",")].join("\t"));
 ' weights/manifest.json
 }
 
@@ -824,7 +826,8 @@ cmd_weights() {
 usage: ./build.sh weights [--trust-on-first-use] [--no-convert] [MODEL ...]
 Downloads the checkpoints in weights/manifest.json (without MODEL: those not marked
 optional) to weights/checkpoints/<MODEL>/,
-checks size and sha256, then converts them to f16 for the browser.
+checks size and sha256, then converts them for the browser: <MODEL>-f16 (the reference)
+and, where the manifest's "convert" lists q8, <MODEL>-q8 (int8 image tower: faster, smaller).
 Files whose sha256 is not pinned in the manifest are refused unless
 --trust-on-first-use is given (the computed sha256 is printed so it can be pinned)
 or their pinned git_blob_sha1 matches.
@@ -848,7 +851,7 @@ EOF
     # No names: the models that are not optional (optional ones are fetched when named).
     local kind backbone mode gated repo optional extra=()
     if ((${#only[@]} == 0)); then
-        while IFS=$'\t' read -r model kind backbone mode gated repo optional; do
+        while IFS=$'\t' read -r model kind backbone mode gated repo optional _; do
             if [[ $optional == optional ]]; then extra+=("$model"); else only+=("$model"); fi
         done <<<"$models"
         ((${#only[@]})) || die "weights: every model in weights/manifest.json is optional: name the ones to fetch"
@@ -977,18 +980,35 @@ EOF
         if [[ $kind == learned ]]; then learned+=("$m"); else clips+=("$m"); fi
     done
 
+    # The page's variants of each checkpoint, next to it: NAME-f16 (the reference) and, where the
+    # manifest's "convert" lists it, NAME-q8 (the image tower's block linear layers in int8: faster
+    # on the CPU, smaller; docs/speed.md). The page offers both (models.json groups them).
     if ((convert)) && ((${#clips[@]})); then
-        log "converting to f16 for the browser"
+        log "converting for the browser (f16; q8 where the manifest lists it)"
+        local dtypes dt out bytes
         for m in "${clips[@]}"; do
-            cargo run --release -q -p anoscope -- convert --model "weights/checkpoints/$m" \
-                --dtype f16 --out "weights/checkpoints/$m-f16" || refused=1
-            echo "ok: weights/checkpoints/$m-f16 (f16, for the page)"
+            dtypes=$(awk -F'\t' -v m="$m" '$1 == m { print $8 }' <<<"$models")
+            for dt in ${dtypes//,/ }; do
+                out="weights/checkpoints/$m-$dt"
+                if cargo run --release -q -p anoscope -- convert --model "weights/checkpoints/$m" \
+                    --dtype "$dt" --out "$out"; then
+                    bytes=$(cat "$out"/*model.safetensors | wc -c)
+                    bytes=$(awk -v b="${bytes//[[:space:]]/}" 'BEGIN { printf "%d bytes, %.1f MB", b, b / 1e6 }')
+                    case "$dt" in
+                    q8) echo "ok: $out (q8: int8 image tower, faster and smaller, for the page; $bytes)" ;;
+                    *) echo "ok: $out ($dt, the page's reference; $bytes)" ;;
+                    esac
+                else
+                    echo "error: converting weights/checkpoints/$m to $dt failed" >&2
+                    refused=1
+                fi
+            done
         done
     fi
     if ((${#clips[@]})); then
         log "building the bundled prompt sets (every category, encoded once)"
         for m in "${clips[@]}"; do
-            for d in "weights/checkpoints/$m" "weights/checkpoints/$m-f16"; do
+            for d in "weights/checkpoints/$m" "weights/checkpoints/$m-f16" "weights/checkpoints/$m-q8"; do
                 [[ -d "$d" ]] || continue
                 cargo run --release -q -p anoscope -- prompts build --model "$d" --out "$d/prompts.safetensors" ||
                     refused=1

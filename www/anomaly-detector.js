@@ -1,4 +1,4 @@
-// <anomaly-detector category="bottle" mode="fast" model="…" src="image.png" threshold="0.5">
+// <anomaly-detector category="bottle" mode="fast" model="…" dtype="q8" src="image.png" threshold="0.5">
 //
 // An embeddable anomaly detector. Load it with one module script (or `import 'anoscope/element'`
 // from the npm package):
@@ -11,8 +11,9 @@
 //   `anomaly-score`  CustomEvent, detail {score, verdict, threshold, map, width, height, name,
 //                    photoWidth, photoHeight, regions, regionsWidth, regionsHeight}
 //   `anomaly-error`  CustomEvent, detail {message}
-//   `anomaly-ready`  CustomEvent, detail {threads, notice, model, weightsUrl, learned} once the
-//                    model is loaded (learned: {mode, imageSize} when a learned file came with it)
+//   `anomaly-ready`  CustomEvent, detail {threads, notice, model, weightsUrl, learned, dtype, int8,
+//                    backend} once the model is loaded (learned: {mode, imageSize} when a
+//                    learned file came with it)
 // and exposes `.score`, `.map` (Float32Array, row-major width × height, values in [0, 1]: the map
 // on the model's square input), `.mapWidth`, `.mapHeight`, `.regions`, `.load()` (starts loading
 // now) and `.detect(blobOrFile)` (a Promise of the event detail). `regions` (at `threshold`,
@@ -28,7 +29,11 @@
 // `model` (see api.js resolveModel): a URL of a checkpoint folder, `…/models.json#name`, or a name
 // in the site's models.json or the package's manifest. Without it: the first real checkpoint of a
 // models.json next to this file (a site built by ./build.sh; its interface test model when it
-// serves no other), else the manifest's smallest pinned checkpoint. `assets-base` (or the
+// serves no other), else the manifest's smallest pinned checkpoint. `dtype` ("q8" | "f16" | "f32";
+// read when the model loads) picks the variant of a models.json entry: q8 (int8 image tower:
+// faster on the CPU, smaller) or the f16 reference; without it the entry's default (q8 on the CPU
+// where offered, the reference with WebGPU). For a folder URL or a manifest name the file must be
+// of that type (checked on its header). `assets-base` (or the
 // `assetsBase` property) names the folder of the package's files when they are not next to this
 // module.
 //
@@ -39,7 +44,7 @@
 // the model's models.json entry lists, else `learned.safetensors` (and `learned.json`) in the
 // model's folder. It is downloaded with the model when the element starts in a learned mode,
 // else when a learned mode first scores.
-import { Detector, LEARNED_MODES, PACKAGED, assetsBaseOf, learnedOfFolder, resolveModel } from './api.js';
+import { Detector, LEARNED_MODES, PACKAGED, assetsBaseOf, checkDtype, learnedOfFolder, resolveModel } from './api.js';
 import { servedModels, verdict } from './common.js';
 import { PhotoView, buildPhotoView } from './photo-view.js';
 
@@ -227,7 +232,7 @@ class AnomalyDetector extends HTMLElement {
     try {
       const info = await detector.start();
       this.$notice.textContent = info.notice;
-      const spec = await this.#spec(base);
+      const spec = await this.#spec(base, detector);
       this.modelSpec = spec;
       this.folderLearned = null;
       // A learned mode's file comes with the model (before the GPU takes the image tower).
@@ -237,6 +242,10 @@ class AnomalyDetector extends HTMLElement {
       this.learnedKey = learned ? JSON.stringify(learned) : null;
       this.$progress.hidden = true;
       this.$status.textContent = '';
+      // A q8 model: the notice says so, and where its image tower runs (the worker's label names
+      // int8 while it runs in int8). Other models keep the plain notice.
+      const backend = detector.backend?.label ?? info.backend;
+      if (this.modelInfo.dtype === 'q8') this.$notice.textContent = `${info.notice} ${spec.label}: q8 weights, ${backend}.`;
       this.$hint.textContent = `Drop, paste or pick an image to check it for anomalies${
         spec.test ? ' (interface test model: random weights, meaningless scores)' : ''
       }.`;
@@ -246,6 +255,9 @@ class AnomalyDetector extends HTMLElement {
         model: spec.label,
         weightsUrl: spec.weightsUrl,
         learned: this.modelInfo.learned ?? null,
+        dtype: this.modelInfo.dtype ?? null,
+        int8: !!this.modelInfo.int8,
+        backend,
       };
       this.dispatchEvent(new CustomEvent('anomaly-ready', { detail, bubbles: true, composed: true }));
     } catch (e) {
@@ -256,17 +268,20 @@ class AnomalyDetector extends HTMLElement {
     }
   }
 
-  /** The load spec for the `model` attribute (see the header). */
-  async #spec(base) {
+  /** The load spec for the `model` and `dtype` attributes (see the header). */
+  async #spec(base, detector) {
     const want = this.getAttribute('model');
+    const opts = { assetsBase: base, dtype: checkDtype(this.getAttribute('dtype')), gpu: !!detector.backend?.gpuWanted };
     const isUrl = want && (/^(https?:|\.{0,2}\/)/.test(want) || want.includes('/'));
     if (!isUrl && !PACKAGED) {
       // A site built by ./build.sh serves models.json next to the element.
       const served = await servedModels(base);
-      const m = want ? served.find((x) => x.name === want) : (served.find((x) => !x.test) ?? served[0]);
-      if (m) return resolveModel(`${new URL('models.json', base).href}#${encodeURIComponent(m.name)}`, { assetsBase: base });
+      const m = want
+        ? served.find((x) => x.name === want || x.variants?.some((v) => v.name === want))
+        : (served.find((x) => !x.test) ?? served[0]);
+      if (m) return resolveModel(`${new URL('models.json', base).href}#${encodeURIComponent(want || m.name)}`, opts);
     }
-    return resolveModel(want, { assetsBase: base });
+    return resolveModel(want, opts);
   }
 
   /** The learned file for the learned modes (see the header): {url, sha256, imageSize}, or null. */

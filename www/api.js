@@ -9,9 +9,21 @@
 // builds, build.json, manifest.json) are found next to this module (`new URL(…, import.meta.url)`),
 // so it works from node_modules through a bundler, from a CDN path and self-hosted; `assetsBase`
 // names another folder that holds them.
-import { DetectorClient, verdict } from './common.js';
+import { chooseVariant, DetectorClient, DTYPE_LABELS, variantLabel, verdict } from './common.js';
 
 export { verdict };
+
+/**
+ * `dtype` as the API and the element take it: 'q8', 'f16' or 'f32' (the variant to load), or
+ * undefined for the default ('auto' and '' mean the same). Anything else is an error.
+ */
+export function checkDtype(dtype) {
+  if (dtype === undefined || dtype === null || dtype === '' || dtype === 'auto') return undefined;
+  if (!DTYPE_LABELS[dtype]) {
+    throw new Error(`dtype “${dtype}” is not one of q8, f16, f32 (or auto: the model's default variant)`);
+  }
+  return dtype;
+}
 
 /** The folder this module was loaded from: where the package's other files are. */
 // (Not `new URL('./', import.meta.url)`: bundlers take that for an asset to emit.)
@@ -100,24 +112,31 @@ function specFromManifest(m) {
   };
 }
 
-/** A models.json entry (as ./build.sh writes it for a site) as a load spec, URLs resolved against `base`. */
-function specFromServed(m, base) {
+/**
+ * A models.json entry (as ./build.sh writes it for a site) as a load spec, URLs resolved against
+ * `base`: its variant `dtype` (an error when it has none), else its default one (chooseVariant:
+ * with WebGPU, `gpu`, the reference; on the CPU q8 where offered).
+ */
+function specFromServed(m, base, { dtype, gpu } = {}) {
   const url = (u) => new URL(u, base).href;
+  const { variant: v } = chooseVariant(m, { want: dtype, gpu });
+  const L = v.learned ?? m.learned;
   return {
-    label: m.label ?? m.name,
+    label: variantLabel(m, v),
     test: !!m.test,
-    configName: m.configName,
-    configUrl: url(m.config.url),
-    configSha256: m.config.sha256,
-    weightsUrl: url(m.weights.url),
-    weightsSha256: m.weights.sha256,
-    promptsUrl: m.prompts ? url(m.prompts.url) : undefined,
-    promptsSha256: m.prompts?.sha256,
+    configName: v.configName,
+    configUrl: url(v.config.url),
+    configSha256: v.config.sha256,
+    weightsUrl: url(v.weights.url),
+    weightsSha256: v.weights.sha256,
+    promptsUrl: v.prompts ? url(v.prompts.url) : undefined,
+    promptsSha256: v.prompts?.sha256,
+    dtype: v.dtype ?? undefined,
     // A learned file (AnomalyCLIP's prompts or AdaptCLIP's adapters): loaded with the model.
-    learnedUrl: m.learned ? url(m.learned.url) : undefined,
-    learnedSha256: m.learned?.sha256,
-    learnedImageSize: m.learned?.imageSize,
-    learnedMode: m.learned?.mode,
+    learnedUrl: L ? url(L.url) : undefined,
+    learnedSha256: L?.sha256,
+    learnedImageSize: L?.imageSize,
+    learnedMode: L?.mode,
     source: 'models.json',
   };
 }
@@ -183,8 +202,13 @@ export function defaultManifestModel(man) {
  *  - another URL: a checkpoint folder (relative URLs resolve against the document),
  *  - a name: an entry of the package's manifest.json (Hugging Face, sha256-pinned),
  *  - nothing: the manifest's smallest pinned checkpoint.
+ * `dtype` ('q8', 'f16', 'f32'): a models.json entry's variant of that type (its default
+ * otherwise: `gpu`, the image tower to run on WebGPU, makes it the reference; on the CPU q8 where
+ * offered); a folder's or the manifest's file must be of that type (the worker checks its header
+ * before reading the rest).
  */
-export async function resolveModel(model, { assetsBase } = {}) {
+export async function resolveModel(model, { assetsBase, dtype, gpu = false } = {}) {
+  dtype = checkDtype(dtype);
   const base = assetsBaseOf(assetsBase);
   const want = (model ?? '').trim();
   const isUrl = /^(https?:|\.{0,2}\/)/.test(want) || want.includes('/');
@@ -198,15 +222,19 @@ export async function resolveModel(model, { assetsBase } = {}) {
       });
       if (!res.ok) throw new Error(`could not fetch ${u.href}: HTTP ${res.status}`);
       const models = (await res.json()).models ?? [];
-      const m = name ? models.find((x) => x.name === name) : (models.find((x) => !x.test) ?? models[0]);
+      // A name is an entry's, or one of its variants' (NAME-q8: that variant unless dtype says otherwise).
+      const m = name
+        ? models.find((x) => x.name === name || x.variants?.some((v) => v.name === name))
+        : (models.find((x) => !x.test) ?? models[0]);
+      if (m && name && m.name !== name) dtype ??= m.variants.find((v) => v.name === name).dtype;
       if (!m) {
         throw new Error(
           `${u.href} lists no model${name ? ` named “${name}”` : ''} (it lists: ${models.map((x) => x.name).join(', ') || 'none'})`,
         );
       }
-      return specFromServed(m, u.href);
+      return specFromServed(m, u.href, { dtype, gpu });
     }
-    return specFromFolder(u.href);
+    return { ...(await specFromFolder(u.href)), dtype };
   }
   const man = await manifest(base);
   if (want) {
@@ -218,11 +246,11 @@ export async function resolveModel(model, { assetsBase } = {}) {
     }
     const spec = specFromManifest(entry);
     if (!spec) throw new Error(`the manifest's ${want} is not pinned by sha256: it is never downloaded`);
-    return spec;
+    return { ...spec, dtype };
   }
   const spec = defaultManifestModel(man);
   if (!spec) throw new Error('the manifest lists no pinned checkpoint; give the detector a model="…" URL');
-  return spec;
+  return { ...spec, dtype };
 }
 
 /** The modes that score with a learned file (anoscope convert --learned) instead of prompts. */
@@ -295,14 +323,21 @@ function rgbaOf(input) {
 
 /** One detector: a worker with the WebAssembly module and one model. Made by createDetector. */
 export class Detector {
-  /** @param {{assetsBase?: string, onProgress?: Function}} options */
-  constructor({ assetsBase, onProgress } = {}) {
+  /** @param {{assetsBase?: string, onProgress?: Function, dtype?: string}} options */
+  constructor({ assetsBase, onProgress, dtype } = {}) {
     this.assetsBase = assetsBaseOf(assetsBase);
     this.onProgress = onProgress;
+    /** The variant load() asks for ('q8', 'f16', 'f32'; undefined: the model's default). */
+    this.dtype = checkDtype(dtype);
     this.client = new DetectorClient(startWorker(this.assetsBase), {
       onProgress: (p) => this.onProgress?.(p),
       onModel: (m) => {
         if (!m.ok) this.modelError = m.error;
+      },
+      // The backend label changes with the model (", int8" while a q8 image tower runs in int8).
+      onBackend: (b) => {
+        this.backend = b;
+        if (this.info) this.info.backend = b.label;
       },
     });
     this.model = null;
@@ -314,6 +349,7 @@ export class Detector {
   /** Starts the WebAssembly module; resolves to `info`. */
   async start() {
     const r = await this.client.ready;
+    this.backend = r.backend;
     const isolated = !!globalThis.crossOriginIsolated;
     this.info = {
       version: r.version,
@@ -331,16 +367,20 @@ export class Detector {
   }
 
   /**
-   * Loads a model (see resolveModel for what `model` may be); resolves to the worker's model info
-   * (`learned`: {mode, imageSize} when a learned file came with it). `options.learned` (a URL or
+   * Loads a model (see resolveModel for what `model` may be; `dtype`, default the detector's,
+   * picks its variant); resolves to the worker's model info ({label, dtype, int8, …; `learned`:
+   * {mode, imageSize} when a learned file came with it}). `options.learned` (a URL or
    * {url, sha256, imageSize}) loads that learned file with the model, in place of the one its
    * models.json entry lists; `learned: false` loads none.
    */
-  async load(model, { learned } = {}) {
-    let spec = typeof model === 'object' && model ? model : await resolveModel(model, { assetsBase: this.assetsBase });
+  async load(model, { learned, dtype = this.dtype } = {}) {
+    if (!this.info) await this.start();
+    let spec =
+      typeof model === 'object' && model
+        ? model
+        : await resolveModel(model, { assetsBase: this.assetsBase, dtype, gpu: !!this.backend?.gpuWanted });
     if (learned === false) spec = { ...spec, learnedUrl: undefined, learnedSha256: undefined, learnedImageSize: undefined, learnedMode: undefined };
     else if (learned) spec = { ...spec, ...learnedFields(learned) };
-    if (!this.info) await this.start();
     this.modelError = null;
     try {
       this.model = await this.client.call('load', spec);
@@ -471,11 +511,13 @@ export class Detector {
 
 /**
  * A ready detector: starts the module and loads `model` (default: the manifest's smallest pinned
- * checkpoint). options: {model, learned (a learned file's URL or {url, sha256, imageSize}, for
- * the modes anomalyclip and adaptclip; see Detector.load), assetsBase, onProgress({stage, done, total, label})}.
+ * checkpoint). options: {model, dtype ('q8' | 'f16' | 'f32': the variant; default the model's:
+ * q8 on the CPU where a site's models.json offers it, the reference with WebGPU), learned (a
+ * learned file's URL or {url, sha256, imageSize}, for the modes anomalyclip and adaptclip; see
+ * Detector.load), assetsBase, onProgress({stage, done, total, label})}.
  */
-export async function createDetector({ model, learned, assetsBase, onProgress } = {}) {
-  const d = new Detector({ assetsBase, onProgress });
+export async function createDetector({ model, dtype, learned, assetsBase, onProgress } = {}) {
+  const d = new Detector({ assetsBase, onProgress, dtype });
   try {
     await d.start();
     await d.load(model, { learned });

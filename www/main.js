@@ -1,5 +1,5 @@
 // The page's UI thread: inputs, drawing and messages. All model work happens in worker.js.
-import { DetectorClient, formatBytes, servedModels, verdict, WEIGHTS_CACHE } from './common.js';
+import { chooseVariant, DetectorClient, formatBytes, servedModels, variantLabel, variantsOf, verdict, WEIGHTS_CACHE } from './common.js';
 import { checkPage, refusedClient } from './deploy.js';
 import { PhotoView, largestRegion } from './photo-view.js';
 
@@ -14,6 +14,7 @@ const els = {
   message: $('message'),
   modelStatus: $('model-status'),
   modelSources: $('model-sources'),
+  variantNote: $('variant-note'),
   modelFiles: $('model-files'),
   promptFile: $('prompt-file'),
   learnedFile: $('learned-file'),
@@ -195,7 +196,7 @@ function makeClient() {
     },
     onBackend: (b) => {
       showBackend(b);
-      if (b.failure) showMessage(`${b.failure}. Running on the CPU (WebAssembly) instead.`, 'warn');
+      if (b.failure && !b.relabel) showMessage(`${b.failure}. Running on the CPU (WebAssembly) instead.`, 'warn');
     },
   });
   // A trap in a pool thread of the threaded build is reported here (see pool-guard.js).
@@ -516,6 +517,10 @@ async function loadModelNow(spec, restore) {
     state.refsGen += 1;
   }
   showLoaded(info);
+  // Which variant runs: its button is marked.
+  for (const b of els.modelSources.querySelectorAll('button[data-weights]')) {
+    b.setAttribute('aria-pressed', String(b.dataset.weights === spec.weightsUrl));
+  }
   updateLearnedModes(info);
   document.body.dataset.model = info.label;
   const previous = els.category.value;
@@ -549,9 +554,15 @@ function showLoaded(info) {
   const text = info.hasText ? ', text tower' : info.textInFile && info.promptFile ? ', text tower loaded when a custom prompt needs it' : '';
   setStatus(
     els.modelStatus,
-    `Loaded ${info.label} (input ${info.imageSize} px${text}${learned}) in ${Math.round(info.ms)} ms.${rest}${note}`,
+    `Loaded ${info.label} (${dtypeNote(info)}input ${info.imageSize} px${text}${learned}) in ${Math.round(info.ms)} ms.${rest}${note}`,
     info.test ? 'warn' : 'ok',
   );
+}
+
+/** What the model status line says of a q8 checkpoint: where its image tower runs in int8. */
+function dtypeNote(info) {
+  if (info.dtype !== 'q8') return '';
+  return info.int8 ? 'q8: image tower in int8, ' : 'q8 weights, image tower in f32 on the GPU, ';
 }
 
 /**
@@ -586,21 +597,57 @@ function onModel({ ok, label, hasText, ms, error }) {
   showMessage(`Could not load the model: ${error}`);
 }
 
-function specFromServed(m) {
+/** A models.json entry's variant `v` (variantsOf; default: the entry's only or reference file) as a load spec. */
+function specFromServed(m, v = variantsOf(m)[0]) {
   return {
-    label: m.label,
+    label: variantLabel(m, v),
     test: !!m.test,
-    configName: m.configName,
-    configUrl: m.config.url,
-    configSha256: m.config.sha256,
-    weightsUrl: m.weights.url,
-    weightsSha256: m.weights.sha256,
-    promptsUrl: m.prompts?.url,
-    promptsSha256: m.prompts?.sha256,
-    learnedUrl: m.learned?.url,
-    learnedSha256: m.learned?.sha256,
-    learnedImageSize: m.learned?.imageSize,
+    configName: v.configName,
+    configUrl: v.config.url,
+    configSha256: v.config.sha256,
+    weightsUrl: v.weights.url,
+    weightsSha256: v.weights.sha256,
+    promptsUrl: v.prompts?.url,
+    promptsSha256: v.prompts?.sha256,
+    learnedUrl: v.learned?.url,
+    learnedSha256: v.learned?.sha256,
+    learnedImageSize: v.learned?.imageSize,
+    dtype: v.dtype ?? undefined,
   };
+}
+
+/** What each variant is, on its button. */
+const DTYPE_TEXT = { q8: 'q8, faster and smaller', f16: 'f16, the reference', f32: 'f32, the reference' };
+
+/** ?dtype=q8|f16|f32: the variant the page loads by itself (a served model's default otherwise). */
+const dtypeParam = ['q8', 'f16', 'f32'].includes(pageParams.get('dtype')) ? pageParams.get('dtype') : undefined;
+
+/**
+ * The buttons of a served entry: one per variant (its dtype, download size, and which one is the
+ * default here), the default first; the entry's only file: one button, as before variants.
+ */
+function servedButtons(m, gpu) {
+  const all = variantsOf(m);
+  const load = (v) => loadModel(specFromServed(m, v));
+  if (all.length === 1) {
+    return m.test
+      ? [button(`Use the ${m.label}`, () => load(all[0]), 'test-model')]
+      : [button(`Load ${m.label} (served with this site${learnedNote(m)})`, () => load(all[0]))];
+  }
+  const { variant: def } = chooseVariant(m, { gpu });
+  const ordered = [def, ...all.filter((v) => v !== def)];
+  return ordered.map((v) => {
+    const what = `${DTYPE_TEXT[v.dtype] ?? v.dtype}, ${formatBytes(v.weights.size)}${v === def ? '; the default here' : ''}`;
+    // The test model's other variants must not carry the reference button's name (TEST_MODEL_BUTTON).
+    const text = m.test
+      ? `Use the ${v === all[0] ? '' : `${v.dtype} `}${m.label} — ${what}`
+      : `Load ${v.name} — ${what} (served with this site${learnedNote(v)})`;
+    const b = button(text, () => load(v), m.test ? 'test-model' : '');
+    b.dataset.dtype = v.dtype;
+    b.dataset.variantOf = m.name;
+    b.dataset.weights = v.weights.url;
+    return b;
+  });
 }
 
 /** The learned modes' names in the mode picker. */
@@ -661,6 +708,16 @@ async function manifestModels() {
   }
 }
 
+/** chooseVariant with ?dtype=; a model without that variant is said in the message (null). */
+function chooseVariantOrSay(m, gpu) {
+  try {
+    return chooseVariant(m, { want: dtypeParam, gpu });
+  } catch (e) {
+    showMessage(`?dtype=${dtypeParam}: ${e.message}`, 'warn');
+    return null;
+  }
+}
+
 function button(text, onClick, cls = '') {
   const b = document.createElement('button');
   b.type = 'button';
@@ -670,7 +727,7 @@ function button(text, onClick, cls = '') {
   return b;
 }
 
-async function setupModelSources() {
+async function setupModelSources({ gpu = false } = {}) {
   const [served, manifest] = await Promise.all([servedModels(location.href), manifestModels()]);
   // No Cache API (some private windows, insecure origins): nothing is listed as downloaded.
   const cache = typeof caches === 'undefined' ? null : await caches.open(WEIGHTS_CACHE).catch(() => null);
@@ -680,8 +737,11 @@ async function setupModelSources() {
   let auto = null;
 
   for (const m of real) {
-    rows.push(button(`Load ${m.label} (served with this site${learnedNote(m)})`, () => loadModel(specFromServed(m))));
-    auto ??= specFromServed(m);
+    rows.push(...servedButtons(m, gpu));
+    if (!auto) {
+      const pick = chooseVariantOrSay(m, gpu);
+      if (pick) auto = specFromServed(m, pick.variant);
+    }
   }
   for (const m of manifest) {
     const spec = specFromManifest(m);
@@ -695,14 +755,22 @@ async function setupModelSources() {
     if (cached) auto ??= spec;
   }
   for (const m of test) {
-    rows.push(button(`Use the ${m.label}`, () => loadModel(specFromServed(m)), 'test-model'));
+    rows.push(...servedButtons(m, gpu));
   }
   els.modelSources.replaceChildren(...rows);
+  // Why the default variant is the default (where a model offers more than one).
+  const multi = served.find((m) => variantsOf(m).length > 1);
+  const why = multi ? chooseVariant(multi, { gpu }).why : '';
+  els.variantNote.hidden = !why;
+  els.variantNote.textContent = why ? `${why} Each button says its download size.` : '';
 
   const wanted = new URLSearchParams(location.search).get('model');
   if (wanted) {
-    const m = served.find((s) => s.name === wanted);
-    if (m) auto = specFromServed(m);
+    // An entry's name: its default variant; a variant's own folder name (NAME-q8): that one.
+    const m = served.find((s) => s.name === wanted || variantsOf(s).some((v) => v.name === wanted));
+    const named = m && m.name !== wanted ? variantsOf(m).find((v) => v.name === wanted) : null;
+    const pick = m && (named && !dtypeParam ? { variant: named } : chooseVariantOrSay(m, gpu));
+    if (pick) auto = specFromServed(m, pick.variant);
   }
   if (auto) {
     await loadModel(auto);
@@ -1620,7 +1688,7 @@ client.ready.then(
     document.body.dataset.wasmSha256 = info.wasmSha256;
     document.body.dataset.wasmUrl = info.wasmUrl;
     els.modelFiles.disabled = false;
-    await setupModelSources();
+    await setupModelSources({ gpu: !!info.backend.gpuWanted });
     document.body.dataset.ready = 'true';
   },
   () => {},

@@ -9,14 +9,14 @@
 // relaxed-SIMD one (pkg-relaxed, pkg-threads-relaxed: fused multiply-adds in the f32 GEMM).
 let wasm = null;
 let ClipLoader, Image, renderOverlay, photoMap, regionsOf;
-import { sha256Hex, fetchWithProgress, responseChunks, WEIGHTS_CACHE } from './common.js';
+import { dtypeOfHeader, sha256Hex, fetchWithProgress, responseChunks, WEIGHTS_CACHE } from './common.js';
 import { checkWorker, fetchVerified } from './deploy.js';
 
 // This file's version, stamped by tests/browser/site-index.mjs (see deploy.js).
 const BUILD_ID = 'dev';
 
 let model = null; // ClipModel
-let modelInfo = null; // {label, weightsSha256, test, source, rest}
+let modelInfo = null; // {label, weightsSha256, test, dtype, source, rest}
 let loadGen = 0; // the latest load; an older load's background stream stops
 let refs = null; // References (few-shot: WinCLIP+'s, or AdaptCLIP's when refsKind is 'adaptclip')
 let refsKind = null; // 'fewshot' | 'adaptclip': the mode `refs` were embedded for
@@ -137,11 +137,16 @@ async function chooseBackend(params) {
   }
 }
 
-/** What the page shows: {gpu, label, note, failure, threads}. */
+/** What the page shows: {gpu, gpuWanted, label, note, failure, threads, int8}. The CPU label names
+ * int8 while the loaded model's image tower runs in int8 (a q8 checkpoint on the CPU). */
 function backendInfo() {
-  const cpu = `CPU (WebAssembly SIMD${simd.relaxed ? ' + relaxed' : ''}, ${cpuThreads} thread${cpuThreads === 1 ? '' : 's'})`;
+  const int8 = !!model && !gpu.active && model.isInt8();
+  const cpu = `CPU (WebAssembly SIMD${simd.relaxed ? ' + relaxed' : ''}${int8 ? ', int8' : ''}, ${cpuThreads} thread${cpuThreads === 1 ? '' : 's'})`;
   return {
     gpu: gpu.active,
+    // The image tower is to run on WebGPU (the page then defaults to a model's reference variant).
+    gpuWanted: gpu.wanted,
+    int8,
     backend: gpu.backend,
     label: gpu.active ? `GPU (WebGPU, ${gpu.adapter}, ${gpu.weights} weights)` : cpu,
     note: gpu.active ? '' : gpu.note,
@@ -620,6 +625,47 @@ async function openWeights(p, label, maxBytes, store = true) {
   };
 }
 
+/**
+ * The storage of a safetensors file (dtypeOfHeader: 'q8', 'f16', 'f32', …), read from its header
+ * as the first chunks pass by: `dtype` is undefined until the header is in, null when it cannot be
+ * read (the loader then reports the broken file).
+ */
+class HeaderSniffer {
+  constructor() {
+    this.parts = [];
+    this.have = 0;
+    this.need = 8;
+    this.dtype = undefined;
+  }
+
+  push(chunk) {
+    if (this.dtype !== undefined) return;
+    this.parts.push(chunk);
+    this.have += chunk.byteLength;
+    while (this.dtype === undefined && this.have >= this.need) {
+      const buf = new Uint8Array(this.have);
+      let at = 0;
+      for (const c of this.parts) {
+        buf.set(c, at);
+        at += c.byteLength;
+      }
+      this.parts = [buf];
+      if (this.need === 8) {
+        const n = Number(new DataView(buf.buffer).getBigUint64(0, true));
+        if (n <= 0 || n > 100_000_000) this.dtype = null;
+        this.need = 8 + n;
+        continue;
+      }
+      try {
+        this.dtype = dtypeOfHeader(JSON.parse(new TextDecoder().decode(buf.subarray(8, this.need))));
+      } catch {
+        this.dtype = null;
+      }
+    }
+    if (this.dtype !== undefined) this.parts = [];
+  }
+}
+
 /** Pushes chunks until `stop()` or the end (`s.ended`). With an expected sha256 a loader error
  * waits for the end: a corrupt download is reported as such, as before. */
 async function feed(s, stop) {
@@ -635,6 +681,7 @@ async function feed(s, stop) {
       progress('download', s.loader.received(), s.src.total || s.loader.received(), { label: s.label });
       return;
     }
+    s.sniff?.push(step.value);
     try {
       s.loader.push(step.value);
     } catch (e) {
@@ -785,8 +832,10 @@ async function detectTiled(m, mode, image, pair, r, tiles, name, t0) {
 
 const handlers = {
   /** {label, test, configName, configText?, configUrl?, weightsFile?(File), weightsUrl?, weightsSha256?,
-   *   configSha256?, promptsUrl?, learnedUrl?, learnedSha256?, learnedImageSize?}. Resolves once the image tower is in; the rest of the file
-   *   streams on, then a {type: 'model'} message says whether the whole checkpoint checked out. */
+   *   configSha256?, promptsUrl?, learnedUrl?, learnedSha256?, learnedImageSize?, dtype?}. Resolves once the image tower is in; the rest of the file
+   *   streams on, then a {type: 'model'} message says whether the whole checkpoint checked out.
+   *   `dtype` ('q8', 'f16', 'f32'): what the file must hold, checked on its header before the rest
+   *   is read. A q8 file's image tower runs in int8 on the CPU (with WebGPU in f32, as any file). */
   async load(p) {
     const lim = (await ready).limits;
     const configText = p.configText ?? new TextDecoder().decode(await getBytes(p.configUrl, p.configName, p.configSha256));
@@ -806,12 +855,20 @@ const handlers = {
       await src.settle(false);
       throw e;
     }
-    const s = { loader, src, it: src.chunks[Symbol.asyncIterator](), label, expectSha: p.weightsSha256, gen };
+    const sniff = new HeaderSniffer();
+    const s = { loader, src, it: src.chunks[Symbol.asyncIterator](), label, expectSha: p.weightsSha256, gen, sniff };
     let next = null;
     let sha = null;
     let learned = null;
     try {
-      await feed(s, () => loader.visionReady());
+      const wrongDtype = () => !!p.dtype && sniff.dtype !== undefined && sniff.dtype !== p.dtype;
+      await feed(s, () => wrongDtype() || loader.visionReady());
+      if (wrongDtype()) {
+        throw new Error(
+          `${p.label} was to be the ${p.dtype} variant, but its weights file holds ${sniff.dtype ?? 'no readable header'} ` +
+            `(${p.weightsUrl ?? p.weightsFile?.name}). Nothing was loaded.`,
+        );
+      }
       if (s.ended) sha = await verify(s);
       progress('load', 0, 1, { label: 'building the model' });
       next = loader.takeModel();
@@ -822,6 +879,9 @@ const handlers = {
         learned = { mode: next.loadLearned(bytes, p.learnedImageSize ?? undefined), imageSize: next.learnedSize() };
       }
       await attachGpu(next);
+      // A q8 checkpoint on the CPU: its image tower runs in int8 (a no-op where the loader already
+      // keeps it so). With WebGPU the GPU runs the tower in f32 from the same weights.
+      if (sniff.dtype === 'q8' && !gpu.active && !next.isInt8()) next.quantizeInt8();
       if (s.ended && wantText) loader.attachText(next);
       if (p.promptsUrl) {
         const bundle = await getBytes(p.promptsUrl, 'prompt file', p.promptsSha256);
@@ -846,6 +906,7 @@ const handlers = {
       label: p.label,
       weightsSha256: p.weightsSha256 ?? sha,
       test: !!p.test,
+      dtype: sniff.dtype ?? null,
       textInFile: loader.fileHasText() ?? false,
       source: { weightsFile: p.weightsFile, weightsUrl: p.weightsUrl, weightsSha256: p.weightsSha256, configName: p.configName, configText },
       rest: null,
@@ -880,9 +941,14 @@ const handlers = {
       })();
     }
     progress('load', 1, 1, { label: 'model ready' });
+    // The backend label names int8 while this model's image tower runs in it (`relabel`: nothing
+    // else changed, a failure already reported is not news).
+    postMessage({ type: 'backend', ...backendInfo(), relabel: true });
     return {
       label: p.label,
       test: !!p.test,
+      dtype: info.dtype,
+      int8: model.isInt8() && !gpu.active,
       imageSize: model.imageSize(),
       hasText: model.hasText(),
       textInFile: info.textInFile,

@@ -18,6 +18,12 @@ export interface AnomalyReadyDetail {
   weightsUrl: string;
   /** The learned file loaded with the model (the element started in a learned mode), else null. */
   learned: LearnedInfo | null;
+  /** The loaded file's storage (the `dtype` attribute picks it among a models.json entry's variants). */
+  dtype: 'q8' | 'f16' | 'f32' | 'bf16' | null;
+  /** Whether the image tower runs in int8 (a q8 model on the CPU). */
+  int8: boolean;
+  /** Where the image tower runs, e.g. 'CPU (WebAssembly SIMD + relaxed, int8, 2 threads)'. */
+  backend: string;
 }
 
 export class AnomalyDetector extends HTMLElement {

@@ -19,6 +19,14 @@ export interface Progress {
  */
 export type ModelSource = string | ModelSpec | undefined | null;
 
+/**
+ * A checkpoint's storage: 'q8' (the image tower's block linear layers in int8, `anoscope convert
+ * --dtype q8`: faster on the CPU, smaller), 'f16' (the reference), 'f32'. As an option, 'auto'
+ * (or leaving it out) takes the model's default: q8 on the CPU where a site's models.json offers
+ * it, the reference with WebGPU (the GPU runs the image tower in f32 whichever file is loaded).
+ */
+export type Dtype = 'q8' | 'f16' | 'f32';
+
 /** A model as the worker loads it (see resolveModel). */
 export interface ModelSpec {
   label: string;
@@ -35,6 +43,8 @@ export interface ModelSpec {
   learnedSha256?: string;
   learnedImageSize?: number;
   size?: number;
+  /** What the weights file must hold (checked on its header before the rest is read). */
+  dtype?: Dtype;
   source?: 'manifest' | 'models.json' | 'folder';
 }
 
@@ -52,6 +62,11 @@ export interface DetectorOptions {
   model?: ModelSource;
   /** A learned file loaded with the model, for the modes anomalyclip and adaptclip (default: the one its models.json entry lists). */
   learned?: LearnedSource;
+  /**
+   * The variant to load: a models.json entry's q8 or f16 file; for a folder URL or a manifest
+   * name, the type its file must be. Default: the model's default variant (see {@link Dtype}).
+   */
+  dtype?: Dtype | 'auto';
   /** Folder holding the package's files (worker.js, pkg/, build.json …); default: next to this module. */
   assetsBase?: string | URL;
   onProgress?: (p: Progress) => void;
@@ -61,6 +76,7 @@ export interface DetectorInfo {
   version: string;
   /** Threads the WebAssembly module runs on (more than 1 only on cross-origin isolated pages). */
   threads: number;
+  /** Where the image tower runs, e.g. 'CPU (WebAssembly SIMD + relaxed, int8, 2 threads)' (int8 while a q8 model's tower runs in int8). */
   backend?: string;
   crossOriginIsolated: boolean;
   /** One line saying which build runs and why. */
@@ -103,11 +119,11 @@ export class Detector {
   readonly assetsBase: string;
   info: DetectorInfo | null;
   start(): Promise<DetectorInfo>;
-  /** `learned`: a learned file to load with the model instead of its entry's; `false`: none. */
+  /** `learned`: a learned file to load with the model instead of its entry's; `false`: none. `dtype`: the variant. */
   load(
     model?: ModelSource,
-    options?: { learned?: LearnedSource | false },
-  ): Promise<{ label: string; test: boolean; imageSize: number; hasText: boolean; ms: number; learned: LearnedInfo | null }>;
+    options?: { learned?: LearnedSource | false; dtype?: Dtype | 'auto' },
+  ): Promise<{ label: string; test: boolean; imageSize: number; hasText: boolean; ms: number; learned: LearnedInfo | null; dtype: Dtype | 'bf16' | null; int8: boolean }>;
   /** Loads a learned file for the loaded model (refused with the reason when it belongs to another checkpoint; the model stays). */
   loadLearned(source: string | URL | Blob | ArrayBuffer | ArrayBufferView, options?: { sha256?: string; imageSize?: number }): Promise<LearnedInfo>;
   /** Throws why `mode` cannot score with the loaded model (unknown mode, learned mode without its file). */
@@ -120,7 +136,12 @@ export class Detector {
 /** Starts the module and loads the model. */
 export function createDetector(options?: DetectorOptions): Promise<Detector>;
 /** Resolves a model argument to the spec the worker loads. */
-export function resolveModel(model: ModelSource, options?: { assetsBase?: string | URL }): Promise<ModelSpec>;
+export function resolveModel(
+  model: ModelSource,
+  options?: { assetsBase?: string | URL; dtype?: Dtype | 'auto'; gpu?: boolean },
+): Promise<ModelSpec>;
+/** Checks a dtype option: the dtype, or undefined for the default ('auto', ''); throws otherwise. */
+export function checkDtype(dtype?: string | null): Dtype | undefined;
 /** The manifest's default checkpoint for embedding: its smallest pinned one. */
 export function defaultManifestModel(manifest: unknown): ModelSpec | null;
 /** The package's weights manifest. */

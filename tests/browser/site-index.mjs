@@ -1,12 +1,14 @@
-// Indexes an assembled site: writes DIST/models.json (the checkpoints the site serves), stamps the
+// Indexes an assembled site: writes DIST/models.json (the checkpoints the site serves, a q8
+// conversion listed as a variant of its f16 reference's entry), stamps the
 // build id into DIST/index.html, main.js, worker.js and sw.js, and writes DIST/build.json (the id,
 // the sha256 of the wasm the worker checks before instantiating it, and of every file of the
 // page). Usage: node site-index.mjs DIST_DIR; tests import indexSite() to make a second version.
 import { createHash } from 'node:crypto';
-import { createReadStream, existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { closeSync, createReadStream, existsSync, openSync, readdirSync, readFileSync, readSync, statSync, writeFileSync } from 'node:fs';
 import { join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { gzipSync } from 'node:zlib';
+import { dtypeOfHeader } from '../../www/common.js';
 
 function sha256(path) {
   return new Promise((resolve, reject) => {
@@ -46,7 +48,26 @@ async function learnedEntry(dist, dir) {
   return { ...(await fileEntry(dist, path)), mode, imageSize };
 }
 
-/** A checkpoint folder: {configName, config, weights, prompts?} or null when incomplete. */
+/** How a safetensors file stores its weights ('q8', 'f16', 'f32', …: dtypeOfHeader), read from
+ * its header alone; null when the header cannot be read. */
+function weightsDtype(path) {
+  const fd = openSync(path, 'r');
+  try {
+    const head = Buffer.alloc(8);
+    if (readSync(fd, head, 0, 8, 0) !== 8) return null;
+    const n = Number(head.readBigUInt64LE(0));
+    if (n <= 0 || n > 100_000_000) return null;
+    const json = Buffer.alloc(n);
+    if (readSync(fd, json, 0, n, 8) !== n) return null;
+    return dtypeOfHeader(JSON.parse(json.toString('utf8')));
+  } catch {
+    return null;
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** A checkpoint folder: {configName, config, weights, dtype, prompts?, learned?} or null when incomplete. */
 async function checkpoint(dist, dir) {
   for (const [configName, weightsName] of [
     ['config.json', 'model.safetensors'],
@@ -58,6 +79,7 @@ async function checkpoint(dist, dir) {
         configName,
         config: await fileEntry(dist, join(dir, configName)),
         weights: await fileEntry(dist, join(dir, weightsName)),
+        dtype: weightsDtype(join(dir, weightsName)),
         prompts: existsSync(prompts) ? await fileEntry(dist, prompts) : undefined,
         learned: await learnedEntry(dist, dir),
       };
@@ -91,8 +113,34 @@ async function writeModels(dist) {
       });
     }
   }
-  writeFileSync(join(dist, 'models.json'), `${JSON.stringify({ schema: 1, models }, null, 2)}\n`);
-  return models;
+  const grouped = groupVariants(models);
+  writeFileSync(join(dist, 'models.json'), `${JSON.stringify({ schema: 1, models: grouped }, null, 2)}\n`);
+  return grouped;
+}
+
+/**
+ * A folder NAME-q8 (`anoscope convert --dtype q8`, written by ./build.sh weights next to NAME-f16)
+ * becomes a variant of its reference's entry: NAME-f16, else NAME. That entry keeps its own
+ * fields (what a reader that knows no variants loads) and lists `variants`, the reference first:
+ * [{dtype, name, configName, config, weights, prompts?, learned?}, …]. A q8 folder without a
+ * reference stays an entry of its own.
+ */
+function groupVariants(models) {
+  const byName = new Map(models.map((m) => [m.name, m]));
+  const variant = ({ dtype, name, configName, config, weights, prompts, learned }) => ({
+    dtype, name, configName, config, weights, prompts, learned,
+  });
+  const folded = new Set();
+  for (const m of models) {
+    if (!m.name.endsWith('-q8') || m.dtype !== 'q8') continue;
+    const base = m.name.slice(0, -3);
+    const ref = [`${base}-f16`, base].map((n) => byName.get(n)).find((r) => r && r.dtype !== 'q8' && r.test === m.test);
+    if (!ref) continue;
+    ref.variants ??= [variant(ref)];
+    ref.variants.push(variant(m));
+    folded.add(m.name);
+  }
+  return models.filter((m) => !folded.has(m.name));
 }
 
 // ---------------------------------------------------------------------------------------------

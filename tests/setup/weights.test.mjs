@@ -61,7 +61,7 @@ function manifest() {
         files: [f('trained-on-mvtec.pth', U[4], { sha256: sha256(FILES[U[4]]) })],
       },
       {
-        name: 'other', arch: 'vit-b-16', layout: 'hf', repo: 'https://huggingface.co/t/other', revision: 'r3', license: 'MIT',
+        name: 'other', arch: 'vit-b-16', layout: 'hf', convert: ['f16', 'q8'], repo: 'https://huggingface.co/t/other', revision: 'r3', license: 'MIT',
         files: [f('config.json', U[5], { sha256: sha256(FILES[U[5]]) }), f('model.safetensors', U[6], { sha256: sha256(FILES[U[6]]) })],
       },
     ],
@@ -95,8 +95,10 @@ if (a[0] === 'convert' && a.includes('--help')) {
 } else if (a[0] === 'convert' && a.includes('--learned')) {
   fs.writeFileSync(opt('--out'), 'f16 of ' + fs.readFileSync(opt('--learned'), 'utf8'));
 } else if (a[0] === 'convert') {
+  if (process.env.FAKE_CONVERT_FAIL === opt('--dtype')) process.exit(1);
   fs.mkdirSync(opt('--out'), { recursive: true });
-  fs.writeFileSync(path.join(opt('--out'), 'model.safetensors'), 'f16');
+  // As many bytes as the dtype's name says, so the sizes printed can be checked.
+  fs.writeFileSync(path.join(opt('--out'), 'model.safetensors'), opt('--dtype').repeat(1000));
 } else if (a[0] === 'prompts') {
   fs.writeFileSync(opt('--out'), 'prompts');
 }
@@ -180,6 +182,43 @@ test('without names, the models not marked optional are fetched, and the others 
     assert.match(r.out, /^ready: weights\/checkpoints\/other$/m);
     assert.match(r.out, /^also in the manifest, fetched when named: \.\/build\.sh weights clip-test learned-test gated-test$/m);
     assert.ok(!existsSync(join(w.repo, 'weights/checkpoints/clip-test')));
+  } finally {
+    rmSync(w.dir, { recursive: true, force: true });
+  }
+});
+
+test('a model whose manifest entry lists q8 gets a q8 variant next to the f16 one, sizes stated', () => {
+  const w = world();
+  try {
+    const r = w.run([]);
+    assert.equal(r.status, 0, r.out);
+    const cargo = w.calls().filter((c) => c.tool === 'cargo').map((c) => c.args.join(' '));
+    assert.deepEqual(cargo, [
+      'convert --model weights/checkpoints/other --dtype f16 --out weights/checkpoints/other-f16',
+      'convert --model weights/checkpoints/other --dtype q8 --out weights/checkpoints/other-q8',
+      'prompts build --model weights/checkpoints/other --out weights/checkpoints/other/prompts.safetensors',
+      'prompts build --model weights/checkpoints/other-f16 --out weights/checkpoints/other-f16/prompts.safetensors',
+      'prompts build --model weights/checkpoints/other-q8 --out weights/checkpoints/other-q8/prompts.safetensors',
+    ]);
+    assert.equal(readFileSync(join(w.repo, 'weights/checkpoints/other-q8/model.safetensors'), 'utf8'), 'q8'.repeat(1000));
+    assert.equal(readFileSync(join(w.repo, 'weights/checkpoints/other-q8/prompts.safetensors'), 'utf8'), 'prompts');
+    // The sizes of both variants are stated.
+    assert.match(r.out, /^ok: weights\/checkpoints\/other-f16 \(f16, the page's reference; 3000 bytes, 0\.0 MB\)$/m);
+    assert.match(r.out, /^ok: weights\/checkpoints\/other-q8 \(q8: int8 image tower, faster and smaller, for the page; 2000 bytes, 0\.0 MB\)$/m);
+
+    // A model without "convert" gets the f16 variant only.
+    const l = w.run(['clip-test']);
+    assert.equal(l.status, 0, l.out);
+    assert.ok(existsSync(join(w.repo, 'weights/checkpoints/clip-test-f16/model.safetensors')));
+    assert.ok(!existsSync(join(w.repo, 'weights/checkpoints/clip-test-q8')));
+    assert.ok(!w.calls().some((c) => c.tool === 'cargo' && c.args.join(' ').includes('clip-test --dtype q8')));
+
+    // A failed q8 conversion is an error, and not reported as written.
+    const f = w.run([], { FAKE_CONVERT_FAIL: 'q8' });
+    assert.equal(f.status, 1, f.out);
+    assert.match(f.out, /^error: converting weights\/checkpoints\/other to q8 failed$/m);
+    assert.doesNotMatch(f.out, /^ok: weights\/checkpoints\/other-q8/m);
+    assert.match(f.out, /^ok: weights\/checkpoints\/other-f16 /m);
   } finally {
     rmSync(w.dir, { recursive: true, force: true });
   }
