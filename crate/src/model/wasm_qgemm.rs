@@ -219,11 +219,10 @@ impl PackedQ8 {
                 #[cfg(not(feature = "relaxed-simd"))]
                 let wc: &[i32] = &[];
                 let tile = Tile {
-                    a: &qa,
+                    a: &qa[k0 * m..],
+                    kc,
                     sa: &sa,
-                    k,
                     kb,
-                    k0,
                     b0,
                     nb,
                     w,
@@ -258,12 +257,21 @@ impl PackedQ8 {
 /// Quantizes the rows of `a` (`[m, k]`) per block of [`BLOCK`]: symmetric, `d = amax / QMAX`,
 /// values rounded to nearest (ties to even); in the relaxed build offset by 64. Returns the
 /// values and the scales (`[m, k / BLOCK]`).
+///
+/// The values are laid out K block after K block ([`KC`] inputs; the last may be shorter),
+/// each `[m, kc]` row-major, so that the rows a micro-kernel reads are close together.
 fn quantize_rows(a: &[f32], m: usize, k: usize) -> (Vec<AVal>, Vec<f32>) {
+    let kb = k / BLOCK;
     let mut q: Vec<AVal> = vec![0; m * k];
-    let mut s = vec![0f32; m * (k / BLOCK)];
-    for ((src, dst), d) in a.chunks_exact(BLOCK).zip(q.chunks_exact_mut(BLOCK)).zip(s.iter_mut()) {
-        // SAFETY: both blocks hold BLOCK values.
-        *d = unsafe { quantize_block(src, dst) };
+    let mut s = vec![0f32; m * kb];
+    for i in 0..m {
+        for b in 0..kb {
+            let kk = b * BLOCK;
+            let (k0, kc) = ((kk / KC) * KC, KC.min(k - (kk / KC) * KC));
+            let dst = k0 * m + i * kc + (kk - k0);
+            // SAFETY: both blocks hold BLOCK values.
+            s[i * kb + b] = unsafe { quantize_block(&a[i * k + kk..i * k + kk + BLOCK], &mut q[dst..dst + BLOCK]) };
+        }
     }
     (q, s)
 }
@@ -344,14 +352,14 @@ fn quantize_value(v: f32, id: f32) -> AVal {
 
 /// What every micro-kernel call of one (K block, panel) shares.
 struct Tile<'a> {
-    /// Quantized activations, `[m, k]`.
+    /// Quantized activations of this K block, `[m, kc]`.
     a: &'a [AVal],
+    /// `kc`, the row stride of `a`.
+    kc: usize,
     /// Their scales, `[m, kb]`.
     sa: &'a [f32],
-    k: usize,
+    /// Blocks per row of `sa`, and this K block's first block index.
     kb: usize,
-    /// First input of this K block, and its first block index.
-    k0: usize,
     b0: usize,
     /// Blocks in this K block.
     nb: usize,
@@ -377,7 +385,7 @@ struct Tile<'a> {
 unsafe fn kernel<const R: usize>(t: &Tile<'_>, i0: usize, c: &mut [f32]) {
     use core::arch::wasm32::*;
     let mut acc = [[f32x4_splat(0.0); 2]; R];
-    let ap = t.a.as_ptr().add(i0 * t.k + t.k0);
+    let ap = t.a.as_ptr().add(i0 * t.kc);
     let sp = t.sa.as_ptr().add(i0 * t.kb + t.b0);
     for b in 0..t.nb {
         #[cfg(not(feature = "relaxed-simd"))]
@@ -396,7 +404,7 @@ unsafe fn kernel<const R: usize>(t: &Tile<'_>, i0: usize, c: &mut [f32]) {
             let w0 = i16x8_extend_low_i8x16(wv);
             let w1 = i16x8_extend_high_i8x16(wv);
             for (r, iacc) in iacc.iter_mut().enumerate() {
-                let x = v128_load32_splat(abp.add(r * t.k + 2 * s) as *const u32);
+                let x = v128_load32_splat(abp.add(r * t.kc + 2 * s) as *const u32);
                 iacc[0] = i32x4_add(iacc[0], i32x4_dot_i16x8(x, w0));
                 iacc[1] = i32x4_add(iacc[1], i32x4_dot_i16x8(x, w1));
             }
@@ -406,7 +414,7 @@ unsafe fn kernel<const R: usize>(t: &Tile<'_>, i0: usize, c: &mut [f32]) {
             let w0 = v128_load(wp.add(32 * s) as *const v128);
             let w1 = v128_load(wp.add(32 * s + 16) as *const v128);
             for (r, iacc) in iacc.iter_mut().enumerate() {
-                let x = v128_load32_splat(abp.add(r * t.k + 4 * s) as *const u32);
+                let x = v128_load32_splat(abp.add(r * t.kc + 4 * s) as *const u32);
                 iacc[0] = i32x4_relaxed_dot_i8x16_i7x16_add(w0, x, iacc[0]);
                 iacc[1] = i32x4_relaxed_dot_i8x16_i7x16_add(w1, x, iacc[1]);
             }
@@ -451,10 +459,14 @@ unsafe fn kernel<const R: usize>(t: &Tile<'_>, i0: usize, c: &mut [f32]) {
         for cc in 0..t.nc {
             let mut acc = 0f32;
             for b in 0..t.nb {
-                let mut s: i32 = if cfg!(feature = "relaxed-simd") { t.wc[b * NR + cc] } else { 0 };
+                let mut s: i32 = if cfg!(feature = "relaxed-simd") {
+                    t.wc[b * NR + cc]
+                } else {
+                    0
+                };
                 for i in 0..BLOCK {
                     let kk = b * BLOCK + i;
-                    s += t.a[(i0 + r) * t.k + t.k0 + kk] as i32 * t.w[slot(cc, kk)] as i32;
+                    s += t.a[(i0 + r) * t.kc + kk] as i32 * t.w[slot(cc, kk)] as i32;
                 }
                 acc += s as f32 * (t.ws[b * NR + cc] * t.sa[(i0 + r) * t.kb + t.b0 + b]);
             }
@@ -473,7 +485,11 @@ pub fn reference(a: &[f32], q: &[i8], scales: &[f32], m: usize, k: usize, n: usi
         for b in 0..kb {
             let x = &a[i * k + b * BLOCK..i * k + (b + 1) * BLOCK];
             let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let (d, id) = if amax > 0.0 { (amax / QMAX, QMAX / amax) } else { (0.0, 0.0) };
+            let (d, id) = if amax > 0.0 {
+                (amax / QMAX, QMAX / amax)
+            } else {
+                (0.0, 0.0)
+            };
             let xq: Vec<i32> = x.iter().map(|v| (v * id).round_ties_even() as i32).collect();
             for j in 0..n {
                 let w = &q[j * k + b * BLOCK..j * k + (b + 1) * BLOCK];
