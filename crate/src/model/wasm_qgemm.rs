@@ -501,14 +501,36 @@ pub fn reference(a: &[f32], q: &[i8], scales: &[f32], m: usize, k: usize, n: usi
     c
 }
 
+fn lcg(seed: &mut u64) -> f32 {
+    *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+}
+
+/// Runs [`PackedQ8::gemm`] on pseudo-random activations and int8 weights of `[m, k] × [k, n]`
+/// (`seed` picks them) against [`reference`]; returns the largest `|Δ| / (1 + |want|)`. The wasm
+/// test suite calls it (through the wasm API) to check this build's SIMD kernel.
+pub fn self_check(m: usize, k: usize, n: usize, seed: u64) -> Result<f32> {
+    let mut seed = seed;
+    let a: Vec<f32> = (0..m * k).map(|_| lcg(&mut seed) * 3.0).collect();
+    let q: Vec<i8> = (0..n * k).map(|_| (lcg(&mut seed) * 127.0).round() as i8).collect();
+    let s: Vec<f32> = (0..n * (k / BLOCK)).map(|_| 0.01 + lcg(&mut seed).abs() * 0.02).collect();
+    let p = PackedQ8::new(&q, &s, n, k)?;
+    let mut c = vec![f32::NAN; m * n];
+    p.gemm(&a, m, &mut c);
+    let want = reference(&a, &q, &s, m, k, n);
+    Ok(c.iter().zip(&want).fold(0f32, |e, (g, w)| {
+        let d = (g - w).abs() / (1.0 + w.abs());
+        if d.is_nan() || d > e {
+            d
+        } else {
+            e
+        }
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn lcg(seed: &mut u64) -> f32 {
-        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
 
     #[test]
     fn matches_the_reference_on_odd_shapes() {
@@ -527,6 +549,12 @@ mod tests {
             let back = p.dequantize_t();
             assert_eq!(back[n + n - 1], q[(n - 1) * k + 1] as f32 * s[(n - 1) * (k / BLOCK)]);
         }
+    }
+
+    #[test]
+    fn self_check_passes_and_refuses_bad_widths() {
+        assert!(self_check(7, 800, 13, 1).unwrap() < 1e-5);
+        assert!(self_check(5, 30, 3, 1).is_err());
     }
 
     #[test]

@@ -187,7 +187,7 @@ impl Linear {
     /// checkpoint gives back its exact blocks. Errors when the input width is not a multiple
     /// of [`Q8_BLOCK`].
     pub fn quantize(&mut self) -> Result<()> {
-        let (k, n) = self.w_t.dims2()?;
+        let (k, _) = self.w_t.dims2()?;
         if k % Q8_BLOCK != 0 {
             bail!("cannot quantize a linear layer with {k} inputs to int8 (not a multiple of {Q8_BLOCK})");
         }
