@@ -78,8 +78,11 @@ fn quantized_wasm(clip: &Clip) -> Clip {
     q
 }
 
+/// Makes the int8 tower of a model.
+type Quantizer = fn(&Clip) -> Clip;
+
 /// Both int8 forms: (name, quantizer).
-const KERNELS: [(&str, fn(&Clip) -> Clip); 2] = [("candle", quantized), ("wasm", quantized_wasm)];
+const KERNELS: [(&str, Quantizer); 2] = [("candle", quantized), ("wasm", quantized_wasm)];
 
 fn encode(clip: &Clip, pixels: &Tensor) -> VisionOutput {
     let opts = EncodeOptions {

@@ -36,7 +36,7 @@ pub const MR: usize = 4;
 const _: () = assert!(MR == 4);
 /// Depth of one block of `K` (a multiple of [`BLOCK`]).
 pub const KC: usize = 768;
-const _: () = assert!(KC % BLOCK == 0);
+const _: () = assert!(KC.is_multiple_of(BLOCK));
 
 /// Offset added to the relaxed build's activations (quantized to ±63) to make them 0..=126.
 #[cfg(feature = "relaxed-simd")]
@@ -90,7 +90,7 @@ fn slot(c: usize, kk: usize) -> usize {
 impl PackedQ8 {
     /// Packs int8 weights `q` (`[n, k]`, row-major) with their block scales (`[n, k / BLOCK]`).
     pub fn new(q: &[i8], scales: &[f32], n: usize, k: usize) -> Result<Self> {
-        if k == 0 || k % BLOCK != 0 {
+        if k == 0 || !k.is_multiple_of(BLOCK) {
             bail!("int8 GEMM: {k} inputs is not a positive multiple of {BLOCK}");
         }
         if q.len() != n * k || scales.len() != n * (k / BLOCK) {
@@ -139,7 +139,7 @@ impl PackedQ8 {
         if w_t.len() != k * n {
             bail!("int8 GEMM: {} weights for [{k}, {n}]", w_t.len());
         }
-        if k == 0 || k % BLOCK != 0 {
+        if k == 0 || !k.is_multiple_of(BLOCK) {
             bail!("int8 GEMM: {k} inputs is not a positive multiple of {BLOCK}");
         }
         let kb = k / BLOCK;
@@ -513,7 +513,9 @@ pub fn self_check(m: usize, k: usize, n: usize, seed: u64) -> Result<f32> {
     let mut seed = seed;
     let a: Vec<f32> = (0..m * k).map(|_| lcg(&mut seed) * 3.0).collect();
     let q: Vec<i8> = (0..n * k).map(|_| (lcg(&mut seed) * 127.0).round() as i8).collect();
-    let s: Vec<f32> = (0..n * (k / BLOCK)).map(|_| 0.01 + lcg(&mut seed).abs() * 0.02).collect();
+    let s: Vec<f32> = (0..n * (k / BLOCK))
+        .map(|_| 0.01 + lcg(&mut seed).abs() * 0.02)
+        .collect();
     let p = PackedQ8::new(&q, &s, n, k)?;
     let mut c = vec![f32::NAN; m * n];
     p.gemm(&a, m, &mut c);
