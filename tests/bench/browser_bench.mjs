@@ -15,7 +15,8 @@
 //   --variants picks our wasm module variants (simd: SIMD128, relaxed: + relaxed SIMD, in
 //   www/dist/pkg-relaxed and pkg-threads-relaxed when ./build.sh build made them); each is its
 //   own row.
-//   --q8-model DIR also runs our q8 checkpoint (anoscope convert --dtype q8) as peer ours-q8.
+//   --q8-model DIR also runs our q8 checkpoint (anoscope convert --dtype q8) as peer ours-q8;
+//   with --q8-only, ours-q8 alone (not our f32 checkpoint).
 //   --text also times one prompt through our text tower (compare: tests/reference/bench_text.py)
 //   --surgery K runs our pass with the CLIP Surgery path in the last K blocks (fast mode: half)
 //   Our blocks also print the wasm linear memory after the runs (its peak: it never shrinks).
@@ -46,6 +47,7 @@ const { values: a } = parseArgs({
     onnx: { type: 'string' },
     'onnx-q8': { type: 'string' },
     'q8-model': { type: 'string' },
+    'q8-only': { type: 'boolean', default: false },
     variants: { type: 'string', default: 'simd' },
     pkg: { type: 'string', default: join(root, 'www/dist/pkg') },
     'pkg-threads': { type: 'string', default: join(root, 'www/dist/pkg-threads') },
@@ -162,7 +164,8 @@ async function block(peer, threads, task = 'image', variant = 'simd') {
 }
 
 // [peer, threads, variant]: our f32 (and q8) checkpoint per module variant, then the peers.
-const oursPeers = a['q8-model'] ? ['ours', 'oursq8'] : ['ours'];
+// --q8-only: only our q8 checkpoint (--model is then still served but not timed).
+const oursPeers = a['q8-model'] ? (a['q8-only'] ? ['oursq8'] : ['ours', 'oursq8']) : ['ours'];
 const configs = [
   ...oursPeers.flatMap((p) => variants.flatMap((v) => oursThreads.map((t) => [p, t, v]))),
   ...ortThreads.map((t) => ['ort', t, 'simd']),

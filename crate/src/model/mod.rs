@@ -13,6 +13,7 @@ pub mod text;
 pub mod vision;
 #[cfg(all(target_arch = "wasm32", feature = "relaxed-simd"))]
 pub mod wasm_gemm;
+pub mod wasm_qgemm;
 pub mod weights;
 
 pub use checkpoint::TensorSource;

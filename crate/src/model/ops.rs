@@ -29,16 +29,22 @@ impl Linear {
         let last = dims[dims.len() - 1];
         let rows = x.elem_count() / last;
         let x = x.contiguous()?.reshape((rows, last))?;
-        let y = match &self.q8 {
-            Some(q) => candle_core::Module::forward(q, &x)?,
-            None => matmul_2d(&x, &self.w_t)?,
+        let y = match (&self.packed, &self.q8) {
+            (Some(p), _) => {
+                let a = x.flatten_all()?.to_vec1::<f32>()?;
+                let mut c = vec![0f32; rows * p.n()];
+                p.gemm(&a, rows, &mut c);
+                Tensor::from_vec(c, (rows, p.n()), x.device())?
+            }
+            (None, Some(q)) => candle_core::Module::forward(q, &x)?,
+            (None, None) => matmul_2d(&x, &self.w_t)?,
         };
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
         };
         let mut out_dims = dims;
-        *out_dims.last_mut().unwrap() = self.w_t.dim(1)?;
+        *out_dims.last_mut().unwrap() = self.out_dim()?;
         Ok(y.reshape(out_dims)?)
     }
 }

@@ -154,33 +154,82 @@ pub struct Norm {
 /// A linear layer stored transposed (`[in, out]`, contiguous) so that `x @ w_t + b` is one gemm.
 #[derive(Clone, Debug)]
 pub struct Linear {
-    /// The weight matrix transposed, `[in, out]`, contiguous.
+    /// The weight matrix transposed, `[in, out]`, contiguous. In a wasm build whose layer runs
+    /// in int8 ([`Linear::packed`]) it is empty (`[0, out]`): the int8 weights are the only
+    /// copy ([`Linear::weight_t`] scales them back for the GPU).
     pub w_t: Tensor,
     /// Added to every output row, `[out]` (`None`: no bias).
     pub bias: Option<Tensor>,
-    /// The int8 form of `w_t` ([`Linear::quantize`]); when set, [`Linear::forward`] runs it
-    /// instead of the f32 matmul (`w_t` stays, for the GPU and as the reference).
+    /// The int8 form of `w_t` natively ([`Linear::quantize`]); when set, [`Linear::forward`]
+    /// runs it instead of the f32 matmul (`w_t` stays, for the GPU and as the reference).
     pub q8: Option<QMatMul>,
+    /// The int8 form in a wasm build ([`Linear::quantize`]): the packed panels of our own int8
+    /// GEMM ([`super::wasm_qgemm`]), run by [`Linear::forward`].
+    pub packed: Option<std::sync::Arc<super::wasm_qgemm::PackedQ8>>,
 }
 
 impl Linear {
     /// A layer with f32 weights only.
     pub fn new(w_t: Tensor, bias: Option<Tensor>) -> Self {
-        Self { w_t, bias, q8: None }
+        Self {
+            w_t,
+            bias,
+            q8: None,
+            packed: None,
+        }
     }
 
-    /// Adds the int8 form of the weights: candle's Q8_0 (per output channel, one f16 scale per
+    /// Adds the int8 form of the weights, Q8_0 blocks (per output channel, one f16 scale per
     /// [`Q8_BLOCK`] input values; activations quantized per row block at run time, i32
-    /// accumulation). Re-quantizing weights read from a q8 checkpoint gives back its exact
-    /// blocks. Errors when the input width is not a multiple of [`Q8_BLOCK`].
+    /// accumulation): natively candle's `QMatMul`; in wasm our packed GEMM
+    /// ([`super::wasm_qgemm`]), which then holds the only copy of the weights (`w_t` is
+    /// emptied, 4 bytes a weight freed for about 1.2). Re-quantizing weights read from a q8
+    /// checkpoint gives back its exact blocks. Errors when the input width is not a multiple
+    /// of [`Q8_BLOCK`].
     pub fn quantize(&mut self) -> Result<()> {
         let (k, _) = self.w_t.dims2()?;
         if k % Q8_BLOCK != 0 {
             bail!("cannot quantize a linear layer with {k} inputs to int8 (not a multiple of {Q8_BLOCK})");
         }
+        if cfg!(target_arch = "wasm32") {
+            return self.quantize_packed();
+        }
         let w = self.w_t.t()?.contiguous()?; // [out, in]: blocks run along the inputs
         self.q8 = Some(QMatMul::from_qtensor(QTensor::quantize(&w, GgmlDType::Q8_0)?)?);
         Ok(())
+    }
+
+    /// [`Linear::quantize`] as the wasm build does it, on any target: the packed int8 GEMM of
+    /// [`super::wasm_qgemm`] (off wasm its micro-kernel is plain scalar code with the same
+    /// arithmetic: slow, for testing the wasm path's accuracy natively), `w_t` emptied.
+    pub fn quantize_packed(&mut self) -> Result<()> {
+        let (k, n) = self.w_t.dims2()?;
+        let w = self.w_t.flatten_all()?.to_vec1::<f32>()?;
+        self.packed = Some(std::sync::Arc::new(super::wasm_qgemm::PackedQ8::quantize(&w, k, n)?));
+        self.w_t = Tensor::zeros((0, n), candle_core::DType::F32, &Device::Cpu)?;
+        Ok(())
+    }
+
+    /// Outputs of the layer.
+    pub fn out_dim(&self) -> Result<usize> {
+        Ok(self.w_t.dim(1)?)
+    }
+
+    /// Inputs of the layer.
+    pub fn in_dim(&self) -> Result<usize> {
+        match &self.packed {
+            Some(p) => Ok(p.k()),
+            None => Ok(self.w_t.dim(0)?),
+        }
+    }
+
+    /// The weights as f32 `[in, out]`: `w_t`, or where only the int8 form is held, its values
+    /// scaled back (exactly the f32 weights of a q8 checkpoint).
+    pub fn weight_t(&self) -> Result<Tensor> {
+        match &self.packed {
+            Some(p) if self.w_t.dim(0)? == 0 => Ok(Tensor::from_vec(p.dequantize_t(), (p.k(), p.n()), &Device::Cpu)?),
+            _ => Ok(self.w_t.clone()),
+        }
     }
 }
 
@@ -311,15 +360,12 @@ impl VisionWeights {
                 "visual.ln_post",
             ),
         };
-        // A q8 checkpoint (its block weights stored as int8): run them in int8 natively. Not in
-        // wasm32: there candle's Q8_0 matmul (SIMD128 vec_dot) measured 1.5-1.9x slower than its
-        // f32 matmul on the ViT-B/16 GEMMs (docs/speed.md), so a q8 file there is a smaller
-        // download run in f32; `ClipModel.quantizeInt8()` still turns int8 on.
-        let q8 = cfg!(not(target_arch = "wasm32"))
-            && src.is_q8(&match cfg.layout {
-                Layout::HuggingFace => format!("{blocks}.0.mlp.fc1.weight"),
-                Layout::OpenClip => format!("{blocks}.0.mlp.c_fc.weight"),
-            });
+        // A q8 checkpoint (its block weights stored as int8): run them in int8 (natively
+        // candle's QMatMul, in wasm our packed int8 GEMM, faster than f32 there: docs/speed.md).
+        let q8 = src.is_q8(&match cfg.layout {
+            Layout::HuggingFace => format!("{blocks}.0.mlp.fc1.weight"),
+            Layout::OpenClip => format!("{blocks}.0.mlp.c_fc.weight"),
+        });
         let patch = src.get(conv, &[d, 3, p, p])?;
         let proj = match cfg.layout {
             Layout::HuggingFace => src
@@ -328,20 +374,25 @@ impl VisionWeights {
                 .contiguous()?,
             Layout::OpenClip => src.get("visual.proj", &[d, cfg.embed_dim])?,
         };
-        let mut w = Self {
+        let w = Self {
             patch_w_t: patch.reshape((d, 3 * p * p))?.t()?.contiguous()?,
             class_embedding: src.get(cls, &[d])?,
             pos_embedding: src.get(pos, &[g * g + 1, d])?,
             ln_pre: norm(src, ln_pre, d, v.ln_eps)?,
+            // Each block quantized as soon as it is read: in wasm its f32 weights are freed
+            // before the next block's are made.
             blocks: (0..v.layers)
-                .map(|i| block(src, cfg.layout, &format!("{blocks}.{i}"), d, v.mlp_width, v.ln_eps))
+                .map(|i| {
+                    let mut b = block(src, cfg.layout, &format!("{blocks}.{i}"), d, v.mlp_width, v.ln_eps)?;
+                    if q8 {
+                        quantize_block(&mut b)?;
+                    }
+                    Ok(b)
+                })
                 .collect::<Result<_>>()?,
             ln_post: norm(src, ln_post, d, v.ln_eps)?,
             proj,
         };
-        if q8 {
-            w.quantize()?;
-        }
         Ok(w)
     }
 
@@ -349,11 +400,16 @@ impl VisionWeights {
     /// ([`Linear::quantize`]). The patch embedding and the final projection stay f32 (under 1 %
     /// of the work), as does a layer whose input width is not a multiple of [`Q8_BLOCK`].
     pub fn quantize(&mut self) -> Result<()> {
+        self.blocks.iter_mut().try_for_each(quantize_block)
+    }
+
+    /// [`VisionWeights::quantize`] with the wasm build's int8 GEMM on any target
+    /// ([`Linear::quantize_packed`]; natively slow, for tests).
+    pub fn quantize_packed(&mut self) -> Result<()> {
         for b in &mut self.blocks {
             for l in [&mut b.qkv, &mut b.out, &mut b.fc1, &mut b.fc2] {
-                // A width that is not a multiple of the block stays f32 (no ViT config has one).
-                if l.w_t.dim(0)? % Q8_BLOCK == 0 {
-                    l.quantize()?;
+                if l.q8.is_none() && l.packed.is_none() && l.w_t.dim(0)? % Q8_BLOCK == 0 {
+                    l.quantize_packed()?;
                 }
             }
         }
@@ -362,8 +418,32 @@ impl VisionWeights {
 
     /// Whether the blocks run in int8 ([`VisionWeights::quantize`]).
     pub fn is_q8(&self) -> bool {
-        self.blocks.first().is_some_and(|b| b.fc1.q8.is_some())
+        self.blocks
+            .first()
+            .is_some_and(|b| b.fc1.q8.is_some() || b.fc1.packed.is_some())
     }
+
+    /// Gives every layer that holds only its int8 form (wasm) its f32 `w_t` back, scaled from
+    /// the int8 values ([`Linear::weight_t`]): what the GPU tower uploads.
+    pub fn restore_f32(&mut self) -> Result<()> {
+        for b in &mut self.blocks {
+            for l in [&mut b.qkv, &mut b.out, &mut b.fc1, &mut b.fc2] {
+                l.w_t = l.weight_t()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Gives a block's linear layers their int8 form ([`Linear::quantize`]), but a layer whose
+/// input width is not a multiple of [`Q8_BLOCK`] (no ViT config has one), which stays f32.
+fn quantize_block(b: &mut Block) -> Result<()> {
+    for l in [&mut b.qkv, &mut b.out, &mut b.fc1, &mut b.fc2] {
+        if l.q8.is_none() && l.packed.is_none() && l.w_t.dim(0)? % Q8_BLOCK == 0 {
+            l.quantize()?;
+        }
+    }
+    Ok(())
 }
 
 impl TextWeights {

@@ -91,6 +91,9 @@ impl ClipModel {
         future_to_promise(async move {
             let run = async {
                 let ctx = GpuContext::new().await?;
+                // An int8 tower holds only its int8 weights here: the GPU gets them scaled back.
+                let mut tower = tower.clone();
+                tower.w.restore_f32()?;
                 let vision = GpuVision::new(ctx, &tower).await?;
                 let name = vision.ctx().describe();
                 let gpu = Rc::new(WebGpu {

@@ -93,6 +93,14 @@ pub fn limits() -> String {
     .to_string()
 }
 
+/// Test hook of the wasm suite: runs this build's int8 GEMM (SIMD128, or relaxed SIMD in the
+/// relaxed build; `crate::model::wasm_qgemm`) on pseudo-random `[m, k] × [k, n]` values (`k` a
+/// multiple of 32) against its scalar reference; returns the largest `|Δ| / (1 + |want|)`.
+#[wasm_bindgen(js_name = int8GemmCheck)]
+pub fn int8_gemm_check(m: usize, k: usize, n: usize, seed: u32) -> Result<f32, JsError> {
+    crate::model::wasm_qgemm::self_check(m, k, n, seed as u64).map_err(|e| JsError::new(&format!("{e:#}")))
+}
+
 /// The overlay the page draws: `inputRgba` (`width × height` RGBA, as [`Detection::input`]
 /// returns) with the inferno heatmap of `map` (same size, fixed range `[0, 1]`) blended at
 /// `opacity` (0..1) and, when `threshold` is finite, the cyan outline of `map >= threshold` on

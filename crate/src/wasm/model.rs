@@ -251,8 +251,8 @@ impl ClipModel {
         self.clip.cfg.vision.image_size
     }
 
-    /// Whether the image tower's block linear layers run in int8 (after `quantizeInt8`; in the
-    /// browser a q8 checkpoint loads as f32, candle's wasm int8 kernel being slower than f32:
+    /// Whether the image tower's block linear layers run in int8 (a q8 checkpoint, or after
+    /// `quantizeInt8`), on our packed int8 GEMM (`model::wasm_qgemm`: faster than f32 here,
     /// docs/speed.md).
     #[wasm_bindgen(js_name = isInt8)]
     pub fn is_int8(&self) -> bool {
@@ -260,7 +260,8 @@ impl ClipModel {
     }
 
     /// Runs the image tower's block linear layers in int8 from now on (weights quantized here,
-    /// as a q8 checkpoint stores them; a no-op when they already are).
+    /// as a q8 checkpoint stores them, and their f32 copy freed; a no-op when they already
+    /// are). A later `useGpu` uploads the int8 weights scaled back to f32.
     #[wasm_bindgen(js_name = quantizeInt8)]
     pub fn quantize_int8(&mut self) -> Result<(), JsError> {
         self.clip.quantize_vision().map_err(js_err)

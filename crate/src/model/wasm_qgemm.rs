@@ -1,0 +1,575 @@
+//! The int8 GEMM of the wasm builds: `C = A · Wᵀ` for a [`Linear`](super::weights::Linear)
+//! layer with int8 weights (`W` the `[N, K]` weight, one scale per [`BLOCK`] inputs of each
+//! output, as a q8 checkpoint stores it; `A` the `[M, K]` f32 activations, quantized here per
+//! row and block at run time), i32 products per block, scaled into f32 accumulators.
+//!
+//! Why our own kernel: candle's Q8_0 matmul in wasm is a vector dot per output (one row of `A`
+//! against one row of `W`, then a horizontal sum), which measured 1.5–2.7× slower than our f32
+//! matmul on ViT-B/16's GEMMs (docs/speed.md). Here the weights are packed once, at load, into
+//! panels of [`NR`] outputs interleaved so that each `i32x4` lane accumulates one output
+//! (no horizontal sums), and every group of [`MR`] rows runs over a panel while it is in L1.
+//!
+//! Two instruction sets, picked at compile time:
+//! * SIMD128 (every wasm build): activations symmetric int8 per row and block (`d = amax/127`,
+//!   as candle's Q8_0), widened to i16 when quantized; the panel holds the weights of 8 outputs
+//!   × 2 inputs per 16 bytes, widened in the kernel, multiplied by `i32x4.dot_i16x8_s` (8
+//!   multiply-adds per instruction).
+//! * relaxed SIMD (the `relaxed-simd` feature): `i32x4.relaxed_dot_i8x16_i7x16_add_s` (16
+//!   multiply-adds). Its second operand must lie in 0..=127 for every engine to give the same
+//!   result, so the activations are quantized to ±63 (`d = amax/63`) and stored plus 64 (u7);
+//!   the kernel starts each block's i32 sums at `-64 · Σ w` (precomputed per output and block),
+//!   which cancels the offset exactly. The weights keep all 8 bits: they are the file's
+//!   (what the native path runs), and halving their resolution instead would have cost more
+//!   than the activations' lost bit (their error is per block, against an f32 input rounded
+//!   once per run).
+//!
+//! Memory: the packed weights are the int8 values plus one f32 scale per block (and in the
+//! relaxed build one i32 per block): 1.16× (1.28×) the int8 bytes, against 4× for f32.
+use super::checkpoint::Q8_BLOCK as BLOCK;
+use anyhow::{bail, Result};
+
+/// Outputs (columns of `C`) per packed panel.
+pub const NR: usize = 8;
+/// Rows of `A` per micro-kernel call.
+pub const MR: usize = 4;
+// The remainder kernels below go up to 3 rows.
+const _: () = assert!(MR == 4);
+/// Depth of one block of `K` (a multiple of [`BLOCK`]).
+pub const KC: usize = 768;
+const _: () = assert!(KC.is_multiple_of(BLOCK));
+
+/// Offset added to the relaxed build's activations (quantized to ±63) to make them 0..=126.
+#[cfg(feature = "relaxed-simd")]
+const ZERO: i32 = 64;
+/// Largest quantized activation magnitude.
+#[cfg(feature = "relaxed-simd")]
+const QMAX: f32 = 63.0;
+#[cfg(not(feature = "relaxed-simd"))]
+const QMAX: f32 = 127.0;
+
+/// An activation value as the kernel reads it: i16 (SIMD128) or u8 (relaxed, offset by 64).
+#[cfg(feature = "relaxed-simd")]
+type AVal = u8;
+#[cfg(not(feature = "relaxed-simd"))]
+type AVal = i16;
+
+/// The int8 weights of one linear layer, packed for [`PackedQ8::gemm`].
+#[derive(Clone)]
+pub struct PackedQ8 {
+    /// Inputs (a multiple of [`BLOCK`]).
+    k: usize,
+    /// Outputs.
+    n: usize,
+    /// Panel after panel (`ceil(n / NR)`, zero-padded outputs), each `k · NR` bytes.
+    ints: Vec<i8>,
+    /// Per panel, per block of `K`: the [`NR`] weight scales.
+    scales: Vec<f32>,
+    /// Per panel, per block: `-64 · Σ w` of each output (the relaxed build's offset).
+    #[cfg(feature = "relaxed-simd")]
+    corr: Vec<i32>,
+}
+
+impl std::fmt::Debug for PackedQ8 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PackedQ8 {{ k: {}, n: {} }}", self.k, self.n)
+    }
+}
+
+/// Index in a panel of weight `(c, kk)` (output `c < NR`, input `kk < k`).
+#[inline]
+fn slot(c: usize, kk: usize) -> usize {
+    if cfg!(feature = "relaxed-simd") {
+        // 32 bytes per 4 inputs: outputs 0-3 × 4 inputs, then outputs 4-7 × 4 inputs.
+        (kk / 4) * 32 + (c / 4) * 16 + (c % 4) * 4 + kk % 4
+    } else {
+        // 16 bytes per 2 inputs: outputs 0-7 × 2 inputs.
+        (kk / 2) * 16 + c * 2 + kk % 2
+    }
+}
+
+impl PackedQ8 {
+    /// Packs int8 weights `q` (`[n, k]`, row-major) with their block scales (`[n, k / BLOCK]`).
+    pub fn new(q: &[i8], scales: &[f32], n: usize, k: usize) -> Result<Self> {
+        if k == 0 || !k.is_multiple_of(BLOCK) {
+            bail!("int8 GEMM: {k} inputs is not a positive multiple of {BLOCK}");
+        }
+        if q.len() != n * k || scales.len() != n * (k / BLOCK) {
+            bail!(
+                "int8 GEMM: {} weights and {} scales for [{n}, {k}]",
+                q.len(),
+                scales.len()
+            );
+        }
+        let panels = n.div_ceil(NR);
+        let kb = k / BLOCK;
+        let mut ints = vec![0i8; panels * k * NR];
+        let mut sc = vec![0f32; panels * kb * NR];
+        #[cfg(feature = "relaxed-simd")]
+        let mut corr = vec![0i32; panels * kb * NR];
+        for j in 0..n {
+            let (p, c) = (j / NR, j % NR);
+            let panel = &mut ints[p * k * NR..(p + 1) * k * NR];
+            let row = &q[j * k..(j + 1) * k];
+            for (kk, &v) in row.iter().enumerate() {
+                panel[slot(c, kk)] = v;
+            }
+            for b in 0..kb {
+                sc[(p * kb + b) * NR + c] = scales[j * kb + b];
+                #[cfg(feature = "relaxed-simd")]
+                {
+                    let s: i32 = row[b * BLOCK..(b + 1) * BLOCK].iter().map(|&v| v as i32).sum();
+                    corr[(p * kb + b) * NR + c] = -ZERO * s;
+                }
+            }
+        }
+        Ok(Self {
+            k,
+            n,
+            ints,
+            scales: sc,
+            #[cfg(feature = "relaxed-simd")]
+            corr,
+        })
+    }
+
+    /// Quantizes `w_t` (`[k, n]`, row-major: the transposed weight of a linear layer) to int8
+    /// blocks along `k` as candle's Q8_0 does (scale `amax / 127` rounded to f16, values
+    /// `round(x / scale)`), then packs them. Weights read from a q8 checkpoint come back exact.
+    pub fn quantize(w_t: &[f32], k: usize, n: usize) -> Result<Self> {
+        if w_t.len() != k * n {
+            bail!("int8 GEMM: {} weights for [{k}, {n}]", w_t.len());
+        }
+        if k == 0 || !k.is_multiple_of(BLOCK) {
+            bail!("int8 GEMM: {k} inputs is not a positive multiple of {BLOCK}");
+        }
+        let kb = k / BLOCK;
+        let mut q = vec![0i8; n * k];
+        let mut scales = vec![0f32; n * kb];
+        let mut col = [0f32; BLOCK];
+        for j in 0..n {
+            for b in 0..kb {
+                for (i, v) in col.iter_mut().enumerate() {
+                    *v = w_t[(b * BLOCK + i) * n + j];
+                }
+                let amax = col.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let d = amax / 127.0;
+                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                scales[j * kb + b] = half::f16::from_f32(d).to_f32();
+                for (i, v) in col.iter().enumerate() {
+                    q[j * k + b * BLOCK + i] = (v * id).round() as i8;
+                }
+            }
+        }
+        Self::new(&q, &scales, n, k)
+    }
+
+    /// Inputs of the layer.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// Outputs of the layer.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// Bytes held (packed weights, scales and corrections).
+    pub fn bytes(&self) -> usize {
+        #[cfg(feature = "relaxed-simd")]
+        let extra = self.corr.len() * 4;
+        #[cfg(not(feature = "relaxed-simd"))]
+        let extra = 0;
+        self.ints.len() + self.scales.len() * 4 + extra
+    }
+
+    /// The weights as f32 `w_t` (`[k, n]`, each int8 value times its scale).
+    pub fn dequantize_t(&self) -> Vec<f32> {
+        let (k, n, kb) = (self.k, self.n, self.k / BLOCK);
+        let mut w = vec![0f32; k * n];
+        for j in 0..n {
+            let (p, c) = (j / NR, j % NR);
+            let panel = &self.ints[p * k * NR..];
+            for kk in 0..k {
+                w[kk * n + j] = panel[slot(c, kk)] as f32 * self.scales[(p * kb + kk / BLOCK) * NR + c];
+            }
+        }
+        w
+    }
+
+    /// `c[m × n] = a[m × k] · Wᵀ`, `a` and `c` row-major; `c` is overwritten.
+    pub fn gemm(&self, a: &[f32], m: usize, c: &mut [f32]) {
+        let (k, n) = (self.k, self.n);
+        assert!(a.len() >= m * k && c.len() >= m * n, "int8 gemm: short slices");
+        if m == 0 || n == 0 {
+            return;
+        }
+        let kb = k / BLOCK;
+        let (qa, sa) = quantize_rows(&a[..m * k], m, k);
+        let mut k0 = 0;
+        while k0 < k {
+            let kc = KC.min(k - k0);
+            let (b0, nb) = (k0 / BLOCK, kc / BLOCK);
+            for p in 0..n.div_ceil(NR) {
+                let j0 = p * NR;
+                let nc = NR.min(n - j0);
+                let w = &self.ints[p * k * NR + k0 * NR..];
+                let ws = &self.scales[(p * kb + b0) * NR..];
+                #[cfg(feature = "relaxed-simd")]
+                let wc = &self.corr[(p * kb + b0) * NR..];
+                #[cfg(not(feature = "relaxed-simd"))]
+                let wc: &[i32] = &[];
+                let tile = Tile {
+                    a: &qa[k0 * m..],
+                    kc,
+                    sa: &sa,
+                    kb,
+                    b0,
+                    nb,
+                    w,
+                    ws,
+                    wc,
+                    n,
+                    j0,
+                    nc,
+                    first: k0 == 0,
+                };
+                let mut i0 = 0;
+                while i0 + MR <= m {
+                    // SAFETY: rows i0..i0+MR < m, blocks b0..b0+nb ≤ kb, columns j0..j0+nc ≤ n.
+                    unsafe { kernel::<MR>(&tile, i0, c) };
+                    i0 += MR;
+                }
+                // SAFETY: as above with the m - i0 < MR remaining rows.
+                unsafe {
+                    match m - i0 {
+                        0 => {}
+                        1 => kernel::<1>(&tile, i0, c),
+                        2 => kernel::<2>(&tile, i0, c),
+                        _ => kernel::<3>(&tile, i0, c),
+                    }
+                }
+            }
+            k0 += kc;
+        }
+    }
+}
+
+/// Quantizes the rows of `a` (`[m, k]`) per block of [`BLOCK`]: symmetric, `d = amax / QMAX`,
+/// values rounded to nearest (ties to even); in the relaxed build offset by 64. Returns the
+/// values and the scales (`[m, k / BLOCK]`).
+///
+/// The values are laid out K block after K block ([`KC`] inputs; the last may be shorter),
+/// each `[m, kc]` row-major, so that the rows a micro-kernel reads are close together.
+fn quantize_rows(a: &[f32], m: usize, k: usize) -> (Vec<AVal>, Vec<f32>) {
+    let kb = k / BLOCK;
+    let mut q: Vec<AVal> = vec![0; m * k];
+    let mut s = vec![0f32; m * kb];
+    for i in 0..m {
+        for b in 0..kb {
+            let kk = b * BLOCK;
+            let (k0, kc) = ((kk / KC) * KC, KC.min(k - (kk / KC) * KC));
+            let dst = k0 * m + i * kc + (kk - k0);
+            // SAFETY: both blocks hold BLOCK values.
+            s[i * kb + b] = unsafe { quantize_block(&a[i * k + kk..i * k + kk + BLOCK], &mut q[dst..dst + BLOCK]) };
+        }
+    }
+    (q, s)
+}
+
+/// One block of [`quantize_rows`], in SIMD128; returns its scale.
+///
+/// # Safety
+/// `src` and `dst` hold [`BLOCK`] values.
+#[cfg(target_arch = "wasm32")]
+#[inline]
+unsafe fn quantize_block(src: &[f32], dst: &mut [AVal]) -> f32 {
+    use core::arch::wasm32::*;
+    let p = src.as_ptr();
+    let mut x = [f32x4_splat(0.0); BLOCK / 4];
+    let mut mx = f32x4_splat(0.0);
+    for (i, v) in x.iter_mut().enumerate() {
+        *v = v128_load(p.add(4 * i) as *const v128);
+        mx = f32x4_max(mx, f32x4_abs(*v));
+    }
+    let mx = f32x4_max(mx, i32x4_shuffle::<2, 3, 0, 1>(mx, mx));
+    let mx = f32x4_max(mx, i32x4_shuffle::<1, 0, 3, 2>(mx, mx));
+    let amax = f32x4_extract_lane::<0>(mx);
+    if amax == 0.0 || !amax.is_finite() {
+        // All zeros (or a non-finite input, which then gives a zero scale and zero values: the
+        // f32 path would have given NaN; the encoders never produce one).
+        let zero = quantize_value(0.0, 0.0);
+        dst.fill(zero);
+        return 0.0;
+    }
+    let id = f32x4_splat(QMAX / amax);
+    let mut w = [i32x4_splat(0); BLOCK / 4];
+    for (o, v) in w.iter_mut().zip(&x) {
+        *o = i32x4_trunc_sat_f32x4(f32x4_nearest(f32x4_mul(*v, id)));
+    }
+    let out = dst.as_mut_ptr();
+    #[cfg(not(feature = "relaxed-simd"))]
+    for i in 0..BLOCK / 8 {
+        v128_store(out.add(8 * i) as *mut v128, i16x8_narrow_i32x4(w[2 * i], w[2 * i + 1]));
+    }
+    #[cfg(feature = "relaxed-simd")]
+    {
+        let off = i16x8_splat(ZERO as i16);
+        for i in 0..BLOCK / 16 {
+            let lo = i16x8_add(i16x8_narrow_i32x4(w[4 * i], w[4 * i + 1]), off);
+            let hi = i16x8_add(i16x8_narrow_i32x4(w[4 * i + 2], w[4 * i + 3]), off);
+            v128_store(out.add(16 * i) as *mut v128, u8x16_narrow_i16x8(lo, hi));
+        }
+    }
+    amax / QMAX
+}
+
+/// [`quantize_block`] off wasm (the packing and the reference are tested natively too).
+///
+/// # Safety
+/// None needed; `unsafe` to match the wasm version.
+#[cfg(not(target_arch = "wasm32"))]
+unsafe fn quantize_block(src: &[f32], dst: &mut [AVal]) -> f32 {
+    let amax = src.iter().fold(0f32, |m, v| m.max(v.abs()));
+    if amax == 0.0 || !amax.is_finite() {
+        dst.fill(quantize_value(0.0, 0.0));
+        return 0.0;
+    }
+    let id = QMAX / amax;
+    for (o, v) in dst.iter_mut().zip(src) {
+        *o = quantize_value(*v, id);
+    }
+    amax / QMAX
+}
+
+/// One activation value quantized with inverse scale `id` (scalar form of [`quantize_block`]).
+fn quantize_value(v: f32, id: f32) -> AVal {
+    let q = (v * id).round_ties_even() as i32;
+    #[cfg(feature = "relaxed-simd")]
+    return (q + ZERO) as u8;
+    #[cfg(not(feature = "relaxed-simd"))]
+    return q as i16;
+}
+
+/// What every micro-kernel call of one (K block, panel) shares.
+struct Tile<'a> {
+    /// Quantized activations of this K block, `[m, kc]`.
+    a: &'a [AVal],
+    /// `kc`, the row stride of `a`.
+    kc: usize,
+    /// Their scales, `[m, kb]`.
+    sa: &'a [f32],
+    /// Blocks per row of `sa`, and this K block's first block index.
+    kb: usize,
+    b0: usize,
+    /// Blocks in this K block.
+    nb: usize,
+    /// The panel from input `k0` on, its scales and (relaxed) corrections from block `b0` on.
+    w: &'a [i8],
+    ws: &'a [f32],
+    #[cfg_attr(not(feature = "relaxed-simd"), allow(dead_code))]
+    wc: &'a [i32],
+    /// Row stride of `C`, first column of the panel, and its real columns.
+    n: usize,
+    j0: usize,
+    nc: usize,
+    /// Overwrite `C` (first K block) instead of adding to it.
+    first: bool,
+}
+
+/// `C[i0..i0+R, j0..j0+nc] (+)= A[i0..i0+R, k0..k0+kc] · panel`.
+///
+/// # Safety
+/// `i0 + R ≤ m` and the tile's ranges lie inside its slices and `c` (`[m, n]`).
+#[cfg(target_arch = "wasm32")]
+#[cfg_attr(feature = "relaxed-simd", target_feature(enable = "relaxed-simd"))]
+unsafe fn kernel<const R: usize>(t: &Tile<'_>, i0: usize, c: &mut [f32]) {
+    use core::arch::wasm32::*;
+    let mut acc = [[f32x4_splat(0.0); 2]; R];
+    let ap = t.a.as_ptr().add(i0 * t.kc);
+    let sp = t.sa.as_ptr().add(i0 * t.kb + t.b0);
+    for b in 0..t.nb {
+        #[cfg(not(feature = "relaxed-simd"))]
+        let mut iacc = [[i32x4_splat(0); 2]; R];
+        #[cfg(feature = "relaxed-simd")]
+        let mut iacc = {
+            let c0 = v128_load(t.wc.as_ptr().add(b * NR) as *const v128);
+            let c1 = v128_load(t.wc.as_ptr().add(b * NR + 4) as *const v128);
+            [[c0, c1]; R]
+        };
+        let wp = t.w.as_ptr().add(b * BLOCK * NR);
+        let abp = ap.add(b * BLOCK);
+        #[cfg(not(feature = "relaxed-simd"))]
+        for s in 0..BLOCK / 2 {
+            let wv = v128_load(wp.add(16 * s) as *const v128);
+            let w0 = i16x8_extend_low_i8x16(wv);
+            let w1 = i16x8_extend_high_i8x16(wv);
+            for (r, iacc) in iacc.iter_mut().enumerate() {
+                let x = v128_load32_splat(abp.add(r * t.kc + 2 * s) as *const u32);
+                iacc[0] = i32x4_add(iacc[0], i32x4_dot_i16x8(x, w0));
+                iacc[1] = i32x4_add(iacc[1], i32x4_dot_i16x8(x, w1));
+            }
+        }
+        #[cfg(feature = "relaxed-simd")]
+        for s in 0..BLOCK / 4 {
+            let w0 = v128_load(wp.add(32 * s) as *const v128);
+            let w1 = v128_load(wp.add(32 * s + 16) as *const v128);
+            for (r, iacc) in iacc.iter_mut().enumerate() {
+                let x = v128_load32_splat(abp.add(r * t.kc + 4 * s) as *const u32);
+                iacc[0] = i32x4_relaxed_dot_i8x16_i7x16_add(w0, x, iacc[0]);
+                iacc[1] = i32x4_relaxed_dot_i8x16_i7x16_add(w1, x, iacc[1]);
+            }
+        }
+        let s0 = v128_load(t.ws.as_ptr().add(b * NR) as *const v128);
+        let s1 = v128_load(t.ws.as_ptr().add(b * NR + 4) as *const v128);
+        for (r, (acc, iacc)) in acc.iter_mut().zip(&iacc).enumerate() {
+            let sa = f32x4_splat(*sp.add(r * t.kb + b));
+            acc[0] = f32x4_add(acc[0], f32x4_mul(f32x4_convert_i32x4(iacc[0]), f32x4_mul(s0, sa)));
+            acc[1] = f32x4_add(acc[1], f32x4_mul(f32x4_convert_i32x4(iacc[1]), f32x4_mul(s1, sa)));
+        }
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        let cp = c.as_mut_ptr().add((i0 + r) * t.n + t.j0);
+        if t.nc == NR {
+            let (mut v0, mut v1) = (acc[0], acc[1]);
+            if !t.first {
+                v0 = f32x4_add(v0, v128_load(cp as *const v128));
+                v1 = f32x4_add(v1, v128_load(cp.add(4) as *const v128));
+            }
+            v128_store(cp as *mut v128, v0);
+            v128_store(cp.add(4) as *mut v128, v1);
+        } else {
+            let mut lanes = [0f32; NR];
+            v128_store(lanes.as_mut_ptr() as *mut v128, acc[0]);
+            v128_store(lanes.as_mut_ptr().add(4) as *mut v128, acc[1]);
+            for (j, v) in lanes.iter().take(t.nc).enumerate() {
+                let dst = cp.add(j);
+                *dst = if t.first { *v } else { *dst + *v };
+            }
+        }
+    }
+}
+
+/// The micro-kernel in scalar code off wasm (the same arithmetic, for native tests).
+///
+/// # Safety
+/// As the wasm version.
+#[cfg(not(target_arch = "wasm32"))]
+unsafe fn kernel<const R: usize>(t: &Tile<'_>, i0: usize, c: &mut [f32]) {
+    for r in 0..R {
+        for cc in 0..t.nc {
+            let mut acc = 0f32;
+            for b in 0..t.nb {
+                let mut s: i32 = if cfg!(feature = "relaxed-simd") {
+                    t.wc[b * NR + cc]
+                } else {
+                    0
+                };
+                for i in 0..BLOCK {
+                    let kk = b * BLOCK + i;
+                    s += t.a[(i0 + r) * t.kc + kk] as i32 * t.w[slot(cc, kk)] as i32;
+                }
+                acc += s as f32 * (t.ws[b * NR + cc] * t.sa[(i0 + r) * t.kb + t.b0 + b]);
+            }
+            let dst = &mut c[(i0 + r) * t.n + t.j0 + cc];
+            *dst = if t.first { acc } else { *dst + acc };
+        }
+    }
+}
+
+/// The scalar reference of [`PackedQ8::gemm`] from unpacked weights (`q` `[n, k]`, `scales`
+/// `[n, k / BLOCK]`): activations quantized the same way, written out plainly. Returns `[m, n]`.
+pub fn reference(a: &[f32], q: &[i8], scales: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+    let kb = k / BLOCK;
+    let mut c = vec![0f32; m * n];
+    for i in 0..m {
+        for b in 0..kb {
+            let x = &a[i * k + b * BLOCK..i * k + (b + 1) * BLOCK];
+            let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let (d, id) = if amax > 0.0 {
+                (amax / QMAX, QMAX / amax)
+            } else {
+                (0.0, 0.0)
+            };
+            let xq: Vec<i32> = x.iter().map(|v| (v * id).round_ties_even() as i32).collect();
+            for j in 0..n {
+                let w = &q[j * k + b * BLOCK..j * k + (b + 1) * BLOCK];
+                let s: i32 = xq.iter().zip(w).map(|(a, w)| a * *w as i32).sum();
+                c[i * n + j] += s as f32 * (scales[j * kb + b] * d);
+            }
+        }
+    }
+    c
+}
+
+fn lcg(seed: &mut u64) -> f32 {
+    *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+}
+
+/// Runs [`PackedQ8::gemm`] on pseudo-random activations and int8 weights of `[m, k] × [k, n]`
+/// (`seed` picks them) against [`reference`]; returns the largest `|Δ| / (1 + |want|)`. The wasm
+/// test suite calls it (through the wasm API) to check this build's SIMD kernel.
+pub fn self_check(m: usize, k: usize, n: usize, seed: u64) -> Result<f32> {
+    let mut seed = seed;
+    let a: Vec<f32> = (0..m * k).map(|_| lcg(&mut seed) * 3.0).collect();
+    let q: Vec<i8> = (0..n * k).map(|_| (lcg(&mut seed) * 127.0).round() as i8).collect();
+    let s: Vec<f32> = (0..n * (k / BLOCK))
+        .map(|_| 0.01 + lcg(&mut seed).abs() * 0.02)
+        .collect();
+    let p = PackedQ8::new(&q, &s, n, k)?;
+    let mut c = vec![f32::NAN; m * n];
+    p.gemm(&a, m, &mut c);
+    let want = reference(&a, &q, &s, m, k, n);
+    Ok(c.iter().zip(&want).fold(0f32, |e, (g, w)| {
+        let d = (g - w).abs() / (1.0 + w.abs());
+        if d.is_nan() || d > e {
+            d
+        } else {
+            e
+        }
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matches_the_reference_on_odd_shapes() {
+        let mut seed = 7;
+        for (m, k, n) in [(1, 32, 1), (5, 64, 9), (7, 800, 13), (197, 96, 24), (3, 1600, 17)] {
+            let a: Vec<f32> = (0..m * k).map(|_| lcg(&mut seed)).collect();
+            let q: Vec<i8> = (0..n * k).map(|_| (lcg(&mut seed) * 127.0).round() as i8).collect();
+            let s: Vec<f32> = (0..n * k / BLOCK).map(|_| 0.01 + lcg(&mut seed).abs() * 0.02).collect();
+            let p = PackedQ8::new(&q, &s, n, k).unwrap();
+            let mut c = vec![f32::NAN; m * n];
+            p.gemm(&a, m, &mut c);
+            let want = reference(&a, &q, &s, m, k, n);
+            for (g, w) in c.iter().zip(&want) {
+                assert!((g - w).abs() <= 1e-4 * (1.0 + w.abs()), "[{m},{k},{n}]: {g} vs {w}");
+            }
+            let back = p.dequantize_t();
+            assert_eq!(back[n + n - 1], q[(n - 1) * k + 1] as f32 * s[(n - 1) * (k / BLOCK)]);
+        }
+    }
+
+    #[test]
+    fn self_check_passes_and_refuses_bad_widths() {
+        assert!(self_check(7, 800, 13, 1).unwrap() < 1e-5);
+        assert!(self_check(5, 30, 3, 1).is_err());
+    }
+
+    #[test]
+    fn requantizing_dequantized_weights_is_exact() {
+        let mut seed = 3;
+        let (k, n) = (64, 5);
+        let w_t: Vec<f32> = (0..k * n).map(|_| lcg(&mut seed)).collect();
+        let p = PackedQ8::quantize(&w_t, k, n).unwrap();
+        let back = p.dequantize_t();
+        let again = PackedQ8::quantize(&back, k, n).unwrap();
+        assert_eq!(p.ints, again.ints);
+        assert_eq!(p.scales, again.scales);
+        assert!(PackedQ8::quantize(&w_t[..k * n - 1], k, n).is_err());
+        assert!(PackedQ8::new(&[0; 30], &[1.0], 1, 30).is_err());
+    }
+}
