@@ -185,6 +185,11 @@ impl Block {
         mask: Option<&Tensor>,
         vv: bool,
     ) -> Result<BlockOut> {
+        // Natively, f32 weights: the same block on plain buffers with direct GEMM calls.
+        #[cfg(not(target_arch = "wasm32"))]
+        if let Some(out) = self.forward_native(x, heads, act, mask, vv)? {
+            return Ok(out);
+        }
         let (b, t, d) = x.dims3()?;
         let hd = d / heads;
         let scale = 1.0 / (hd as f64).sqrt();

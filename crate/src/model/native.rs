@@ -1,0 +1,441 @@
+//! Native CPU path of a transformer block ([`Block::forward_native`]): the same arithmetic as
+//! [`Block::forward`] on plain `f32` buffers, calling `gemm` (the crate behind candle's matmuls)
+//! directly. What it saves against the candle path, per block:
+//!
+//! - the projections' bias and residual adds ride in the GEMM (the output starts as bias (+
+//!   residual) and the GEMM adds `x @ w` to it) instead of separate passes with new tensors;
+//! - attention reads q, k and v in place from the fused qkv output (strided GEMM operands) and
+//!   runs each head's `softmax(q kᵀ) v` on one thread, the heads spread over rayon's pool,
+//!   instead of permuting and copying q, k, v and the output;
+//! - softmax and QuickGELU use a vectorised `exp` ([`exp_slice`]; AVX-512 / AVX2 picked at run
+//!   time) instead of one libm call per value, fused into one pass each.
+//!
+//! Not compiled for wasm32 (the browser keeps [`Block::forward`] and its own GEMMs).
+use super::config::Activation;
+use super::ops::{activation, BlockOut};
+use super::weights::{Block, Linear, Norm};
+use anyhow::{ensure, Result};
+use candle_core::{DType, Device, Storage, Tensor};
+use gemm::{gemm, Parallelism};
+use rayon::prelude::*;
+
+/// Fewest rows worth a rayon task in the row-wise passes (LayerNorm, activation).
+const MIN_ROWS: usize = 16;
+
+/// A contiguous f32 CPU tensor's values (copied; the block inputs are small next to the work).
+fn values(t: &Tensor) -> Result<Vec<f32>> {
+    Ok(t.flatten_all()?.to_vec1::<f32>()?)
+}
+
+/// Runs `f` on the f32 values of a contiguous CPU tensor without copying them.
+fn with_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
+    let (s, l) = t.storage_and_layout();
+    let (a, b) = l.contiguous_offsets()?;
+    match &*s {
+        Storage::Cpu(c) => c.as_slice::<f32>().ok().map(|v| f(&v[a..b])),
+        _ => None,
+    }
+}
+
+/// Whether every weight of `blk` is an f32 CPU tensor the native path can read in place.
+fn supported(blk: &Block) -> bool {
+    let ok = |t: &Tensor| t.dtype() == DType::F32 && t.device().is_cpu() && t.is_contiguous();
+    let lin = |l: &Linear| ok(&l.w_t) && l.bias.as_ref().is_none_or(ok);
+    let norm = |n: &Norm| ok(&n.weight) && ok(&n.bias);
+    lin(&blk.qkv) && lin(&blk.out) && lin(&blk.fc1) && lin(&blk.fc2) && norm(&blk.ln_1) && norm(&blk.ln_2)
+}
+
+/// Threads for one GEMM: rayon's pool size (what candle's matmuls use), `None` parallelism for 1.
+fn parallelism() -> Parallelism {
+    match rayon::current_num_threads() {
+        0 | 1 => Parallelism::None,
+        n => Parallelism::Rayon(n),
+    }
+}
+
+/// LayerNorm of each `d`-wide row of `x` (two-pass mean and variance), in parallel over rows.
+fn layer_norm(x: &[f32], d: usize, n: &Norm) -> Result<Vec<f32>> {
+    let mut out = vec![0f32; x.len()];
+    let eps = n.eps;
+    let done = with_slice(&n.weight, |g| {
+        with_slice(&n.bias, |b| {
+            out.par_chunks_mut(d)
+                .zip(x.par_chunks(d))
+                .with_min_len(MIN_ROWS)
+                .for_each(|(o, r)| {
+                    simd(|| {
+                        let mean = lanes(r, 0.0, |a, v| a + v, |a, b| a + b) / d as f32;
+                        for (o, &v) in o.iter_mut().zip(r) {
+                            *o = v - mean;
+                        }
+                        let var = lanes(o, 0.0, |a, v| a + v * v, |a, b| a + b) / d as f32;
+                        let inv = 1.0 / (var + eps).sqrt();
+                        for ((o, &g), &b) in o.iter_mut().zip(g).zip(b) {
+                            *o = *o * inv * g + b;
+                        }
+                    })
+                })
+        })
+    });
+    ensure!(done.flatten().is_some(), "layer norm weights are not contiguous f32");
+    Ok(out)
+}
+
+/// `init + x @ w + bias` for `x: [m, k]` (or `x @ w + bias` without `init`), where `init` is
+/// `[m, n]` (the residual stream). f32 weights run one `gemm` call whose output starts as the
+/// bias (+ residual); int8 weights ([`Linear::q8`]) run candle's quantized matmul and add after.
+fn linear(l: &Linear, x: &[f32], m: usize, init: Option<&[f32]>) -> Result<Vec<f32>> {
+    let (k, n) = l.w_t.dims2()?;
+    ensure!(x.len() == m * k, "linear: input has {} values, not {m}×{k}", x.len());
+    let mut out = match init {
+        Some(r) => r.to_vec(),
+        None => vec![0f32; m * n],
+    };
+    if let Some(b) = &l.bias {
+        with_slice(b, |b| {
+            out.par_chunks_mut(n)
+                .with_min_len(MIN_ROWS)
+                .for_each(|row| row.iter_mut().zip(b).for_each(|(o, b)| *o += b))
+        })
+        .ok_or_else(|| anyhow::anyhow!("linear bias is not contiguous f32"))?;
+    }
+    if let Some(q) = &l.q8 {
+        let xt = Tensor::from_slice(x, (m, k), &Device::Cpu)?;
+        let y = values(&candle_core::Module::forward(q, &xt)?)?;
+        out.par_chunks_mut(n)
+            .zip(y.par_chunks(n))
+            .with_min_len(MIN_ROWS)
+            .for_each(|(o, y)| o.iter_mut().zip(y).for_each(|(o, y)| *o += y));
+        return Ok(out);
+    }
+    let read_dst = init.is_some() || l.bias.is_some();
+    with_slice(&l.w_t, |w| unsafe {
+        // SAFETY: dst is m×n row-major, x is m×k row-major, w is k×n row-major, all sized above.
+        gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            read_dst,
+            x.as_ptr(),
+            1,
+            k as isize,
+            w.as_ptr(),
+            1,
+            n as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism(),
+        )
+    })
+    .ok_or_else(|| anyhow::anyhow!("linear weights are not contiguous f32"))?;
+    Ok(out)
+}
+
+/// Multi-head attention on the fused projection `qkv: [B·T, 3D]` (q, k, v side by side, heads
+/// `hd` wide inside each): for each image and head, `softmax(scale · q kᵀ + mask) v`, written to
+/// `[B·T, D]` in the heads' order. With `vv`, q and k are both v (the v-v path). Heads run in
+/// parallel, each on one thread.
+#[allow(clippy::too_many_arguments)]
+fn attention(
+    qkv: &[f32],
+    b: usize,
+    t: usize,
+    heads: usize,
+    hd: usize,
+    scale: f32,
+    mask: Option<&[f32]>,
+    vv: bool,
+) -> Vec<f32> {
+    let d = heads * hd;
+    let rs = 3 * d;
+    let (q_off, k_off) = if vv { (2 * d, 2 * d) } else { (0, d) };
+    // Per head [T, hd], contiguous; scattered into [B·T, D] afterwards.
+    let mut per_head = vec![0f32; b * heads * t * hd];
+    per_head.par_chunks_mut(t * hd).enumerate().for_each_init(
+        || vec![0f32; t * t],
+        |logits, (bh, o)| {
+            let (bi, h) = (bh / heads, bh % heads);
+            let base = bi * t * rs + h * hd;
+            let (q, k, v) = (&qkv[base + q_off..], &qkv[base + k_off..], &qkv[base + 2 * d..]);
+            // SAFETY: q, k, v rows are `rs` apart inside `qkv` ([B·T, 3D]); the last row of
+            // each head ends at `base + (t-1)·rs + 2d + hd ≤ len`. logits is t×t, o is t×hd.
+            unsafe {
+                gemm(
+                    t,
+                    t,
+                    hd,
+                    logits.as_mut_ptr(),
+                    1,
+                    t as isize,
+                    false,
+                    q.as_ptr(),
+                    1,
+                    rs as isize,
+                    k.as_ptr(),
+                    rs as isize,
+                    1,
+                    0.0,
+                    scale,
+                    false,
+                    false,
+                    false,
+                    Parallelism::None,
+                );
+            }
+            for (i, row) in logits.chunks_mut(t).enumerate() {
+                if let Some(m) = mask {
+                    row.iter_mut().zip(&m[i * t..(i + 1) * t]).for_each(|(l, m)| *l += m);
+                }
+                softmax_in_place(row);
+            }
+            unsafe {
+                gemm(
+                    t,
+                    hd,
+                    t,
+                    o.as_mut_ptr(),
+                    1,
+                    hd as isize,
+                    false,
+                    logits.as_ptr(),
+                    1,
+                    t as isize,
+                    v.as_ptr(),
+                    1,
+                    rs as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    Parallelism::None,
+                );
+            }
+        },
+    );
+    let mut out = vec![0f32; b * t * d];
+    out.par_chunks_mut(d)
+        .enumerate()
+        .with_min_len(MIN_ROWS)
+        .for_each(|(row, o)| {
+            let (bi, ti) = (row / t, row % t);
+            for h in 0..heads {
+                let src = ((bi * heads + h) * t + ti) * hd;
+                o[h * hd..(h + 1) * hd].copy_from_slice(&per_head[src..src + hd]);
+            }
+        });
+    out
+}
+
+/// `softmax` of one row in place (max-subtracted; -inf entries give 0).
+fn softmax_in_place(row: &mut [f32]) {
+    simd(|| {
+        let max = lanes(row, f32::NEG_INFINITY, f32::max, f32::max);
+        row.iter_mut().for_each(|v| *v = exp1(*v - max));
+        let inv = 1.0 / lanes(row, 0.0, |a, b| a + b, |a, b| a + b);
+        row.iter_mut().for_each(|v| *v *= inv);
+    })
+}
+
+/// Folds `x` with `op(accumulator, value)` over 16 independent lanes, then combines the lanes
+/// with `join` (a shape LLVM vectorises, unlike a serial fold of floats).
+#[inline(always)]
+fn lanes(x: &[f32], init: f32, op: impl Fn(f32, f32) -> f32, join: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut acc = [init; 16];
+    let mut chunks = x.chunks_exact(16);
+    for c in &mut chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a = op(*a, v);
+        }
+    }
+    let mut r = chunks.remainder().iter().fold(init, |a, &v| op(a, v));
+    for a in acc {
+        r = join(r, a);
+    }
+    r
+}
+
+/// QuickGELU `x · σ(1.702 x)` = `x / (1 + exp(-1.702 x))` in place.
+fn quick_gelu_in_place(x: &mut [f32]) {
+    simd(|| x.iter_mut().for_each(|v| *v /= 1.0 + exp1(-1.702 * *v)))
+}
+
+/// `exp` of every value in place: Cody–Waite range reduction (`x = n·ln2 + r`, |r| ≤ ln2/2), a
+/// degree-6 polynomial for `exp(r)` (Cephes `expf`'s coefficients, relative error ≈ 1e-7), and
+/// `2ⁿ` built in the exponent bits. Inputs below -87.3 give 0 (as `-inf` must in a masked
+/// softmax), above 88.3 give `exp(88.3)`.
+pub fn exp_slice(x: &mut [f32]) {
+    simd(|| x.iter_mut().for_each(|v| *v = exp1(*v)))
+}
+
+/// Runs `f` (plain loops) compiled for AVX-512 or AVX2 + FMA where the CPU has them (checked at
+/// run time; LLVM vectorises the loops of [`exp1`] and friends there), else as built.
+#[inline(always)]
+fn simd<R, F: FnOnce() -> R>(f: F) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512dq") {
+            // SAFETY: the CPU has AVX-512F/DQ (checked just above).
+            return unsafe { with_avx512(f) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU has AVX2 and FMA (checked just above).
+            return unsafe { with_avx2(f) };
+        }
+    }
+    f()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq,avx2,fma")]
+unsafe fn with_avx512<R, F: FnOnce() -> R>(f: F) -> R {
+    f()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn with_avx2<R, F: FnOnce() -> R>(f: F) -> R {
+    f()
+}
+
+/// One value of [`exp_slice`] (branch-free so that the loops around it vectorise).
+#[inline(always)]
+fn exp1(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    const MAGIC: f32 = 12_582_912.0; // 1.5 · 2²³: adding it rounds to an integer
+    let zero = x < -87.3;
+    let xc = x.clamp(-87.3, 88.3);
+    let n = (xc * LOG2E + MAGIC) - MAGIC;
+    let r = (xc - n * LN2_HI) - n * LN2_LO;
+    let mut p = 1.987_569_1e-4f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 0.5;
+    let y = p * r * r + r + 1.0;
+    let pow2 = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    if zero {
+        0.0
+    } else {
+        y * pow2
+    }
+}
+
+impl Block {
+    /// [`Block::forward`] on plain f32 buffers with direct `gemm` calls (see the module docs);
+    /// `None` when the block's weights or `x` are not f32 on the CPU (the caller then runs
+    /// [`Block::forward`]).
+    pub fn forward_native(
+        &self,
+        x: &Tensor,
+        heads: usize,
+        act: Activation,
+        mask: Option<&Tensor>,
+        vv: bool,
+    ) -> Result<Option<BlockOut>> {
+        if x.dtype() != DType::F32 || !x.device().is_cpu() || !supported(self) {
+            return Ok(None);
+        }
+        let (b, t, d) = x.dims3()?;
+        ensure!(d % heads == 0, "width {d} is not a multiple of {heads} heads");
+        let hd = d / heads;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let rows = b * t;
+        let xs = values(x)?;
+        let mask = match mask {
+            Some(m) => {
+                ensure!(m.elem_count() == t * t, "attention mask must have {t}×{t} values");
+                Some(values(&m.to_dtype(DType::F32)?)?)
+            }
+            None => None,
+        };
+        let h = layer_norm(&xs, d, &self.ln_1)?;
+        let qkv = linear(&self.qkv, &h, rows, None)?;
+        let o = attention(&qkv, b, t, heads, hd, scale, mask.as_deref(), false);
+        let x1 = linear(&self.out, &o, rows, Some(&xs))?;
+        let h2 = layer_norm(&x1, d, &self.ln_2)?;
+        let mut m = linear(&self.fc1, &h2, rows, None)?;
+        let width = m.len() / rows;
+        match act {
+            Activation::QuickGelu => {
+                m.par_chunks_mut(width)
+                    .with_min_len(MIN_ROWS)
+                    .for_each(quick_gelu_in_place);
+            }
+            other => {
+                let mt = Tensor::from_vec(m, (rows, width), &Device::Cpu)?;
+                m = values(&activation(&mt, other)?)?;
+            }
+        }
+        let x2 = linear(&self.fc2, &m, rows, Some(&x1))?;
+        let vv = if vv {
+            let o = attention(&qkv, b, t, heads, hd, scale, mask.as_deref(), true);
+            let o = linear(&self.out, &o, rows, None)?;
+            Some(Tensor::from_vec(o, (b, t, d), &Device::Cpu)?)
+        } else {
+            None
+        };
+        Ok(Some(BlockOut {
+            x: Tensor::from_vec(x2, (b, t, d), &Device::Cpu)?,
+            vv,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_slice_matches_std() {
+        let mut xs: Vec<f32> = (-2000..=2000).map(|i| i as f32 * 0.0441).collect();
+        xs.extend([0.0, -0.0, 1e-8, -1e-8, 88.0, -87.0, -87.29]);
+        let mut ys = xs.clone();
+        exp_slice(&mut ys);
+        for (&x, &y) in xs.iter().zip(&ys) {
+            if x < -87.3 {
+                assert_eq!(y, 0.0, "exp({x}) is flushed to 0");
+                continue;
+            }
+            let want = x.exp();
+            let rel = ((y - want) / want).abs();
+            assert!(rel < 3e-7, "exp({x}) = {y}, want {want} (rel {rel:e})");
+        }
+        let mut edge = vec![f32::NEG_INFINITY, -100.0, -87.31, 100.0, f32::INFINITY];
+        exp_slice(&mut edge);
+        assert_eq!(&edge[..3], &[0.0, 0.0, 0.0]);
+        assert!(edge[3].is_finite() && edge[3] > 1e38 && edge[4] == edge[3]);
+    }
+
+    #[test]
+    fn softmax_and_quick_gelu_match_reference() {
+        let mut row = vec![0.5f32, -1.0, 3.0, f32::NEG_INFINITY, 2.0];
+        let max = 3.0f32;
+        let e: Vec<f32> = row.iter().map(|v| (v - max).exp()).collect();
+        let s: f32 = e.iter().sum();
+        softmax_in_place(&mut row);
+        for (a, b) in row.iter().zip(e.iter().map(|v| v / s)) {
+            assert!((a - b).abs() < 1e-7, "{a} vs {b}");
+        }
+        assert_eq!(row[3], 0.0);
+        let xs: Vec<f32> = (-300..300).map(|i| i as f32 * 0.05).collect();
+        let mut g = xs.clone();
+        quick_gelu_in_place(&mut g);
+        for (x, y) in xs.iter().zip(&g) {
+            let want = x / (1.0 + (-1.702 * x).exp());
+            assert!(
+                (y - want).abs() <= 1e-6 * (1.0 + want.abs()),
+                "quick_gelu({x}) = {y}, want {want}"
+            );
+        }
+    }
+}
