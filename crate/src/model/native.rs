@@ -37,10 +37,13 @@ fn with_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
     }
 }
 
-/// Whether every weight of `blk` is an f32 CPU tensor the native path can read in place.
+/// Whether every weight of `blk` is an f32 CPU tensor the native path can read in place (int8
+/// layers in candle's form included: they keep their f32 `w_t`).
 fn supported(blk: &Block) -> bool {
     let ok = |t: &Tensor| t.dtype() == DType::F32 && t.device().is_cpu() && t.is_contiguous();
-    let lin = |l: &Linear| ok(&l.w_t) && l.bias.as_ref().is_none_or(ok);
+    // A layer in the wasm int8 form (`packed`, its f32 weights dropped: natively only in the
+    // tests of that kernel) runs through `Linear::forward`.
+    let lin = |l: &Linear| l.packed.is_none() && ok(&l.w_t) && l.bias.as_ref().is_none_or(ok);
     let norm = |n: &Norm| ok(&n.weight) && ok(&n.bias);
     lin(&blk.qkv) && lin(&blk.out) && lin(&blk.fc1) && lin(&blk.fc2) && norm(&blk.ln_1) && norm(&blk.ln_2)
 }
