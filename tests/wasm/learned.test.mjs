@@ -35,7 +35,7 @@ const plain = path.join(tmp, 'plain.safetensors');
 execFileSync(CLI, ['convert', '--learned', pth, '--out', plain]);
 
 // AdaptCLIP's conversion (f32, with its class pairs) for the model its fixture belongs to.
-const DPAM = path.join(REPO, 'tests/fixtures/dpam_tiny');
+const DPAM = path.join(REPO, 'tests/fixtures/anomalyclip_tiny'); // AdaptCLIP's fixture model too
 const adapt = path.join(tmp, 'adaptclip.safetensors');
 execFileSync(CLI, ['convert', '--learned', path.join(REPO, 'tests/fixtures/adaptclip_tiny/learned.pth'), '--model', DPAM, '--dtype', 'f32', '--out', adapt]);
 
