@@ -582,8 +582,14 @@ function onStorage({ ok, file, weights, bytes, reason }) {
     : '';
 }
 
+/** The worker's WebAssembly memory size (its high-water mark), for measurements (tests/browser/bench.mjs). */
+function noteWasmMemory(bytes) {
+  if (bytes) document.body.dataset.wasmMemory = String(bytes);
+}
+
 /** The end of a streamed load: the whole checkpoint checked out, or it failed (model dropped). */
-function onModel({ ok, label, hasText, ms, error }) {
+function onModel({ ok, label, hasText, ms, error, wasmMemoryBytes }) {
+  noteWasmMemory(wasmMemoryBytes);
   if (!state.model || state.model.label !== label) return;
   els.progressBox.hidden = true;
   if (ok) {
@@ -1119,6 +1125,7 @@ async function scoreEach(files, t0, run, mode) {
       // Tiles: single images only (a run of many keeps one pass per image).
       const tiles = files.length === 1 ? els.tiles.value : 'off';
       const r = await client.call('detect', { mode, file: await fileItem(f), text: textSpec(), tiles });
+      noteWasmMemory(r.wasmMemoryBytes);
       r.name = f.name || 'pasted image';
       r.settings = { ...settings.fields, tiles };
       r.file = f;

@@ -200,6 +200,8 @@ function checkGpu(m) {
 // (tiles, when they come) stops at its next report by calling checkCancel() there.
 
 let wasmMemory = null;
+/** The WebAssembly memory's size in bytes: it never shrinks, so this is the high-water mark so far. */
+const wasmBytes = () => (wasmMemory ? wasmMemory.buffer.byteLength : 0);
 let dead = null; // the trap that ended this instance
 let cancelFlag = null; // Int32Array over the page's SharedArrayBuffer: cancelled up to this id
 let cancelledUpTo = 0; // the same, from {type:'cancel'} messages
@@ -437,6 +439,7 @@ function publish(det, photoW, photoH, extra = {}) {
     input: det.input(),
     sourceWidth: photoW,
     sourceHeight: photoH,
+    wasmMemoryBytes: wasmBytes(),
     ...extra,
   };
   det.free();
@@ -925,7 +928,7 @@ const handlers = {
           if (modelInfo !== info) return;
           if (wantText) loader.attachText(next);
           info.weightsSha256 ??= got;
-          postMessage({ type: 'model', ok: true, label: p.label, hasText: next.hasText(), ms: performance.now() - t0 });
+          postMessage({ type: 'model', ok: true, label: p.label, hasText: next.hasText(), ms: performance.now() - t0, wasmMemoryBytes: wasmBytes() });
         } catch (e) {
           if (reportTrap(e, 'load')) return;
           if (modelInfo !== info) return;

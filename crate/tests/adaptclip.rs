@@ -1,8 +1,8 @@
 //! AdaptCLIP against the official code (fixtures by tests/reference/make_adaptclip_fixtures.py,
 //! which runs the official gaobb/AdaptCLIP modules on a tiny random CLIP of the ViT-L/14@336
-//! family at 70 px, grid 5×5 from a 4×4 checkpoint grid): the learned file read as published
-//! (`torch.save`) and as converted safetensors, both text pairs, and the zero- and few-shot
-//! maps and scores from the official encoder's features.
+//! family — AnomalyCLIP's fixture model — at 70 px, grid 10×10 from a 4×4 checkpoint grid): the
+//! learned file read as published (`torch.save`) and as converted safetensors, both text pairs,
+//! and the zero- and few-shot maps and scores from the official encoder's features.
 mod common;
 
 use anoscope::detect::adaptclip::{self, Features, Learned, References, TextPairs, FEATURE_LAYERS};
@@ -20,7 +20,7 @@ fn expected() -> HashMap<String, Tensor> {
 }
 
 fn model() -> Clip {
-    Clip::load_dir(&fixtures().join("dpam_tiny")).unwrap()
+    Clip::load_dir(&fixtures().join("anomalyclip_tiny")).unwrap()
 }
 
 fn pth() -> std::path::PathBuf {
@@ -52,7 +52,7 @@ fn official_features(exp: &HashMap<String, Tensor>, prefix: &str, global: &str, 
     Features {
         global: flat(&exp[global].get(b).unwrap()),
         layers,
-        grid: (5, 5),
+        grid: (10, 10),
     }
 }
 
@@ -104,20 +104,20 @@ fn zero_shot_maps_and_scores_match_the_official_test_py() {
             &[parts.textual_score],
             &[flat(&exp["textual_score"])[b]],
         );
-        let vl = anoscope::detect::aggregate::bilinear_resize(&parts.visual_grid, 5, 5, 70, 70);
+        let vl = anoscope::detect::aggregate::bilinear_resize(&parts.visual_grid, 10, 10, 70, 70);
         close(
             &format!("visual map [{b}]"),
             &vl,
             &flat(&exp["visual_map"].get(b).unwrap()),
         );
-        let tl = anoscope::detect::aggregate::bilinear_resize(&parts.textual_grid, 5, 5, 70, 70);
+        let tl = anoscope::detect::aggregate::bilinear_resize(&parts.textual_grid, 10, 10, 70, 70);
         close(
             &format!("textual map [{b}]"),
             &tl,
             &flat(&exp["textual_map"].get(b).unwrap()),
         );
         let d = adaptclip::zero_shot(&l, &text, &f, (70, 70)).unwrap();
-        assert_eq!((d.height, d.width, d.grid), (70, 70, (5, 5)));
+        assert_eq!((d.height, d.width, d.grid), (70, 70, (10, 10)));
         close(
             &format!("zero-shot map [{b}]"),
             &d.map,
@@ -314,7 +314,7 @@ fn dpam_encoder_features_match_the_official_encode_image() {
         anoscope::detect::passes::now(adaptclip::encode_last_on(&clip, &clip.vision, &exp["pixel_values"])).unwrap();
     assert_eq!(ours.len(), 2);
     for (b, f) in ours.iter().enumerate() {
-        assert_eq!(f.grid, (5, 5));
+        assert_eq!(f.grid, (10, 10));
         let want = official_features(&exp, "", "global", b);
         close(&format!("global [{b}]"), &f.global, &want.global);
         for (l, (a, w)) in FEATURE_LAYERS.iter().zip(f.layers.iter().zip(&want.layers)) {

@@ -41,9 +41,9 @@ fn text_features_equal_the_official_code() {
     let clip = model();
     let exp = flat(&expected()["text_features"]);
     let learned = LearnedPrompts::read_file(&pth()).unwrap();
-    assert_eq!(learned.ctx_normal.dims(), &[12, 16]);
+    assert_eq!(learned.ctx_normal.dims(), &[12, 8]);
     assert_eq!(learned.deep.len(), 8);
-    assert_eq!(learned.deep[0].dims(), &[4, 16]);
+    assert_eq!(learned.deep[0].dims(), &[4, 8]);
     assert!(learned.tokens.is_some() && learned.text_features.is_none());
     let pair = learned.text_pair(&clip).unwrap();
     let got = [pair.normal.clone(), pair.anomalous.clone()].concat();
@@ -162,19 +162,19 @@ fn bad_learned_files_get_clear_errors() {
     let dev = candle_core::Device::Cpu;
     m.insert(
         "ctx_pos".into(),
-        Tensor::zeros((1, 1, 12, 8), candle_core::DType::F32, &dev).unwrap(),
+        Tensor::zeros((1, 1, 12, 12), candle_core::DType::F32, &dev).unwrap(),
     );
     m.insert(
         "ctx_neg".into(),
-        Tensor::zeros((1, 1, 12, 8), candle_core::DType::F32, &dev).unwrap(),
+        Tensor::zeros((1, 1, 12, 12), candle_core::DType::F32, &dev).unwrap(),
     );
     m.insert(
         "compound_prompts_text.0".into(),
-        Tensor::zeros((4, 8), candle_core::DType::F32, &dev).unwrap(),
+        Tensor::zeros((4, 12), candle_core::DType::F32, &dev).unwrap(),
     );
     let l = LearnedPrompts::from_tensors(&m, "m").unwrap();
     let e = format!("{:#}", l.text_pair(&model()).unwrap_err());
-    assert!(e.contains("8 wide"), "{e}");
+    assert!(e.contains("12 wide"), "{e}");
     m.remove("compound_prompts_text.0");
     let e = format!("{:#}", LearnedPrompts::from_tensors(&m, "m").unwrap_err());
     assert!(e.contains("compound_prompts_text.0"), "{e}");

@@ -7,7 +7,7 @@ use common::{fixtures, flat, load, run};
 use std::path::{Path, PathBuf};
 
 fn model() -> PathBuf {
-    fixtures().join("dpam_tiny")
+    fixtures().join("anomalyclip_tiny")
 }
 
 fn pth() -> PathBuf {
@@ -52,7 +52,7 @@ fn detect(learned: &Path, out: &Path, extra: &[&str]) -> (Vec<f32>, Vec<Vec<f32>
         let j: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(out.join(format!("{i}.json"))).unwrap()).unwrap();
         assert_eq!(j["mode"], "adaptclip");
-        assert_eq!((j["map_height"].as_u64(), j["grid"][0].as_u64()), (Some(70), Some(5)));
+        assert_eq!((j["map_height"].as_u64(), j["grid"][0].as_u64()), (Some(70), Some(10)));
         scores.push(j["score"].as_f64().unwrap() as f32);
         maps.push(flat(&load(&out.join(format!("{i}.map.safetensors")))["anomaly_map"]));
     }

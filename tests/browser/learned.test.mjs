@@ -13,8 +13,8 @@ import { indexSite } from './site-index.mjs';
 import { IMAGES, ROOT, browser, cli, dropAndWait, dropFiles, loadTestModel, makeSite, message, openPage, ready, serve, waitLoaded } from './harness.mjs';
 
 const FIXTURE = join(ROOT, 'tests/fixtures/anomalyclip_tiny');
-const DPAM = join(ROOT, 'tests/fixtures/dpam_tiny'); // AdaptCLIP's fixture model
-const ADAPT_SIZE = 70; // the AdaptCLIP fixture's size (dpam_tiny's own is 56)
+const DPAM = join(ROOT, 'tests/fixtures/anomalyclip_tiny'); // AdaptCLIP's fixture model too
+const ADAPT_SIZE = 70; // the AdaptCLIP fixture's size (the model's own is 28)
 const PHOTO = 'bottle_broken_large_000.png';
 // The learned mode's side for the tiny model: 42 px (the official fixture's size), not its own 28,
 // so the position embeddings are resampled as the official code does (the default is 518).

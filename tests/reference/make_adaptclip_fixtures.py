@@ -15,9 +15,11 @@ with the published arguments of `scripts/test_adaptclip.sh`
 same family and random learned parameters.  Definitions of every output are in
 tests/reference/ADAPTCLIP.md.
 
+The tiny CLIP is AnomalyCLIP's fixture model, tests/fixtures/anomalyclip_tiny/ (float16), written
+by make_learned_fixtures.py (run that first): one checkpoint serves both learned modes' fixtures.
+
 Writes
 
-    tests/fixtures/dpam_tiny/{open_clip_config.json, open_clip_model.safetensors}  (float16)
     tests/fixtures/adaptclip_tiny/learned.pth          (torch.save, as the official train.py)
     tests/fixtures/adaptclip_tiny_expected.safetensors
 
@@ -42,7 +44,7 @@ from torch import nn
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 FIX = ROOT / "tests" / "fixtures"
-CKPT_DIR = FIX / "dpam_tiny"
+CKPT_DIR = FIX / "anomalyclip_tiny"  # shared with make_learned_fixtures.py, which writes it
 LEARNED_DIR = FIX / "adaptclip_tiny"
 OUT = FIX / "adaptclip_tiny_expected.safetensors"
 
@@ -50,12 +52,12 @@ SEED = 20261206
 torch.set_num_threads(2)
 torch.set_default_dtype(torch.float32)
 
-# The tiny CLIP: ViT-L/14@336's family (24 vision blocks, patch 14, quick_gelu,
-# OpenAI key names) at a small width.  The checkpoint's grid is 4x4 (56 px);
-# the fixture runs at 70 px (grid 5x5), so the position embeddings are resized.
-VISION = dict(width=64, layers=24, heads=2, patch=14, image=56)
-TEXT = dict(width=16, layers=2, heads=2, vocab=49408, context=77)
-EMBED_DIM = 32
+# The tiny CLIP (make_learned_fixtures.py's): ViT-L/14@336's family (24 vision blocks,
+# quick_gelu, OpenAI key names) at a small width.  The checkpoint's grid is 4x4 (28 px, patch 7);
+# the fixture runs at 70 px (grid 10x10), so the position embeddings are resized.
+VISION = dict(width=32, layers=24, heads=4, patch=7, image=28)
+TEXT = dict(width=8, layers=10, heads=2, vocab=49408, context=77)
+EMBED_DIM = 16
 RUN_SIZE = 70
 BATCH = 2
 SHOTS = 2
@@ -144,16 +146,17 @@ def randomize_(module: nn.Module, g: torch.Generator) -> None:
 
 
 def build_tiny_clip(adaptclip_mod):
-    """The official AdaptCLIP model class at the tiny size, vision heads set to 2.
+    """The official AdaptCLIP model class at the tiny size, vision heads set to 4.
 
-    AdaptCLIP derives the vision heads as width // 64 (1 at width 64); the
-    blocks' attention is rebuilt with 2 heads so that the per-head split of the
-    v-v attention is exercised, as in ViT-L (16 heads)."""
+    AdaptCLIP derives the vision heads as width // 64 (0 at width 32): the image
+    tower is rebuilt with the official VisionTransformer class and 4 heads, so
+    that the per-head split of the v-v attention is exercised, as in ViT-L (16
+    heads)."""
     model = adaptclip_mod.AdaptCLIP(
         EMBED_DIM,
         VISION["image"],
         VISION["layers"],
-        VISION["width"],
+        64,  # any width with heads >= 1; the image tower is replaced below
         VISION["patch"],
         TEXT["context"],
         TEXT["vocab"],
@@ -161,9 +164,10 @@ def build_tiny_clip(adaptclip_mod):
         TEXT["heads"],
         TEXT["layers"],
     )
-    for blk in model.visual.transformer.resblocks:
-        blk.attn = nn.MultiheadAttention(VISION["width"], VISION["heads"])
-    model.visual.num_heads = VISION["heads"]
+    model.visual = adaptclip_mod.VisionTransformer(
+        VISION["image"], VISION["patch"], VISION["width"], VISION["layers"], VISION["heads"], EMBED_DIM
+    )
+    assert model.visual.num_heads == VISION["heads"]
     return model
 
 
@@ -191,13 +195,15 @@ def main():
 
     g = torch.Generator().manual_seed(SEED)
 
-    # ---- 1. tiny CLIP checkpoint (f16 on disk, f32 in the model) -------------
-    model = build_tiny_clip(A)
-    randomize_(model, g)
-    sd = {k: v.detach().half().contiguous() for k, v in model.state_dict().items()}
-    CKPT_DIR.mkdir(parents=True, exist_ok=True)
-    save_file(sd, str(CKPT_DIR / "open_clip_model.safetensors"))
-    (CKPT_DIR / "open_clip_config.json").write_text(json.dumps(OPENCLIP_CONFIG, indent=2) + "\n")
+    # ---- 1. the tiny CLIP checkpoint (f16 on disk, f32 in the model) ---------
+    # make_learned_fixtures.py wrote it; its config must be this script's.
+    if not (CKPT_DIR / "open_clip_model.safetensors").is_file():
+        sys.exit(f"{CKPT_DIR}: run make_learned_fixtures.py first (it writes the shared tiny CLIP)")
+    cfg = json.loads((CKPT_DIR / "open_clip_config.json").read_text())["model_cfg"]
+    want = OPENCLIP_CONFIG["model_cfg"]
+    assert cfg["embed_dim"] == want["embed_dim"] and cfg["quick_gelu"], cfg
+    assert all(cfg["vision_cfg"][k] == v for k, v in want["vision_cfg"].items() if k != "mlp_ratio"), cfg
+    assert cfg["text_cfg"] == want["text_cfg"], cfg
     model = build_tiny_clip(A)
     loaded = {k: v.float() for k, v in load_file(str(CKPT_DIR / "open_clip_model.safetensors")).items()}
     model.load_state_dict(loaded, strict=True)
@@ -327,8 +333,7 @@ def main():
         print(f"  {k:<22s} {str(v.dtype):<14s} {list(v.shape)}")
     print("scores zero-shot", score0.tolist(), "few-shot", scorek.tolist())
     print("visual", s_vl.tolist(), "textual", s_tl.tolist(), "pq", s_pq.tolist())
-    for d in (CKPT_DIR, LEARNED_DIR):
-        print(d.relative_to(ROOT), sum(f.stat().st_size for f in d.iterdir()), "bytes")
+    print(LEARNED_DIR.relative_to(ROOT), sum(f.stat().st_size for f in LEARNED_DIR.iterdir()), "bytes")
     print(OUT.relative_to(ROOT), OUT.stat().st_size, "bytes")
 
 

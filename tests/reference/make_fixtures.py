@@ -59,7 +59,7 @@ HF_VISION = dict(
     patch_size=8, image_size=32, num_channels=3, hidden_act="quick_gelu", projection_dim=48,
 )
 HF_TEXT = dict(
-    vocab_size=49408, hidden_size=32, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+    vocab_size=49408, hidden_size=8, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
     max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=48,
     # Old-style ids as in openai/clip-vit-base-patch16: eos_token_id == 2 makes
     # transformers pool the text at argmax(input_ids) (= first <|endoftext|>).
@@ -72,7 +72,7 @@ OPENCLIP_CONFIG = {
         "embed_dim": 48,
         "quick_gelu": False,
         "vision_cfg": {"image_size": 32, "layers": 3, "width": 64, "head_width": 16, "mlp_ratio": 4.0, "patch_size": 8},
-        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 2},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 8, "heads": 2, "layers": 2},
     },
     "preprocess_cfg": {
         "mean": [0.48145466, 0.4578275, 0.40821073],

@@ -11,7 +11,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { readSafetensors, row } from './safetensors.mjs';
+import { readSafetensors, row, writeSafetensors } from './safetensors.mjs';
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const PKG = process.env.ANOSCOPE_WASM_PKG ? path.resolve(process.env.ANOSCOPE_WASM_PKG) : path.join(REPO, 'www/dist/pkg');
@@ -36,9 +36,23 @@ const plain = path.join(tmp, 'plain.safetensors');
 execFileSync(CLI, ['convert', '--learned', pth, '--out', plain]);
 
 // AdaptCLIP's conversion (f32, with its class pairs) for the model its fixture belongs to.
-const DPAM = path.join(REPO, 'tests/fixtures/dpam_tiny');
+const DPAM = path.join(REPO, 'tests/fixtures/anomalyclip_tiny'); // AdaptCLIP's fixture model too
 const adapt = path.join(tmp, 'adaptclip.safetensors');
 execFileSync(CLI, ['convert', '--learned', path.join(REPO, 'tests/fixtures/adaptclip_tiny/learned.pth'), '--model', DPAM, '--dtype', 'f32', '--out', adapt]);
+
+/** AdaptCLIP's conversion as for a model with twice the embedding width (its class pairs
+ * zero-padded to [2, 2P]): another model's file (both learned fixtures share one model). */
+function otherModelsAdapt() {
+  const t = readSafetensors(fs.readFileSync(adapt));
+  for (const k of ['adaptclip.learned_text', 'adaptclip.static_text']) {
+    const v = t.get(k);
+    const [r, c] = v.shape;
+    const data = new Float32Array(r * 2 * c);
+    for (let i = 0; i < r; i++) data.set(v.data.subarray(i * c, (i + 1) * c), i * 2 * c);
+    t.set(k, { ...v, shape: [r, 2 * c], data });
+  }
+  return writeSafetensors(Object.fromEntries(t));
+}
 
 function maxAbs(a, b) {
   assert.equal(a.length, b.length);
@@ -156,7 +170,7 @@ test('wasm learned-mode bad inputs give clear errors and keep the loaded file', 
   assert.throws(() => model.loadLearned(new Uint8Array([0x50, 0x4b, 3, 4, 0, 0, 0, 0])), /the learned file \(\.pth\): not a torch checkpoint/);
   assert.throws(() => model.loadLearned(new Uint8Array([1, 2, 3])), /not a valid safetensors file/);
   assert.throws(() => model.loadLearned(oneTensor('adaptclip.static_text')), /not AdaptCLIP parameters for this model/);
-  assert.throws(() => model.loadLearned(new Uint8Array(fs.readFileSync(adapt))), /not AdaptCLIP parameters for this model/, 'another model\'s file');
+  assert.throws(() => model.loadLearned(otherModelsAdapt()), /not AdaptCLIP parameters for this model: `adaptclip\.static_text` has shape \[2, 32\], expected \[2, 16\]/, 'another model\'s file');
   assert.throws(() => model.loadLearned(new Uint8Array(fs.readFileSync(plain)), 0), /size must be in 1\.\.=4096/);
   assert.equal(model.learnedSize(), 0, 'nothing was loaded');
   model.loadLearned(new Uint8Array(fs.readFileSync(plain)));
