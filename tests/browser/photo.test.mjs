@@ -371,6 +371,9 @@ test('the strip as the docs show it (interface test model), and a bottle photo',
   await real.fill('#opacity', '0.6');
   await real.dispatchEvent('#opacity', 'input');
   // The test model's map is nearly flat: a threshold just under its peak shows a few regions.
+  // At threshold 0 the whole photo is one region, whose peak is the map's.
+  await real.fill('#threshold', '0');
+  await real.dispatchEvent('#threshold', 'input');
   const peak = Number((await real.textContent('#regions button')).match(/peak ([0-9.]+)/)[1]);
   const t = (Math.floor(peak * 100) - 1) / 100;
   await real.fill('#threshold', String(t));
