@@ -166,6 +166,9 @@ if (memcapParam && /^[0-9]{1,5}$/.test(memcapParam)) workerUrl.searchParams.set(
 // ?stepdelay=MS (test hook): every scoring step takes MS ms longer, to act in the middle of a run.
 const stepDelayParam = pageParams.get('stepdelay');
 if (stepDelayParam && /^[0-9]{1,5}$/.test(stepDelayParam)) workerUrl.searchParams.set('stepdelay', stepDelayParam);
+// ?blockdelay=MS (test hook): every transformer block of a CPU image pass takes MS ms longer.
+const blockDelayParam = pageParams.get('blockdelay');
+if (blockDelayParam && /^[0-9]{1,5}$/.test(blockDelayParam)) workerUrl.searchParams.set('blockdelay', blockDelayParam);
 // ?plantmap=1 (test hook): each single image's map is replaced by a known pattern (one hot cell)
 // before it goes back onto the photo (photo.test.mjs).
 if (pageParams.get('plantmap') === '1') workerUrl.searchParams.set('plantmap', '1');

@@ -224,10 +224,30 @@ function stepPause() {
   if (stepDelay && typeof SharedArrayBuffer === 'function') Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, stepDelay);
 }
 
+// Test hook: ?blockdelay=MS makes every transformer block of a CPU image pass MS ms longer (the
+// wasm stop check runs after each block), so the browser suite can cancel in the middle of one image.
+const blockDelay = Math.min(Number(new URL(self.location.href).searchParams.get('blockdelay')) || 0, 10_000);
+
+/** Whether the page cancelled the request being handled. */
+function isCancelled() {
+  const upTo = Math.max(cancelledUpTo, cancelFlag ? Atomics.load(cancelFlag, 0) : 0);
+  return !!currentId && currentId <= upTo;
+}
+
 /** Throws when the page cancelled the request being handled. */
 function checkCancel() {
-  const upTo = Math.max(cancelledUpTo, cancelFlag ? Atomics.load(cancelFlag, 0) : 0);
-  if (currentId && currentId <= upTo) throw new CancelledError('cancelled');
+  if (isCancelled()) throw new CancelledError('cancelled');
+}
+
+/**
+ * The stop check wasm runs after every transformer block of a CPU image pass (setInterrupt):
+ * Cancel then stops one long image (a learned mode at 518 px takes about a minute on ViT-L)
+ * within a block. It reads the SharedArrayBuffer flag, so it works on cross-origin isolated
+ * pages; elsewhere the {type:'cancel'} message is read only between requests.
+ */
+function blockCheck() {
+  if (blockDelay && typeof SharedArrayBuffer === 'function') Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, blockDelay);
+  checkCancel();
 }
 
 const WASM_PAGE = 65536;
@@ -360,6 +380,7 @@ async function start() {
   const memcap = Number(params.get('memcap') || 0);
   if (memcap > 0) capMemory(exports.memory, memcap, maxMemoryPages(bytes));
   ({ ClipLoader, Image, renderOverlay, photoMap } = wasm);
+  wasm.setInterrupt?.(blockCheck);
   regionsOf = wasm.regions;
   state.limits = JSON.parse(wasm.limits());
   cpuThreads = wasm.threads();
@@ -1151,7 +1172,9 @@ onmessage = ({ data }) => {
       postMessage({ id, ok: true, result }, transfer);
     } catch (e) {
       reportTrap(e, type, id);
-      postMessage({ id, ok: false, cancelled: e instanceof CancelledError, error: e?.message ?? String(e) });
+      // A cancel seen inside wasm (blockCheck) comes back as wasm's error carrying its message.
+      const cancelled = e instanceof CancelledError || isCancelled();
+      postMessage({ id, ok: false, cancelled, error: cancelled ? 'cancelled' : (e?.message ?? String(e)) });
     } finally {
       currentId = 0;
     }

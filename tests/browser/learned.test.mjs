@@ -220,6 +220,30 @@ test('cancel stops an AnomalyCLIP run as in the other modes', { timeout: 120_000
   await p.close();
 });
 
+test('cancel stops one AnomalyCLIP image in the middle of its image pass (the stop check after each block)', { timeout: 120_000 }, async () => {
+  // ?blockdelay=400: each of the tiny model's 24 blocks takes 400 ms more, so the one pass takes
+  // over 9.6 s; the cancel must land within a block or two, not at the end of the image.
+  const BLOCK_MS = 400;
+  const { page: p } = await openPage(b.context, `${server.url}?model=anomalyclip-tiny&blockdelay=${BLOCK_MS}`);
+  await ready(p);
+  await waitLoaded(p, 'anomalyclip-tiny');
+  await p.selectOption('#mode', 'anomalyclip');
+  await p.selectOption('#tiles', 'off');
+  assert.equal(await p.evaluate(() => crossOriginIsolated), true, 'the stop check reads the shared cancel flag');
+  await dropFiles(p, '#drop', [{ name: PHOTO, type: 'image/png', bytes: readFileSync(join(IMAGES, PHOTO)) }]);
+  await p.waitForSelector('#cancel:not([hidden])');
+  await p.waitForTimeout(1000); // well inside the image pass
+  const t0 = Date.now();
+  await p.click('#cancel');
+  await p.waitForFunction(() => /^Stopped \(cancelled\)/.test(document.getElementById('image-status').textContent), null, { timeout: 30_000 });
+  const waited = Date.now() - t0;
+  console.log(`cancel 1 s into a ${24 * BLOCK_MS} ms+ image pass stopped it after ${waited} ms`);
+  assert.ok(waited < 6 * BLOCK_MS, `the cancel waited ${waited} ms: more than a few blocks`);
+  assert.equal(await p.textContent('#image-status'), 'Stopped (cancelled): scored 0 of 1 image (anomalyclip). Drop the rest again to score them.');
+  assert.equal(await p.textContent('#verdict'), 'No image scored yet.');
+  await p.close();
+});
+
 test("AdaptCLIP (zero-shot): the page's score and map equal the CLI's detect --mode adaptclip", { timeout: 120_000 }, async () => {
   const served = await page.evaluate(async () => (await (await fetch('models.json')).json()).models);
   const l = served.find((s) => s.name === 'adaptclip-tiny').learned;

@@ -708,6 +708,7 @@ pub fn encode(clip: &Clip, pixels: &Tensor) -> Result<Vec<Features>> {
             vv = Some(x.clone());
         }
         let out = blk.forward(&x, v.heads, v.act, None, dual)?;
+        crate::model::interrupt::check()?;
         if let (Some(s), Some(a)) = (vv.as_mut(), out.vv) {
             *s = (&*s + a)?;
         }

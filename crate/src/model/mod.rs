@@ -5,6 +5,7 @@
 //! [`checkpoint`]. Detection on top of the encoders is in [`crate::detect`], not here.
 pub mod checkpoint;
 pub mod config;
+pub mod interrupt;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod native;
 pub mod ops;

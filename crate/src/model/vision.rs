@@ -240,6 +240,7 @@ impl VisionTower {
                 surgery = Some(x.clone());
             }
             let out = blk.forward(&x, v.heads, v.act, None, vv)?;
+            super::interrupt::check()?;
             if let (Some(s), Some(a)) = (surgery.as_mut(), out.vv) {
                 *s = (&*s + a)?;
             }
@@ -383,6 +384,7 @@ impl VisionTower {
             x = self.w.ln_pre.forward(&x)?;
             for blk in &self.w.blocks {
                 x = blk.forward(&x, v.heads, v.act, None, false)?.x;
+                super::interrupt::check()?;
             }
             outs.push(self.project(&x.narrow(1, 0, 1)?.squeeze(1)?)?);
         }

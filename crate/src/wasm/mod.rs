@@ -101,6 +101,22 @@ pub fn int8_gemm_check(m: usize, k: usize, n: usize, seed: u32) -> Result<f32, J
     crate::model::wasm_qgemm::self_check(m, k, n, seed as u64).map_err(|e| JsError::new(&format!("{e:#}")))
 }
 
+/// Installs `check` (a function of no arguments; `null` removes it) as the stop check the image
+/// tower runs after every transformer block on the CPU ([`crate::model::interrupt`]): if it
+/// throws, the image being encoded stops there with its message. The page's worker installs one
+/// that throws when the page cancelled the request, so Cancel stops even one long image (a
+/// learned mode at 518 px) within a block.
+#[wasm_bindgen(js_name = setInterrupt)]
+pub fn set_interrupt(check: Option<js_sys::Function>) {
+    crate::model::interrupt::set(check.map(|f| {
+        Box::new(move || {
+            f.call0(&JsValue::NULL)
+                .map(|_| ())
+                .map_err(|e| anyhow::anyhow!("{}", js_message(&e)))
+        }) as crate::model::interrupt::Check
+    }));
+}
+
 /// The overlay the page draws: `inputRgba` (`width × height` RGBA, as [`Detection::input`]
 /// returns) with the inferno heatmap of `map` (same size, fixed range `[0, 1]`) blended at
 /// `opacity` (0..1) and, when `threshold` is finite, the cyan outline of `map >= threshold` on
