@@ -273,9 +273,9 @@ fn cancel_between_tiles_and_batch_is_refused() {
 /// AdaptCLIP's input side on the tiny DPAM model (patch 14: a 4×4 grid).
 const ADAPT_SIZE: u32 = 56;
 
-/// The tiny 24-block DPAM model, resampling position embeddings as the official code does.
+/// The tiny 24-block model of the learned fixtures, resampling position embeddings as the official code does.
 fn adapt_model() -> Clip {
-    let mut clip = Clip::load_dir(&fixtures().join("dpam_tiny")).unwrap();
+    let mut clip = Clip::load_dir(&fixtures().join("anomalyclip_tiny")).unwrap();
     learned::use_official_pos_interp(&mut clip);
     clip
 }

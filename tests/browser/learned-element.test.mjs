@@ -9,12 +9,12 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
-import { readSafetensors } from '../wasm/safetensors.mjs';
+import { readSafetensors, writeSafetensors } from '../wasm/safetensors.mjs';
 import { indexSite } from './site-index.mjs';
 import { IMAGES, ROOT, browser, cli, dropAndWait, makeSite, openPage, ready, serve, waitLoaded } from './harness.mjs';
 
 const FIXTURE = join(ROOT, 'tests/fixtures/anomalyclip_tiny'); // embed_dim 16
-const DPAM = join(ROOT, 'tests/fixtures/dpam_tiny'); // AdaptCLIP's fixture model, embed_dim 32
+const DPAM = join(ROOT, 'tests/fixtures/anomalyclip_tiny'); // AdaptCLIP's fixture model too
 const PHOTO = 'bottle_broken_large_000.png';
 const SIZE = 42; // AnomalyCLIP's side for the tiny model (learned.json), not its own 28
 const ADAPT_SIZE = 70;
@@ -22,6 +22,7 @@ const ADAPT_SIZE = 70;
 let tmp;
 let learned;
 let adapt;
+let otherLearned; // bytes: AnomalyCLIP's file as converted for another (32-wide) checkpoint
 let server;
 let b;
 let page; // a plain page of the site that loads the element's module
@@ -56,6 +57,17 @@ before(async () => {
   cli('convert', '--learned', join(FIXTURE, 'learned.pth'), '--model', FIXTURE, '--out', learned);
   adapt = join(tmp, 'adaptclip.safetensors');
   cli('convert', '--learned', join(ROOT, 'tests/fixtures/adaptclip_tiny/learned.pth'), '--model', DPAM, '--out', adapt);
+  // AnomalyCLIP's file as for a model with 32-wide embeddings (its text features zero-padded):
+  // a file for another checkpoint (both learned fixtures share one 16-wide model).
+  const learnedF32 = join(tmp, 'learned-f32.safetensors');
+  cli('convert', '--learned', join(FIXTURE, 'learned.pth'), '--model', FIXTURE, '--dtype', 'f32', '--out', learnedF32);
+  const t = readSafetensors(readFileSync(learnedF32));
+  const v = t.get('text_features');
+  const [r, c] = v.shape;
+  const data = new Float32Array(r * 2 * c);
+  for (let i = 0; i < r; i++) data.set(v.data.subarray(i * c, (i + 1) * c), i * 2 * c);
+  t.set('text_features', { ...v, shape: [r, 2 * c], data });
+  otherLearned = writeSafetensors(Object.fromEntries(t));
   cliAnomaly = cliDetect('anomalyclip', FIXTURE, learned, SIZE);
   cliAdapt = cliDetect('adaptclip', DPAM, adapt, ADAPT_SIZE);
   const dir = makeSite({
@@ -74,6 +86,7 @@ before(async () => {
     'ckpt/anomalyclip/learned.json': JSON.stringify({ imageSize: SIZE }),
     'learned/adaptclip.safetensors': readFileSync(adapt),
     'learned/anomalyclip.safetensors': readFileSync(learned),
+    'learned/other-model.safetensors': otherLearned,
     'element.html':
       '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>element</title>' +
       '<script type="module" src="anomaly-detector.js"></script></head><body></body></html>',
@@ -213,8 +226,8 @@ test('the JS API: loadLearned (AdaptCLIP) scores as the CLI; the other mode and 
       const a = await d.detect(blob, { mode: 'adaptclip' });
       out.adapt = { score: a.score, width: a.width, height: a.height, map: Array.from(a.map) };
       out.otherMode = await err(() => d.detect(blob, { mode: 'anomalyclip' }));
-      // AnomalyCLIP's file holds 16-wide text features; this model's embeddings are 32 wide.
-      out.mismatch = await err(() => d.loadLearned('learned/anomalyclip.safetensors'));
+      // A file converted for another checkpoint: 32-wide text features; this model's embeddings are 16 wide.
+      out.mismatch = await err(() => d.loadLearned('learned/other-model.safetensors'));
       out.missing = await err(() => d.loadLearned('learned/nothing-here.safetensors'));
       out.bytesNotLearned = await err(() => d.loadLearned(new Uint8Array([1, 2, 3, 4, 5, 6, 7, 8, 9])));
       const again = await d.detect(blob, { mode: 'adaptclip' });
@@ -235,7 +248,7 @@ test('the JS API: loadLearned (AdaptCLIP) scores as the CLI; the other mode and 
   assert.ok(Math.abs(r.adapt.score - cliAdapt.score) <= 1e-5, `score ${r.adapt.score} vs ${cliAdapt.score}`);
   assert.ok(w <= 1e-5, `map max|Δ| = ${w}`);
   assert.match(r.otherMode, /^mode “anomalyclip” needs AnomalyCLIP's learned prompts, but the learned file loaded for dpam-tiny holds AdaptCLIP's learned adapters: use mode “adaptclip”/);
-  assert.match(r.mismatch, /^could not load the learned file http:\/\/127\.0\.0\.1:\d+\/learned\/anomalyclip\.safetensors for dpam-tiny: the learned prompts do not belong to this model: text embeddings have 16 dimensions, the model 32$/);
+  assert.match(r.mismatch, /^could not load the learned file http:\/\/127\.0\.0\.1:\d+\/learned\/other-model\.safetensors for dpam-tiny: the learned prompts do not belong to this model: text embeddings have 32 dimensions, the model 16$/);
   assert.match(r.missing, /^could not load the learned file .*nothing-here\.safetensors for dpam-tiny: download of learned file nothing-here\.safetensors failed: HTTP 404/);
   assert.match(r.bytesNotLearned, /^could not load the learned file for dpam-tiny: the learned file: not a valid safetensors file/);
   // Nothing lost: the adapters loaded before still score, the same.
