@@ -5,15 +5,18 @@
 // The test hook ?cachefail=quota|unavailable|cleared, and a real small quota (CDP
 // Storage.overrideQuotaForOrigin).
 import assert from 'node:assert/strict';
+import { statSync } from 'node:fs';
 import { test } from 'node:test';
 import { browser, dropAndWait, image, loadTestModel, makeSite, message, openPage, ready, serve } from './harness.mjs';
 
 const WEIGHTS_CACHE = 'anoscope-weights-v1';
 const MODEL = 'models/test-tiny/model.safetensors';
 const hits = (server, path, from = 0) => server.log.slice(from).filter((l) => l.startsWith(`GET /${path} `)).length;
+// The interface test model's size as the page words it ("1.1 MB").
+const MODEL_MB = (statSync(new URL(`../../www/dist/${MODEL}`, import.meta.url)).size / 1e6).toFixed(1).replace('.', '\\.');
 const NOTE = (reason) =>
   new RegExp(
-    `^Offline use is unavailable: the 3\\.6 MB model could not be kept in the browser's storage \\(${reason}\\)\\. ` +
+    `^Offline use is unavailable: the ${MODEL_MB} MB model could not be kept in the browser's storage \\(${reason}\\)\\. ` +
       'It runs now from the download; the next visit downloads it again\\.$',
   );
 
@@ -121,8 +124,9 @@ test('a real small quota (CDP Storage.overrideQuotaForOrigin): the same; with th
     const cdp = await b.context.newCDPSession(page);
     const origin = new URL(own.url).origin;
     const url = new URL(MODEL, own.url).href;
-    // 1 MB: the config and the prompt file fit, the 3.6 MB checkpoint does not.
-    await cdp.send('Storage.overrideQuotaForOrigin', { origin, quotaSize: 1_000_000 });
+    // 600 kB: the config and the prompt file (35 kB) fit, the checkpoint (over 1 MB) does not.
+    assert.ok(statSync(new URL(`../../www/dist/${MODEL}`, import.meta.url)).size > 1_000_000, 'the test model outgrows the quota');
+    await cdp.send('Storage.overrideQuotaForOrigin', { origin, quotaSize: 600_000 });
     await page.goto(own.url);
     await ready(page);
     const score = await loadAndScore(page);
