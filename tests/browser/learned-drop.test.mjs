@@ -10,7 +10,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
-import { readSafetensors, writeSafetensors } from '../wasm/safetensors.mjs';
+import { readSafetensors, widened } from '../wasm/safetensors.mjs';
 import { indexSite } from './site-index.mjs';
 import { IMAGES, ROOT, browser, cli, dropAndWait, dropFiles, loadTestModel, makeSite, message, openPage, ready, serve, waitLoaded } from './harness.mjs';
 
@@ -38,15 +38,7 @@ before(async () => {
   cli('convert', '--learned', join(ROOT, 'tests/fixtures/adaptclip_tiny/learned.pth'), '--model', DPAM, '--dtype', 'f32', '--out', adapt);
   // AdaptCLIP's conversion as for a model with 32-wide embeddings (its class pairs zero-padded):
   // a file for another checkpoint (both learned fixtures share one 16-wide model).
-  const t = readSafetensors(readFileSync(adapt));
-  for (const k of ['adaptclip.learned_text', 'adaptclip.static_text']) {
-    const v = t.get(k);
-    const [r, c] = v.shape;
-    const data = new Float32Array(r * 2 * c);
-    for (let i = 0; i < r; i++) data.set(v.data.subarray(i * c, (i + 1) * c), i * 2 * c);
-    t.set(k, { ...v, shape: [r, 2 * c], data });
-  }
-  otherAdapt = writeSafetensors(Object.fromEntries(t));
+  otherAdapt = widened(readFileSync(adapt), ['adaptclip.learned_text', 'adaptclip.static_text']);
   // The checkpoint alone: the learned file comes from the reader's disk.
   const dir = makeSite({
     'models/anomalyclip-plain/open_clip_config.json': readFileSync(join(FIXTURE, 'open_clip_config.json')),

@@ -11,7 +11,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { readSafetensors, row, writeSafetensors } from './safetensors.mjs';
+import { readSafetensors, row, widened } from './safetensors.mjs';
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const PKG = process.env.ANOSCOPE_WASM_PKG ? path.resolve(process.env.ANOSCOPE_WASM_PKG) : path.join(REPO, 'www/dist/pkg');
@@ -43,15 +43,7 @@ execFileSync(CLI, ['convert', '--learned', path.join(REPO, 'tests/fixtures/adapt
 /** AdaptCLIP's conversion as for a model with twice the embedding width (its class pairs
  * zero-padded to [2, 2P]): another model's file (both learned fixtures share one model). */
 function otherModelsAdapt() {
-  const t = readSafetensors(fs.readFileSync(adapt));
-  for (const k of ['adaptclip.learned_text', 'adaptclip.static_text']) {
-    const v = t.get(k);
-    const [r, c] = v.shape;
-    const data = new Float32Array(r * 2 * c);
-    for (let i = 0; i < r; i++) data.set(v.data.subarray(i * c, (i + 1) * c), i * 2 * c);
-    t.set(k, { ...v, shape: [r, 2 * c], data });
-  }
-  return writeSafetensors(Object.fromEntries(t));
+  return widened(fs.readFileSync(adapt), ['adaptclip.learned_text', 'adaptclip.static_text']);
 }
 
 function maxAbs(a, b) {

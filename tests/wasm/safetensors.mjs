@@ -102,3 +102,20 @@ export function row(tensor, i) {
   const size = rest.reduce((a, b) => a * b, 1);
   return { dtype: tensor.dtype, shape: [1, ...rest], data: tensor.data.slice(i * size, (i + 1) * size) };
 }
+
+/**
+ * The safetensors file `bytes` with the f32 tensors `names` ([rows, cols]) zero-padded to
+ * [rows, 2 * cols]: a learned file as if converted for a checkpoint with twice the embedding width
+ * (the tests' "file for another checkpoint").
+ */
+export function widened(bytes, names) {
+  const t = readSafetensors(bytes);
+  for (const k of names) {
+    const v = t.get(k);
+    const [r, c] = v.shape;
+    const data = new Float32Array(r * 2 * c);
+    for (let i = 0; i < r; i++) data.set(v.data.subarray(i * c, (i + 1) * c), i * 2 * c);
+    t.set(k, { ...v, shape: [r, 2 * c], data });
+  }
+  return writeSafetensors(Object.fromEntries(t));
+}
