@@ -60,10 +60,15 @@ fn max_abs(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max)
 }
 
+/// The int8 tower as the native build runs it: our AVX-512 VNNI GEMM (`model::x86_qgemm`) on a
+/// CPU with it, else candle's `QMatMul`.
 fn quantized(clip: &Clip) -> Clip {
     let mut q = clip.clone();
     q.quantize_vision().unwrap();
     assert!(q.vision.w.is_q8() && !clip.vision.w.is_q8());
+    let fc1 = &q.vision.w.blocks[0].fc1;
+    assert_eq!(fc1.vnni.is_some(), anoscope::model::x86_qgemm::available());
+    assert_eq!(fc1.q8.is_some(), !anoscope::model::x86_qgemm::available());
     q
 }
 
@@ -82,7 +87,7 @@ fn quantized_wasm(clip: &Clip) -> Clip {
 type Quantizer = fn(&Clip) -> Clip;
 
 /// Both int8 forms: (name, quantizer).
-const KERNELS: [(&str, Quantizer); 2] = [("candle", quantized), ("wasm", quantized_wasm)];
+const KERNELS: [(&str, Quantizer); 2] = [("native", quantized), ("wasm", quantized_wasm)];
 
 fn encode(clip: &Clip, pixels: &Tensor) -> VisionOutput {
     let opts = EncodeOptions {

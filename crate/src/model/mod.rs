@@ -3,11 +3,10 @@
 //! configuration and loaders in the submodules. The checkpoint limits and format details that the
 //! whole-file reader ([`weights`]) and the streaming reader ([`stream`]) share are in
 //! [`checkpoint`]. Detection on top of the encoders is in [`crate::detect`], not here.
+pub mod block;
 pub mod checkpoint;
 pub mod config;
 pub mod interrupt;
-#[cfg(not(target_arch = "wasm32"))]
-pub mod native;
 pub mod ops;
 pub mod pth;
 pub mod random;
@@ -18,6 +17,7 @@ pub mod vision;
 pub mod wasm_gemm;
 pub mod wasm_qgemm;
 pub mod weights;
+pub mod x86_qgemm;
 
 pub use checkpoint::TensorSource;
 pub use config::{Activation, ClipConfig, Layout, PosInterp, TextConfig, VisionConfig};

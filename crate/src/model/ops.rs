@@ -29,15 +29,21 @@ impl Linear {
         let last = dims[dims.len() - 1];
         let rows = x.elem_count() / last;
         let x = x.contiguous()?.reshape((rows, last))?;
-        let y = match (&self.packed, &self.q8) {
-            (Some(p), _) => {
+        let y = match (&self.vnni, &self.packed, &self.q8) {
+            (Some(v), _, _) => {
+                let a = x.flatten_all()?.to_vec1::<f32>()?;
+                let mut c = vec![0f32; rows * v.n()];
+                v.gemm_add(&a, rows, &mut c);
+                Tensor::from_vec(c, (rows, v.n()), x.device())?
+            }
+            (None, Some(p), _) => {
                 let a = x.flatten_all()?.to_vec1::<f32>()?;
                 let mut c = vec![0f32; rows * p.n()];
                 p.gemm(&a, rows, &mut c);
                 Tensor::from_vec(c, (rows, p.n()), x.device())?
             }
-            (None, Some(q)) => candle_core::Module::forward(q, &x)?,
-            (None, None) => matmul_2d(&x, &self.w_t)?,
+            (None, None, Some(q)) => candle_core::Module::forward(q, &x)?,
+            (None, None, None) => matmul_2d(&x, &self.w_t)?,
         };
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
@@ -185,9 +191,8 @@ impl Block {
         mask: Option<&Tensor>,
         vv: bool,
     ) -> Result<BlockOut> {
-        // Natively, f32 weights: the same block on plain buffers with direct GEMM calls.
-        #[cfg(not(target_arch = "wasm32"))]
-        if let Some(out) = self.forward_native(x, heads, act, mask, vv)? {
+        // f32 or int8 weights on the CPU: the same block on plain buffers with direct GEMM calls.
+        if let Some(out) = self.forward_plain(x, heads, act, mask, vv)? {
             return Ok(out);
         }
         let (b, t, d) = x.dims3()?;

@@ -28,6 +28,8 @@ pub const MR: usize = 4;
 const _: () = assert!(MR <= 6);
 /// Columns of `B` per packed panel (two `f32x4`).
 pub const NR: usize = 8;
+// `store_tile` writes tiles 8 columns wide.
+const _: () = assert!(NR == 8);
 /// Depth of one block of `K`.
 pub const KC: usize = 384;
 
@@ -36,6 +38,15 @@ pub const KC: usize = 384;
 /// The module holding this function validates only in engines with relaxed SIMD (the page's
 /// worker checks that before loading the relaxed-SIMD build).
 pub fn gemm(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usize) {
+    gemm_into(a, b, c, m, k, n, false)
+}
+
+/// `c[m × n] += a[m × k] · b[k × n]` (`c` holds the bias or the residual stream).
+pub fn gemm_add(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usize) {
+    gemm_into(a, b, c, m, k, n, true)
+}
+
+fn gemm_into(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usize, add: bool) {
     assert!(
         a.len() >= m * k && b.len() >= k * n && c.len() >= m * n,
         "gemm: short slices"
@@ -44,14 +55,16 @@ pub fn gemm(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usize) {
         return;
     }
     if k == 0 {
-        c[..m * n].fill(0.0);
+        if !add {
+            c[..m * n].fill(0.0);
+        }
         return;
     }
     let mut panel = vec![0f32; KC * NR];
     let mut k0 = 0;
     while k0 < k {
         let kc = KC.min(k - k0);
-        let first = k0 == 0;
+        let first = k0 == 0 && !add;
         let mut j0 = 0;
         while j0 < n {
             let nc = NR.min(n - j0);
@@ -139,24 +152,5 @@ unsafe fn kernel<const R: usize>(
             acc[1] = f32x4_relaxed_madd(x, b1, acc[1]);
         }
     }
-    for (r, acc) in acc.iter().enumerate() {
-        let cp = c.as_mut_ptr().add((i0 + r) * n + j0);
-        if nc == NR {
-            let (mut v0, mut v1) = (acc[0], acc[1]);
-            if !first {
-                v0 = f32x4_add(v0, v128_load(cp as *const v128));
-                v1 = f32x4_add(v1, v128_load(cp.add(4) as *const v128));
-            }
-            v128_store(cp as *mut v128, v0);
-            v128_store(cp.add(4) as *mut v128, v1);
-        } else {
-            let mut lanes = [0f32; NR];
-            v128_store(lanes.as_mut_ptr() as *mut v128, acc[0]);
-            v128_store(lanes.as_mut_ptr().add(4) as *mut v128, acc[1]);
-            for (j, v) in lanes.iter().take(nc).enumerate() {
-                let dst = cp.add(j);
-                *dst = if first { *v } else { *dst + *v };
-            }
-        }
-    }
+    super::wasm_qgemm::store_tile(&acc, c, n, i0, j0, nc, first);
 }

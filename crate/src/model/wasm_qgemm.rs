@@ -30,6 +30,8 @@ use anyhow::{bail, Result};
 
 /// Outputs (columns of `C`) per packed panel.
 pub const NR: usize = 8;
+// `store_tile` writes tiles 8 columns wide.
+const _: () = assert!(NR == 8);
 /// Rows of `A` per micro-kernel call.
 pub const MR: usize = 4;
 // The remainder kernels below go up to 3 rows.
@@ -133,33 +135,10 @@ impl PackedQ8 {
     }
 
     /// Quantizes `w_t` (`[k, n]`, row-major: the transposed weight of a linear layer) to int8
-    /// blocks along `k` as candle's Q8_0 does (scale `amax / 127` rounded to f16, values
-    /// `round(x / scale)`), then packs them. Weights read from a q8 checkpoint come back exact.
+    /// blocks along `k` ([`quantize_q8_0`]), then packs them. Weights read from a q8 checkpoint
+    /// come back exact.
     pub fn quantize(w_t: &[f32], k: usize, n: usize) -> Result<Self> {
-        if w_t.len() != k * n {
-            bail!("int8 GEMM: {} weights for [{k}, {n}]", w_t.len());
-        }
-        if k == 0 || !k.is_multiple_of(BLOCK) {
-            bail!("int8 GEMM: {k} inputs is not a positive multiple of {BLOCK}");
-        }
-        let kb = k / BLOCK;
-        let mut q = vec![0i8; n * k];
-        let mut scales = vec![0f32; n * kb];
-        let mut col = [0f32; BLOCK];
-        for j in 0..n {
-            for b in 0..kb {
-                for (i, v) in col.iter_mut().enumerate() {
-                    *v = w_t[(b * BLOCK + i) * n + j];
-                }
-                let amax = col.iter().fold(0f32, |m, v| m.max(v.abs()));
-                let d = amax / 127.0;
-                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-                scales[j * kb + b] = half::f16::from_f32(d).to_f32();
-                for (i, v) in col.iter().enumerate() {
-                    q[j * k + b * BLOCK + i] = (v * id).round() as i8;
-                }
-            }
-        }
+        let (q, scales) = quantize_q8_0(w_t, k, n)?;
         Self::new(&q, &scales, n, k)
     }
 
@@ -198,6 +177,15 @@ impl PackedQ8 {
 
     /// `c[m × n] = a[m × k] · Wᵀ`, `a` and `c` row-major; `c` is overwritten.
     pub fn gemm(&self, a: &[f32], m: usize, c: &mut [f32]) {
+        self.gemm_into(a, m, c, false)
+    }
+
+    /// `c[m × n] += a[m × k] · Wᵀ` (`c` holds the bias or the residual stream).
+    pub fn gemm_add(&self, a: &[f32], m: usize, c: &mut [f32]) {
+        self.gemm_into(a, m, c, true)
+    }
+
+    fn gemm_into(&self, a: &[f32], m: usize, c: &mut [f32], add: bool) {
         let (k, n) = (self.k, self.n);
         assert!(a.len() >= m * k && c.len() >= m * n, "int8 gemm: short slices");
         if m == 0 || n == 0 {
@@ -231,7 +219,7 @@ impl PackedQ8 {
                     n,
                     j0,
                     nc,
-                    first: k0 == 0,
+                    first: k0 == 0 && !add,
                 };
                 let mut i0 = 0;
                 while i0 + MR <= m {
@@ -252,6 +240,37 @@ impl PackedQ8 {
             k0 += kc;
         }
     }
+}
+
+/// Quantizes `w_t` (`[k, n]`, row-major: the transposed weight of a linear layer) to int8 blocks
+/// along `k` as candle's Q8_0 does (scale `amax / 127` rounded to f16, values `round(x /
+/// scale)`). Returns the values `[n, k]` and the scales `[n, k / BLOCK]`.
+pub fn quantize_q8_0(w_t: &[f32], k: usize, n: usize) -> Result<(Vec<i8>, Vec<f32>)> {
+    if w_t.len() != k * n {
+        bail!("int8 GEMM: {} weights for [{k}, {n}]", w_t.len());
+    }
+    if k == 0 || !k.is_multiple_of(BLOCK) {
+        bail!("int8 GEMM: {k} inputs is not a positive multiple of {BLOCK}");
+    }
+    let kb = k / BLOCK;
+    let mut q = vec![0i8; n * k];
+    let mut scales = vec![0f32; n * kb];
+    let mut col = [0f32; BLOCK];
+    for j in 0..n {
+        for b in 0..kb {
+            for (i, v) in col.iter_mut().enumerate() {
+                *v = w_t[(b * BLOCK + i) * n + j];
+            }
+            let amax = col.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let d = amax / 127.0;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            scales[j * kb + b] = half::f16::from_f32(d).to_f32();
+            for (i, v) in col.iter().enumerate() {
+                q[j * k + b * BLOCK + i] = (v * id).round() as i8;
+            }
+        }
+    }
+    Ok((q, scales))
 }
 
 /// Quantizes the rows of `a` (`[m, k]`) per block of [`BLOCK`]: symmetric, `d = amax / QMAX`,
@@ -427,23 +446,43 @@ unsafe fn kernel<const R: usize>(t: &Tile<'_>, i0: usize, c: &mut [f32]) {
             acc[1] = f32x4_add(acc[1], f32x4_mul(f32x4_convert_i32x4(iacc[1]), f32x4_mul(s1, sa)));
         }
     }
+    store_tile(&acc, c, t.n, i0, t.j0, t.nc, t.first);
+}
+
+/// Writes (`first`) or adds the `R × 8` accumulator tile `acc` (two `f32x4` per row) to
+/// `C[i0.., j0..j0+nc]` (row stride `n`), for the micro-kernels of both wasm GEMMs.
+///
+/// # Safety
+/// `i0 + R` rows of `n` columns lie in `c` and `j0 + nc ≤ n`, `nc ≤ 8`.
+#[cfg(target_arch = "wasm32")]
+#[inline(always)]
+pub(super) unsafe fn store_tile<const R: usize>(
+    acc: &[[core::arch::wasm32::v128; 2]; R],
+    c: &mut [f32],
+    n: usize,
+    i0: usize,
+    j0: usize,
+    nc: usize,
+    first: bool,
+) {
+    use core::arch::wasm32::*;
     for (r, acc) in acc.iter().enumerate() {
-        let cp = c.as_mut_ptr().add((i0 + r) * t.n + t.j0);
-        if t.nc == NR {
+        let cp = c.as_mut_ptr().add((i0 + r) * n + j0);
+        if nc == 8 {
             let (mut v0, mut v1) = (acc[0], acc[1]);
-            if !t.first {
+            if !first {
                 v0 = f32x4_add(v0, v128_load(cp as *const v128));
                 v1 = f32x4_add(v1, v128_load(cp.add(4) as *const v128));
             }
             v128_store(cp as *mut v128, v0);
             v128_store(cp.add(4) as *mut v128, v1);
         } else {
-            let mut lanes = [0f32; NR];
+            let mut lanes = [0f32; 8];
             v128_store(lanes.as_mut_ptr() as *mut v128, acc[0]);
             v128_store(lanes.as_mut_ptr().add(4) as *mut v128, acc[1]);
-            for (j, v) in lanes.iter().take(t.nc).enumerate() {
+            for (j, v) in lanes.iter().take(nc).enumerate() {
                 let dst = cp.add(j);
-                *dst = if t.first { *v } else { *dst + *v };
+                *dst = if first { *v } else { *dst + *v };
             }
         }
     }
@@ -550,6 +589,26 @@ mod tests {
             }
             let back = p.dequantize_t();
             assert_eq!(back[n + n - 1], q[(n - 1) * k + 1] as f32 * s[(n - 1) * (k / BLOCK)]);
+        }
+    }
+
+    #[test]
+    fn gemm_add_adds_to_what_c_holds() {
+        let mut seed = 11;
+        let (m, k, n) = (6, 1600, 11); // three K blocks, a short panel
+        let a: Vec<f32> = (0..m * k).map(|_| lcg(&mut seed)).collect();
+        let q: Vec<i8> = (0..n * k).map(|_| (lcg(&mut seed) * 127.0).round() as i8).collect();
+        let s: Vec<f32> = (0..n * k / BLOCK).map(|_| 0.01 + lcg(&mut seed).abs() * 0.02).collect();
+        let p = PackedQ8::new(&q, &s, n, k).unwrap();
+        let init: Vec<f32> = (0..m * n).map(|i| i as f32 - 20.0).collect();
+        let mut c = init.clone();
+        p.gemm_add(&a, m, &mut c);
+        let want = reference(&a, &q, &s, m, k, n);
+        for ((g, w), i) in c.iter().zip(&want).zip(&init) {
+            assert!(
+                (g - (w + i)).abs() <= 1e-4 * (1.0 + w.abs() + i.abs()),
+                "{g} vs {w} + {i}"
+            );
         }
     }
 

@@ -166,6 +166,9 @@ pub struct Linear {
     /// The int8 form in a wasm build ([`Linear::quantize`]): the packed panels of our own int8
     /// GEMM ([`super::wasm_qgemm`]), run by [`Linear::forward`].
     pub packed: Option<std::sync::Arc<super::wasm_qgemm::PackedQ8>>,
+    /// The int8 form natively on a CPU with AVX-512 VNNI ([`Linear::quantize`]): the packed
+    /// panels of [`super::x86_qgemm`], run instead of `q8` (`w_t` stays, as with `q8`).
+    pub vnni: Option<std::sync::Arc<super::x86_qgemm::VnniQ8>>,
 }
 
 impl Linear {
@@ -176,12 +179,19 @@ impl Linear {
             bias,
             q8: None,
             packed: None,
+            vnni: None,
         }
+    }
+
+    /// Whether the layer has an int8 form ([`Linear::quantize`] or [`Linear::quantize_packed`]).
+    pub fn is_int8(&self) -> bool {
+        self.q8.is_some() || self.packed.is_some() || self.vnni.is_some()
     }
 
     /// Adds the int8 form of the weights, Q8_0 blocks (per output channel, one f16 scale per
     /// [`Q8_BLOCK`] input values; activations quantized per row block at run time, i32
-    /// accumulation): natively candle's `QMatMul`; in wasm our packed GEMM
+    /// accumulation): natively our AVX-512 VNNI GEMM ([`super::x86_qgemm`]) where the CPU has
+    /// it, else candle's `QMatMul`; in wasm our packed GEMM
     /// ([`super::wasm_qgemm`]), which then holds the only copy of the weights (`w_t` is
     /// emptied, 4 bytes a weight freed for about 1.2). Re-quantizing weights read from a q8
     /// checkpoint gives back its exact blocks. Errors when the input width is not a multiple
@@ -193,6 +203,12 @@ impl Linear {
         }
         if cfg!(target_arch = "wasm32") {
             return self.quantize_packed();
+        }
+        if super::x86_qgemm::available() {
+            let n = self.w_t.dim(1)?;
+            let w = self.w_t.flatten_all()?.to_vec1::<f32>()?;
+            self.vnni = Some(std::sync::Arc::new(super::x86_qgemm::VnniQ8::quantize(&w, k, n)?));
+            return Ok(());
         }
         let w = self.w_t.t()?.contiguous()?; // [out, in]: blocks run along the inputs
         self.q8 = Some(QMatMul::from_qtensor(QTensor::quantize(&w, GgmlDType::Q8_0)?)?);
@@ -360,8 +376,8 @@ impl VisionWeights {
                 "visual.ln_post",
             ),
         };
-        // A q8 checkpoint (its block weights stored as int8): run them in int8 (natively
-        // candle's QMatMul, in wasm our packed int8 GEMM, faster than f32 there: docs/speed.md).
+        // A q8 checkpoint (its block weights stored as int8): run them in int8 (natively our
+        // VNNI GEMM or candle's QMatMul, in wasm our packed int8 GEMM: docs/speed.md).
         let q8 = src.is_q8(&match cfg.layout {
             Layout::HuggingFace => format!("{blocks}.0.mlp.fc1.weight"),
             Layout::OpenClip => format!("{blocks}.0.mlp.c_fc.weight"),
@@ -408,7 +424,7 @@ impl VisionWeights {
     pub fn quantize_packed(&mut self) -> Result<()> {
         for b in &mut self.blocks {
             for l in [&mut b.qkv, &mut b.out, &mut b.fc1, &mut b.fc2] {
-                if l.q8.is_none() && l.packed.is_none() && l.w_t.dim(0)? % Q8_BLOCK == 0 {
+                if !l.is_int8() && l.w_t.dim(0)? % Q8_BLOCK == 0 {
                     l.quantize_packed()?;
                 }
             }
@@ -418,9 +434,7 @@ impl VisionWeights {
 
     /// Whether the blocks run in int8 ([`VisionWeights::quantize`]).
     pub fn is_q8(&self) -> bool {
-        self.blocks
-            .first()
-            .is_some_and(|b| b.fc1.q8.is_some() || b.fc1.packed.is_some())
+        self.blocks.first().is_some_and(|b| b.fc1.is_int8())
     }
 
     /// Gives every layer that holds only its int8 form (wasm) its f32 `w_t` back, scaled from
@@ -439,7 +453,7 @@ impl VisionWeights {
 /// input width is not a multiple of [`Q8_BLOCK`] (no ViT config has one), which stays f32.
 fn quantize_block(b: &mut Block) -> Result<()> {
     for l in [&mut b.qkv, &mut b.out, &mut b.fc1, &mut b.fc2] {
-        if l.q8.is_none() && l.packed.is_none() && l.w_t.dim(0)? % Q8_BLOCK == 0 {
+        if !l.is_int8() && l.w_t.dim(0)? % Q8_BLOCK == 0 {
             l.quantize()?;
         }
     }

@@ -1,16 +1,21 @@
-//! Native CPU path of a transformer block ([`Block::forward_native`]): the same arithmetic as
-//! [`Block::forward`] on plain `f32` buffers, calling `gemm` (the crate behind candle's matmuls)
-//! directly. What it saves against the candle path, per block:
+//! The CPU path of a transformer block ([`Block::forward_plain`]), natively and in wasm: the
+//! same arithmetic as [`Block::forward`] on plain `f32` buffers, with direct GEMM calls. What it
+//! saves against the candle path, per block:
 //!
-//! - the projections' bias and residual adds ride in the GEMM (the output starts as bias (+
+//! - the projections' bias and residual adds ride in the GEMM's output (it starts as bias (+
 //!   residual) and the GEMM adds `x @ w` to it) instead of separate passes with new tensors;
 //! - attention reads q, k and v in place from the fused qkv output (strided GEMM operands) and
 //!   runs each head's `softmax(q kᵀ) v` on one thread, the heads spread over rayon's pool,
 //!   instead of permuting and copying q, k, v and the output;
-//! - softmax and QuickGELU use a vectorised `exp` ([`exp_slice`]; AVX-512 / AVX2 picked at run
-//!   time) instead of one libm call per value, fused into one pass each.
+//! - softmax, QuickGELU and GELU use a vectorised `exp` ([`exp_slice`]) and `erf` instead of one
+//!   libm call per value, fused into one pass each: natively AVX-512 / AVX2 picked at run time,
+//!   in wasm the SIMD128 the module is built with (LLVM vectorises the same loops; `simd_fn!`).
 //!
-//! Not compiled for wasm32 (the browser keeps [`Block::forward`] and its own GEMMs).
+//! The GEMM behind each projection: the `gemm` crate (candle's own) for f32 weights, natively and
+//! in the SIMD128 wasm build; our `f32x4.relaxed_madd` GEMM ([`super::wasm_gemm`]) in the
+//! relaxed-SIMD wasm build; our int8 GEMM ([`super::wasm_qgemm`]) for a wasm layer in int8; and
+//! for a native layer in int8 our AVX-512 VNNI GEMM ([`super::x86_qgemm`]) or, on CPUs without
+//! it, candle's quantized matmul.
 use super::config::Activation;
 use super::ops::{activation, BlockOut};
 use super::weights::{Block, Linear, Norm};
@@ -18,6 +23,42 @@ use anyhow::{ensure, Result};
 use candle_core::{DType, Device, Storage, Tensor};
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
+
+/// Defines a function of plain loops (over [`exp1`] and friends) compiled three times: for
+/// AVX-512 and for AVX2 + FMA, picked at run time where the CPU has them, and as built (SSE2
+/// natively; in wasm the SIMD128 the module is built with). LLVM vectorises the loops for each.
+/// The body is its own `#[inline(always)]` function so that it is compiled inside each
+/// `#[target_feature]` wrapper (a closure passed to one may be compiled without the features:
+/// the softmax's was, in SSE2, before this macro).
+macro_rules! simd_fn {
+    ($(#[$m:meta])* $vis:vis fn $name:ident($($a:ident: $t:ty),* $(,)?) $body:block) => {
+        $(#[$m])*
+        $vis fn $name($($a: $t),*) {
+            #[inline(always)]
+            fn body($($a: $t),*) $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512dq,avx2,fma")]
+                unsafe fn v4($($a: $t),*) {
+                    body($($a),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn v3($($a: $t),*) {
+                    body($($a),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512dq") {
+                    // SAFETY: the CPU has AVX-512F/DQ (checked just above).
+                    return unsafe { v4($($a),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                    // SAFETY: the CPU has AVX2 and FMA (checked just above).
+                    return unsafe { v3($($a),*) };
+                }
+            }
+            body($($a),*)
+        }
+    };
+}
 
 /// Fewest rows worth a rayon task in the row-wise passes (LayerNorm, activation).
 const MIN_ROWS: usize = 16;
@@ -37,24 +78,60 @@ fn with_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
     }
 }
 
-/// Whether every weight of `blk` is an f32 CPU tensor the native path can read in place (int8
-/// layers in candle's form included: they keep their f32 `w_t`).
+/// Whether every weight of `blk` is an f32 CPU tensor this path can read in place, or a layer's
+/// int8 form (candle's or the VNNI GEMM's, which keep the f32 `w_t`, or the wasm GEMM's packed
+/// panels).
 fn supported(blk: &Block) -> bool {
     let ok = |t: &Tensor| t.dtype() == DType::F32 && t.device().is_cpu() && t.is_contiguous();
-    // A layer in the wasm int8 form (`packed`, its f32 weights dropped: natively only in the
-    // tests of that kernel) runs through `Linear::forward`.
-    let lin = |l: &Linear| l.packed.is_none() && ok(&l.w_t) && l.bias.as_ref().is_none_or(ok);
+    let lin = |l: &Linear| (l.packed.is_some() || ok(&l.w_t)) && l.bias.as_ref().is_none_or(ok);
     let norm = |n: &Norm| ok(&n.weight) && ok(&n.bias);
     lin(&blk.qkv) && lin(&blk.out) && lin(&blk.fc1) && lin(&blk.fc2) && norm(&blk.ln_1) && norm(&blk.ln_2)
 }
 
-/// Threads for one GEMM: rayon's pool size (what candle's matmuls use), `None` parallelism for 1.
+/// Threads for one GEMM: rayon's pool size (what candle's matmuls use natively; in the
+/// browser's threaded build its Web Workers), `None` parallelism for 1.
 fn parallelism() -> Parallelism {
-    match rayon::current_num_threads() {
-        0 | 1 => Parallelism::None,
+    match threads() {
+        1 => Parallelism::None,
         n => Parallelism::Rayon(n),
     }
 }
+
+/// Threads of rayon's pool (1 in the single-threaded wasm build, whose pool is the caller).
+fn threads() -> usize {
+    if cfg!(all(target_arch = "wasm32", not(target_feature = "atomics"))) {
+        1
+    } else {
+        rayon::current_num_threads().max(1)
+    }
+}
+
+/// `out[m × n] += x · W` where `f(a, rows, c)` adds `a · W` to `c` for `rows` rows of `a` (a
+/// single-threaded GEMM): the rows are split over rayon's pool, at least [`MIN_GEMM_ROWS`] each.
+fn add_rows_gemm(
+    out: &mut [f32],
+    x: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    f: impl Fn(&[f32], usize, &mut [f32]) + Sync,
+) {
+    let ranges = super::ops::split_ranges(m, threads(), MIN_GEMM_ROWS);
+    let mut parts: Vec<(&mut [f32], usize, usize)> = Vec::with_capacity(ranges.len());
+    let mut rest = out;
+    for &(start, rows) in &ranges {
+        let (head, tail) = rest.split_at_mut(rows * n);
+        parts.push((head, start, rows));
+        rest = tail;
+    }
+    parts
+        .into_par_iter()
+        .for_each(|(c, start, rows)| f(&x[start * k..(start + rows) * k], rows, c));
+}
+
+/// Fewest rows worth a thread of their own in [`add_rows_gemm`] (each thread packs or streams
+/// all of the weights).
+const MIN_GEMM_ROWS: usize = 32;
 
 /// LayerNorm of each `d`-wide row of `x` (two-pass mean and variance), in parallel over rows.
 fn layer_norm(x: &[f32], d: usize, n: &Norm) -> Result<Vec<f32>> {
@@ -65,19 +142,7 @@ fn layer_norm(x: &[f32], d: usize, n: &Norm) -> Result<Vec<f32>> {
             out.par_chunks_mut(d)
                 .zip(x.par_chunks(d))
                 .with_min_len(MIN_ROWS)
-                .for_each(|(o, r)| {
-                    simd(|| {
-                        let mean = lanes(r, 0.0, |a, v| a + v, |a, b| a + b) / d as f32;
-                        for (o, &v) in o.iter_mut().zip(r) {
-                            *o = v - mean;
-                        }
-                        let var = lanes(o, 0.0, |a, v| a + v * v, |a, b| a + b) / d as f32;
-                        let inv = 1.0 / (var + eps).sqrt();
-                        for ((o, &g), &b) in o.iter_mut().zip(g).zip(b) {
-                            *o = *o * inv * g + b;
-                        }
-                    })
-                })
+                .for_each(|(o, r)| layer_norm_row(o, r, g, b, eps))
         })
     });
     ensure!(done.flatten().is_some(), "layer norm weights are not contiguous f32");
@@ -86,9 +151,9 @@ fn layer_norm(x: &[f32], d: usize, n: &Norm) -> Result<Vec<f32>> {
 
 /// `init + x @ w + bias` for `x: [m, k]` (or `x @ w + bias` without `init`), where `init` is
 /// `[m, n]` (the residual stream). f32 weights run one `gemm` call whose output starts as the
-/// bias (+ residual); int8 weights ([`Linear::q8`]) run candle's quantized matmul and add after.
+/// bias (+ residual); the other GEMMs (int8, relaxed SIMD) write their product and it is added.
 fn linear(l: &Linear, x: &[f32], m: usize, init: Option<&[f32]>) -> Result<Vec<f32>> {
-    let (k, n) = l.w_t.dims2()?;
+    let (k, n) = (l.in_dim()?, l.out_dim()?);
     ensure!(x.len() == m * k, "linear: input has {} values, not {m}×{k}", x.len());
     let mut out = match init {
         Some(r) => r.to_vec(),
@@ -102,15 +167,44 @@ fn linear(l: &Linear, x: &[f32], m: usize, init: Option<&[f32]>) -> Result<Vec<f
         })
         .ok_or_else(|| anyhow::anyhow!("linear bias is not contiguous f32"))?;
     }
-    if let Some(q) = &l.q8 {
-        let xt = Tensor::from_slice(x, (m, k), &Device::Cpu)?;
-        let y = values(&candle_core::Module::forward(q, &xt)?)?;
-        out.par_chunks_mut(n)
-            .zip(y.par_chunks(n))
-            .with_min_len(MIN_ROWS)
-            .for_each(|(o, y)| o.iter_mut().zip(y).for_each(|(o, y)| *o += y));
+    if let Some(v) = &l.vnni {
+        v.gemm_add(x, m, &mut out);
         return Ok(out);
     }
+    if let Some(p) = &l.packed {
+        add_rows_gemm(&mut out, x, m, k, n, |a, rows, c| p.gemm_add(a, rows, c));
+        return Ok(out);
+    }
+    if let Some(q) = &l.q8 {
+        // candle's quantized matmul runs on one thread here (its own pool is off, see
+        // `init_cpu_threads`): the rows are split over rayon's instead.
+        let failed = std::sync::Mutex::new(None);
+        add_rows_gemm(&mut out, x, m, k, n, |a, rows, c| {
+            let y = Tensor::from_slice(a, (rows, k), &Device::Cpu)
+                .and_then(|xt| candle_core::Module::forward(q, &xt))
+                .map_err(anyhow::Error::from)
+                .and_then(|y| values(&y));
+            match y {
+                Ok(y) => c.iter_mut().zip(&y).for_each(|(c, y)| *c += y),
+                Err(e) => *failed.lock().unwrap() = Some(e),
+            }
+        });
+        if let Some(e) = failed.into_inner().unwrap() {
+            return Err(e);
+        }
+        return Ok(out);
+    }
+    #[cfg(all(target_arch = "wasm32", feature = "relaxed-simd"))]
+    {
+        with_slice(&l.w_t, |w| {
+            add_rows_gemm(&mut out, x, m, k, n, |a, rows, c| {
+                super::wasm_gemm::gemm_add(a, w, c, rows, k, n)
+            })
+        })
+        .ok_or_else(|| anyhow::anyhow!("linear weights are not contiguous f32"))?;
+        return Ok(out);
+    }
+    #[allow(unreachable_code)]
     let read_dst = init.is_some() || l.bias.is_some();
     with_slice(&l.w_t, |w| unsafe {
         // SAFETY: dst is m×n row-major, x is m×k row-major, w is k×n row-major, all sized above.
@@ -236,14 +330,32 @@ fn attention(
     out
 }
 
-/// `softmax` of one row in place (max-subtracted; -inf entries give 0).
-fn softmax_in_place(row: &mut [f32]) {
-    simd(|| {
-        let max = lanes(row, f32::NEG_INFINITY, f32::max, f32::max);
+simd_fn! {
+    /// LayerNorm of one row `r` into `o` (two-pass mean and variance), gain `g`, bias `b`.
+    fn layer_norm_row(o: &mut [f32], r: &[f32], g: &[f32], b: &[f32], eps: f32) {
+        let d = r.len() as f32;
+        let mean = lanes(r, 0.0, |a, v| a + v, |a, b| a + b) / d;
+        for (o, &v) in o.iter_mut().zip(r) {
+            *o = v - mean;
+        }
+        let var = lanes(o, 0.0, |a, v| a + v * v, |a, b| a + b) / d;
+        let inv = 1.0 / (var + eps).sqrt();
+        for ((o, &g), &b) in o.iter_mut().zip(g).zip(b) {
+            *o = *o * inv * g + b;
+        }
+    }
+}
+
+simd_fn! {
+    /// `softmax` of one row in place (max-subtracted; -inf entries give 0).
+    fn softmax_in_place(row: &mut [f32]) {
+        // (`f32::max` is a libm call in wasm, where it does not vectorise; the logits hold no NaN.)
+        let max2 = |a: f32, b: f32| if a > b { a } else { b };
+        let max = lanes(row, f32::NEG_INFINITY, max2, max2);
         row.iter_mut().for_each(|v| *v = exp1(*v - max));
         let inv = 1.0 / lanes(row, 0.0, |a, b| a + b, |a, b| a + b);
         row.iter_mut().for_each(|v| *v *= inv);
-    })
+    }
 }
 
 /// Folds `x` with `op(accumulator, value)` over 16 independent lanes, then combines the lanes
@@ -264,47 +376,43 @@ fn lanes(x: &[f32], init: f32, op: impl Fn(f32, f32) -> f32, join: impl Fn(f32, 
     r
 }
 
-/// QuickGELU `x · σ(1.702 x)` = `x / (1 + exp(-1.702 x))` in place.
-fn quick_gelu_in_place(x: &mut [f32]) {
-    simd(|| x.iter_mut().for_each(|v| *v /= 1.0 + exp1(-1.702 * *v)))
-}
-
-/// `exp` of every value in place: Cody–Waite range reduction (`x = n·ln2 + r`, |r| ≤ ln2/2), a
-/// degree-6 polynomial for `exp(r)` (Cephes `expf`'s coefficients, relative error ≈ 1e-7), and
-/// `2ⁿ` built in the exponent bits. Inputs below -87.3 give 0 (as `-inf` must in a masked
-/// softmax), above 88.3 give `exp(88.3)`.
-pub fn exp_slice(x: &mut [f32]) {
-    simd(|| x.iter_mut().for_each(|v| *v = exp1(*v)))
-}
-
-/// Runs `f` (plain loops) compiled for AVX-512 or AVX2 + FMA where the CPU has them (checked at
-/// run time; LLVM vectorises the loops of [`exp1`] and friends there), else as built.
-#[inline(always)]
-fn simd<R, F: FnOnce() -> R>(f: F) -> R {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512dq") {
-            // SAFETY: the CPU has AVX-512F/DQ (checked just above).
-            return unsafe { with_avx512(f) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU has AVX2 and FMA (checked just above).
-            return unsafe { with_avx2(f) };
-        }
+simd_fn! {
+    /// QuickGELU `x · σ(1.702 x)` = `x / (1 + exp(-1.702 x))` in place.
+    fn quick_gelu_in_place(x: &mut [f32]) {
+        x.iter_mut().for_each(|v| *v /= 1.0 + exp1(-1.702 * *v))
     }
-    f()
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512dq,avx2,fma")]
-unsafe fn with_avx512<R, F: FnOnce() -> R>(f: F) -> R {
-    f()
+simd_fn! {
+    /// GELU `x · Φ(x)` = `x/2 · (1 + erf(x/√2))` in place, with [`erf1`].
+    fn gelu_erf_in_place(x: &mut [f32]) {
+        x.iter_mut()
+            .for_each(|v| *v = 0.5 * *v * (1.0 + erf1(*v * std::f32::consts::FRAC_1_SQRT_2)))
+    }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn with_avx2<R, F: FnOnce() -> R>(f: F) -> R {
-    f()
+/// `erf(x)`, branch-free so that loops of it vectorise: Abramowitz & Stegun 7.1.26,
+/// `1 - (a₁t + … + a₅t⁵)·exp(-x²)` with `t = 1/(1 + p|x|)` (absolute error ≤ 1.5e-7), the sign
+/// of `x` put back.
+#[inline(always)]
+fn erf1(x: f32) -> f32 {
+    const P: f32 = 0.327_591_1;
+    const A: [f32; 5] = [0.254_829_6, -0.284_496_72, 1.421_413_8, -1.453_152, 1.061_405_4];
+    let ax = x.abs();
+    let t = 1.0 / (1.0 + P * ax);
+    let poly = ((((A[4] * t + A[3]) * t + A[2]) * t + A[1]) * t + A[0]) * t;
+    let y = 1.0 - poly * exp1(-ax * ax);
+    y.copysign(x)
+}
+
+simd_fn! {
+    /// `exp` of every value in place: Cody–Waite range reduction (`x = n·ln2 + r`, |r| ≤ ln2/2),
+    /// a degree-6 polynomial for `exp(r)` (Cephes `expf`'s coefficients, relative error ≈ 1e-7),
+    /// and `2ⁿ` built in the exponent bits. Inputs below -87.3 give 0 (as `-inf` must in a
+    /// masked softmax), above 88.3 give `exp(88.3)`.
+    pub fn exp_slice(x: &mut [f32]) {
+        x.iter_mut().for_each(|v| *v = exp1(*v))
+    }
 }
 
 /// One value of [`exp_slice`] (branch-free so that the loops around it vectorise).
@@ -337,7 +445,7 @@ impl Block {
     /// [`Block::forward`] on plain f32 buffers with direct `gemm` calls (see the module docs);
     /// `None` when the block's weights or `x` are not f32 on the CPU (the caller then runs
     /// [`Block::forward`]).
-    pub fn forward_native(
+    pub fn forward_plain(
         &self,
         x: &Tensor,
         heads: usize,
@@ -373,6 +481,11 @@ impl Block {
                 m.par_chunks_mut(width)
                     .with_min_len(MIN_ROWS)
                     .for_each(quick_gelu_in_place);
+            }
+            Activation::Gelu => {
+                m.par_chunks_mut(width)
+                    .with_min_len(MIN_ROWS)
+                    .for_each(gelu_erf_in_place);
             }
             other => {
                 let mt = Tensor::from_vec(m, (rows, width), &Device::Cpu)?;
@@ -417,6 +530,50 @@ mod tests {
         exp_slice(&mut edge);
         assert_eq!(&edge[..3], &[0.0, 0.0, 0.0]);
         assert!(edge[3].is_finite() && edge[3] > 1e38 && edge[4] == edge[3]);
+    }
+
+    #[test]
+    fn gelu_erf_matches_f64() {
+        let xs: Vec<f32> = (-4000..=4000)
+            .map(|i| i as f32 * 0.0025)
+            .chain([-30.0, 30.0, 1e-6])
+            .collect();
+        let mut g = xs.clone();
+        gelu_erf_in_place(&mut g);
+        let t = Tensor::from_vec(xs.clone(), xs.len(), &Device::Cpu).unwrap();
+        let candle = t.gelu_erf().unwrap().to_vec1::<f32>().unwrap();
+        for ((&x, &y), &c) in xs.iter().zip(&g).zip(&candle) {
+            let want = 0.5 * x as f64 * (1.0 + erf64(x as f64 / std::f64::consts::SQRT_2));
+            let err = (y as f64 - want).abs();
+            assert!(
+                err <= 2e-7 * (1.0 + x.abs() as f64),
+                "gelu({x}) = {y}, want {want} (|Δ| {err:e})"
+            );
+            assert!((y - c).abs() <= 3e-7 * (1.0 + x.abs()), "gelu({x}) = {y}, candle {c}");
+        }
+        assert_eq!(g[xs.len() - 3], 0.0, "gelu(-30) is 0");
+        assert_eq!(g[xs.len() - 2], 30.0, "gelu(30) is 30");
+    }
+
+    /// erf in f64 by its Maclaurin series (|x| < 3) or the continued fraction of erfc.
+    fn erf64(x: f64) -> f64 {
+        let ax = x.abs();
+        let r = if ax < 3.0 {
+            let (mut term, mut sum, mut n) = (ax, ax, 0.0);
+            while term.abs() > 1e-17 * sum.abs() {
+                n += 1.0;
+                term *= -ax * ax / n;
+                sum += term / (2.0 * n + 1.0);
+            }
+            sum * 2.0 / std::f64::consts::PI.sqrt()
+        } else {
+            let mut f = ax;
+            for k in (1..60).rev() {
+                f = ax + (k as f64 / 2.0) / f;
+            }
+            1.0 - (-ax * ax).exp() / (f * std::f64::consts::PI.sqrt())
+        };
+        r.copysign(x)
     }
 
     #[test]
