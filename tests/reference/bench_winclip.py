@@ -25,6 +25,8 @@ Measurements ("items"):
                     "fast mode <= 1.2x one encoder pass" target.  2 warm-up
                     calls, median of --runs.
   ours-winclip, ours-fast, ours-encode, ours-text   (only with --ours PATH)
+  ours-winclip-q8   ours-winclip with `--q8` (the image tower's block linear layers in
+                    int8; anomalib stays f32)
                     `PATH bench --arch vit-b-16-plus-240 --mode M --threads T
                     --runs N --json` as a subprocess (N = --runs, or
                     --text-runs for mode text), with OMP/MKL/OPENBLAS/RAYON
@@ -95,7 +97,7 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 ANOMALIB_ITEMS = ("anomalib-winclip", "anomalib-text", "openclip-encode")
 OURS_MODES = ("winclip", "fast", "encode", "text")
-OURS_ITEMS = tuple("ours-" + m for m in OURS_MODES)
+OURS_ITEMS = tuple("ours-" + m for m in OURS_MODES) + ("ours-winclip-q8",)
 ALL_ITEMS = ANOMALIB_ITEMS + OURS_ITEMS
 
 
@@ -334,9 +336,11 @@ class Ours:
 
     def measure(self, item: str, threads: int, runs: int, text_runs: int) -> dict:
         mode = item[len("ours-"):]
+        q8 = mode.endswith("-q8")
+        mode = mode.removesuffix("-q8")
         n = text_runs if mode == "text" else runs
         cmd = [self.binary, "bench", "--arch", OURS_ARCH, "--mode", mode,
-               "--threads", str(threads), "--runs", str(n), "--json"]
+               "--threads", str(threads), "--runs", str(n), "--json"] + (["--q8"] if q8 else [])
         try:
             proc = subprocess.run(cmd, env=thread_env(threads), capture_output=True,
                                   text=True, timeout=self.timeout)
@@ -437,6 +441,7 @@ def main(argv=None) -> int:
     enc_gflop = flops.get("analytic", {}).get("encode_gflop", ENCODE_GFLOP)
     text_gflop = flops.get("analytic", {}).get("text_gflop", TEXT_GFLOP)
     work = {"anomalib-winclip": a.winclip_gflop, "ours-winclip": a.winclip_gflop,
+            "ours-winclip-q8": a.winclip_gflop,
             "openclip-encode": enc_gflop, "ours-encode": enc_gflop,
             "anomalib-text": text_gflop, "ours-text": text_gflop}
 
@@ -482,6 +487,7 @@ def main(argv=None) -> int:
 
     ratio_defs = [
         ("ours/anomalib winclip", "ours-winclip", "anomalib-winclip"),
+        ("ours q8/anomalib winclip", "ours-winclip-q8", "anomalib-winclip"),
         ("ours/anomalib text", "ours-text", "anomalib-text"),
         ("ours fast/ours encode", "ours-fast", "ours-encode"),
         ("ours fast/open_clip encode", "ours-fast", "openclip-encode"),

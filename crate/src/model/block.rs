@@ -107,16 +107,22 @@ fn threads() -> usize {
 }
 
 /// `out[m × n] += x · W` where `f(a, rows, c)` adds `a · W` to `c` for `rows` rows of `a` (a
-/// single-threaded GEMM): the rows are split over rayon's pool, at least [`MIN_GEMM_ROWS`] each.
+/// single-threaded GEMM): the rows are split over rayon's pool in `per_thread` parts per
+/// thread, at least [`MIN_GEMM_ROWS`] rows each. More parts than threads let a thread that
+/// finishes first take over work (on a shared machine one core is often slower); each part
+/// streams all of the weights again, and the relaxed f32 GEMM packs them again, so that one
+/// keeps one part per thread.
+#[allow(clippy::too_many_arguments)]
 fn add_rows_gemm(
     out: &mut [f32],
     x: &[f32],
     m: usize,
     k: usize,
     n: usize,
+    per_thread: usize,
     f: impl Fn(&[f32], usize, &mut [f32]) + Sync,
 ) {
-    let ranges = super::ops::split_ranges(m, threads(), MIN_GEMM_ROWS);
+    let ranges = super::ops::split_ranges(m, threads() * per_thread, MIN_GEMM_ROWS);
     let mut parts: Vec<(&mut [f32], usize, usize)> = Vec::with_capacity(ranges.len());
     let mut rest = out;
     for &(start, rows) in &ranges {
@@ -129,9 +135,8 @@ fn add_rows_gemm(
         .for_each(|(c, start, rows)| f(&x[start * k..(start + rows) * k], rows, c));
 }
 
-/// Fewest rows worth a thread of their own in [`add_rows_gemm`] (each thread packs or streams
-/// all of the weights).
-const MIN_GEMM_ROWS: usize = 32;
+/// Fewest rows worth a part of their own in [`add_rows_gemm`].
+const MIN_GEMM_ROWS: usize = 24;
 
 /// LayerNorm of each `d`-wide row of `x` (two-pass mean and variance), in parallel over rows.
 fn layer_norm(x: &[f32], d: usize, n: &Norm) -> Result<Vec<f32>> {
@@ -172,14 +177,14 @@ fn linear(l: &Linear, x: &[f32], m: usize, init: Option<&[f32]>) -> Result<Vec<f
         return Ok(out);
     }
     if let Some(p) = &l.packed {
-        add_rows_gemm(&mut out, x, m, k, n, |a, rows, c| p.gemm_add(a, rows, c));
+        add_rows_gemm(&mut out, x, m, k, n, 2, |a, rows, c| p.gemm_add(a, rows, c));
         return Ok(out);
     }
     if let Some(q) = &l.q8 {
         // candle's quantized matmul runs on one thread here (its own pool is off, see
         // `init_cpu_threads`): the rows are split over rayon's instead.
         let failed = std::sync::Mutex::new(None);
-        add_rows_gemm(&mut out, x, m, k, n, |a, rows, c| {
+        add_rows_gemm(&mut out, x, m, k, n, 1, |a, rows, c| {
             let y = Tensor::from_slice(a, (rows, k), &Device::Cpu)
                 .and_then(|xt| candle_core::Module::forward(q, &xt))
                 .map_err(anyhow::Error::from)
@@ -197,7 +202,7 @@ fn linear(l: &Linear, x: &[f32], m: usize, init: Option<&[f32]>) -> Result<Vec<f
     #[cfg(all(target_arch = "wasm32", feature = "relaxed-simd"))]
     {
         with_slice(&l.w_t, |w| {
-            add_rows_gemm(&mut out, x, m, k, n, |a, rows, c| {
+            add_rows_gemm(&mut out, x, m, k, n, 1, |a, rows, c| {
                 super::wasm_gemm::gemm_add(a, w, c, rows, k, n)
             })
         })

@@ -6,12 +6,16 @@
 //! ([`super::wasm_qgemm`], whose scalar [`reference`](super::wasm_qgemm::reference) the tests
 //! compare against).
 //!
-//! Why our own kernel: candle's Q8_0 matmul is a vector dot per output (one row of `A` against
-//! one row of `W`, AVX2 at most, then a horizontal sum), which ran a ViT-B/16 encode no faster
-//! than f32 on a 2-core Xeon with AVX-512 VNNI (docs/speed.md). Here `vpdpbusd` does 64
-//! multiply-adds per instruction: the weights are packed once, at load, into panels of [`NR`]
-//! = 16 outputs × 4 inputs per 64 bytes (one i32 lane per output, no horizontal sums), and
-//! [`MR`] rows run over a panel with their sums in registers.
+//! Why our own kernel: candle 0.11's Q8_0 matmul has a repacked VNNI kernel too, but it
+//! quantizes the activations per 256-value block (`BlockQ8K`) and runs on candle's own thread
+//! pool, which the CLI turns off ([`super::ops::init_cpu_threads`]). This one quantizes them
+//! per 32-value block, as the wasm kernels and their scalar reference do (one arithmetic in
+//! every build, finer activation scales), and splits its panels over rayon's pool. ViT-B/16
+//! encode on the 2-core Xeon, interleaved, against candle's kernel with its rows split over the
+//! threads (`ANOSCOPE_INT8_KERNEL=candle`): 0.67–0.77× its time at 1 thread, 0.71–0.78× at 2
+//! (docs/speed.md). `vpdpbusd` does 64 multiply-adds per instruction: the weights are packed
+//! once, at load, into panels of [`NR`] = 16 outputs × 4 inputs per 64 bytes (one i32 lane per
+//! output, no horizontal sums), and [`MR`] rows run over a panel with their sums in registers.
 //!
 //! `vpdpbusd` multiplies unsigned by signed bytes: the activations are quantized symmetric to
 //! ±127 (`d = amax / 127`, rounded to nearest even) and stored plus 128; each block's i32 sums
@@ -28,13 +32,19 @@ pub const NR: usize = 16;
 /// Rows of `A` per micro-kernel call.
 pub const MR: usize = 6;
 
-/// Whether this CPU runs [`VnniQ8`] (AVX-512 F, BW and VNNI, checked at run time).
+/// Whether this CPU runs [`VnniQ8`] (AVX-512 F, BW and VNNI, checked at run time), and the
+/// environment does not ask for candle's kernel instead (`ANOSCOPE_INT8_KERNEL=candle`, read
+/// once: for comparing the two).
 pub fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512bw")
-            && std::arch::is_x86_feature_detected!("avx512vnni")
+        static USE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *USE.get_or_init(|| {
+            std::env::var_os("ANOSCOPE_INT8_KERNEL").is_none_or(|v| v != "candle")
+                && std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512vnni")
+        })
     }
     #[cfg(not(target_arch = "x86_64"))]
     false
