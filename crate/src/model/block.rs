@@ -12,10 +12,10 @@
 //!   in wasm the SIMD128 the module is built with (LLVM vectorises the same loops; `simd_fn!`).
 //!
 //! The GEMM behind each projection: the `gemm` crate (candle's own) for f32 weights, natively and
-//! in the SIMD128 wasm build; our `f32x4.relaxed_madd` GEMM ([`super::wasm_gemm`]) in the
-//! relaxed-SIMD wasm build; our int8 GEMM ([`super::wasm_qgemm`]) for a wasm layer in int8; and
-//! for a native layer in int8 our AVX-512 VNNI GEMM ([`super::x86_qgemm`]) or, on CPUs without
-//! it, candle's quantized matmul.
+//! in the SIMD128 wasm build; our `f32x4.relaxed_madd` GEMM (`model::wasm_gemm`, built only
+//! there) in the relaxed-SIMD wasm build; our int8 GEMM ([`super::wasm_qgemm`]) for a wasm layer
+//! in int8; and for a native layer in int8 our AVX-512 VNNI GEMM ([`super::x86_qgemm`]) or, on
+//! CPUs without it, candle's quantized matmul.
 use super::config::Activation;
 use super::ops::{activation, BlockOut};
 use super::weights::{Block, Linear, Norm};

@@ -89,48 +89,69 @@ fn slot(c: usize, kk: usize) -> usize {
     }
 }
 
+/// Int8 weights packed into panels of `nr` outputs, for a GEMM's micro-kernel.
+pub(super) struct Panels {
+    /// Panel after panel (`ceil(n / nr)`, zero-padded outputs), each `k · nr` bytes.
+    pub ints: Vec<i8>,
+    /// Per panel, per block of `K`: the `nr` weight scales.
+    pub scales: Vec<f32>,
+    /// Per panel, per block: `Σ w` of each output (for a kernel whose activations are offset).
+    pub sums: Vec<i32>,
+}
+
+/// Packs int8 weights `q` (`[n, k]`, row-major) with their block scales (`[n, k / BLOCK]`) into
+/// panels of `nr` outputs, weight `(c, kk)` of a panel at `slot(c, kk)`. Shared by this GEMM
+/// and the native VNNI one ([`super::x86_qgemm`]), whose layouts differ.
+pub(super) fn pack_panels(
+    q: &[i8],
+    scales: &[f32],
+    n: usize,
+    k: usize,
+    nr: usize,
+    slot: impl Fn(usize, usize) -> usize,
+) -> Result<Panels> {
+    if k == 0 || !k.is_multiple_of(BLOCK) {
+        bail!("int8 GEMM: {k} inputs is not a positive multiple of {BLOCK}");
+    }
+    if q.len() != n * k || scales.len() != n * (k / BLOCK) {
+        bail!(
+            "int8 GEMM: {} weights and {} scales for [{n}, {k}]",
+            q.len(),
+            scales.len()
+        );
+    }
+    let (panels, kb) = (n.div_ceil(nr), k / BLOCK);
+    let mut out = Panels {
+        ints: vec![0i8; panels * k * nr],
+        scales: vec![0f32; panels * kb * nr],
+        sums: vec![0i32; panels * kb * nr],
+    };
+    for j in 0..n {
+        let (p, c) = (j / nr, j % nr);
+        let panel = &mut out.ints[p * k * nr..(p + 1) * k * nr];
+        let row = &q[j * k..(j + 1) * k];
+        for (kk, &v) in row.iter().enumerate() {
+            panel[slot(c, kk)] = v;
+        }
+        for b in 0..kb {
+            out.scales[(p * kb + b) * nr + c] = scales[j * kb + b];
+            out.sums[(p * kb + b) * nr + c] = row[b * BLOCK..(b + 1) * BLOCK].iter().map(|&v| v as i32).sum();
+        }
+    }
+    Ok(out)
+}
+
 impl PackedQ8 {
     /// Packs int8 weights `q` (`[n, k]`, row-major) with their block scales (`[n, k / BLOCK]`).
     pub fn new(q: &[i8], scales: &[f32], n: usize, k: usize) -> Result<Self> {
-        if k == 0 || !k.is_multiple_of(BLOCK) {
-            bail!("int8 GEMM: {k} inputs is not a positive multiple of {BLOCK}");
-        }
-        if q.len() != n * k || scales.len() != n * (k / BLOCK) {
-            bail!(
-                "int8 GEMM: {} weights and {} scales for [{n}, {k}]",
-                q.len(),
-                scales.len()
-            );
-        }
-        let panels = n.div_ceil(NR);
-        let kb = k / BLOCK;
-        let mut ints = vec![0i8; panels * k * NR];
-        let mut sc = vec![0f32; panels * kb * NR];
-        #[cfg(feature = "relaxed-simd")]
-        let mut corr = vec![0i32; panels * kb * NR];
-        for j in 0..n {
-            let (p, c) = (j / NR, j % NR);
-            let panel = &mut ints[p * k * NR..(p + 1) * k * NR];
-            let row = &q[j * k..(j + 1) * k];
-            for (kk, &v) in row.iter().enumerate() {
-                panel[slot(c, kk)] = v;
-            }
-            for b in 0..kb {
-                sc[(p * kb + b) * NR + c] = scales[j * kb + b];
-                #[cfg(feature = "relaxed-simd")]
-                {
-                    let s: i32 = row[b * BLOCK..(b + 1) * BLOCK].iter().map(|&v| v as i32).sum();
-                    corr[(p * kb + b) * NR + c] = -ZERO * s;
-                }
-            }
-        }
+        let p = pack_panels(q, scales, n, k, NR, slot)?;
         Ok(Self {
             k,
             n,
-            ints,
-            scales: sc,
+            ints: p.ints,
+            scales: p.scales,
             #[cfg(feature = "relaxed-simd")]
-            corr,
+            corr: p.sums.iter().map(|s| -ZERO * s).collect(),
         })
     }
 
@@ -518,6 +539,12 @@ unsafe fn kernel<const R: usize>(t: &Tile<'_>, i0: usize, c: &mut [f32]) {
 /// The scalar reference of [`PackedQ8::gemm`] from unpacked weights (`q` `[n, k]`, `scales`
 /// `[n, k / BLOCK]`): activations quantized the same way, written out plainly. Returns `[m, n]`.
 pub fn reference(a: &[f32], q: &[i8], scales: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+    reference_with(a, q, scales, m, k, n, QMAX)
+}
+
+/// [`reference()`] with the activations quantized to ±`qmax` (127 for the SIMD128 and the native
+/// VNNI kernels, 63 for the relaxed one).
+pub fn reference_with(a: &[f32], q: &[i8], scales: &[f32], m: usize, k: usize, n: usize, qmax: f32) -> Vec<f32> {
     let kb = k / BLOCK;
     let mut c = vec![0f32; m * n];
     for i in 0..m {
@@ -525,7 +552,7 @@ pub fn reference(a: &[f32], q: &[i8], scales: &[f32], m: usize, k: usize, n: usi
             let x = &a[i * k + b * BLOCK..i * k + (b + 1) * BLOCK];
             let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
             let (d, id) = if amax > 0.0 {
-                (amax / QMAX, QMAX / amax)
+                (amax / qmax, qmax / amax)
             } else {
                 (0.0, 0.0)
             };
@@ -546,7 +573,7 @@ fn lcg(seed: &mut u64) -> f32 {
 }
 
 /// Runs [`PackedQ8::gemm`] on pseudo-random activations and int8 weights of `[m, k] × [k, n]`
-/// (`seed` picks them) against [`reference`]; returns the largest `|Δ| / (1 + |want|)`. The wasm
+/// (`seed` picks them) against [`reference()`]; returns the largest `|Δ| / (1 + |want|)`. The wasm
 /// test suite calls it (through the wasm API) to check this build's SIMD kernel.
 pub fn self_check(m: usize, k: usize, n: usize, seed: u64) -> Result<f32> {
     let mut seed = seed;

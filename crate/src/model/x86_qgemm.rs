@@ -1,6 +1,6 @@
 //! The native int8 GEMM on CPUs with AVX-512 VNNI: `C += A · Wᵀ` for a
 //! [`Linear`](super::weights::Linear) layer in int8 (`W` the `[N, K]` weight in Q8_0 blocks, one
-//! scale per [`BLOCK`] inputs of each output, as a q8 checkpoint stores it; `A` the `[M, K]` f32
+//! scale per [`Q8_BLOCK`](super::checkpoint::Q8_BLOCK) inputs of each output, as a q8 checkpoint stores it; `A` the `[M, K]` f32
 //! activations, quantized here per row and block at run time), i32 products per block, scaled
 //! into f32 accumulators. The same arithmetic as the wasm SIMD128 kernel
 //! ([`super::wasm_qgemm`], whose scalar [`reference`](super::wasm_qgemm::reference) the tests
@@ -23,9 +23,8 @@
 //!
 //! Threads: the panels (column blocks of `C`) are split over rayon's pool; every thread reads
 //! the same quantized activations and only its own weights.
-use super::checkpoint::Q8_BLOCK as BLOCK;
-use super::wasm_qgemm::quantize_q8_0;
-use anyhow::{bail, Result};
+use super::wasm_qgemm::{pack_panels, quantize_q8_0};
+use anyhow::Result;
 
 /// Outputs (columns of `C`) per packed panel: one `zmm` of i32 lanes.
 pub const NR: usize = 16;
@@ -54,7 +53,7 @@ pub fn available() -> bool {
 #[derive(Clone)]
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub struct VnniQ8 {
-    /// Inputs (a multiple of [`BLOCK`]).
+    /// Inputs (a multiple of [`Q8_BLOCK`](super::checkpoint::Q8_BLOCK)).
     k: usize,
     /// Outputs.
     n: usize,
@@ -76,39 +75,13 @@ impl std::fmt::Debug for VnniQ8 {
 impl VnniQ8 {
     /// Packs int8 weights `q` (`[n, k]`, row-major) with their block scales (`[n, k / BLOCK]`).
     pub fn new(q: &[i8], scales: &[f32], n: usize, k: usize) -> Result<Self> {
-        if k == 0 || !k.is_multiple_of(BLOCK) {
-            bail!("int8 GEMM: {k} inputs is not a positive multiple of {BLOCK}");
-        }
-        if q.len() != n * k || scales.len() != n * (k / BLOCK) {
-            bail!(
-                "int8 GEMM: {} weights and {} scales for [{n}, {k}]",
-                q.len(),
-                scales.len()
-            );
-        }
-        let (panels, kb) = (n.div_ceil(NR), k / BLOCK);
-        let mut ints = vec![0i8; panels * k * NR];
-        let mut sc = vec![0f32; panels * kb * NR];
-        let mut corr = vec![0i32; panels * kb * NR];
-        for j in 0..n {
-            let (p, c) = (j / NR, j % NR);
-            let panel = &mut ints[p * k * NR..(p + 1) * k * NR];
-            let row = &q[j * k..(j + 1) * k];
-            for (kk, &v) in row.iter().enumerate() {
-                panel[(kk / 4) * 4 * NR + c * 4 + kk % 4] = v;
-            }
-            for b in 0..kb {
-                sc[(p * kb + b) * NR + c] = scales[j * kb + b];
-                let s: i32 = row[b * BLOCK..(b + 1) * BLOCK].iter().map(|&v| v as i32).sum();
-                corr[(p * kb + b) * NR + c] = -128 * s;
-            }
-        }
+        let p = pack_panels(q, scales, n, k, NR, |c, kk| (kk / 4) * 4 * NR + c * 4 + kk % 4)?;
         Ok(Self {
             k,
             n,
-            ints,
-            scales: sc,
-            corr,
+            ints: p.ints,
+            scales: p.scales,
+            corr: p.sums.iter().map(|s| -128 * s).collect(),
         })
     }
 
@@ -144,7 +117,8 @@ impl VnniQ8 {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{VnniQ8, BLOCK, MR, NR};
+    use super::{VnniQ8, MR, NR};
+    use crate::model::checkpoint::Q8_BLOCK as BLOCK;
     use core::arch::x86_64::*;
     use rayon::prelude::*;
 
@@ -273,7 +247,8 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::wasm_qgemm::reference;
+    use crate::model::checkpoint::Q8_BLOCK as BLOCK;
+    use crate::model::wasm_qgemm::reference_with;
 
     fn lcg(seed: &mut u64) -> f32 {
         *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
@@ -302,7 +277,7 @@ mod tests {
             let init: Vec<f32> = (0..m * n).map(|i| (i % 7) as f32 - 3.0).collect();
             let mut c = init.clone();
             p.gemm_add(&a, m, &mut c);
-            let want = reference(&a, &q, &s, m, k, n);
+            let want = reference_with(&a, &q, &s, m, k, n, 127.0);
             for ((g, w), i) in c.iter().zip(&want).zip(&init) {
                 assert!(
                     (g - (w + i)).abs() <= 1e-4 * (1.0 + w.abs()),
