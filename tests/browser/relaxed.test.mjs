@@ -4,7 +4,8 @@
 // like the SIMD128 module within the relaxed-FMA bound; with the probe made to fail
 // (?relaxedprobe=fail) the SIMD128 module runs. Also the relaxed build's int8 GEMM
 // (relaxed_dot_i8x16_i7x16_add_s, crate/src/model/wasm_qgemm.rs) against its scalar reference,
-// here because Node 20's experimental version of that instruction is wrong.
+// here because Node 20's experimental version of that instruction is wrong, and its f32 GEMM
+// against an f64 sum (as tests/wasm/gemm.test.mjs checks the SIMD128 build's).
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -90,6 +91,28 @@ test('threaded relaxed-SIMD module (2 threads) is picked and scores like the thr
   assert.equal(plain.wasmUrl, 'pkg-threads/anoscope_bg.wasm');
   assert.match(plain.backend.text, /^CPU \(WebAssembly SIMD, 2 threads\)/);
   assertClose(relaxed, plain);
+});
+
+test('relaxed-SIMD f32 GEMM matches an f64 sum on odd shapes, row-major and transposed b (Chromium)', { skip, timeout: 120_000 }, async () => {
+  const { page, problems, cspViolations } = await openPage(b.context, server.url);
+  try {
+    await ready(page);
+    const shapes = [[1, 1, 1], [3, 5, 7], [4, 64, 8], [197, 64, 197], [197, 197, 64], [13, 800, 9], [6, 384, 17], [2, 385, 3]];
+    const errors = await page.evaluate(async (shapes) => {
+      const m = await import(new URL('pkg-relaxed/anoscope.js', document.baseURI).href);
+      await m.default();
+      return [false, true].flatMap((t) => shapes.map(([rows, k, n]) => m.f32GemmCheck(rows, k, n, 7, t)));
+    }, shapes);
+    // Fused or unfused multiply-adds, f32 sums of up to 800 products: a few ulps of the sum.
+    errors.forEach((e, i) => {
+      const [m, k, n] = shapes[i % shapes.length];
+      assert.ok(e < 1e-5, `[${m}, ${k}] × [${k}, ${n}]${i >= shapes.length ? ' (b transposed)' : ''}: max relative |Δ| ${e}`);
+    });
+    assert.deepEqual(problems, []);
+    assert.deepEqual(await cspViolations(), []);
+  } finally {
+    await page.close();
+  }
 });
 
 test('relaxed-SIMD int8 GEMM matches its scalar reference on odd shapes (Chromium)', { skip, timeout: 120_000 }, async () => {

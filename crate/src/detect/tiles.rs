@@ -375,7 +375,7 @@ pub struct AdaptScoring<'a> {
     pub refs: Option<&'a adaptclip::References>,
 }
 
-/// What [`detect_tiled`] scores with: the per-image mode and its inputs (as [`score_image`]).
+/// What [`detect_tiled`] scores with: the per-image mode and its inputs (as [`super::score_image`]).
 #[derive(Clone, Copy)]
 pub struct TileScoring<'a> {
     /// A per-image mode (fast, winclip, fewshot, anomalyclip, adaptclip).
@@ -424,7 +424,7 @@ fn photo_tensor(img: &RgbImage, size: u32, norm: &Normalize) -> Result<Tensor> {
 /// Scores `photo` untiled and tile by tile, stitches the tile maps and combines the scores.
 ///
 /// The whole photo is scored first exactly as untiled detection does (squash resize to `size`,
-/// [`score_image`]), then each tile of `plan` (a square crop resized to `size × size`, so the
+/// [`super::score_image`]), then each tile of `plan` (a square crop resized to `size × size`, so the
 /// model sees it at its true aspect). With a one-tile plan only the whole-photo pass runs and the
 /// result is exactly the untiled one. The map comes back at the photo's size bounded to
 /// `max_side` on the long side ([`geometry::bounded_size`]).

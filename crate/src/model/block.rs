@@ -11,11 +11,12 @@
 //!   libm call per value, fused into one pass each: natively AVX-512 / AVX2 picked at run time,
 //!   in wasm the SIMD128 the module is built with (LLVM vectorises the same loops; `simd_fn!`).
 //!
-//! The GEMM behind each projection: the `gemm` crate (candle's own) for f32 weights, natively and
-//! in the SIMD128 wasm build; our `f32x4.relaxed_madd` GEMM (`model::wasm_gemm`, built only
-//! there) in the relaxed-SIMD wasm build; our int8 GEMM ([`super::wasm_qgemm`]) for a wasm layer
-//! in int8; and for a native layer in int8 our AVX-512 VNNI GEMM ([`super::x86_qgemm`]) or, on
-//! CPUs without it, candle's quantized matmul.
+//! The GEMM behind each projection: natively the `gemm` crate (candle's own) for f32 weights; in
+//! wasm our f32 GEMM (`model::wasm_gemm`, built only there: `f32x4.relaxed_madd` in the
+//! relaxed-SIMD build, multiply then add in the SIMD128 one, where it took 0.81× the time of the
+//! `gemm` crate's kernel for an f32 encode), which also runs the attention products; our int8
+//! GEMM ([`super::wasm_qgemm`]) for a wasm layer in int8; and for a native layer in int8 our
+//! AVX-512 VNNI GEMM ([`super::x86_qgemm`]) or, on CPUs without it, candle's quantized matmul.
 use super::config::Activation;
 use super::ops::{activation, BlockOut};
 use super::weights::{Block, Linear, Norm};
@@ -91,18 +92,9 @@ fn supported(blk: &Block) -> bool {
 /// Threads for one GEMM: rayon's pool size (what candle's matmuls use natively; in the
 /// browser's threaded build its Web Workers), `None` parallelism for 1.
 fn parallelism() -> Parallelism {
-    match threads() {
+    match super::ops::pool_threads() {
         1 => Parallelism::None,
         n => Parallelism::Rayon(n),
-    }
-}
-
-/// Threads of rayon's pool (1 in the single-threaded wasm build, whose pool is the caller).
-fn threads() -> usize {
-    if cfg!(all(target_arch = "wasm32", not(target_feature = "atomics"))) {
-        1
-    } else {
-        rayon::current_num_threads().max(1)
     }
 }
 
@@ -110,7 +102,7 @@ fn threads() -> usize {
 /// single-threaded GEMM): the rows are split over rayon's pool in `per_thread` parts per
 /// thread, at least [`MIN_GEMM_ROWS`] rows each. More parts than threads let a thread that
 /// finishes first take over work (on a shared machine one core is often slower); each part
-/// streams all of the weights again, and the relaxed f32 GEMM packs them again, so that one
+/// streams all of the weights again, and the wasm f32 GEMM packs them again, so that one
 /// keeps one part per thread.
 #[allow(clippy::too_many_arguments)]
 fn add_rows_gemm(
@@ -122,7 +114,7 @@ fn add_rows_gemm(
     per_thread: usize,
     f: impl Fn(&[f32], usize, &mut [f32]) + Sync,
 ) {
-    let ranges = super::ops::split_ranges(m, threads() * per_thread, MIN_GEMM_ROWS);
+    let ranges = super::ops::split_ranges(m, super::ops::pool_threads() * per_thread, MIN_GEMM_ROWS);
     let mut parts: Vec<(&mut [f32], usize, usize)> = Vec::with_capacity(ranges.len());
     let mut rest = out;
     for &(start, rows) in &ranges {
@@ -155,8 +147,9 @@ fn layer_norm(x: &[f32], d: usize, n: &Norm) -> Result<Vec<f32>> {
 }
 
 /// `init + x @ w + bias` for `x: [m, k]` (or `x @ w + bias` without `init`), where `init` is
-/// `[m, n]` (the residual stream). f32 weights run one `gemm` call whose output starts as the
-/// bias (+ residual); the other GEMMs (int8, relaxed SIMD) write their product and it is added.
+/// `[m, n]` (the residual stream). The output starts as the bias (+ residual) and the GEMM adds
+/// `x @ w` to it in place (the `gemm` crate, our int8 and relaxed-SIMD GEMMs); only candle's
+/// quantized matmul writes its product apart, added afterwards.
 fn linear(l: &Linear, x: &[f32], m: usize, init: Option<&[f32]>) -> Result<Vec<f32>> {
     let (k, n) = (l.in_dim()?, l.out_dim()?);
     ensure!(x.len() == m * k, "linear: input has {} values, not {m}×{k}", x.len());
@@ -199,7 +192,7 @@ fn linear(l: &Linear, x: &[f32], m: usize, init: Option<&[f32]>) -> Result<Vec<f
         }
         return Ok(out);
     }
-    #[cfg(all(target_arch = "wasm32", feature = "relaxed-simd"))]
+    #[cfg(target_arch = "wasm32")]
     {
         with_slice(&l.w_t, |w| {
             add_rows_gemm(&mut out, x, m, k, n, 1, |a, rows, c| {
@@ -265,60 +258,14 @@ fn attention(
             let (bi, h) = (bh / heads, bh % heads);
             let base = bi * t * rs + h * hd;
             let (q, k, v) = (&qkv[base + q_off..], &qkv[base + k_off..], &qkv[base + 2 * d..]);
-            // SAFETY: q, k, v rows are `rs` apart inside `qkv` ([B·T, 3D]); the last row of
-            // each head ends at `base + (t-1)·rs + 2d + hd ≤ len`. logits is t×t, o is t×hd.
-            unsafe {
-                gemm(
-                    t,
-                    t,
-                    hd,
-                    logits.as_mut_ptr(),
-                    1,
-                    t as isize,
-                    false,
-                    q.as_ptr(),
-                    1,
-                    rs as isize,
-                    k.as_ptr(),
-                    rs as isize,
-                    1,
-                    0.0,
-                    scale,
-                    false,
-                    false,
-                    false,
-                    Parallelism::None,
-                );
-            }
+            scores(q, k, rs, t, hd, scale, logits);
             for (i, row) in logits.chunks_mut(t).enumerate() {
                 if let Some(m) = mask {
                     row.iter_mut().zip(&m[i * t..(i + 1) * t]).for_each(|(l, m)| *l += m);
                 }
                 softmax_in_place(row);
             }
-            unsafe {
-                gemm(
-                    t,
-                    hd,
-                    t,
-                    o.as_mut_ptr(),
-                    1,
-                    hd as isize,
-                    false,
-                    logits.as_ptr(),
-                    1,
-                    t as isize,
-                    v.as_ptr(),
-                    1,
-                    rs as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    Parallelism::None,
-                );
-            }
+            mix(logits, v, rs, t, hd, o);
         },
     );
     let mut out = vec![0f32; b * t * d];
@@ -333,6 +280,80 @@ fn attention(
             }
         });
     out
+}
+
+/// `logits[t × t] = scale · q kᵀ` for one head: `q`, `k` its `t × hd` queries and keys, rows
+/// `rs` apart. In wasm our GEMM ([`super::wasm_gemm`]; the `gemm` crate's packing and dispatch
+/// cost more than these small products there), natively the `gemm` crate.
+fn scores(q: &[f32], k: &[f32], rs: usize, t: usize, hd: usize, scale: f32, logits: &mut [f32]) {
+    #[cfg(target_arch = "wasm32")]
+    {
+        use super::wasm_gemm::{gemm_view, View};
+        let kt = View { data: k, rs: 1, cs: rs };
+        gemm_view(View { data: q, rs, cs: 1 }, kt, logits, t, hd, t, false);
+        logits[..t * t].iter_mut().for_each(|l| *l *= scale);
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    // SAFETY: q, k rows are `rs` apart, each `hd` long, `t` of them inside their slices (the
+    // caller's layout); logits is t×t.
+    unsafe {
+        gemm(
+            t,
+            t,
+            hd,
+            logits.as_mut_ptr(),
+            1,
+            t as isize,
+            false,
+            q.as_ptr(),
+            1,
+            rs as isize,
+            k.as_ptr(),
+            rs as isize,
+            1,
+            0.0,
+            scale,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        );
+    }
+}
+
+/// `o[t × hd] = p v` for one head: `p` the `t × t` attention weights, `v` its `t × hd` values,
+/// rows `rs` apart. The GEMM as in [`scores`].
+fn mix(p: &[f32], v: &[f32], rs: usize, t: usize, hd: usize, o: &mut [f32]) {
+    #[cfg(target_arch = "wasm32")]
+    {
+        use super::wasm_gemm::{gemm_view, View};
+        gemm_view(View::rows(p, t), View { data: v, rs, cs: 1 }, o, t, t, hd, false);
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    // SAFETY: p is t×t, v's t rows of hd values are `rs` apart inside `v`, o is t×hd.
+    unsafe {
+        gemm(
+            t,
+            hd,
+            t,
+            o.as_mut_ptr(),
+            1,
+            hd as isize,
+            false,
+            p.as_ptr(),
+            1,
+            t as isize,
+            v.as_ptr(),
+            1,
+            rs as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        );
+    }
 }
 
 simd_fn! {

@@ -13,7 +13,7 @@ pub mod random;
 pub mod stream;
 pub mod text;
 pub mod vision;
-#[cfg(all(target_arch = "wasm32", feature = "relaxed-simd"))]
+#[cfg(target_arch = "wasm32")]
 pub mod wasm_gemm;
 pub mod wasm_qgemm;
 pub mod weights;

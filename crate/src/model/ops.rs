@@ -55,10 +55,10 @@ impl Linear {
     }
 }
 
-/// `x [M, K] @ w [K, N]`: candle's matmul, or in the relaxed-SIMD wasm build (f32, both
-/// contiguous) the `f32x4.relaxed_madd` GEMM of [`super::wasm_gemm`].
+/// `x [M, K] @ w [K, N]`: candle's matmul, or in wasm (f32, both contiguous) the GEMM of
+/// [`super::wasm_gemm`].
 fn matmul_2d(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    #[cfg(all(target_arch = "wasm32", feature = "relaxed-simd"))]
+    #[cfg(target_arch = "wasm32")]
     {
         use candle_core::Storage;
         let ((m, k), (k2, n)) = (x.dims2()?, w.dims2()?);
@@ -112,16 +112,17 @@ pub fn split_ranges(len: usize, parts: usize, min: usize) -> Vec<(usize, usize)>
         .collect()
 }
 
-/// Threads [`par_slices`] spreads work over: rayon's pool, or one in the single-threaded wasm
-/// build. In the browser's threaded build (wasm atomics) candle's matmuls run on one thread, so
-/// this is all the parallelism there is. Natively candle's matmuls use rayon's pool as well and
-/// the slices nest around them; that is faster only when candle's own pool for element-wise ops
-/// is off (see [`init_cpu_threads`]).
-fn slice_threads() -> usize {
+/// Threads of rayon's pool, or one in the single-threaded wasm build (whose pool is the
+/// caller): what [`par_slices`] and the block path's GEMMs spread work over. In the browser's
+/// threaded build (wasm atomics) candle's matmuls run on one thread, so this is all the
+/// parallelism there is. Natively candle's matmuls use rayon's pool as well and the slices nest
+/// around them; that is faster only when candle's own pool for element-wise ops is off (see
+/// [`init_cpu_threads`]).
+pub(super) fn pool_threads() -> usize {
     if cfg!(all(target_arch = "wasm32", not(target_feature = "atomics"))) {
         1
     } else {
-        rayon::current_num_threads()
+        rayon::current_num_threads().max(1)
     }
 }
 
@@ -156,7 +157,7 @@ where
     F: Fn(&[Tensor]) -> Result<Tensor> + Sync,
 {
     let len = xs[0].dim(dim)?;
-    let ranges = split_ranges(len, slice_threads(), min);
+    let ranges = split_ranges(len, pool_threads(), min);
     if ranges.len() == 1 {
         let owned: Vec<Tensor> = xs.iter().map(|t| (*t).clone()).collect();
         return f(&owned);

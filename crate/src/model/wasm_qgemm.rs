@@ -12,8 +12,9 @@
 //! Two instruction sets, picked at compile time:
 //! * SIMD128 (every wasm build): activations symmetric int8 per row and block (`d = amax/127`,
 //!   as candle's Q8_0), widened to i16 when quantized; the panel holds the weights of 8 outputs
-//!   × 2 inputs per 16 bytes, widened in the kernel, multiplied by `i32x4.dot_i16x8_s` (8
-//!   multiply-adds per instruction).
+//!   × 2 inputs per 16 bytes, widened to i16 once per (K block, panel) into a scratch panel
+//!   that every row group then reads (widening in the kernel instead cost 7–10 % of an encode),
+//!   multiplied by `i32x4.dot_i16x8_s` (8 multiply-adds per instruction).
 //! * relaxed SIMD (the `relaxed-simd` feature): `i32x4.relaxed_dot_i8x16_i7x16_add_s` (16
 //!   multiply-adds). Its second operand must lie in 0..=127 for every engine to give the same
 //!   result, so the activations are quantized to ±63 (`d = amax/63`) and stored plus 64 (u7);
@@ -214,6 +215,10 @@ impl PackedQ8 {
         }
         let kb = k / BLOCK;
         let (qa, sa) = quantize_rows(&a[..m * k], m, k);
+        // The SIMD128 kernel reads a panel's weights widened to i16, once per (K block, panel)
+        // here rather than in every micro-kernel call over the panel.
+        #[cfg(all(target_arch = "wasm32", not(feature = "relaxed-simd")))]
+        let mut wide = vec![0i16; KC.min(k) * NR];
         let mut k0 = 0;
         while k0 < k {
             let kc = KC.min(k - k0);
@@ -227,6 +232,13 @@ impl PackedQ8 {
                 let wc = &self.corr[(p * kb + b0) * NR..];
                 #[cfg(not(feature = "relaxed-simd"))]
                 let wc: &[i32] = &[];
+                #[cfg(all(target_arch = "wasm32", not(feature = "relaxed-simd")))]
+                let ww: &[i16] = {
+                    for (d, s) in wide.iter_mut().zip(&w[..kc * NR]) {
+                        *d = *s as i16;
+                    }
+                    &wide
+                };
                 let tile = Tile {
                     a: &qa[k0 * m..],
                     kc,
@@ -237,6 +249,8 @@ impl PackedQ8 {
                     w,
                     ws,
                     wc,
+                    #[cfg(all(target_arch = "wasm32", not(feature = "relaxed-simd")))]
+                    ww,
                     n,
                     j0,
                     nc,
@@ -404,10 +418,14 @@ struct Tile<'a> {
     /// Blocks in this K block.
     nb: usize,
     /// The panel from input `k0` on, its scales and (relaxed) corrections from block `b0` on.
+    #[cfg_attr(all(target_arch = "wasm32", not(feature = "relaxed-simd")), allow(dead_code))]
     w: &'a [i8],
     ws: &'a [f32],
     #[cfg_attr(not(feature = "relaxed-simd"), allow(dead_code))]
     wc: &'a [i32],
+    /// The SIMD128 wasm kernel's copy of `w` from input `k0` on, widened to i16 (same order).
+    #[cfg(all(target_arch = "wasm32", not(feature = "relaxed-simd")))]
+    ww: &'a [i16],
     /// Row stride of `C`, first column of the panel, and its real columns.
     n: usize,
     j0: usize,
@@ -436,19 +454,21 @@ unsafe fn kernel<const R: usize>(t: &Tile<'_>, i0: usize, c: &mut [f32]) {
             let c1 = v128_load(t.wc.as_ptr().add(b * NR + 4) as *const v128);
             [[c0, c1]; R]
         };
-        let wp = t.w.as_ptr().add(b * BLOCK * NR);
         let abp = ap.add(b * BLOCK);
         #[cfg(not(feature = "relaxed-simd"))]
+        let wp = t.ww.as_ptr().add(b * BLOCK * NR);
+        #[cfg(not(feature = "relaxed-simd"))]
         for s in 0..BLOCK / 2 {
-            let wv = v128_load(wp.add(16 * s) as *const v128);
-            let w0 = i16x8_extend_low_i8x16(wv);
-            let w1 = i16x8_extend_high_i8x16(wv);
+            let w0 = v128_load(wp.add(16 * s) as *const v128);
+            let w1 = v128_load(wp.add(16 * s + 8) as *const v128);
             for (r, iacc) in iacc.iter_mut().enumerate() {
                 let x = v128_load32_splat(abp.add(r * t.kc + 2 * s) as *const u32);
                 iacc[0] = i32x4_add(iacc[0], i32x4_dot_i16x8(x, w0));
                 iacc[1] = i32x4_add(iacc[1], i32x4_dot_i16x8(x, w1));
             }
         }
+        #[cfg(feature = "relaxed-simd")]
+        let wp = t.w.as_ptr().add(b * BLOCK * NR);
         #[cfg(feature = "relaxed-simd")]
         for s in 0..BLOCK / 4 {
             let w0 = v128_load(wp.add(32 * s) as *const v128);

@@ -101,6 +101,15 @@ pub fn int8_gemm_check(m: usize, k: usize, n: usize, seed: u32) -> Result<f32, J
     crate::model::wasm_qgemm::self_check(m, k, n, seed as u64).map_err(|e| JsError::new(&format!("{e:#}")))
 }
 
+/// Test hook of the wasm suite: runs this build's f32 GEMM (`crate::model::wasm_gemm`: the
+/// relaxed build's linear layers, every build's attention products) on pseudo-random `[m, k] ×
+/// [k, n]` values against an f64 sum, `b` row-major or (`transposed`) read as a transpose;
+/// returns the largest `|Δ| / (1 + |want|)`.
+#[wasm_bindgen(js_name = f32GemmCheck)]
+pub fn f32_gemm_check(m: usize, k: usize, n: usize, seed: u32, transposed: bool) -> f32 {
+    crate::model::wasm_gemm::self_check(m, k, n, seed as u64, transposed)
+}
+
 /// Installs `check` (a function of no arguments; `null` removes it) as the stop check the image
 /// tower runs after every transformer block on the CPU ([`crate::model::interrupt`]): if it
 /// throws, the image being encoded stops there with its message. The page's worker installs one
