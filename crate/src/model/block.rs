@@ -22,6 +22,7 @@ use super::ops::{activation, BlockOut};
 use super::weights::{Block, Linear, Norm};
 use anyhow::{ensure, Result};
 use candle_core::{DType, Device, Storage, Tensor};
+#[cfg(not(target_arch = "wasm32"))]
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
@@ -89,8 +90,8 @@ fn supported(blk: &Block) -> bool {
     lin(&blk.qkv) && lin(&blk.out) && lin(&blk.fc1) && lin(&blk.fc2) && norm(&blk.ln_1) && norm(&blk.ln_2)
 }
 
-/// Threads for one GEMM: rayon's pool size (what candle's matmuls use natively; in the
-/// browser's threaded build its Web Workers), `None` parallelism for 1.
+/// Threads for one native `gemm` call: rayon's pool size, `None` parallelism for 1.
+#[cfg(not(target_arch = "wasm32"))]
 fn parallelism() -> Parallelism {
     match super::ops::pool_threads() {
         1 => Parallelism::None,
@@ -148,7 +149,7 @@ fn layer_norm(x: &[f32], d: usize, n: &Norm) -> Result<Vec<f32>> {
 
 /// `init + x @ w + bias` for `x: [m, k]` (or `x @ w + bias` without `init`), where `init` is
 /// `[m, n]` (the residual stream). The output starts as the bias (+ residual) and the GEMM adds
-/// `x @ w` to it in place (the `gemm` crate, our int8 and relaxed-SIMD GEMMs); only candle's
+/// `x @ w` to it in place (the `gemm` crate, our wasm f32 and int8 GEMMs); only candle's
 /// quantized matmul writes its product apart, added afterwards.
 fn linear(l: &Linear, x: &[f32], m: usize, init: Option<&[f32]>) -> Result<Vec<f32>> {
     let (k, n) = (l.in_dim()?, l.out_dim()?);
@@ -192,20 +193,34 @@ fn linear(l: &Linear, x: &[f32], m: usize, init: Option<&[f32]>) -> Result<Vec<f
         }
         return Ok(out);
     }
+    let read_dst = init.is_some() || l.bias.is_some();
+    with_slice(&l.w_t, |w| f32_gemm_add(&mut out, x, w, m, k, n, read_dst))
+        .ok_or_else(|| anyhow::anyhow!("linear weights are not contiguous f32"))?;
+    Ok(out)
+}
+
+/// `out[m × n] (+)= x[m × k] · w[k × n]` for f32 weights, all row-major: in wasm our GEMM
+/// ([`super::wasm_gemm`]) with the rows split over the pool, natively the `gemm` crate on
+/// rayon's pool. `out` is added to when `read_dst` (it holds the bias or the residual), else
+/// overwritten.
+fn f32_gemm_add(out: &mut [f32], x: &[f32], w: &[f32], m: usize, k: usize, n: usize, read_dst: bool) {
     #[cfg(target_arch = "wasm32")]
     {
-        with_slice(&l.w_t, |w| {
-            add_rows_gemm(&mut out, x, m, k, n, 1, |a, rows, c| {
-                super::wasm_gemm::gemm_add(a, w, c, rows, k, n)
-            })
-        })
-        .ok_or_else(|| anyhow::anyhow!("linear weights are not contiguous f32"))?;
-        return Ok(out);
+        if !read_dst {
+            out[..m * n].fill(0.0);
+        }
+        add_rows_gemm(out, x, m, k, n, 1, |a, rows, c| {
+            super::wasm_gemm::gemm_add(a, w, c, rows, k, n)
+        });
     }
-    #[allow(unreachable_code)]
-    let read_dst = init.is_some() || l.bias.is_some();
-    with_slice(&l.w_t, |w| unsafe {
-        // SAFETY: dst is m×n row-major, x is m×k row-major, w is k×n row-major, all sized above.
+    #[cfg(not(target_arch = "wasm32"))]
+    // SAFETY: out is m×n row-major, x is m×k row-major, w is k×n row-major (the caller's sizes;
+    // checked below).
+    unsafe {
+        assert!(
+            out.len() >= m * n && x.len() >= m * k && w.len() >= k * n,
+            "gemm: short slices"
+        );
         gemm(
             m,
             n,
@@ -227,9 +242,7 @@ fn linear(l: &Linear, x: &[f32], m: usize, init: Option<&[f32]>) -> Result<Vec<f
             false,
             parallelism(),
         )
-    })
-    .ok_or_else(|| anyhow::anyhow!("linear weights are not contiguous f32"))?;
-    Ok(out)
+    }
 }
 
 /// Multi-head attention on the fused projection `qkv: [B·T, 3D]` (q, k, v side by side, heads

@@ -29,19 +29,16 @@ impl Linear {
         let last = dims[dims.len() - 1];
         let rows = x.elem_count() / last;
         let x = x.contiguous()?.reshape((rows, last))?;
+        // Our int8 GEMMs (`f` fills `c[rows × n]`) on plain buffers.
+        let int8 = |n: usize, f: &dyn Fn(&[f32], &mut [f32])| -> Result<Tensor> {
+            let a = x.flatten_all()?.to_vec1::<f32>()?;
+            let mut c = vec![0f32; rows * n];
+            f(&a, &mut c);
+            Ok(Tensor::from_vec(c, (rows, n), x.device())?)
+        };
         let y = match (&self.vnni, &self.packed, &self.q8) {
-            (Some(v), _, _) => {
-                let a = x.flatten_all()?.to_vec1::<f32>()?;
-                let mut c = vec![0f32; rows * v.n()];
-                v.gemm_add(&a, rows, &mut c);
-                Tensor::from_vec(c, (rows, v.n()), x.device())?
-            }
-            (None, Some(p), _) => {
-                let a = x.flatten_all()?.to_vec1::<f32>()?;
-                let mut c = vec![0f32; rows * p.n()];
-                p.gemm(&a, rows, &mut c);
-                Tensor::from_vec(c, (rows, p.n()), x.device())?
-            }
+            (Some(v), _, _) => int8(v.n(), &|a, c| v.gemm_add(a, rows, c))?,
+            (None, Some(p), _) => int8(p.n(), &|a, c| p.gemm(a, rows, c))?,
             (None, None, Some(q)) => candle_core::Module::forward(q, &x)?,
             (None, None, None) => matmul_2d(&x, &self.w_t)?,
         };
