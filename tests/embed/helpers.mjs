@@ -100,12 +100,15 @@ export async function packPackage() {
 
 /**
  * Installs the tarball into tests/embed/node_modules with npm (offline: nothing else changes) and
- * returns the installed package.json.
+ * returns the installed package.json. npm reads package-lock.json for the tools already there
+ * (`--no-save` leaves it and package.json as they are): without it (`--no-package-lock`) npm asks
+ * the registry for vite's and vitepress's manifests, which the cache of a fresh machine, filled by
+ * `npm ci` with tarballs only, does not hold, and `--offline` then fails with ENOTCACHED.
  */
 export function installTarball(tarball) {
   execFileSync(
     'npm',
-    ['install', '--no-save', '--no-package-lock', '--offline', '--no-audit', '--no-fund', '--ignore-scripts', tarball],
+    ['install', '--no-save', '--offline', '--no-audit', '--no-fund', '--ignore-scripts', tarball],
     { cwd: EMBED, stdio: ['ignore', 'pipe', 'pipe'], encoding: 'utf8' },
   );
   return JSON.parse(readFileSync(join(EMBED, 'node_modules', 'anoscope', 'package.json'), 'utf8'));
