@@ -127,21 +127,72 @@ export async function openPage(context, url) {
       window.__cspViolations.push(`${e.violatedDirective}: ${e.blockedURI}`),
     );
   });
+  const recent = [];
+  RECENT.set(page, recent);
+  const note = (line) => {
+    recent.push(`${new Date().toISOString().slice(11, 23)} ${line}`);
+    if (recent.length > 40) recent.shift();
+  };
   page.on('console', (m) => {
     if (/Content.Security.Policy|Refused to/i.test(m.text())) problems.push(`console: ${m.text()}`);
+    note(`console.${m.type()}: ${m.text()}`);
   });
-  page.on('pageerror', (e) => problems.push(`pageerror: ${e.message}`));
-  page.on('worker', (w) => w.on('console', (m) => {
-    if (/Content.Security.Policy|Refused to/i.test(m.text())) problems.push(`worker console: ${m.text()}`);
-  }));
+  page.on('pageerror', (e) => {
+    problems.push(`pageerror: ${e.message}`);
+    note(`pageerror: ${e.message}`);
+  });
+  page.on('requestfailed', (r) => note(`request failed: ${r.url()} (${r.failure()?.errorText})`));
+  page.on('framenavigated', (f) => f === page.mainFrame() && note(`navigated: ${f.url()}`));
+  page.on('worker', (w) => {
+    note(`worker started: ${w.url()}`);
+    w.on('console', (m) => {
+      if (/Content.Security.Policy|Refused to/i.test(m.text())) problems.push(`worker console: ${m.text()}`);
+      note(`worker console.${m.type()}: ${m.text()}`);
+    });
+  });
   await page.goto(url);
   const cspViolations = () => page.evaluate(() => window.__cspViolations ?? []);
   return { page, problems, cspViolations };
 }
 
+/** The last console lines, page errors, failed requests and navigations of each page. */
+const RECENT = new WeakMap();
+
+/**
+ * What a page shows and what it logged lately, for a failed wait's message: its status lines,
+ * its data attributes, its service worker's state and the last events openPage recorded.
+ */
+export async function describePage(page) {
+  const shown = await Promise.race([
+    page
+      .evaluate(async () => {
+        const text = (id) => document.getElementById(id)?.textContent?.trim().slice(0, 300);
+        const reg = await navigator.serviceWorker?.getRegistration().catch(() => null);
+        const sw = (w) => (w ? `${w.scriptURL.split('/').pop()} ${w.state}` : 'none');
+        return {
+          url: location.href,
+          data: { ...document.body.dataset },
+          engine: text('engine-status'),
+          message: text('message'),
+          model: text('model-status'),
+          serviceWorker: reg
+            ? { controller: !!navigator.serviceWorker.controller, active: sw(reg.active), installing: sw(reg.installing), waiting: sw(reg.waiting) }
+            : 'none registered',
+        };
+      })
+      .catch((e) => `(cannot read the page: ${e.message})`),
+    new Promise((r) => setTimeout(() => r('(the page did not answer in 5 s)'), 5000)),
+  ]);
+  return `page: ${JSON.stringify(shown, null, 1)}\nrecent events:\n  ${(RECENT.get(page) ?? []).join('\n  ') || '(none)'}`;
+}
+
 /** Waits until the page's detector is up and model sources are listed. */
 export async function ready(page) {
-  await page.waitForSelector('body[data-ready="true"]', { timeout: 60_000 });
+  try {
+    await page.waitForSelector('body[data-ready="true"]', { timeout: 60_000 });
+  } catch (e) {
+    throw new Error(`${e.message}\n${await describePage(page)}`);
+  }
 }
 
 /** Clicks the interface test model button and waits until it is loaded. */

@@ -122,6 +122,7 @@ test('a redeployed site runs the new version after a reload; old caches go, the 
   assert.notEqual(v2.id, v1.id);
   assert.notDeepEqual(wasmShas(v2), wasmShas(v1));
   const own = await serve(site);
+  let again = null; // the server after the offline part
   const b = await browser();
   try {
     const { page, problems } = await openPage(b.context, own.url);
@@ -159,7 +160,7 @@ test('a redeployed site runs the new version after a reload; old caches go, the 
     assert.ok(Number.isFinite((await dropAndWait(page, [{ name: 'c.jpg', type: 'image/jpeg', bytes: image('bottle_good_001.jpg') }])).score));
 
     // v3 changes the checkpoint's config (new sha256, same URL): that file is downloaded again.
-    const again = await serve(site, { port: new URL(own.url).port });
+    again = await serve(site, { port: new URL(own.url).port });
     const v3dir = makeSite();
     cpSync(site, v3dir, { recursive: true });
     const config = JSON.parse(readFileSync(join(v3dir, CONFIG), 'utf8'));
@@ -181,8 +182,9 @@ test('a redeployed site runs the new version after a reload; old caches go, the 
     );
     assert.equal(stored, want, 'the cached config is not the new one');
     assert.deepEqual(problems, []);
-    again.stop();
   } finally {
+    // Every server, whatever failed: a server left running keeps the test process alive.
+    again?.stop();
     await b.close();
     own.stop();
     rmSync(next, { recursive: true, force: true });
