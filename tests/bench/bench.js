@@ -1,5 +1,6 @@
-// One benchmark block in the page: ?peer=ours|oursq8|ort|ortq8&threads=N&runs=R&warmup=W&size=S
-// [&variant=simd|relaxed] (our module: the SIMD128 build or the relaxed-SIMD one).
+// One benchmark block in the page: ?peer=ours|oursq8|base|baseq8|ort|ortq8&threads=N&runs=R
+// &warmup=W&size=S[&variant=simd|relaxed] (our module: the SIMD128 build or the relaxed-SIMD one;
+// base, baseq8: ours from another build, served under /base/, browser_bench.mjs --baseline).
 // The result (or an error) is stored in window.__bench for tests/bench/browser_bench.mjs.
 const q = new URLSearchParams(location.search);
 const peer = q.get('peer');
@@ -16,8 +17,10 @@ const surgery = Number(q.get('surgery') || 0);
 // the towers the task needs, the image tower usable as soon as its bytes are in).
 const load = q.get('load') || 'whole';
 const variant = q.get('variant') || 'simd';
+// Ours (this build or the baseline one) or onnxruntime-web.
+const ours = ['ours', 'oursq8', 'base', 'baseq8'].includes(peer);
 // Our f32 checkpoint (/model/) or our q8 one (/model-q8/, anoscope convert --dtype q8).
-const modelDir = peer === 'oursq8' ? '/model-q8' : '/model';
+const modelDir = ours && peer.endsWith('q8') ? '/model-q8' : '/model';
 const t0 = performance.now();
 let readyMs = null;
 let wasmMemory = null;
@@ -61,7 +64,8 @@ async function bytesOf(url) {
 async function makeOurs() {
   // One thread: the default build; more: the threaded build (wasm atomics + a rayon pool of
   // Web Workers, needs cross-origin isolation).
-  const dir = (threads === 1 ? '/pkg' : '/pkg-threads') + (variant === 'relaxed' ? '-relaxed' : '');
+  const dir =
+    (peer.startsWith('base') ? '/base' : '') + (threads === 1 ? '/pkg' : '/pkg-threads') + (variant === 'relaxed' ? '-relaxed' : '');
   const pkg = await import(`${dir}/anoscope.js`);
   wasmMemory = (await pkg.default()).memory;
   if (threads > 1) await pkg.initThreadPool(threads);
@@ -113,7 +117,6 @@ async function makeOrt() {
 }
 
 async function main() {
-  const ours = peer === 'ours' || peer === 'oursq8';
   const run = ours ? await makeOurs() : peer === 'ort' || peer === 'ortq8' ? await makeOrt() : null;
   if (!run) throw new Error(`unknown peer ${peer}`);
   const loadMs = performance.now() - t0;
@@ -158,7 +161,7 @@ if (inWorker) {
     (r) => postMessage(r),
     (e) => postMessage({ error: String(e?.stack ?? e) }),
   );
-} else if (peer === 'ours' || peer === 'oursq8') {
+} else if (ours) {
   const w = new Worker(new URL(`bench.js${location.search}`, import.meta.url), { type: 'module' });
   w.onmessage = ({ data }) => finish(data);
   w.onerror = (e) => finish({ error: `worker: ${e.message}` });

@@ -17,6 +17,9 @@
 //   own row.
 //   --q8-model DIR also runs our q8 checkpoint (anoscope convert --dtype q8) as peer ours-q8;
 //   with --q8-only, ours-q8 alone (not our f32 checkpoint).
+//   --baseline DIST runs another build of ours (a www/dist made by ./build.sh build from another
+//   commit: pkg, pkg-threads, pkg-relaxed, …) as peers base / base-q8, interleaved with ours, and
+//   prints ours ÷ baseline: an A/B of a change in the browser, threads included.
 //   --text also times one prompt through our text tower (compare: tests/reference/bench_text.py)
 //   --surgery K runs our pass with the CLIP Surgery path in the last K blocks (fast mode: half)
 //   Our blocks also print the wasm linear memory after the runs (its peak: it never shrinks).
@@ -51,6 +54,7 @@ const { values: a } = parseArgs({
     variants: { type: 'string', default: 'simd' },
     pkg: { type: 'string', default: join(root, 'www/dist/pkg') },
     'pkg-threads': { type: 'string', default: join(root, 'www/dist/pkg-threads') },
+    baseline: { type: 'string' },
     runs: { type: 'string', default: '5' },
     rounds: { type: 'string', default: '5' },
     'ort-threads': { type: 'string', default: '1,2' },
@@ -85,6 +89,17 @@ const mounts = {
   ...(variants.includes('relaxed') && oursThreads.includes(1) ? { '/pkg-relaxed/': `${resolve(a.pkg)}-relaxed` } : {}),
   ...(variants.includes('relaxed') && oursThreads.some((t) => t > 1)
     ? { '/pkg-threads-relaxed/': `${resolve(a['pkg-threads'])}-relaxed` }
+    : {}),
+  // The baseline build's module variants that the runs need (as for ours above).
+  ...(a.baseline
+    ? Object.fromEntries(
+        [
+          'pkg',
+          ...(oursThreads.some((t) => t > 1) ? ['pkg-threads'] : []),
+          ...(variants.includes('relaxed') && oursThreads.includes(1) ? ['pkg-relaxed'] : []),
+          ...(variants.includes('relaxed') && oursThreads.some((t) => t > 1) ? ['pkg-threads-relaxed'] : []),
+        ].map((p) => [`/base/${p}/`, join(resolve(a.baseline), p)]),
+      )
     : {}),
   ...(ortThreads.length ? { '/ort/': join(here, 'node_modules/onnxruntime-web/dist') } : {}),
   '/model/': resolve(a.model),
@@ -165,13 +180,15 @@ async function block(peer, threads, task = 'image', variant = 'simd') {
 
 // [peer, threads, variant]: our f32 (and q8) checkpoint per module variant, then the peers.
 // --q8-only: only our q8 checkpoint (--model is then still served but not timed).
-const oursPeers = a['q8-model'] ? (a['q8-only'] ? ['oursq8'] : ['ours', 'oursq8']) : ['ours'];
+const ownPeers = a['q8-model'] ? (a['q8-only'] ? ['oursq8'] : ['ours', 'oursq8']) : ['ours'];
+const oursPeers = a.baseline ? ownPeers.flatMap((p) => [p, p.replace('ours', 'base')]) : ownPeers;
+const isOurs = (p) => p.startsWith('ours') || p.startsWith('base');
 const configs = [
   ...oursPeers.flatMap((p) => variants.flatMap((v) => oursThreads.map((t) => [p, t, v]))),
   ...ortThreads.map((t) => ['ort', t, 'simd']),
   ...(a['onnx-q8'] ? ortThreads.map((t) => ['ortq8', t, 'simd']) : []),
 ];
-const keyOf = (p, t, v) => (p.startsWith('ours') ? `${p}-${v}/${t}` : `${p}/${t}`);
+const keyOf = (p, t, v) => (isOurs(p) ? `${p}-${v}/${t}` : `${p}/${t}`);
 const textResults = Object.fromEntries(oursThreads.map((t) => [t, []]));
 const results = Object.fromEntries(configs.map(([p, t, v]) => [keyOf(p, t, v), []]));
 let embeds = {};
@@ -181,11 +198,11 @@ try {
     for (const [peer, t, v] of order) {
       const r = await block(peer, t, 'image', v);
       const key = keyOf(peer, t, v);
-      if (peer.startsWith('ours') && r.variant !== v) throw new Error(`${key}: the page ran the ${r.variant} module`);
+      if (isOurs(peer) && r.variant !== v) throw new Error(`${key}: the page ran the ${r.variant} module`);
       results[key].push(r.medianMs);
       embeds[key] = r.embeds;
       const mem = r.wasmMemoryBytes ? `, wasm memory ${(r.wasmMemoryBytes / 2 ** 20).toFixed(0)} MiB` : '';
-      const ready = peer.startsWith('ours') ? `, ${r.load} load: image tower ready at ${r.readyMs.toFixed(0)} ms` : '';
+      const ready = isOurs(peer) ? `, ${r.load} load: image tower ready at ${r.readyMs.toFixed(0)} ms` : '';
       console.error(`round ${round + 1}/${rounds} ${key} thread(s): median ${r.medianMs.toFixed(1)} ms (load ${r.loadMs.toFixed(0)} ms${ready}${mem})`);
     }
     if (a.text) {
@@ -217,6 +234,8 @@ for (const [key, e] of Object.entries(embeds)) {
 const NAMES = {
   ours: (v) => `anoscope wasm f32 (${v === 'relaxed' ? 'SIMD + relaxed' : 'SIMD'})`,
   oursq8: (v) => `anoscope wasm q8 (${v === 'relaxed' ? 'SIMD + relaxed' : 'SIMD'})`,
+  base: (v) => `baseline build, wasm f32 (${v === 'relaxed' ? 'SIMD + relaxed' : 'SIMD'})`,
+  baseq8: (v) => `baseline build, wasm q8 (${v === 'relaxed' ? 'SIMD + relaxed' : 'SIMD'})`,
   ort: () => 'onnxruntime-web 1.30 fp32 (wasm SIMD)',
   ortq8: () => 'onnxruntime-web 1.30 q8, transformers.js-style (wasm SIMD)',
 };
@@ -228,6 +247,13 @@ console.log('| runtime | threads | ms / image | ÷ ORT-web fp32 | ÷ ORT-web q8 
 console.log('|---|---|---|---|---|');
 for (const r of rows) {
   console.log(`| ${r.peer} | ${r.threads} | ${r.ms.toFixed(0)} | ${fmt(r.ms / msOf(`ort/${r.threads}`))} | ${fmt(r.ms / msOf(`ortq8/${r.threads}`))} |`);
+}
+if (a.baseline) {
+  console.log(`\nthis build ÷ the baseline build (${a.baseline}), same rounds:`);
+  for (const [p, t, v] of configs.filter(([p]) => p.startsWith('ours'))) {
+    const [mine, theirs] = [msOf(keyOf(p, t, v)), msOf(keyOf(p.replace('ours', 'base'), t, v))];
+    console.log(`  ${NAMES[p](v)}, ${t} thread(s): ${mine.toFixed(0)} ÷ ${theirs.toFixed(0)} ms = ${fmt(mine / theirs)}`);
+  }
 }
 for (const [key, d] of Object.entries(maxDiff)) console.log(`image_embeds max|Δ| ${key} vs ${refKey}: ${d.toExponential(2)}`);
 if (a.text) {
