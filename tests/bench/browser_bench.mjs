@@ -83,24 +83,19 @@ for (const v of variants) {
   }
 }
 
+// Our module variants that the runs need: [folder under www/dist, where ours is].
+const threaded = oursThreads.some((t) => t > 1);
+const relaxed = variants.includes('relaxed');
+const pkgs = [
+  ['pkg', resolve(a.pkg)],
+  ...(threaded ? [['pkg-threads', resolve(a['pkg-threads'])]] : []),
+  ...(relaxed && oursThreads.includes(1) ? [['pkg-relaxed', `${resolve(a.pkg)}-relaxed`]] : []),
+  ...(relaxed && threaded ? [['pkg-threads-relaxed', `${resolve(a['pkg-threads'])}-relaxed`]] : []),
+];
 const mounts = {
-  '/pkg/': resolve(a.pkg),
-  ...(oursThreads.some((t) => t > 1) ? { '/pkg-threads/': resolve(a['pkg-threads']) } : {}),
-  ...(variants.includes('relaxed') && oursThreads.includes(1) ? { '/pkg-relaxed/': `${resolve(a.pkg)}-relaxed` } : {}),
-  ...(variants.includes('relaxed') && oursThreads.some((t) => t > 1)
-    ? { '/pkg-threads-relaxed/': `${resolve(a['pkg-threads'])}-relaxed` }
-    : {}),
-  // The baseline build's module variants that the runs need (as for ours above).
-  ...(a.baseline
-    ? Object.fromEntries(
-        [
-          'pkg',
-          ...(oursThreads.some((t) => t > 1) ? ['pkg-threads'] : []),
-          ...(variants.includes('relaxed') && oursThreads.includes(1) ? ['pkg-relaxed'] : []),
-          ...(variants.includes('relaxed') && oursThreads.some((t) => t > 1) ? ['pkg-threads-relaxed'] : []),
-        ].map((p) => [`/base/${p}/`, join(resolve(a.baseline), p)]),
-      )
-    : {}),
+  ...Object.fromEntries(pkgs.map(([p, dir]) => [`/${p}/`, dir])),
+  // The same variants of the baseline build.
+  ...(a.baseline ? Object.fromEntries(pkgs.map(([p]) => [`/base/${p}/`, join(resolve(a.baseline), p)])) : {}),
   ...(ortThreads.length ? { '/ort/': join(here, 'node_modules/onnxruntime-web/dist') } : {}),
   '/model/': resolve(a.model),
   ...(a['q8-model'] ? { '/model-q8/': resolve(a['q8-model']) } : {}),

@@ -114,6 +114,9 @@ export async function browser({ fakeMedia = false, fakeCameraOnly = false, permi
   return { context, requests, close };
 }
 
+/** The last console lines, page errors, failed requests and navigations of each page. */
+const RECENT = new WeakMap();
+
 /**
  * Opens a page and collects problems: CSP violations (the DOM event, in the page), console
  * errors that mention the Content Security Policy, uncaught page errors.
@@ -154,9 +157,6 @@ export async function openPage(context, url) {
   const cspViolations = () => page.evaluate(() => window.__cspViolations ?? []);
   return { page, problems, cspViolations };
 }
-
-/** The last console lines, page errors, failed requests and navigations of each page. */
-const RECENT = new WeakMap();
 
 /**
  * What a page shows and what it logged lately, for a failed wait's message: its status lines,
