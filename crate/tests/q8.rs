@@ -60,14 +60,14 @@ fn max_abs(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max)
 }
 
-/// The int8 tower as the native build runs it: our AVX-512 VNNI GEMM (`model::x86_qgemm`) on a
-/// CPU with it, else candle's `QMatMul`.
+/// The int8 tower as the native build runs it: our x86-64 GEMM (`model::x86_qgemm`: AVX-512
+/// VNNI, else AVX2) on a CPU with either, else candle's `QMatMul`.
 fn quantized(clip: &Clip) -> Clip {
     let mut q = clip.clone();
     q.quantize_vision().unwrap();
     assert!(q.vision.w.is_q8() && !clip.vision.w.is_q8());
     let fc1 = &q.vision.w.blocks[0].fc1;
-    assert_eq!(fc1.vnni.is_some(), anoscope::model::x86_qgemm::available());
+    assert_eq!(fc1.x86.is_some(), anoscope::model::x86_qgemm::available());
     assert_eq!(fc1.q8.is_some(), !anoscope::model::x86_qgemm::available());
     q
 }
@@ -413,6 +413,13 @@ fn cli_convert_q8_writes_a_q8_checkpoint_and_bench_runs_it() {
     let (ok, stdout, err) = common::run(&["bench", "--model", out.to_str().unwrap(), "--runs", "1", "--json"]);
     assert!(ok, "{err}");
     assert!(stdout.contains("\"int8\":true"), "{stdout}");
+    // It names the kernel that ran: ours where the CPU has one, else candle's (or the one the
+    // environment asks for).
+    let want = match anoscope::model::x86_qgemm::kernel() {
+        Some(k) => k.name(),
+        None => "candle",
+    };
+    assert!(stdout.contains(&format!("\"int8_kernel\":\"{want}\"")), "{stdout}");
     // An f32 checkpoint quantized at load.
     let (ok, stdout, err) = common::run(&[
         "bench",

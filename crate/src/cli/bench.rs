@@ -255,6 +255,9 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         let (label, flops, (median, lo, hi)) = time_mode(&clip, m, &mut extra)?;
         extra.insert("backend".into(), if on_gpu { "gpu" } else { "cpu" }.into());
         extra.insert("int8".into(), clip.vision.w.is_q8().into());
+        if let Some(kernel) = clip.vision.w.blocks.first().and_then(|b| b.fc1.int8_kernel()) {
+            extra.insert("int8_kernel".into(), kernel.into());
+        }
         if on_gpu && m != BenchMode::Text {
             // The baseline, measured in the same run.
             let (_, _, (cpu, _, _)) = time_mode(&cpu_clip, m, &mut serde_json::Map::new())?;

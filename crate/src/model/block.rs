@@ -16,7 +16,7 @@
 //! relaxed-SIMD build, multiply then add in the SIMD128 one, where it took 0.81× the time of the
 //! `gemm` crate's kernel for an f32 encode), which also runs the attention products; our int8
 //! GEMM ([`super::wasm_qgemm`]) for a wasm layer in int8; and for a native layer in int8 our
-//! AVX-512 VNNI GEMM ([`super::x86_qgemm`]) or, on CPUs without it, candle's quantized matmul.
+//! AVX-512 VNNI or AVX2 GEMM ([`super::x86_qgemm`]) or, on CPUs without either, candle's quantized matmul.
 use super::config::Activation;
 use super::ops::{activation, BlockOut};
 use super::weights::{Block, Linear, Norm};
@@ -166,7 +166,7 @@ fn linear(l: &Linear, x: &[f32], m: usize, init: Option<&[f32]>) -> Result<Vec<f
         })
         .ok_or_else(|| anyhow::anyhow!("linear bias is not contiguous f32"))?;
     }
-    if let Some(v) = &l.vnni {
+    if let Some(v) = &l.x86 {
         v.gemm_add(x, m, &mut out);
         return Ok(out);
     }

@@ -36,7 +36,7 @@ impl Linear {
             f(&a, &mut c);
             Ok(Tensor::from_vec(c, (rows, n), x.device())?)
         };
-        let y = match (&self.vnni, &self.packed, &self.q8) {
+        let y = match (&self.x86, &self.packed, &self.q8) {
             (Some(v), _, _) => int8(v.n(), &|a, c| v.gemm_add(a, rows, c))?,
             (None, Some(p), _) => int8(p.n(), &|a, c| p.gemm(a, rows, c))?,
             (None, None, Some(q)) => candle_core::Module::forward(q, &x)?,

@@ -166,9 +166,9 @@ pub struct Linear {
     /// The int8 form in a wasm build ([`Linear::quantize`]): the packed panels of our own int8
     /// GEMM ([`super::wasm_qgemm`]), run by [`Linear::forward`].
     pub packed: Option<std::sync::Arc<super::wasm_qgemm::PackedQ8>>,
-    /// The int8 form natively on a CPU with AVX-512 VNNI ([`Linear::quantize`]): the packed
-    /// panels of [`super::x86_qgemm`], run instead of `q8` (`w_t` stays, as with `q8`).
-    pub vnni: Option<std::sync::Arc<super::x86_qgemm::VnniQ8>>,
+    /// The int8 form natively on an x86-64 CPU with AVX-512 VNNI or AVX2 ([`Linear::quantize`]):
+    /// the packed panels of [`super::x86_qgemm`], run instead of `q8` (`w_t` stays, as with `q8`).
+    pub x86: Option<std::sync::Arc<super::x86_qgemm::X86Q8>>,
 }
 
 impl Linear {
@@ -179,19 +179,30 @@ impl Linear {
             bias,
             q8: None,
             packed: None,
-            vnni: None,
+            x86: None,
         }
     }
 
     /// Whether the layer has an int8 form ([`Linear::quantize`] or [`Linear::quantize_packed`]).
     pub fn is_int8(&self) -> bool {
-        self.q8.is_some() || self.packed.is_some() || self.vnni.is_some()
+        self.q8.is_some() || self.packed.is_some() || self.x86.is_some()
+    }
+
+    /// Which int8 GEMM runs the layer (`None` in f32): `avx512-vnni` or `avx2` (ours, natively),
+    /// `candle` (candle's `QMatMul`), `wasm` (our packed GEMM of [`super::wasm_qgemm`]).
+    pub fn int8_kernel(&self) -> Option<&'static str> {
+        match (&self.x86, &self.packed, &self.q8) {
+            (Some(x), _, _) => Some(x.kernel().name()),
+            (None, Some(_), _) => Some("wasm"),
+            (None, None, Some(_)) => Some("candle"),
+            (None, None, None) => None,
+        }
     }
 
     /// Adds the int8 form of the weights, Q8_0 blocks (per output channel, one f16 scale per
     /// [`Q8_BLOCK`] input values; activations quantized per row block at run time, i32
-    /// accumulation): natively our AVX-512 VNNI GEMM ([`super::x86_qgemm`]) where the CPU has
-    /// it, else candle's `QMatMul`; in wasm our packed GEMM
+    /// accumulation): natively our x86-64 GEMM ([`super::x86_qgemm`]: AVX-512 VNNI, else AVX2)
+    /// where the CPU has either, else candle's `QMatMul`; in wasm our packed GEMM
     /// ([`super::wasm_qgemm`]), which then holds the only copy of the weights (`w_t` is
     /// emptied, 4 bytes a weight freed for about 1.2). Re-quantizing weights read from a q8
     /// checkpoint gives back its exact blocks. Errors when the input width is not a multiple
@@ -207,7 +218,7 @@ impl Linear {
         if super::x86_qgemm::available() {
             let n = self.w_t.dim(1)?;
             let w = self.w_t.flatten_all()?.to_vec1::<f32>()?;
-            self.vnni = Some(std::sync::Arc::new(super::x86_qgemm::VnniQ8::quantize(&w, k, n)?));
+            self.x86 = Some(std::sync::Arc::new(super::x86_qgemm::X86Q8::quantize(&w, k, n)?));
             return Ok(());
         }
         let w = self.w_t.t()?.contiguous()?; // [out, in]: blocks run along the inputs
