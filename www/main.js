@@ -175,6 +175,10 @@ if (pageParams.get('plantmap') === '1') workerUrl.searchParams.set('plantmap', '
 // ?relaxedprobe=fail (test hook): the worker's relaxed-SIMD probe fails, as on an engine without
 // relaxed SIMD, so the SIMD128 module runs (relaxed.test.mjs).
 if (pageParams.get('relaxedprobe') === 'fail') workerUrl.searchParams.set('relaxedprobe', 'fail');
+// ?int8dot=simd128|relaxed (test hook): the int8 dot product the module runs instead of its own
+// choice (the relaxed one only in the relaxed-SIMD module).
+const int8DotParam = pageParams.get('int8dot');
+if (['simd128', 'relaxed'].includes(int8DotParam)) workerUrl.searchParams.set('int8dot', int8DotParam);
 // The worker checks that it is this page's version (deploy.js).
 workerUrl.searchParams.set('build', BUILD_ID);
 // A half-deployed site (this page and the server's build.json differ) starts no worker.
@@ -235,9 +239,11 @@ function showBackend(b) {
   els.backend.textContent = b.label + (b.failure ? ` (${b.failure})` : b.note ? ` (${b.note})` : '');
   els.backend.dataset.threads = String(b.threads);
   els.backend.dataset.gpu = String(!!b.gpu);
-  // Which module variant runs, and why not the relaxed-SIMD one (a hover note).
+  // Which module variant runs, and why not the relaxed-SIMD one (a hover note); the int8 dot
+  // product (why the SIMD128 one runs in the relaxed module).
   els.backend.dataset.relaxed = String(!!b.relaxedSimd);
-  els.backend.title = b.simdNote ? `SIMD128 module: ${b.simdNote}` : '';
+  els.backend.dataset.int8Dot = b.int8Dot ?? '';
+  els.backend.title = [b.simdNote ? `SIMD128 module: ${b.simdNote}` : '', b.dotNote ?? ''].filter(Boolean).join('\n');
   els.backendChoice.value = b.backend;
 }
 els.backendChoice.value = ['gpu', 'cpu'].includes(backendParam) ? backendParam : 'auto';
@@ -1697,6 +1703,7 @@ client.ready.then(
     document.body.dataset.build = info.buildId;
     document.body.dataset.wasmSha256 = info.wasmSha256;
     document.body.dataset.wasmUrl = info.wasmUrl;
+    document.body.dataset.relaxedDotSaturates = String(info.relaxedDotSaturates);
     els.modelFiles.disabled = false;
     await setupModelSources({ gpu: !!info.backend.gpuWanted });
     document.body.dataset.ready = 'true';

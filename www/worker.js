@@ -53,8 +53,9 @@ const MOVED = (() => {
   const q = new URL(import.meta.url).searchParams;
   return q.get('glue') && q.get('wasm') ? { glue: q.get('glue'), wasm: q.get('wasm') } : null;
 })();
-// The module variant running: {relaxed, note} (note: why relaxed SIMD is not used, or '').
-const simd = { relaxed: false, note: '' };
+// The module variant running: {relaxed, note, dotForced} (note: why relaxed SIMD is not used, or
+// ''; dotForced: ?int8dot= chose the int8 dot product).
+const simd = { relaxed: false, note: '', dotForced: false };
 
 // A module of one function, `v128.const 0 ×3; f32x4.relaxed_madd`: valid only where the engine
 // has relaxed SIMD (Chrome ≥ 114; Firefox and Safari behind flags as of 2026).
@@ -137,11 +138,22 @@ async function chooseBackend(params) {
   }
 }
 
-/** What the page shows: {gpu, gpuWanted, label, note, failure, threads, int8}. The CPU label names
- * int8 while the loaded model's image tower runs in int8 (a q8 checkpoint on the CPU). */
+/** What the page shows: {gpu, gpuWanted, label, note, failure, threads, int8, int8Dot, dotNote}.
+ * The CPU label names int8 while the loaded model's image tower runs in int8 (a q8 checkpoint on
+ * the CPU), and in the relaxed-SIMD module when its int8 layers run the SIMD128 dot product
+ * (where this CPU has no byte dot product, the engine emulates the relaxed one, slower:
+ * crate/src/model/wasm_qgemm.rs). */
 function backendInfo() {
   const int8 = !!model && !gpu.active && model.isInt8();
-  const cpu = `CPU (WebAssembly SIMD${simd.relaxed ? ' + relaxed' : ''}${int8 ? ', int8' : ''}, ${cpuThreads} thread${cpuThreads === 1 ? '' : 's'})`;
+  const int8Dot = int8 ? (model.int8Kernel?.() ?? null) : null;
+  const viaSimd128 = int8 && simd.relaxed && int8Dot === 'simd128';
+  const int8Label = int8 ? (viaSimd128 ? ', int8 via SIMD128 dot' : ', int8') : '';
+  const cpu = `CPU (WebAssembly SIMD${simd.relaxed ? ' + relaxed' : ''}${int8Label}, ${cpuThreads} thread${cpuThreads === 1 ? '' : 's'})`;
+  const dotNote = !viaSimd128
+    ? ''
+    : simd.dotForced
+      ? 'int8 runs the SIMD128 dot product (chosen with ?int8dot=simd128)'
+      : 'int8 runs the SIMD128 dot product: this CPU has no byte dot product (VNNI), so the browser emulates the relaxed one, slower';
   return {
     gpu: gpu.active,
     // The image tower is to run on WebGPU (the page then defaults to a model's reference variant).
@@ -154,6 +166,8 @@ function backendInfo() {
     threads: cpuThreads,
     relaxedSimd: simd.relaxed,
     simdNote: simd.note,
+    int8Dot,
+    dotNote,
   };
 }
 
@@ -384,6 +398,17 @@ async function start() {
   regionsOf = wasm.regions;
   state.limits = JSON.parse(wasm.limits());
   cpuThreads = wasm.threads();
+  // Test hook: ?int8dot=simd128|relaxed picks the int8 dot product (refused by the SIMD128 module
+  // for relaxed: it then keeps its own).
+  const int8dot = params.get('int8dot');
+  if (int8dot && wasm.setInt8Dot) {
+    try {
+      wasm.setInt8Dot(int8dot);
+      simd.dotForced = true;
+    } catch (e) {
+      console.warn(`anoscope worker: ?int8dot=${int8dot} ignored: ${e?.message ?? e}`);
+    }
+  }
   // Test hook: ?gpufail=adapter (useGpu fails) or forward (every GPU pass fails).
   if (gpu.wanted && wasm.setGpuFailure) wasm.setGpuFailure(params.get('gpufail') || '');
   if (gpu.wanted && !wasm.setGpuFailure) gpuFailed('this build of the module has no WebGPU code');
@@ -396,6 +421,9 @@ async function start() {
     wasmSha256, // as computed from the bytes instantiated
     threads: cpuThreads,
     relaxedSimd: simd.relaxed,
+    // The int8 dot product layers packed from now on run, and whether the relaxed one saturates.
+    int8Dot: wasm.int8Dot?.() ?? 'simd128',
+    relaxedDotSaturates: wasm.relaxedDotSaturates?.() ?? null,
     backend: backendInfo(),
   };
 }

@@ -1,5 +1,6 @@
 // One benchmark block in the page: ?peer=ours|oursq8|base|baseq8|ort|ortq8&threads=N&runs=R
-// &warmup=W&size=S[&variant=simd|relaxed] (our module: the SIMD128 build or the relaxed-SIMD one;
+// &warmup=W&size=S[&variant=simd|relaxed|relaxed-dot|simd128-dot] (our module: the SIMD128 build or
+// the relaxed-SIMD one; relaxed-dot and simd128-dot: the latter with that int8 dot product forced;
 // base, baseq8: ours from another build, served under /base/, browser_bench.mjs --baseline).
 // The result (or an error) is stored in window.__bench for tests/bench/browser_bench.mjs.
 const q = new URLSearchParams(location.search);
@@ -24,6 +25,7 @@ const modelDir = ours && peer.endsWith('q8') ? '/model-q8' : '/model';
 const t0 = performance.now();
 let readyMs = null;
 let wasmMemory = null;
+let int8Dot = null; // the int8 dot product our module runs
 const PROMPT = 'a photo of a damaged bottle.';
 
 /** The same deterministic pixels for both peers (xorshift32 → roughly N(0,1) via 4 uniforms). */
@@ -65,9 +67,11 @@ async function makeOurs() {
   // One thread: the default build; more: the threaded build (wasm atomics + a rayon pool of
   // Web Workers, needs cross-origin isolation).
   const dir =
-    (peer.startsWith('base') ? '/base' : '') + (threads === 1 ? '/pkg' : '/pkg-threads') + (variant === 'relaxed' ? '-relaxed' : '');
+    (peer.startsWith('base') ? '/base' : '') + (threads === 1 ? '/pkg' : '/pkg-threads') + (variant === 'simd' ? '' : '-relaxed');
   const pkg = await import(`${dir}/anoscope.js`);
   wasmMemory = (await pkg.default()).memory;
+  if (variant.endsWith('-dot')) pkg.setInt8Dot(variant.slice(0, -4));
+  int8Dot = pkg.int8Dot?.() ?? null;
   if (threads > 1) await pkg.initThreadPool(threads);
   const running = pkg.threads?.() ?? 1;
   if (running !== threads) throw new Error(`asked for ${threads} threads, the module runs ${running}`);
@@ -134,6 +138,7 @@ async function main() {
     task,
     threads,
     variant,
+    int8Dot,
     crossOriginIsolated: self.crossOriginIsolated,
     loadMs,
     readyMs,

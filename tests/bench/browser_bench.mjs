@@ -13,8 +13,9 @@
 //   --onnx-q8 adds onnxruntime-web running the transformers.js-style q8 export (what
 //   transformers.js loads by default on its wasm device) at the --ort-threads counts.
 //   --variants picks our wasm module variants (simd: SIMD128, relaxed: + relaxed SIMD, in
-//   www/dist/pkg-relaxed and pkg-threads-relaxed when ./build.sh build made them); each is its
-//   own row.
+//   www/dist/pkg-relaxed and pkg-threads-relaxed when ./build.sh build made them, with the int8
+//   dot product the module picks for this CPU; relaxed-dot and simd128-dot: the relaxed module
+//   made to run that int8 dot product, for comparing them); each is its own row.
 //   --q8-model DIR also runs our q8 checkpoint (anoscope convert --dtype q8) as peer ours-q8;
 //   with --q8-only, ours-q8 alone (not our f32 checkpoint).
 //   --baseline DIST runs another build of ours (a www/dist made by ./build.sh build from another
@@ -77,15 +78,15 @@ const ortThreads = a['ort-threads'].split(',').filter(Boolean).map(Number);
 const oursThreads = a['ours-threads'].split(',').filter(Boolean).map(Number);
 const variants = a.variants.split(',').filter(Boolean);
 for (const v of variants) {
-  if (v !== 'simd' && v !== 'relaxed') {
-    console.error(`--variants: unknown variant '${v}' (simd, relaxed)`);
+  if (!['simd', 'relaxed', 'relaxed-dot', 'simd128-dot'].includes(v)) {
+    console.error(`--variants: unknown variant '${v}' (simd, relaxed, relaxed-dot, simd128-dot)`);
     process.exit(2);
   }
 }
 
 // Our module variants that the runs need: [folder under www/dist, where ours is].
 const threaded = oursThreads.some((t) => t > 1);
-const relaxed = variants.includes('relaxed');
+const relaxed = variants.some((v) => v !== 'simd');
 const pkgs = [
   ['pkg', resolve(a.pkg)],
   ...(threaded ? [['pkg-threads', resolve(a['pkg-threads'])]] : []),
@@ -197,7 +198,7 @@ try {
       results[key].push(r.medianMs);
       embeds[key] = r.embeds;
       const mem = r.wasmMemoryBytes ? `, wasm memory ${(r.wasmMemoryBytes / 2 ** 20).toFixed(0)} MiB` : '';
-      const ready = isOurs(peer) ? `, ${r.load} load: image tower ready at ${r.readyMs.toFixed(0)} ms` : '';
+      const ready = isOurs(peer) ? `, ${r.load} load: image tower ready at ${r.readyMs.toFixed(0)} ms, int8 dot ${r.int8Dot}` : '';
       console.error(`round ${round + 1}/${rounds} ${key} thread(s): median ${r.medianMs.toFixed(1)} ms (load ${r.loadMs.toFixed(0)} ms${ready}${mem})`);
     }
     if (a.text) {
@@ -226,11 +227,13 @@ for (const [key, e] of Object.entries(embeds)) {
   if (!refKey || key === refKey) continue;
   maxDiff[key] = e.reduce((m, v, i) => Math.max(m, Math.abs(v - embeds[refKey][i])), 0);
 }
+/** A module variant as the table names it. */
+const VARIANT = { simd: 'SIMD', relaxed: 'SIMD + relaxed', 'relaxed-dot': 'SIMD + relaxed, relaxed int8 dot', 'simd128-dot': 'SIMD + relaxed, SIMD128 int8 dot' };
 const NAMES = {
-  ours: (v) => `anoscope wasm f32 (${v === 'relaxed' ? 'SIMD + relaxed' : 'SIMD'})`,
-  oursq8: (v) => `anoscope wasm q8 (${v === 'relaxed' ? 'SIMD + relaxed' : 'SIMD'})`,
-  base: (v) => `baseline build, wasm f32 (${v === 'relaxed' ? 'SIMD + relaxed' : 'SIMD'})`,
-  baseq8: (v) => `baseline build, wasm q8 (${v === 'relaxed' ? 'SIMD + relaxed' : 'SIMD'})`,
+  ours: (v) => `anoscope wasm f32 (${VARIANT[v]})`,
+  oursq8: (v) => `anoscope wasm q8 (${VARIANT[v]})`,
+  base: (v) => `baseline build, wasm f32 (${VARIANT[v]})`,
+  baseq8: (v) => `baseline build, wasm q8 (${VARIANT[v]})`,
   ort: () => 'onnxruntime-web 1.30 fp32 (wasm SIMD)',
   ortq8: () => 'onnxruntime-web 1.30 q8, transformers.js-style (wasm SIMD)',
 };

@@ -56,6 +56,24 @@ after(async () => {
   if (tmp) rmSync(tmp, { recursive: true, force: true });
 });
 
+/**
+ * Whether V8 on this machine emulates the relaxed int8 dot product with saturating instructions:
+ * on x64 Linux, where the CPU has neither AVX-VNNI nor AVX-VNNI-INT8 (crate/src/model/wasm_qgemm.rs);
+ * null where this cannot be told from /proc/cpuinfo.
+ */
+function expectedSaturation() {
+  if (process.arch !== 'x64') return null;
+  let flags;
+  try {
+    flags = readFileSync('/proc/cpuinfo', 'utf8').match(/^flags\s*:(.*)$/m)?.[1];
+  } catch {
+    return null;
+  }
+  if (!flags) return null;
+  const f = new Set(flags.trim().split(/\s+/));
+  return !(f.has('avx_vnni') || f.has('avx_vnni_int8'));
+}
+
 const bottle = () => ({ name: 'bottle_broken_large_000.png', type: 'image/png', bytes: image('bottle_broken_large_000.png') });
 
 const backendOf = (page) => page.$eval('#backend', (el) => ({ text: el.textContent, gpu: el.dataset.gpu === 'true' }));
@@ -110,7 +128,7 @@ test('choosing q8 loads the q8 file and runs int8, within the bounds; switching 
     assert.deepEqual(weightsRequests(from), ['models/test-tiny-q8']);
     assert.match(await page.textContent('#model-status'), /^Loaded interface test model \(random weights, meaningless scores\), q8 \(q8: image tower in int8, input 32 px/);
     const q8Backend = await backendOf(page);
-    assert.match(q8Backend.text, /^CPU \(WebAssembly SIMD( \+ relaxed)?, int8, \d+ threads?\)/);
+    assert.match(q8Backend.text, /^CPU \(WebAssembly SIMD( \+ relaxed)?, int8( via SIMD128 dot)?, \d+ threads?\)/);
     assert.equal(await page.$eval('button[data-dtype="q8"]', (x) => x.getAttribute('aria-pressed')), 'true');
     const q8 = await dropAndWait(page, [bottle()]);
     await page.selectOption('#mode', 'winclip');
@@ -156,7 +174,7 @@ test('?dtype=q8 with ?model= loads the q8 variant by itself; ?dtype= a model lac
   try {
     await ready(page);
     await waitLoaded(page, 'interface test model (random weights, meaningless scores), q8');
-    assert.match((await backendOf(page)).text, /, int8, /);
+    assert.match((await backendOf(page)).text, /, int8( via SIMD128 dot)?, /);
     assert.deepEqual(problems, []);
   } finally {
     await page.close();
@@ -230,7 +248,7 @@ test('the JS API and <anomaly-detector> take dtype, and refuse a bad one clearly
     });
     assert.deepEqual([r.q8.dtype, r.q8.int8], ['q8', true]);
     assert.match(r.q8.url, /\/models\/test-tiny-q8\/model\.safetensors$/);
-    assert.match(r.q8.backend, /^CPU \(WebAssembly SIMD( \+ relaxed)?, int8, /);
+    assert.match(r.q8.backend, /^CPU \(WebAssembly SIMD( \+ relaxed)?, int8( via SIMD128 dot)?, /);
     assert.equal(r.q8.label, 'interface test model (random weights, meaningless scores), q8');
     assert.deepEqual([r.f16.dtype, r.f16.int8], ['f16', false]);
     assert.match(r.f16.url, /\/models\/test-tiny\/model\.safetensors$/);
@@ -241,10 +259,62 @@ test('the JS API and <anomaly-detector> take dtype, and refuse a bad one clearly
     assert.equal(r.element.dtype, 'q8');
     assert.equal(r.element.int8, true);
     assert.match(r.element.weightsUrl, /\/models\/test-tiny-q8\/model\.safetensors$/);
-    assert.match(r.element.backend, /, int8, /);
-    assert.match(r.notice, /interface test model \(random weights, meaningless scores\), q8: q8 weights, CPU \(WebAssembly SIMD( \+ relaxed)?, int8, \d+ threads?\)\.$/);
+    assert.match(r.element.backend, /, int8( via SIMD128 dot)?, /);
+    assert.match(r.notice, /interface test model \(random weights, meaningless scores\), q8: q8 weights, CPU \(WebAssembly SIMD( \+ relaxed)?, int8( via SIMD128 dot)?, \d+ threads?\)\.$/);
     assert.deepEqual(problems, []);
   } finally {
     await page.close();
   }
+});
+
+test('relaxed module: the int8 dot product follows the CPU and says so; both dot products stay within the bounds', { timeout: 180_000 }, async (t) => {
+  const build = JSON.parse(readFileSync(join(ROOT, 'www/dist/build.json'), 'utf8'));
+  if (!build.wasmRelaxed) return t.skip('no relaxed-SIMD build in www/dist (ANOSCOPE_RELAXED=0?)');
+  const runs = {};
+  for (const [name, query] of [['f16', 'dtype=f16'], ['auto', 'dtype=q8'], ['relaxed', 'dtype=q8&int8dot=relaxed'], ['simd128', 'dtype=q8&int8dot=simd128']]) {
+    const { page, problems, cspViolations } = await openPage(b.context, `${server.url}?model=test-tiny&threads=1&${query}`);
+    try {
+      await ready(page);
+      await waitLoaded(page, `interface test model (random weights, meaningless scores)${name === 'f16' ? '' : ', q8'}`);
+      const backend = await page.$eval('#backend', (el) => ({ text: el.textContent, dot: el.dataset.int8Dot, title: el.title }));
+      const body = await page.evaluate(() => ({ wasmUrl: document.body.dataset.wasmUrl, saturates: document.body.dataset.relaxedDotSaturates }));
+      const r = await dropAndWait(page, [bottle()]);
+      assert.deepEqual(problems, []);
+      assert.deepEqual(await cspViolations(), []);
+      runs[name] = { ...backend, ...body, score: r.score, map: r.map };
+    } finally {
+      await page.close();
+    }
+  }
+  for (const r of Object.values(runs)) assert.equal(r.wasmUrl, 'pkg-relaxed/anoscope_bg.wasm');
+  // The probe's answer is the CPU's: saturating where V8 has no byte dot product to lower to.
+  const saturates = runs.auto.saturates;
+  assert.ok(['true', 'false'].includes(saturates), `relaxedDotSaturates ${saturates}`);
+  const want = expectedSaturation();
+  if (want !== null) assert.equal(saturates, String(want), 'the probe disagrees with /proc/cpuinfo (avx_vnni)');
+  console.log(`relaxed int8 dot product saturates here: ${saturates}; the q8 model runs ${runs.auto.dot}`);
+  // Left to itself, the module runs the SIMD128 dot product exactly where the relaxed one saturates.
+  assert.equal(runs.auto.dot, saturates === 'true' ? 'simd128' : 'relaxed');
+  assert.equal(runs.f16.dot, '');
+  assert.match(runs.f16.text, /^CPU \(WebAssembly SIMD \+ relaxed, 1 thread\)/);
+  assert.equal(runs.relaxed.dot, 'relaxed');
+  assert.match(runs.relaxed.text, /^CPU \(WebAssembly SIMD \+ relaxed, int8, 1 thread\)/);
+  assert.equal(runs.relaxed.title, '');
+  assert.equal(runs.simd128.dot, 'simd128');
+  assert.match(runs.simd128.text, /^CPU \(WebAssembly SIMD \+ relaxed, int8 via SIMD128 dot, 1 thread\)/);
+  assert.equal(runs.simd128.title, 'int8 runs the SIMD128 dot product (chosen with ?int8dot=simd128)');
+  if (saturates === 'true') {
+    assert.match(runs.auto.text, /, int8 via SIMD128 dot, /);
+    assert.equal(runs.auto.title, 'int8 runs the SIMD128 dot product: this CPU has no byte dot product (VNNI), so the browser emulates the relaxed one, slower');
+  }
+  // Both dot products against the f16 reference: the stated q8 bounds; and they differ (±63 vs
+  // ±127 activations), so the choice really changed the kernel.
+  for (const name of ['relaxed', 'simd128']) {
+    const ds = Math.abs(runs[name].score - runs.f16.score);
+    const dm = maxAbsDiff(runs[name].map, runs.f16.map);
+    console.log(`q8 (${name} dot) vs f16: score |Δ| ${ds.toExponential(2)}, map max |Δ| ${dm.toExponential(2)}`);
+    assert.ok(ds <= SCORE_BOUND, `${name}: score |Δ| ${ds}`);
+    assert.ok(dm <= MAP_BOUND, `${name}: map max |Δ| ${dm}`);
+  }
+  assert.ok(runs.relaxed.score !== runs.simd128.score || maxAbsDiff(runs.relaxed.map, runs.simd128.map) > 0, 'both dot products gave identical results');
 });

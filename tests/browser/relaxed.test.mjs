@@ -115,17 +115,41 @@ test('relaxed-SIMD f32 GEMM matches an f64 sum on odd shapes, row-major and tran
   }
 });
 
-test('relaxed-SIMD int8 GEMM matches its scalar reference on odd shapes (Chromium)', { skip, timeout: 120_000 }, async () => {
+test('relaxed-SIMD module: both int8 GEMMs (relaxed and SIMD128 dot) match their scalar reference on odd shapes (Chromium)', { skip, timeout: 120_000 }, async () => {
   const { page, problems, cspViolations } = await openPage(b.context, server.url);
   try {
     await ready(page);
     const shapes = [[1, 32, 1], [3, 64, 5], [7, 800, 13], [197, 768, 24], [13, 3072, 9], [4, 1568, 16]];
-    const errors = await page.evaluate(async (shapes) => {
+    const out = await page.evaluate(async (shapes) => {
       const m = await import(new URL('pkg-relaxed/anoscope.js', document.baseURI).href);
       await m.default();
-      return shapes.map(([rows, k, n]) => m.int8GemmCheck(rows, k, n, 42));
+      const own = m.int8Dot();
+      const saturates = m.relaxedDotSaturates();
+      const errors = {};
+      for (const dot of ['relaxed', 'simd128']) {
+        m.setInt8Dot(dot);
+        errors[dot] = { dot: m.int8Dot(), e: shapes.map(([rows, k, n]) => m.int8GemmCheck(rows, k, n, 42)) };
+      }
+      m.setInt8Dot('');
+      let bad = '';
+      try {
+        m.setInt8Dot('vnni');
+      } catch (e) {
+        bad = String(e?.message ?? e);
+      }
+      return { own, saturates, errors, back: m.int8Dot(), bad };
     }, shapes);
-    shapes.forEach(([m, k, n], i) => assert.ok(errors[i] < 2e-4, `[${m}, ${k}] × [${k}, ${n}]: max relative |Δ| ${errors[i]}`));
+    for (const dot of ['relaxed', 'simd128']) {
+      assert.equal(out.errors[dot].dot, dot);
+      shapes.forEach(([m, k, n], i) =>
+        assert.ok(out.errors[dot].e[i] < 2e-4, `${dot}: [${m}, ${k}] × [${k}, ${n}]: max relative |Δ| ${out.errors[dot].e[i]}`),
+      );
+    }
+    // The module's own choice: SIMD128 exactly where the relaxed dot product saturates.
+    assert.equal(typeof out.saturates, 'boolean');
+    assert.equal(out.own, out.saturates ? 'simd128' : 'relaxed');
+    assert.equal(out.back, out.own);
+    assert.match(out.bad, /unknown int8 dot product "vnni"/);
     assert.deepEqual(problems, []);
     assert.deepEqual(await cspViolations(), []);
   } finally {

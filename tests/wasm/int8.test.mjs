@@ -57,6 +57,18 @@ test('int8 GEMM: matches its scalar reference on odd shapes', () => {
   assert.throws(() => int8GemmCheck(2, 48, 3, 1), /48 inputs is not a positive multiple of 32/);
 });
 
+test('int8 dot product: the SIMD128 build runs SIMD128 and refuses the relaxed one', (t) => {
+  if (PKG.includes('relaxed')) return t.skip('a relaxed-SIMD package (checked in Chromium by tests/browser/relaxed.test.mjs)');
+  assert.equal(mod.int8Dot(), 'simd128');
+  assert.equal(mod.relaxedDotSaturates(), undefined);
+  assert.throws(() => mod.setInt8Dot('relaxed'), /this build has no relaxed-SIMD int8 kernel/);
+  assert.throws(() => mod.setInt8Dot('fast'), /unknown int8 dot product "fast"/);
+  mod.setInt8Dot('simd128');
+  assert.equal(mod.int8Dot(), 'simd128');
+  mod.setInt8Dot('');
+  assert.equal(mod.int8Dot(), 'simd128');
+});
+
 for (const [name, configFile, weightsFile] of [
   ['hf_tiny', 'config.json', 'model.safetensors'],
   ['openclip_tiny', 'open_clip_config.json', 'open_clip_model.safetensors'],

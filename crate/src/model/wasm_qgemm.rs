@@ -9,13 +9,13 @@
 //! panels of [`NR`] outputs interleaved so that each `i32x4` lane accumulates one output
 //! (no horizontal sums), and every group of [`MR`] rows runs over a panel while it is in L1.
 //!
-//! Two instruction sets, picked at compile time:
+//! Two dot products ([`Dot`]):
 //! * SIMD128 (every wasm build): activations symmetric int8 per row and block (`d = amax/127`,
 //!   as candle's Q8_0), widened to i16 when quantized; the panel holds the weights of 8 outputs
 //!   × 2 inputs per 16 bytes, widened to i16 once per (K block, panel) into a scratch panel
 //!   that every row group then reads (widening in the kernel instead cost 7–10 % of an encode),
 //!   multiplied by `i32x4.dot_i16x8_s` (8 multiply-adds per instruction).
-//! * relaxed SIMD (the `relaxed-simd` feature): `i32x4.relaxed_dot_i8x16_i7x16_add_s` (16
+//! * relaxed SIMD (only in the `relaxed-simd` build): `i32x4.relaxed_dot_i8x16_i7x16_add_s` (16
 //!   multiply-adds). Its second operand must lie in 0..=127 for every engine to give the same
 //!   result, so the activations are quantized to ±63 (`d = amax/63`) and stored plus 64 (u7);
 //!   the kernel starts each block's i32 sums at `-64 · Σ w` (precomputed per output and block),
@@ -24,10 +24,24 @@
 //!   than the activations' lost bit (their error is per block, against an f32 input rounded
 //!   once per run).
 //!
-//! Memory: the packed weights are the int8 values plus one f32 scale per block (and in the
-//! relaxed build one i32 per block): 1.16× (1.28×) the int8 bytes, against 4× for f32.
+//!
+//! The relaxed build picks between the two at run time ([`dot`]), once: engines lower the
+//! relaxed dot product to one instruction where the CPU has a byte dot product (V8 on x64:
+//! `vpdpbusd` with AVX-VNNI, `vpdpbssd` with AVX-VNNI-INT8; `sdot` on arm64), but on x64 CPUs
+//! without (AMD Zen 1–4, Intel before Alder Lake / Sapphire Rapids) V8 emulates it with
+//! `pmaddubsw`, `pmaddwd` and `paddd` plus two instructions that rebuild a constant, which ran
+//! slower than the SIMD128 kernel on the AMD EPYC (Zen 3) in 10 of 11 rounds. That emulation
+//! is told apart by its result, deterministically: `pmaddubsw` saturates its i16 pair sums, so
+//! `relaxed_dot(splat(127), splat(0xFF), 0)`, whose second operand the spec leaves
+//! implementation-defined above 127, gives 2 · 32767 = 65534 per lane there (129540 with
+//! `vpdpbusd`, -508 with a signed dot product). Where it does, the relaxed build runs the
+//! SIMD128 kernel (its f32 GEMM keeps the relaxed multiply-adds).
+//!
+//! Memory: the packed weights are the int8 values plus one f32 scale per block (and with the
+//! relaxed dot product one i32 per block): 1.16× (1.28×) the int8 bytes, against 4× for f32.
 use super::checkpoint::Q8_BLOCK as BLOCK;
 use anyhow::{bail, Result};
+use std::sync::atomic::{AtomicU8, Ordering};
 
 /// Outputs (columns of `C`) per packed panel.
 pub const NR: usize = 8;
@@ -41,20 +55,161 @@ const _: () = assert!(MR == 4);
 pub const KC: usize = 768;
 const _: () = assert!(KC.is_multiple_of(BLOCK));
 
-/// Offset added to the relaxed build's activations (quantized to ±63) to make them 0..=126.
-#[cfg(feature = "relaxed-simd")]
+/// Offset added to the relaxed kernel's activations (quantized to ±63) to make them 0..=126.
 const ZERO: i32 = 64;
-/// Largest quantized activation magnitude.
-#[cfg(feature = "relaxed-simd")]
-const QMAX: f32 = 63.0;
-#[cfg(not(feature = "relaxed-simd"))]
-const QMAX: f32 = 127.0;
 
-/// An activation value as the kernel reads it: i16 (SIMD128) or u8 (relaxed, offset by 64).
-#[cfg(feature = "relaxed-simd")]
-type AVal = u8;
-#[cfg(not(feature = "relaxed-simd"))]
-type AVal = i16;
+/// The int8 dot product a [`PackedQ8`] runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dot {
+    /// `i32x4.dot_i16x8_s` on i16-widened values, activations ±127.
+    Simd128,
+    /// `i32x4.relaxed_dot_i8x16_i7x16_add_s`, activations ±63 plus 64 (the `relaxed-simd` build).
+    Relaxed,
+}
+
+impl Dot {
+    /// Its name, as the page and `Linear::int8_kernel` report it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Dot::Simd128 => "simd128",
+            Dot::Relaxed => "relaxed",
+        }
+    }
+
+    /// Largest quantized activation magnitude.
+    pub fn qmax(self) -> f32 {
+        match self {
+            Dot::Simd128 => 127.0,
+            Dot::Relaxed => 63.0,
+        }
+    }
+
+    /// Index in a panel of weight `(c, kk)` (output `c < NR`, input `kk < k`).
+    #[inline]
+    fn slot(self, c: usize, kk: usize) -> usize {
+        match self {
+            // 32 bytes per 4 inputs: outputs 0-3 × 4 inputs, then outputs 4-7 × 4 inputs.
+            Dot::Relaxed => (kk / 4) * 32 + (c / 4) * 16 + (c % 4) * 4 + kk % 4,
+            // 16 bytes per 2 inputs: outputs 0-7 × 2 inputs.
+            Dot::Simd128 => (kk / 2) * 16 + c * 2 + kk % 2,
+        }
+    }
+}
+
+/// [`set_dot`]'s choice: 0 none (the build's own, [`dot`]), 1 SIMD128, 2 relaxed.
+static CHOICE: AtomicU8 = AtomicU8::new(0);
+
+/// The dot product layers packed from now on run: the one [`set_dot`] asked for, else SIMD128 in
+/// the SIMD128 build, and in the relaxed build the relaxed one unless this engine emulates it
+/// with saturating instructions ([`relaxed_dot_saturates`], checked once; natively, where the
+/// kernels are scalar code, always the relaxed one).
+pub fn dot() -> Dot {
+    match CHOICE.load(Ordering::Relaxed) {
+        1 => Dot::Simd128,
+        2 => Dot::Relaxed,
+        _ if !cfg!(feature = "relaxed-simd") => Dot::Simd128,
+        _ => match relaxed_dot_saturates() {
+            Some(true) => Dot::Simd128,
+            _ => Dot::Relaxed,
+        },
+    }
+}
+
+/// Makes layers packed from now on run `dot` (`None`: the build's own choice, [`dot`]). A test
+/// hook (and for comparing the two); the relaxed dot product only in the relaxed build.
+pub fn set_dot(dot: Option<Dot>) -> Result<()> {
+    if dot == Some(Dot::Relaxed) && !cfg!(feature = "relaxed-simd") {
+        bail!("this build has no relaxed-SIMD int8 kernel");
+    }
+    CHOICE.store(
+        match dot {
+            None => 0,
+            Some(Dot::Simd128) => 1,
+            Some(Dot::Relaxed) => 2,
+        },
+        Ordering::Relaxed,
+    );
+    Ok(())
+}
+
+/// In the relaxed build on wasm: whether this engine's `i32x4.relaxed_dot_i8x16_i7x16_add_s`
+/// saturates (lane = 65534 for `splat(127) · splat(0xFF)`: x64 without a byte dot product,
+/// see the module notes), checked once. `None` elsewhere.
+pub fn relaxed_dot_saturates() -> Option<bool> {
+    #[cfg(all(target_arch = "wasm32", feature = "relaxed-simd"))]
+    {
+        static SAT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        // SAFETY: the relaxed build runs only where the engine validated relaxed SIMD.
+        Some(*SAT.get_or_init(|| unsafe { probe_relaxed_dot() } == 65534))
+    }
+    #[cfg(not(all(target_arch = "wasm32", feature = "relaxed-simd")))]
+    None
+}
+
+/// Lane 0 of `relaxed_dot(splat(127), splat(0xFF), 0)`, the operands hidden from the compiler.
+///
+/// # Safety
+/// The engine runs relaxed SIMD.
+#[cfg(all(target_arch = "wasm32", feature = "relaxed-simd"))]
+#[target_feature(enable = "relaxed-simd")]
+unsafe fn probe_relaxed_dot() -> i32 {
+    use core::arch::wasm32::*;
+    let a = i8x16_splat(std::hint::black_box(127));
+    let b = i8x16_splat(std::hint::black_box(-1));
+    i32x4_extract_lane::<0>(i32x4_relaxed_dot_i8x16_i7x16_add(a, b, i32x4_splat(0)))
+}
+
+/// An activation value as a kernel reads it: i16 ([`Dot::Simd128`]) or u8 ([`Dot::Relaxed`],
+/// offset by 64).
+trait Act: Copy + Default + Send + Sync {
+    /// The dot product that reads it.
+    const DOT: Dot;
+    /// A quantized value (within ±[`Dot::qmax`]) as stored.
+    fn of(q: i32) -> Self;
+    /// The stored value as an integer (offset included; the scalar kernel's).
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+    fn raw(self) -> i32;
+    /// This dot product's wasm micro-kernel ([`kernel`]).
+    ///
+    /// # Safety
+    /// As [`kernel`].
+    #[cfg(target_arch = "wasm32")]
+    unsafe fn kernel<const R: usize>(t: &Tile<'_, Self>, i0: usize, c: &mut [f32]);
+}
+
+impl Act for i16 {
+    const DOT: Dot = Dot::Simd128;
+    fn of(q: i32) -> Self {
+        q as i16
+    }
+    fn raw(self) -> i32 {
+        self as i32
+    }
+    #[cfg(target_arch = "wasm32")]
+    unsafe fn kernel<const R: usize>(t: &Tile<'_, Self>, i0: usize, c: &mut [f32]) {
+        kernel_simd128::<R>(t, i0, c)
+    }
+}
+
+impl Act for u8 {
+    const DOT: Dot = Dot::Relaxed;
+    fn of(q: i32) -> Self {
+        (q + ZERO) as u8
+    }
+    fn raw(self) -> i32 {
+        self as i32
+    }
+    #[cfg(target_arch = "wasm32")]
+    unsafe fn kernel<const R: usize>(t: &Tile<'_, Self>, i0: usize, c: &mut [f32]) {
+        #[cfg(feature = "relaxed-simd")]
+        kernel_relaxed::<R>(t, i0, c);
+        #[cfg(not(feature = "relaxed-simd"))]
+        {
+            let _ = (t, i0, c);
+            unreachable!("PackedQ8::with_dot refuses the relaxed dot product in this build");
+        }
+    }
+}
 
 /// The int8 weights of one linear layer, packed for [`PackedQ8::gemm`].
 #[derive(Clone)]
@@ -63,30 +218,20 @@ pub struct PackedQ8 {
     k: usize,
     /// Outputs.
     n: usize,
+    /// The dot product it runs (the panel layout depends on it).
+    dot: Dot,
     /// Panel after panel (`ceil(n / NR)`, zero-padded outputs), each `k · NR` bytes.
     ints: Vec<i8>,
     /// Per panel, per block of `K`: the [`NR`] weight scales.
     scales: Vec<f32>,
-    /// Per panel, per block: `-64 · Σ w` of each output (the relaxed build's offset).
-    #[cfg(feature = "relaxed-simd")]
+    /// Per panel, per block: `-64 · Σ w` of each output (the relaxed kernel's offset; empty for
+    /// SIMD128).
     corr: Vec<i32>,
 }
 
 impl std::fmt::Debug for PackedQ8 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PackedQ8 {{ k: {}, n: {} }}", self.k, self.n)
-    }
-}
-
-/// Index in a panel of weight `(c, kk)` (output `c < NR`, input `kk < k`).
-#[inline]
-fn slot(c: usize, kk: usize) -> usize {
-    if cfg!(feature = "relaxed-simd") {
-        // 32 bytes per 4 inputs: outputs 0-3 × 4 inputs, then outputs 4-7 × 4 inputs.
-        (kk / 4) * 32 + (c / 4) * 16 + (c % 4) * 4 + kk % 4
-    } else {
-        // 16 bytes per 2 inputs: outputs 0-7 × 2 inputs.
-        (kk / 2) * 16 + c * 2 + kk % 2
+        write!(f, "PackedQ8 {{ k: {}, n: {}, dot: {:?} }}", self.k, self.n, self.dot)
     }
 }
 
@@ -143,17 +288,34 @@ pub(super) fn pack_panels(
 }
 
 impl PackedQ8 {
-    /// Packs int8 weights `q` (`[n, k]`, row-major) with their block scales (`[n, k / BLOCK]`).
+    /// Packs int8 weights `q` (`[n, k]`, row-major) with their block scales (`[n, k / BLOCK]`),
+    /// for the dot product of [`dot`].
     pub fn new(q: &[i8], scales: &[f32], n: usize, k: usize) -> Result<Self> {
-        let p = pack_panels(q, scales, n, k, NR, slot)?;
+        Self::with_dot(dot(), q, scales, n, k)
+    }
+
+    /// [`PackedQ8::new`] for the given dot product (the relaxed one only in the relaxed build).
+    pub fn with_dot(dot: Dot, q: &[i8], scales: &[f32], n: usize, k: usize) -> Result<Self> {
+        if dot == Dot::Relaxed && !cfg!(feature = "relaxed-simd") {
+            bail!("this build has no relaxed-SIMD int8 kernel");
+        }
+        let p = pack_panels(q, scales, n, k, NR, |c, kk| dot.slot(c, kk))?;
         Ok(Self {
             k,
             n,
+            dot,
             ints: p.ints,
             scales: p.scales,
-            #[cfg(feature = "relaxed-simd")]
-            corr: p.sums.iter().map(|s| -ZERO * s).collect(),
+            corr: match dot {
+                Dot::Relaxed => p.sums.iter().map(|s| -ZERO * s).collect(),
+                Dot::Simd128 => Vec::new(),
+            },
         })
+    }
+
+    /// The dot product it runs.
+    pub fn dot(&self) -> Dot {
+        self.dot
     }
 
     /// Quantizes `w_t` (`[k, n]`, row-major: the transposed weight of a linear layer) to int8
@@ -176,11 +338,7 @@ impl PackedQ8 {
 
     /// Bytes held (packed weights, scales and corrections).
     pub fn bytes(&self) -> usize {
-        #[cfg(feature = "relaxed-simd")]
-        let extra = self.corr.len() * 4;
-        #[cfg(not(feature = "relaxed-simd"))]
-        let extra = 0;
-        self.ints.len() + self.scales.len() * 4 + extra
+        self.ints.len() + self.scales.len() * 4 + self.corr.len() * 4
     }
 
     /// The weights as f32 `w_t` (`[k, n]`, each int8 value times its scale).
@@ -191,7 +349,7 @@ impl PackedQ8 {
             let (p, c) = (j / NR, j % NR);
             let panel = &self.ints[p * k * NR..];
             for kk in 0..k {
-                w[kk * n + j] = panel[slot(c, kk)] as f32 * self.scales[(p * kb + kk / BLOCK) * NR + c];
+                w[kk * n + j] = panel[self.dot.slot(c, kk)] as f32 * self.scales[(p * kb + kk / BLOCK) * NR + c];
             }
         }
         w
@@ -213,12 +371,21 @@ impl PackedQ8 {
         if m == 0 || n == 0 {
             return;
         }
+        match self.dot {
+            Dot::Simd128 => self.run::<i16>(a, m, c, add),
+            Dot::Relaxed => self.run::<u8>(a, m, c, add),
+        }
+    }
+
+    /// [`PackedQ8::gemm_into`] with activations of type `T` (`T::DOT == self.dot`).
+    fn run<T: Act>(&self, a: &[f32], m: usize, c: &mut [f32], add: bool) {
+        let (k, n) = (self.k, self.n);
         let kb = k / BLOCK;
-        let (qa, sa) = quantize_rows(&a[..m * k], m, k);
+        let (qa, sa) = quantize_rows::<T>(&a[..m * k], m, k);
         // The SIMD128 kernel reads a panel's weights widened to i16, once per (K block, panel)
         // here rather than in every micro-kernel call over the panel.
-        #[cfg(all(target_arch = "wasm32", not(feature = "relaxed-simd")))]
-        let mut wide = vec![0i16; KC.min(k) * NR];
+        let widen = cfg!(target_arch = "wasm32") && T::DOT == Dot::Simd128;
+        let mut wide = vec![0i16; if widen { KC.min(k) * NR } else { 0 }];
         let mut k0 = 0;
         while k0 < k {
             let kc = KC.min(k - k0);
@@ -228,17 +395,16 @@ impl PackedQ8 {
                 let nc = NR.min(n - j0);
                 let w = &self.ints[p * k * NR + k0 * NR..];
                 let ws = &self.scales[(p * kb + b0) * NR..];
-                #[cfg(feature = "relaxed-simd")]
-                let wc = &self.corr[(p * kb + b0) * NR..];
-                #[cfg(not(feature = "relaxed-simd"))]
-                let wc: &[i32] = &[];
-                #[cfg(all(target_arch = "wasm32", not(feature = "relaxed-simd")))]
-                let ww: &[i16] = {
+                let wc = if self.corr.is_empty() {
+                    &[][..]
+                } else {
+                    &self.corr[(p * kb + b0) * NR..]
+                };
+                if widen {
                     for (d, s) in wide.iter_mut().zip(&w[..kc * NR]) {
                         *d = *s as i16;
                     }
-                    &wide
-                };
+                }
                 let tile = Tile {
                     a: &qa[k0 * m..],
                     kc,
@@ -249,8 +415,7 @@ impl PackedQ8 {
                     w,
                     ws,
                     wc,
-                    #[cfg(all(target_arch = "wasm32", not(feature = "relaxed-simd")))]
-                    ww,
+                    ww: &wide,
                     n,
                     j0,
                     nc,
@@ -259,16 +424,16 @@ impl PackedQ8 {
                 let mut i0 = 0;
                 while i0 + MR <= m {
                     // SAFETY: rows i0..i0+MR < m, blocks b0..b0+nb ≤ kb, columns j0..j0+nc ≤ n.
-                    unsafe { kernel::<MR>(&tile, i0, c) };
+                    unsafe { kernel::<MR, T>(&tile, i0, c) };
                     i0 += MR;
                 }
                 // SAFETY: as above with the m - i0 < MR remaining rows.
                 unsafe {
                     match m - i0 {
                         0 => {}
-                        1 => kernel::<1>(&tile, i0, c),
-                        2 => kernel::<2>(&tile, i0, c),
-                        _ => kernel::<3>(&tile, i0, c),
+                        1 => kernel::<1, T>(&tile, i0, c),
+                        2 => kernel::<2, T>(&tile, i0, c),
+                        _ => kernel::<3, T>(&tile, i0, c),
                     }
                 }
             }
@@ -308,15 +473,15 @@ pub fn quantize_q8_0(w_t: &[f32], k: usize, n: usize) -> Result<(Vec<i8>, Vec<f3
     Ok((q, scales))
 }
 
-/// Quantizes the rows of `a` (`[m, k]`) per block of [`BLOCK`]: symmetric, `d = amax / QMAX`,
-/// values rounded to nearest (ties to even); in the relaxed build offset by 64. Returns the
-/// values and the scales (`[m, k / BLOCK]`).
+/// Quantizes the rows of `a` (`[m, k]`) per block of [`BLOCK`]: symmetric, `d = amax / qmax`
+/// (`T::DOT`'s), values rounded to nearest (ties to even), stored as `T` (the relaxed kernel's
+/// offset by 64). Returns the values and the scales (`[m, k / BLOCK]`).
 ///
 /// The values are laid out K block after K block ([`KC`] inputs; the last may be shorter),
 /// each `[m, kc]` row-major, so that the rows a micro-kernel reads are close together.
-fn quantize_rows(a: &[f32], m: usize, k: usize) -> (Vec<AVal>, Vec<f32>) {
+fn quantize_rows<T: Act>(a: &[f32], m: usize, k: usize) -> (Vec<T>, Vec<f32>) {
     let kb = k / BLOCK;
-    let mut q: Vec<AVal> = vec![0; m * k];
+    let mut q: Vec<T> = vec![T::default(); m * k];
     let mut s = vec![0f32; m * kb];
     for i in 0..m {
         for b in 0..kb {
@@ -336,7 +501,7 @@ fn quantize_rows(a: &[f32], m: usize, k: usize) -> (Vec<AVal>, Vec<f32>) {
 /// `src` and `dst` hold [`BLOCK`] values.
 #[cfg(target_arch = "wasm32")]
 #[inline]
-unsafe fn quantize_block(src: &[f32], dst: &mut [AVal]) -> f32 {
+unsafe fn quantize_block<T: Act>(src: &[f32], dst: &mut [T]) -> f32 {
     use core::arch::wasm32::*;
     let p = src.as_ptr();
     let mut x = [f32x4_splat(0.0); BLOCK / 4];
@@ -351,30 +516,33 @@ unsafe fn quantize_block(src: &[f32], dst: &mut [AVal]) -> f32 {
     if amax == 0.0 || !amax.is_finite() {
         // All zeros (or a non-finite input, which then gives a zero scale and zero values: the
         // f32 path would have given NaN; the encoders never produce one).
-        let zero = quantize_value(0.0, 0.0);
-        dst.fill(zero);
+        dst.fill(T::of(0));
         return 0.0;
     }
-    let id = f32x4_splat(QMAX / amax);
+    let qmax = T::DOT.qmax();
+    let id = f32x4_splat(qmax / amax);
     let mut w = [i32x4_splat(0); BLOCK / 4];
     for (o, v) in w.iter_mut().zip(&x) {
         *o = i32x4_trunc_sat_f32x4(f32x4_nearest(f32x4_mul(*v, id)));
     }
-    let out = dst.as_mut_ptr();
-    #[cfg(not(feature = "relaxed-simd"))]
-    for i in 0..BLOCK / 8 {
-        v128_store(out.add(8 * i) as *mut v128, i16x8_narrow_i32x4(w[2 * i], w[2 * i + 1]));
-    }
-    #[cfg(feature = "relaxed-simd")]
-    {
-        let off = i16x8_splat(ZERO as i16);
-        for i in 0..BLOCK / 16 {
-            let lo = i16x8_add(i16x8_narrow_i32x4(w[4 * i], w[4 * i + 1]), off);
-            let hi = i16x8_add(i16x8_narrow_i32x4(w[4 * i + 2], w[4 * i + 3]), off);
-            v128_store(out.add(16 * i) as *mut v128, u8x16_narrow_i16x8(lo, hi));
+    match T::DOT {
+        Dot::Simd128 => {
+            let out = dst.as_mut_ptr() as *mut i16;
+            for i in 0..BLOCK / 8 {
+                v128_store(out.add(8 * i) as *mut v128, i16x8_narrow_i32x4(w[2 * i], w[2 * i + 1]));
+            }
+        }
+        Dot::Relaxed => {
+            let out = dst.as_mut_ptr() as *mut u8;
+            let off = i16x8_splat(ZERO as i16);
+            for i in 0..BLOCK / 16 {
+                let lo = i16x8_add(i16x8_narrow_i32x4(w[4 * i], w[4 * i + 1]), off);
+                let hi = i16x8_add(i16x8_narrow_i32x4(w[4 * i + 2], w[4 * i + 3]), off);
+                v128_store(out.add(16 * i) as *mut v128, u8x16_narrow_i16x8(lo, hi));
+            }
         }
     }
-    amax / QMAX
+    amax / qmax
 }
 
 /// [`quantize_block`] off wasm (the packing and the reference are tested natively too).
@@ -382,32 +550,24 @@ unsafe fn quantize_block(src: &[f32], dst: &mut [AVal]) -> f32 {
 /// # Safety
 /// None needed; `unsafe` to match the wasm version.
 #[cfg(not(target_arch = "wasm32"))]
-unsafe fn quantize_block(src: &[f32], dst: &mut [AVal]) -> f32 {
+unsafe fn quantize_block<T: Act>(src: &[f32], dst: &mut [T]) -> f32 {
     let amax = src.iter().fold(0f32, |m, v| m.max(v.abs()));
     if amax == 0.0 || !amax.is_finite() {
-        dst.fill(quantize_value(0.0, 0.0));
+        dst.fill(T::of(0));
         return 0.0;
     }
-    let id = QMAX / amax;
+    let qmax = T::DOT.qmax();
+    let id = qmax / amax;
     for (o, v) in dst.iter_mut().zip(src) {
-        *o = quantize_value(*v, id);
+        *o = T::of((v * id).round_ties_even() as i32);
     }
-    amax / QMAX
-}
-
-/// One activation value quantized with inverse scale `id` (scalar form of [`quantize_block`]).
-fn quantize_value(v: f32, id: f32) -> AVal {
-    let q = (v * id).round_ties_even() as i32;
-    #[cfg(feature = "relaxed-simd")]
-    return (q + ZERO) as u8;
-    #[cfg(not(feature = "relaxed-simd"))]
-    return q as i16;
+    amax / qmax
 }
 
 /// What every micro-kernel call of one (K block, panel) shares.
-struct Tile<'a> {
+struct Tile<'a, T> {
     /// Quantized activations of this K block, `[m, kc]`.
-    a: &'a [AVal],
+    a: &'a [T],
     /// `kc`, the row stride of `a`.
     kc: usize,
     /// Their scales, `[m, kb]`.
@@ -421,10 +581,11 @@ struct Tile<'a> {
     #[cfg_attr(all(target_arch = "wasm32", not(feature = "relaxed-simd")), allow(dead_code))]
     w: &'a [i8],
     ws: &'a [f32],
-    #[cfg_attr(not(feature = "relaxed-simd"), allow(dead_code))]
+    #[cfg_attr(all(target_arch = "wasm32", not(feature = "relaxed-simd")), allow(dead_code))]
     wc: &'a [i32],
-    /// The SIMD128 wasm kernel's copy of `w` from input `k0` on, widened to i16 (same order).
-    #[cfg(all(target_arch = "wasm32", not(feature = "relaxed-simd")))]
+    /// The SIMD128 wasm kernel's copy of `w` from input `k0` on, widened to i16 (same order;
+    /// empty elsewhere).
+    #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
     ww: &'a [i16],
     /// Row stride of `C`, first column of the panel, and its real columns.
     n: usize,
@@ -434,30 +595,31 @@ struct Tile<'a> {
     first: bool,
 }
 
-/// `C[i0..i0+R, j0..j0+nc] (+)= A[i0..i0+R, k0..k0+kc] · panel`.
+/// `C[i0..i0+R, j0..j0+nc] (+)= A[i0..i0+R, k0..k0+kc] · panel`, with `T`'s dot product.
 ///
 /// # Safety
-/// `i0 + R ≤ m` and the tile's ranges lie inside its slices and `c` (`[m, n]`).
+/// `i0 + R ≤ m` and the tile's ranges lie inside its slices and `c` (`[m, n]`); for
+/// [`Dot::Relaxed`], the engine runs relaxed SIMD.
 #[cfg(target_arch = "wasm32")]
-#[cfg_attr(feature = "relaxed-simd", target_feature(enable = "relaxed-simd"))]
-unsafe fn kernel<const R: usize>(t: &Tile<'_>, i0: usize, c: &mut [f32]) {
+#[inline]
+unsafe fn kernel<const R: usize, T: Act>(t: &Tile<'_, T>, i0: usize, c: &mut [f32]) {
+    T::kernel::<R>(t, i0, c)
+}
+
+/// The SIMD128 micro-kernel ([`kernel`]).
+///
+/// # Safety
+/// As [`kernel`].
+#[cfg(target_arch = "wasm32")]
+unsafe fn kernel_simd128<const R: usize>(t: &Tile<'_, i16>, i0: usize, c: &mut [f32]) {
     use core::arch::wasm32::*;
     let mut acc = [[f32x4_splat(0.0); 2]; R];
     let ap = t.a.as_ptr().add(i0 * t.kc);
     let sp = t.sa.as_ptr().add(i0 * t.kb + t.b0);
     for b in 0..t.nb {
-        #[cfg(not(feature = "relaxed-simd"))]
         let mut iacc = [[i32x4_splat(0); 2]; R];
-        #[cfg(feature = "relaxed-simd")]
-        let mut iacc = {
-            let c0 = v128_load(t.wc.as_ptr().add(b * NR) as *const v128);
-            let c1 = v128_load(t.wc.as_ptr().add(b * NR + 4) as *const v128);
-            [[c0, c1]; R]
-        };
         let abp = ap.add(b * BLOCK);
-        #[cfg(not(feature = "relaxed-simd"))]
         let wp = t.ww.as_ptr().add(b * BLOCK * NR);
-        #[cfg(not(feature = "relaxed-simd"))]
         for s in 0..BLOCK / 2 {
             let w0 = v128_load(wp.add(16 * s) as *const v128);
             let w1 = v128_load(wp.add(16 * s + 8) as *const v128);
@@ -467,9 +629,28 @@ unsafe fn kernel<const R: usize>(t: &Tile<'_>, i0: usize, c: &mut [f32]) {
                 iacc[1] = i32x4_add(iacc[1], i32x4_dot_i16x8(x, w1));
             }
         }
-        #[cfg(feature = "relaxed-simd")]
+        scale_add(&mut acc, &iacc, t, sp, b);
+    }
+    store_tile(&acc, c, t.n, i0, t.j0, t.nc, t.first);
+}
+
+/// The relaxed-SIMD micro-kernel ([`kernel`]).
+///
+/// # Safety
+/// As [`kernel`]; the engine runs relaxed SIMD.
+#[cfg(all(target_arch = "wasm32", feature = "relaxed-simd"))]
+#[target_feature(enable = "relaxed-simd")]
+unsafe fn kernel_relaxed<const R: usize>(t: &Tile<'_, u8>, i0: usize, c: &mut [f32]) {
+    use core::arch::wasm32::*;
+    let mut acc = [[f32x4_splat(0.0); 2]; R];
+    let ap = t.a.as_ptr().add(i0 * t.kc);
+    let sp = t.sa.as_ptr().add(i0 * t.kb + t.b0);
+    for b in 0..t.nb {
+        let c0 = v128_load(t.wc.as_ptr().add(b * NR) as *const v128);
+        let c1 = v128_load(t.wc.as_ptr().add(b * NR + 4) as *const v128);
+        let mut iacc = [[c0, c1]; R];
+        let abp = ap.add(b * BLOCK);
         let wp = t.w.as_ptr().add(b * BLOCK * NR);
-        #[cfg(feature = "relaxed-simd")]
         for s in 0..BLOCK / 4 {
             let w0 = v128_load(wp.add(32 * s) as *const v128);
             let w1 = v128_load(wp.add(32 * s + 16) as *const v128);
@@ -479,15 +660,33 @@ unsafe fn kernel<const R: usize>(t: &Tile<'_>, i0: usize, c: &mut [f32]) {
                 iacc[1] = i32x4_relaxed_dot_i8x16_i7x16_add(w1, x, iacc[1]);
             }
         }
-        let s0 = v128_load(t.ws.as_ptr().add(b * NR) as *const v128);
-        let s1 = v128_load(t.ws.as_ptr().add(b * NR + 4) as *const v128);
-        for (r, (acc, iacc)) in acc.iter_mut().zip(&iacc).enumerate() {
-            let sa = f32x4_splat(*sp.add(r * t.kb + b));
-            acc[0] = f32x4_add(acc[0], f32x4_mul(f32x4_convert_i32x4(iacc[0]), f32x4_mul(s0, sa)));
-            acc[1] = f32x4_add(acc[1], f32x4_mul(f32x4_convert_i32x4(iacc[1]), f32x4_mul(s1, sa)));
-        }
+        scale_add(&mut acc, &iacc, t, sp, b);
     }
     store_tile(&acc, c, t.n, i0, t.j0, t.nc, t.first);
+}
+
+/// Adds block `b`'s i32 sums `iacc`, scaled by the weights' and the rows' scales (`sp`: the
+/// first row's scale of the tile's first block), to the f32 accumulators.
+///
+/// # Safety
+/// Block `b` of the tile, and its `R` rows' scales at `sp`, exist.
+#[cfg(target_arch = "wasm32")]
+#[inline(always)]
+unsafe fn scale_add<const R: usize, T>(
+    acc: &mut [[core::arch::wasm32::v128; 2]; R],
+    iacc: &[[core::arch::wasm32::v128; 2]; R],
+    t: &Tile<'_, T>,
+    sp: *const f32,
+    b: usize,
+) {
+    use core::arch::wasm32::*;
+    let s0 = v128_load(t.ws.as_ptr().add(b * NR) as *const v128);
+    let s1 = v128_load(t.ws.as_ptr().add(b * NR + 4) as *const v128);
+    for (r, (acc, iacc)) in acc.iter_mut().zip(iacc).enumerate() {
+        let sa = f32x4_splat(*sp.add(r * t.kb + b));
+        acc[0] = f32x4_add(acc[0], f32x4_mul(f32x4_convert_i32x4(iacc[0]), f32x4_mul(s0, sa)));
+        acc[1] = f32x4_add(acc[1], f32x4_mul(f32x4_convert_i32x4(iacc[1]), f32x4_mul(s1, sa)));
+    }
 }
 
 /// Writes (`first`) or adds the `R × 8` accumulator tile `acc` (two `f32x4` per row) to
@@ -534,19 +733,18 @@ pub(super) unsafe fn store_tile<const R: usize>(
 /// # Safety
 /// As the wasm version.
 #[cfg(not(target_arch = "wasm32"))]
-unsafe fn kernel<const R: usize>(t: &Tile<'_>, i0: usize, c: &mut [f32]) {
+unsafe fn kernel<const R: usize, T: Act>(t: &Tile<'_, T>, i0: usize, c: &mut [f32]) {
     for r in 0..R {
         for cc in 0..t.nc {
             let mut acc = 0f32;
             for b in 0..t.nb {
-                let mut s: i32 = if cfg!(feature = "relaxed-simd") {
-                    t.wc[b * NR + cc]
-                } else {
-                    0
+                let mut s: i32 = match T::DOT {
+                    Dot::Relaxed => t.wc[b * NR + cc],
+                    Dot::Simd128 => 0,
                 };
                 for i in 0..BLOCK {
                     let kk = b * BLOCK + i;
-                    s += t.a[(i0 + r) * t.kc + kk] as i32 * t.w[slot(cc, kk)] as i32;
+                    s += t.a[(i0 + r) * t.kc + kk].raw() * t.w[T::DOT.slot(cc, kk)] as i32;
                 }
                 acc += s as f32 * (t.ws[b * NR + cc] * t.sa[(i0 + r) * t.kb + t.b0 + b]);
             }
@@ -557,9 +755,10 @@ unsafe fn kernel<const R: usize>(t: &Tile<'_>, i0: usize, c: &mut [f32]) {
 }
 
 /// The scalar reference of [`PackedQ8::gemm`] from unpacked weights (`q` `[n, k]`, `scales`
-/// `[n, k / BLOCK]`): activations quantized the same way, written out plainly. Returns `[m, n]`.
+/// `[n, k / BLOCK]`): activations quantized the same way (as the dot product of [`dot`] takes
+/// them), written out plainly. Returns `[m, n]`.
 pub fn reference(a: &[f32], q: &[i8], scales: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
-    reference_with(a, q, scales, m, k, n, QMAX)
+    reference_with(a, q, scales, m, k, n, dot().qmax())
 }
 
 /// [`reference()`] with the activations quantized to ±`qmax` (127 for the SIMD128 and the native
@@ -592,9 +791,10 @@ fn lcg(seed: &mut u64) -> f32 {
     ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
 }
 
-/// Runs [`PackedQ8::gemm`] on pseudo-random activations and int8 weights of `[m, k] × [k, n]`
-/// (`seed` picks them) against [`reference()`]; returns the largest `|Δ| / (1 + |want|)`. The wasm
-/// test suite calls it (through the wasm API) to check this build's SIMD kernel.
+/// Runs [`PackedQ8::gemm`] (with the dot product of [`dot`]) on pseudo-random activations and
+/// int8 weights of `[m, k] × [k, n]` (`seed` picks them) against [`reference()`]; returns the
+/// largest `|Δ| / (1 + |want|)`. The wasm test suite calls it (through the wasm API) to check
+/// this build's SIMD kernels.
 pub fn self_check(m: usize, k: usize, n: usize, seed: u64) -> Result<f32> {
     let mut seed = seed;
     let a: Vec<f32> = (0..m * k).map(|_| lcg(&mut seed) * 3.0).collect();
@@ -605,7 +805,7 @@ pub fn self_check(m: usize, k: usize, n: usize, seed: u64) -> Result<f32> {
     let p = PackedQ8::new(&q, &s, n, k)?;
     let mut c = vec![f32::NAN; m * n];
     p.gemm(&a, m, &mut c);
-    let want = reference(&a, &q, &s, m, k, n);
+    let want = reference_with(&a, &q, &s, m, k, n, p.dot().qmax());
     Ok(c.iter().zip(&want).fold(0f32, |e, (g, w)| {
         let d = (g - w).abs() / (1.0 + w.abs());
         if d.is_nan() || d > e {
@@ -620,22 +820,37 @@ pub fn self_check(m: usize, k: usize, n: usize, seed: u64) -> Result<f32> {
 mod tests {
     use super::*;
 
+    /// The dot products this build has.
+    fn dots() -> Vec<Dot> {
+        if cfg!(feature = "relaxed-simd") {
+            vec![Dot::Simd128, Dot::Relaxed]
+        } else {
+            vec![Dot::Simd128]
+        }
+    }
+
     #[test]
     fn matches_the_reference_on_odd_shapes() {
-        let mut seed = 7;
-        for (m, k, n) in [(1, 32, 1), (5, 64, 9), (7, 800, 13), (197, 96, 24), (3, 1600, 17)] {
-            let a: Vec<f32> = (0..m * k).map(|_| lcg(&mut seed)).collect();
-            let q: Vec<i8> = (0..n * k).map(|_| (lcg(&mut seed) * 127.0).round() as i8).collect();
-            let s: Vec<f32> = (0..n * k / BLOCK).map(|_| 0.01 + lcg(&mut seed).abs() * 0.02).collect();
-            let p = PackedQ8::new(&q, &s, n, k).unwrap();
-            let mut c = vec![f32::NAN; m * n];
-            p.gemm(&a, m, &mut c);
-            let want = reference(&a, &q, &s, m, k, n);
-            for (g, w) in c.iter().zip(&want) {
-                assert!((g - w).abs() <= 1e-4 * (1.0 + w.abs()), "[{m},{k},{n}]: {g} vs {w}");
+        for d in dots() {
+            let mut seed = 7;
+            for (m, k, n) in [(1, 32, 1), (5, 64, 9), (7, 800, 13), (197, 96, 24), (3, 1600, 17)] {
+                let a: Vec<f32> = (0..m * k).map(|_| lcg(&mut seed)).collect();
+                let q: Vec<i8> = (0..n * k).map(|_| (lcg(&mut seed) * 127.0).round() as i8).collect();
+                let s: Vec<f32> = (0..n * k / BLOCK).map(|_| 0.01 + lcg(&mut seed).abs() * 0.02).collect();
+                let p = PackedQ8::with_dot(d, &q, &s, n, k).unwrap();
+                assert_eq!(p.dot(), d);
+                let mut c = vec![f32::NAN; m * n];
+                p.gemm(&a, m, &mut c);
+                let want = reference_with(&a, &q, &s, m, k, n, d.qmax());
+                for (g, w) in c.iter().zip(&want) {
+                    assert!(
+                        (g - w).abs() <= 1e-4 * (1.0 + w.abs()),
+                        "{d:?} [{m},{k},{n}]: {g} vs {w}"
+                    );
+                }
+                let back = p.dequantize_t();
+                assert_eq!(back[n + n - 1], q[(n - 1) * k + 1] as f32 * s[(n - 1) * (k / BLOCK)]);
             }
-            let back = p.dequantize_t();
-            assert_eq!(back[n + n - 1], q[(n - 1) * k + 1] as f32 * s[(n - 1) * (k / BLOCK)]);
         }
     }
 
@@ -646,16 +861,18 @@ mod tests {
         let a: Vec<f32> = (0..m * k).map(|_| lcg(&mut seed)).collect();
         let q: Vec<i8> = (0..n * k).map(|_| (lcg(&mut seed) * 127.0).round() as i8).collect();
         let s: Vec<f32> = (0..n * k / BLOCK).map(|_| 0.01 + lcg(&mut seed).abs() * 0.02).collect();
-        let p = PackedQ8::new(&q, &s, n, k).unwrap();
-        let init: Vec<f32> = (0..m * n).map(|i| i as f32 - 20.0).collect();
-        let mut c = init.clone();
-        p.gemm_add(&a, m, &mut c);
-        let want = reference(&a, &q, &s, m, k, n);
-        for ((g, w), i) in c.iter().zip(&want).zip(&init) {
-            assert!(
-                (g - (w + i)).abs() <= 1e-4 * (1.0 + w.abs() + i.abs()),
-                "{g} vs {w} + {i}"
-            );
+        for d in dots() {
+            let p = PackedQ8::with_dot(d, &q, &s, n, k).unwrap();
+            let init: Vec<f32> = (0..m * n).map(|i| i as f32 - 20.0).collect();
+            let mut c = init.clone();
+            p.gemm_add(&a, m, &mut c);
+            let want = reference_with(&a, &q, &s, m, k, n, d.qmax());
+            for ((g, w), i) in c.iter().zip(&want).zip(&init) {
+                assert!(
+                    (g - (w + i)).abs() <= 1e-4 * (1.0 + w.abs() + i.abs()),
+                    "{d:?}: {g} vs {w} + {i}"
+                );
+            }
         }
     }
 
@@ -673,6 +890,8 @@ mod tests {
         let p = PackedQ8::quantize(&w_t, k, n).unwrap();
         let back = p.dequantize_t();
         let again = PackedQ8::quantize(&back, k, n).unwrap();
+        // (No test in this binary changes the process's dot product, so both are packed alike.)
+        assert_eq!(p.dot(), again.dot());
         assert_eq!(p.ints, again.ints);
         assert_eq!(p.scales, again.scales);
         assert!(PackedQ8::quantize(&w_t[..k * n - 1], k, n).is_err());

@@ -189,11 +189,12 @@ impl Linear {
     }
 
     /// Which int8 GEMM runs the layer (`None` in f32): `avx512-vnni` or `avx2` (ours, natively),
-    /// `candle` (candle's `QMatMul`), `wasm` (our packed GEMM of [`super::wasm_qgemm`]).
+    /// `candle` (candle's `QMatMul`), `simd128` or `relaxed` (our packed GEMM of
+    /// [`super::wasm_qgemm`] with that dot product).
     pub fn int8_kernel(&self) -> Option<&'static str> {
         match (&self.x86, &self.packed, &self.q8) {
             (Some(x), _, _) => Some(x.kernel().name()),
-            (None, Some(_), _) => Some("wasm"),
+            (None, Some(p), _) => Some(p.dot().name()),
             (None, None, Some(_)) => Some("candle"),
             (None, None, None) => None,
         }

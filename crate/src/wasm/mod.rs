@@ -93,12 +93,45 @@ pub fn limits() -> String {
     .to_string()
 }
 
-/// Test hook of the wasm suite: runs this build's int8 GEMM (SIMD128, or relaxed SIMD in the
-/// relaxed build; `crate::model::wasm_qgemm`) on pseudo-random `[m, k] × [k, n]` values (`k` a
+/// Test hook of the wasm suite: runs this build's int8 GEMM (`crate::model::wasm_qgemm`, with
+/// the dot product `int8Dot()` names) on pseudo-random `[m, k] × [k, n]` values (`k` a
 /// multiple of 32) against its scalar reference; returns the largest `|Δ| / (1 + |want|)`.
 #[wasm_bindgen(js_name = int8GemmCheck)]
 pub fn int8_gemm_check(m: usize, k: usize, n: usize, seed: u32) -> Result<f32, JsError> {
     crate::model::wasm_qgemm::self_check(m, k, n, seed as u64).map_err(|e| JsError::new(&format!("{e:#}")))
+}
+
+/// The dot product int8 layers packed from now on run: `simd128`, or in the relaxed build
+/// `relaxed` unless this engine emulates the relaxed one with saturating instructions (x64
+/// without a byte dot product; `relaxedDotSaturates`). See `crate::model::wasm_qgemm::dot`.
+#[wasm_bindgen(js_name = int8Dot)]
+pub fn int8_dot() -> String {
+    crate::model::wasm_qgemm::dot().name().into()
+}
+
+/// In the relaxed build: whether this engine's relaxed int8 dot product saturates (the reason
+/// `int8Dot()` is then `simd128`); `undefined` in the SIMD128 build.
+#[wasm_bindgen(js_name = relaxedDotSaturates)]
+pub fn relaxed_dot_saturates() -> Option<bool> {
+    crate::model::wasm_qgemm::relaxed_dot_saturates()
+}
+
+/// Test hook (and for comparing the two): int8 layers packed from now on run `dot` (`simd128`,
+/// `relaxed` in the relaxed build only), or with `''` the build's own choice (`int8Dot`).
+#[wasm_bindgen(js_name = setInt8Dot)]
+pub fn set_int8_dot(dot: &str) -> Result<(), JsError> {
+    use crate::model::wasm_qgemm::{set_dot, Dot};
+    let d = match dot {
+        "" => None,
+        "simd128" => Some(Dot::Simd128),
+        "relaxed" => Some(Dot::Relaxed),
+        other => {
+            return Err(JsError::new(&format!(
+                "unknown int8 dot product {other:?} (simd128, relaxed or '')"
+            )))
+        }
+    };
+    set_dot(d).map_err(|e| JsError::new(&format!("{e:#}")))
 }
 
 /// Test hook of the wasm suite: runs this build's f32 GEMM (`crate::model::wasm_gemm`: the

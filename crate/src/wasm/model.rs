@@ -259,6 +259,14 @@ impl ClipModel {
         self.clip.vision.w.is_q8()
     }
 
+    /// The dot product the image tower's int8 layers run (`simd128` or `relaxed`, see
+    /// `int8Dot`), `undefined` in f32.
+    #[wasm_bindgen(js_name = int8Kernel)]
+    pub fn int8_kernel(&self) -> Option<String> {
+        let fc1 = &self.clip.vision.w.blocks.first()?.fc1;
+        fc1.int8_kernel().map(String::from)
+    }
+
     /// Runs the image tower's block linear layers in int8 from now on (weights quantized here,
     /// as a q8 checkpoint stores them, and their f32 copy freed; a no-op when they already
     /// are). A later `useGpu` uploads the int8 weights scaled back to f32.
