@@ -201,14 +201,13 @@ fn linear(l: &Linear, x: &[f32], m: usize, init: Option<&[f32]>) -> Result<Vec<f
 
 /// `out[m × n] (+)= x[m × k] · w[k × n]` for f32 weights, all row-major: in wasm our GEMM
 /// ([`super::wasm_gemm`]) with the rows split over the pool, natively the `gemm` crate on
-/// rayon's pool. `out` is added to when `read_dst` (it holds the bias or the residual), else
-/// overwritten.
+/// rayon's pool. `out` is added to: it holds the bias or the residual, or zeros (`read_dst`
+/// false, when the layer has neither: the `gemm` crate then skips reading it).
 fn f32_gemm_add(out: &mut [f32], x: &[f32], w: &[f32], m: usize, k: usize, n: usize, read_dst: bool) {
     #[cfg(target_arch = "wasm32")]
     {
-        if !read_dst {
-            out[..m * n].fill(0.0);
-        }
+        // `out` holds zeros where there is nothing to read (`linear` allocates it so).
+        let _ = read_dst;
         add_rows_gemm(out, x, m, k, n, 1, |a, rows, c| {
             super::wasm_gemm::gemm_add(a, w, c, rows, k, n)
         });

@@ -6,7 +6,8 @@
 //! from the zip here, so that tensors candle cannot or need not read (int32 token-id buffers,
 //! BatchNorm's int64 `num_batches_tracked`) and non-tensor entries (`_metadata`) are skipped
 //! quietly instead of being reported on stderr. AnomalyCLIP's reader
-//! ([`crate::detect::anomalyclip::read_torch_checkpoint`]) takes its `prompt_learner` dict from here.
+//! (`detect::anomalyclip::read_torch_checkpoint`, native builds only) takes its
+//! `prompt_learner` dict from here.
 use anyhow::{bail, Context, Result};
 use candle_core::pickle::{Object, Stack};
 use candle_core::{DType, Device, Tensor};

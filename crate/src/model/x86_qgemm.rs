@@ -8,12 +8,12 @@
 //!
 //! Why our own kernel: candle 0.11's Q8_0 matmul has a repacked VNNI kernel too, but it
 //! quantizes the activations per 256-value block (`BlockQ8K`) and runs on candle's own thread
-//! pool, which the CLI turns off ([`super::ops::init_cpu_threads`]). This one quantizes them
-//! per 32-value block, as the wasm kernels and their scalar reference do (one arithmetic in
-//! every build, finer activation scales), and splits its panels over rayon's pool. ViT-B/16
-//! encode on the 2-core Xeon, interleaved, against candle's kernel with its rows split over the
-//! threads (`ANOSCOPE_INT8_KERNEL=candle`): 0.67–0.77× its time at 1 thread, 0.71–0.78× at 2
-//! (docs/speed.md). `vpdpbusd` does 64 multiply-adds per instruction: the weights are packed
+//! pool, which the CLI turns off (`model::ops::init_cpu_threads`, native builds only). This
+//! one quantizes them per 32-value block, as the wasm kernels and their scalar reference do
+//! (one arithmetic in every build, finer activation scales), and splits its panels over
+//! rayon's pool. ViT-B/16 encode on the 2-core Xeon, interleaved, against candle's kernel with
+//! its rows split over the threads (`ANOSCOPE_INT8_KERNEL=candle`): 0.67–0.77× its time at 1
+//! thread, 0.71–0.78× at 2 (docs/speed.md). `vpdpbusd` does 64 multiply-adds per instruction: the weights are packed
 //! once, at load, into panels of [`NR`] = 16 outputs × 4 inputs per 64 bytes (one i32 lane per
 //! output, no horizontal sums), and [`MR`] rows run over a panel with their sums in registers.
 //!
