@@ -249,10 +249,11 @@ impl Out {
     }
 }
 
-/// Runs `panel(p, c)` for every panel of `n` outputs, the panels split in contiguous runs over
-/// rayon's pool (`c`: `C`'s base pointer, of which `panel` writes only panel `p`'s columns).
+/// Runs `tile(p, i0, rows, c)` for every panel `p` of `n` outputs and every group of up to `mr`
+/// of the `m` rows (from row `i0`), the panels split in contiguous runs over rayon's pool (`c`:
+/// `C`'s base pointer, of which `tile` writes only panel `p`'s columns of those rows).
 #[cfg(target_arch = "x86_64")]
-fn over_panels(n: usize, c: &mut [f32], panel: impl Fn(usize, *mut f32) + Sync) {
+fn over_tiles(n: usize, m: usize, mr: usize, c: &mut [f32], tile: impl Fn(usize, usize, usize, *mut f32) + Sync) {
     use rayon::prelude::*;
     let panels = n.div_ceil(NR);
     let threads = rayon::current_num_threads().max(1);
@@ -260,7 +261,12 @@ fn over_panels(n: usize, c: &mut [f32], panel: impl Fn(usize, *mut f32) + Sync) 
     let out = Out(c.as_mut_ptr());
     (0..panels.div_ceil(chunk)).into_par_iter().for_each(|t| {
         for p in t * chunk..((t + 1) * chunk).min(panels) {
-            panel(p, out.ptr());
+            let mut i0 = 0;
+            while i0 < m {
+                let rows = mr.min(m - i0);
+                tile(p, i0, rows, out.ptr());
+                i0 += rows;
+            }
         }
     });
 }
@@ -297,33 +303,28 @@ mod x86 {
     pub(super) fn gemm_add(w: &X86Q8, ints: &[i8], corr: &[i32], a: &[f32], m: usize, c: &mut [f32]) {
         // SAFETY (both unsafe calls): the caller checked that the CPU runs the VNNI kernel.
         let (qa, sa) = super::quantize_rows(a, m, w.k, |row, q: &mut [u8], s| unsafe { quantize_row(row, q, s) });
-        super::over_panels(w.n, c, |p, c| {
-            let mut i0 = 0;
-            while i0 < m {
-                let rows = MR.min(m - i0);
-                let k = Kern {
-                    w,
-                    ints,
-                    corr,
-                    qa: &qa,
-                    sa: &sa,
-                    p,
-                    i0,
-                    c,
-                };
-                // SAFETY: rows i0..i0+rows < m, panel p < the panels; the CPU checked;
-                // this thread alone writes panel p's columns of `C`.
-                unsafe {
-                    match rows {
-                        6 => kernel::<6>(k),
-                        5 => kernel::<5>(k),
-                        4 => kernel::<4>(k),
-                        3 => kernel::<3>(k),
-                        2 => kernel::<2>(k),
-                        _ => kernel::<1>(k),
-                    }
+        super::over_tiles(w.n, m, MR, c, |p, i0, rows, c| {
+            let k = Kern {
+                w,
+                ints,
+                corr,
+                qa: &qa,
+                sa: &sa,
+                p,
+                i0,
+                c,
+            };
+            // SAFETY: rows i0..i0+rows ≤ m, panel p < the panels; the CPU checked; this thread
+            // alone writes panel p's columns of `C`.
+            unsafe {
+                match rows {
+                    6 => kernel::<6>(k),
+                    5 => kernel::<5>(k),
+                    4 => kernel::<4>(k),
+                    3 => kernel::<3>(k),
+                    2 => kernel::<2>(k),
+                    _ => kernel::<1>(k),
                 }
-                i0 += rows;
             }
         });
         const _: () = assert!(MR == 6);
@@ -431,30 +432,25 @@ mod avx2 {
     pub(super) fn gemm_add(w: &X86Q8, wide: &[Wide], a: &[f32], m: usize, c: &mut [f32]) {
         // SAFETY (both unsafe calls): the caller checked that the CPU has AVX2 and FMA.
         let (qa, sa) = super::quantize_rows(a, m, w.k, |row, q: &mut [i16], s| unsafe { quantize_row(row, q, s) });
-        super::over_panels(w.n, c, |p, c| {
-            let mut i0 = 0;
-            while i0 < m {
-                let rows = MR2.min(m - i0);
-                let k = Kern {
-                    w,
-                    wide,
-                    qa: &qa,
-                    sa: &sa,
-                    p,
-                    i0,
-                    c,
-                };
-                // SAFETY: rows i0..i0+rows < m, panel p < the panels; the CPU checked;
-                // this thread alone writes panel p's columns of `C`.
-                unsafe {
-                    match rows {
-                        4 => kernel::<4>(k),
-                        3 => kernel::<3>(k),
-                        2 => kernel::<2>(k),
-                        _ => kernel::<1>(k),
-                    }
+        super::over_tiles(w.n, m, MR2, c, |p, i0, rows, c| {
+            let k = Kern {
+                w,
+                wide,
+                qa: &qa,
+                sa: &sa,
+                p,
+                i0,
+                c,
+            };
+            // SAFETY: rows i0..i0+rows ≤ m, panel p < the panels; the CPU checked; this thread
+            // alone writes panel p's columns of `C`.
+            unsafe {
+                match rows {
+                    4 => kernel::<4>(k),
+                    3 => kernel::<3>(k),
+                    2 => kernel::<2>(k),
+                    _ => kernel::<1>(k),
                 }
-                i0 += rows;
             }
         });
         const _: () = assert!(MR2 == 4);
