@@ -421,8 +421,7 @@ async function start() {
     wasmSha256, // as computed from the bytes instantiated
     threads: cpuThreads,
     relaxedSimd: simd.relaxed,
-    // The int8 dot product layers packed from now on run, and whether the relaxed one saturates.
-    int8Dot: wasm.int8Dot?.() ?? 'simd128',
+    // Whether the relaxed int8 dot product saturates (null in the SIMD128 module).
     relaxedDotSaturates: wasm.relaxedDotSaturates?.() ?? null,
     backend: backendInfo(),
   };

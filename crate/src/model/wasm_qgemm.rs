@@ -24,7 +24,6 @@
 //!   than the activations' lost bit (their error is per block, against an f32 input rounded
 //!   once per run).
 //!
-//!
 //! The relaxed build picks between the two at run time ([`dot`]), once: engines lower the
 //! relaxed dot product to one instruction where the CPU has a byte dot product (V8 on x64:
 //! `vpdpbusd` with AVX-VNNI, `vpdpbssd` with AVX-VNNI-INT8; `sdot` on arm64), but on x64 CPUs
@@ -68,6 +67,11 @@ pub enum Dot {
 }
 
 impl Dot {
+    /// The dot product of that [`Dot::name`], if any.
+    pub fn from_name(name: &str) -> Option<Dot> {
+        [Dot::Simd128, Dot::Relaxed].into_iter().find(|d| d.name() == name)
+    }
+
     /// Its name, as the page and `Linear::int8_kernel` report it.
     pub fn name(self) -> &'static str {
         match self {
@@ -161,14 +165,12 @@ unsafe fn probe_relaxed_dot() -> i32 {
 
 /// An activation value as a kernel reads it: i16 ([`Dot::Simd128`]) or u8 ([`Dot::Relaxed`],
 /// offset by 64).
-trait Act: Copy + Default + Send + Sync {
+/// `Into<i32>` gives the stored value as an integer (offset included), for the scalar kernel.
+trait Act: Copy + Default + Send + Sync + Into<i32> {
     /// The dot product that reads it.
     const DOT: Dot;
     /// A quantized value (within ±[`Dot::qmax`]) as stored.
     fn of(q: i32) -> Self;
-    /// The stored value as an integer (offset included; the scalar kernel's).
-    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
-    fn raw(self) -> i32;
     /// This dot product's wasm micro-kernel ([`kernel`]).
     ///
     /// # Safety
@@ -182,9 +184,6 @@ impl Act for i16 {
     fn of(q: i32) -> Self {
         q as i16
     }
-    fn raw(self) -> i32 {
-        self as i32
-    }
     #[cfg(target_arch = "wasm32")]
     unsafe fn kernel<const R: usize>(t: &Tile<'_, Self>, i0: usize, c: &mut [f32]) {
         kernel_simd128::<R>(t, i0, c)
@@ -195,9 +194,6 @@ impl Act for u8 {
     const DOT: Dot = Dot::Relaxed;
     fn of(q: i32) -> Self {
         (q + ZERO) as u8
-    }
-    fn raw(self) -> i32 {
-        self as i32
     }
     #[cfg(target_arch = "wasm32")]
     unsafe fn kernel<const R: usize>(t: &Tile<'_, Self>, i0: usize, c: &mut [f32]) {
@@ -744,7 +740,7 @@ unsafe fn kernel<const R: usize, T: Act>(t: &Tile<'_, T>, i0: usize, c: &mut [f3
                 };
                 for i in 0..BLOCK {
                     let kk = b * BLOCK + i;
-                    s += t.a[(i0 + r) * t.kc + kk].raw() * t.w[T::DOT.slot(cc, kk)] as i32;
+                    s += Into::<i32>::into(t.a[(i0 + r) * t.kc + kk]) * t.w[T::DOT.slot(cc, kk)] as i32;
                 }
                 acc += s as f32 * (t.ws[b * NR + cc] * t.sa[(i0 + r) * t.kb + t.b0 + b]);
             }

@@ -225,7 +225,7 @@ impl X86Q8 {
         #[cfg(target_arch = "x86_64")]
         if m > 0 && n > 0 {
             match &self.ints {
-                Ints::Vnni { ints, corr } => x86::gemm_add(self, ints, corr, a, m, c),
+                Ints::Vnni { ints, corr } => vnni::gemm_add(self, ints, corr, a, m, c),
                 Ints::Avx2(wide) => avx2::gemm_add(self, wide, a, m, c),
             }
         }
@@ -294,7 +294,7 @@ fn quantize_rows<T: Copy + Default + Send>(
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+mod vnni {
     use super::{MR, NR, X86Q8};
     use crate::model::checkpoint::Q8_BLOCK as BLOCK;
     use core::arch::x86_64::*;

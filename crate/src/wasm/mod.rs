@@ -123,13 +123,10 @@ pub fn set_int8_dot(dot: &str) -> Result<(), JsError> {
     use crate::model::wasm_qgemm::{set_dot, Dot};
     let d = match dot {
         "" => None,
-        "simd128" => Some(Dot::Simd128),
-        "relaxed" => Some(Dot::Relaxed),
-        other => {
-            return Err(JsError::new(&format!(
-                "unknown int8 dot product {other:?} (simd128, relaxed or '')"
-            )))
-        }
+        name => Some(
+            Dot::from_name(name)
+                .ok_or_else(|| JsError::new(&format!("unknown int8 dot product {name:?} (simd128, relaxed or '')")))?,
+        ),
     };
     set_dot(d).map_err(|e| JsError::new(&format!("{e:#}")))
 }
