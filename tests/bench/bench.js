@@ -6,6 +6,9 @@
 const q = new URLSearchParams(location.search);
 const peer = q.get('peer');
 const threads = Number(q.get('threads') || 1);
+// `pool=1`: our threaded build even at one thread (a pool of one worker), to tell the threaded
+// build's own cost from what a second thread buys.
+const pool = q.get('pool') === '1';
 const runs = Number(q.get('runs') || 5);
 const warmup = Number(q.get('warmup') || 2);
 const size = Number(q.get('size') || 224);
@@ -67,12 +70,12 @@ async function makeOurs() {
   // One thread: the default build; more: the threaded build (wasm atomics + a rayon pool of
   // Web Workers, needs cross-origin isolation).
   const dir =
-    (peer.startsWith('base') ? '/base' : '') + (threads === 1 ? '/pkg' : '/pkg-threads') + (variant === 'simd' ? '' : '-relaxed');
+    (peer.startsWith('base') ? '/base' : '') + (threads === 1 && !pool ? '/pkg' : '/pkg-threads') + (variant === 'simd' ? '' : '-relaxed');
   const pkg = await import(`${dir}/anoscope.js`);
   wasmMemory = (await pkg.default()).memory;
   if (variant.endsWith('-dot')) pkg.setInt8Dot(variant.slice(0, -4));
   int8Dot = pkg.int8Dot?.() ?? null;
-  if (threads > 1) await pkg.initThreadPool(threads);
+  if (threads > 1 || pool) await pkg.initThreadPool(threads);
   const running = pkg.threads?.() ?? 1;
   if (running !== threads) throw new Error(`asked for ${threads} threads, the module runs ${running}`);
   const { ClipModel, ClipLoader } = pkg;

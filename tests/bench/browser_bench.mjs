@@ -24,6 +24,9 @@
 //   --text also times one prompt through our text tower (compare: tests/reference/bench_text.py)
 //   --surgery K runs our pass with the CLIP Surgery path in the last K blocks (fast mode: half)
 //   Our blocks also print the wasm linear memory after the runs (its peak: it never shrinks).
+//   --ours-threads takes `1p` too: our threaded build on a pool of one thread (the `1` rows run
+//   the single-threaded build), which tells what a second thread buys from what the threaded
+//   build costs.
 //   --load stream loads our checkpoint as the page does (ClipLoader fed with the fetch body's
 //   chunks, image tower only unless --text; "ready" = image tower usable); --load whole (default)
 //   hands the whole file over at once. --ort-threads '' runs ours alone (then --onnx is optional).
@@ -75,7 +78,14 @@ if (!a.model || (!a.onnx && a['ort-threads'] !== '')) {
 const runs = Number(a.runs);
 const rounds = Number(a.rounds);
 const ortThreads = a['ort-threads'].split(',').filter(Boolean).map(Number);
-const oursThreads = a['ours-threads'].split(',').filter(Boolean).map(Number);
+// `1p`: our threaded build with a pool of one thread (the single-threaded build is `1`).
+const oursThreads = a['ours-threads'].split(',').filter(Boolean);
+for (const t of oursThreads) {
+  if (!/^([1-9][0-9]*|1p)$/.test(t)) {
+    console.error(`--ours-threads: '${t}' is not a thread count (N, or 1p: the threaded build on one thread)`);
+    process.exit(2);
+  }
+}
 const variants = a.variants.split(',').filter(Boolean);
 for (const v of variants) {
   if (!['simd', 'relaxed', 'relaxed-dot', 'simd128-dot'].includes(v)) {
@@ -85,12 +95,12 @@ for (const v of variants) {
 }
 
 // Our module variants that the runs need: [folder under www/dist, where ours is].
-const threaded = oursThreads.some((t) => t > 1);
+const threaded = oursThreads.some((t) => t !== '1');
 const relaxed = variants.some((v) => v !== 'simd');
 const pkgs = [
   ['pkg', resolve(a.pkg)],
   ...(threaded ? [['pkg-threads', resolve(a['pkg-threads'])]] : []),
-  ...(relaxed && oursThreads.includes(1) ? [['pkg-relaxed', `${resolve(a.pkg)}-relaxed`]] : []),
+  ...(relaxed && oursThreads.includes('1') ? [['pkg-relaxed', `${resolve(a.pkg)}-relaxed`]] : []),
   ...(relaxed && threaded ? [['pkg-threads-relaxed', `${resolve(a['pkg-threads'])}-relaxed`]] : []),
 ];
 const mounts = {
@@ -165,7 +175,8 @@ const browser = await chromium.launch({
 async function block(peer, threads, task = 'image', variant = 'simd') {
   const page = await browser.newPage();
   page.on('pageerror', (e) => console.error(`[${peer}/${threads}] page error: ${e}`));
-  await page.goto(`${base}/bench/bench.html?peer=${peer}&task=${task}&threads=${threads}&runs=${runs}&size=${a.size}&surgery=${a.surgery}&load=${a.load}&variant=${variant}`);
+  const pool = String(threads).endsWith('p') ? 1 : 0;
+  await page.goto(`${base}/bench/bench.html?peer=${peer}&task=${task}&threads=${parseInt(threads)}&pool=${pool}&runs=${runs}&size=${a.size}&surgery=${a.surgery}&load=${a.load}&variant=${variant}`);
   await page.waitForFunction(() => window.__bench, null, { timeout: 30 * 60_000, polling: 500 });
   const r = await page.evaluate(() => window.__bench);
   await page.close();
@@ -244,7 +255,8 @@ console.log(`\nViT image tower, ${a.size} px, batch 1, headless Chromium; median
 console.log('| runtime | threads | ms / image | ÷ ORT-web fp32 | ÷ ORT-web q8 |');
 console.log('|---|---|---|---|---|');
 for (const r of rows) {
-  console.log(`| ${r.peer} | ${r.threads} | ${r.ms.toFixed(0)} | ${fmt(r.ms / msOf(`ort/${r.threads}`))} | ${fmt(r.ms / msOf(`ortq8/${r.threads}`))} |`);
+  const t = parseInt(r.threads);
+  console.log(`| ${r.peer} | ${r.threads} | ${r.ms.toFixed(0)} | ${fmt(r.ms / msOf(`ort/${t}`))} | ${fmt(r.ms / msOf(`ortq8/${t}`))} |`);
 }
 if (a.baseline) {
   console.log(`\nthis build ÷ the baseline build (${a.baseline}), same rounds:`);
