@@ -50,7 +50,7 @@ pub const NR: usize = 8;
 const _: () = assert!(NR == 8);
 /// Rows of `A` per micro-kernel call.
 pub const MR: usize = 4;
-// The remainder kernels below go up to 3 rows.
+// The remainder kernels below go up to 3 rows, and `row_unit` splats 4 lanes.
 const _: () = assert!(MR == 4);
 /// Depth of one block of `K` (a multiple of [`BLOCK`]).
 pub const KC: usize = 768;
@@ -715,7 +715,6 @@ unsafe fn row_unit<const R: usize, T: Act>(
     r: usize,
 ) -> core::arch::wasm32::v128 {
     use core::arch::wasm32::*;
-    const _: () = assert!(MR == 4);
     if R == MR {
         match r {
             0 => i32x4_shuffle::<0, 0, 0, 0>(quad, quad),
