@@ -6,8 +6,12 @@
 // tests/browser/site-index.mjs, so every deploy changes this file and the browser installs the
 // new worker. It caches its version only when build.json carries the same id and every file it
 // keeps has the sha256 build.json lists: a half-deployed server fails the install, and the old
-// version stays in charge (and keeps working offline). Once active it deletes every other
-// version's shell cache; the checkpoint cache (anoscope-weights-*) is never touched here.
+// version stays in charge (and keeps working offline). Once its own version is stored whole it
+// deletes every other version's shell cache (at the end of install: Chromium activates a new
+// worker only once the old one has no work left in the browser, which can take its 5-minute
+// limit, and the old cache must not linger that long); the old worker, still in charge until
+// then, serves the new version's files when offline. The checkpoint cache (anoscope-weights-*)
+// is never touched here.
 const BUILD_ID = 'dev';
 const SHELL_CACHE = `anoscope-shell-${BUILD_ID}`;
 const SHELL = [
@@ -75,6 +79,31 @@ async function consistentShell() {
   return entries.filter(Boolean);
 }
 
+/** Deletes every shell cache but this version's (never the checkpoint cache). */
+async function deleteOtherShells() {
+  for (const key of await caches.keys()) {
+    if (key.startsWith('anoscope-shell-') && key !== SHELL_CACHE) await caches.delete(key);
+  }
+}
+
+/**
+ * The stored copy of `req` for offline use: this version's, or where a newer version's install
+ * has replaced it while this worker is still in charge, that version's (the only other shell
+ * cache left: installs delete the rest). Each cache holds one whole version; the page and the
+ * detector worker refuse a mix.
+ */
+async function cachedShell(req) {
+  // caches.match with cacheName, not caches.open: opening a deleted cache would create it again.
+  const own = await caches.match(req, { ignoreSearch: true, cacheName: SHELL_CACHE });
+  if (own) return own;
+  for (const key of await caches.keys()) {
+    if (!key.startsWith('anoscope-shell-') || key === SHELL_CACHE) continue;
+    const hit = await caches.match(req, { ignoreSearch: true, cacheName: key });
+    if (hit) return hit;
+  }
+  return undefined;
+}
+
 self.addEventListener('install', (event) => {
   event.waitUntil(
     (async () => {
@@ -88,6 +117,9 @@ self.addEventListener('install', (event) => {
         await caches.delete(SHELL_CACHE).catch(() => {});
         throw e;
       }
+      // This version is stored whole: the others go now, not when the browser activates this
+      // worker (see the top of this file).
+      await deleteOtherShells();
       await self.skipWaiting();
     })(),
   );
@@ -96,9 +128,7 @@ self.addEventListener('install', (event) => {
 self.addEventListener('activate', (event) => {
   event.waitUntil(
     (async () => {
-      for (const key of await caches.keys()) {
-        if (key.startsWith('anoscope-shell-') && key !== SHELL_CACHE) await caches.delete(key);
-      }
+      await deleteOtherShells();
       await self.clients.claim();
     })(),
   );
@@ -120,7 +150,7 @@ self.addEventListener('fetch', (event) => {
       try {
         return await fetch(req);
       } catch (e) {
-        const hit = await caches.open(SHELL_CACHE).then((c) => c.match(req, { ignoreSearch: true }));
+        const hit = await cachedShell(req);
         if (hit) return hit;
         throw e;
       }
