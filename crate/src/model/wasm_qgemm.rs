@@ -8,8 +8,6 @@
 //! matmul on ViT-B/16's GEMMs (docs/speed.md). Here the weights are packed once, at load, into
 //! panels of [`NR`] outputs interleaved so that each `i32x4` lane accumulates one output
 //! (no horizontal sums), and every group of [`MR`] rows runs over a panel while it is in L1.
-//! The quantized activations of such a group are interleaved 4 bytes at a time, so that one
-//! `v128.load` gives the next inputs of all its rows, splatted lane by lane (`row_unit`).
 //!
 //! Two dot products ([`Dot`]):
 //! * SIMD128 (every wasm build): activations symmetric int8 per row and block (`d = amax/127`,
@@ -50,7 +48,7 @@ pub const NR: usize = 8;
 const _: () = assert!(NR == 8);
 /// Rows of `A` per micro-kernel call.
 pub const MR: usize = 4;
-// The remainder kernels below go up to 3 rows, and `row_unit` splats 4 lanes.
+// The remainder kernels below go up to 3 rows.
 const _: () = assert!(MR == 4);
 /// Depth of one block of `K` (a multiple of [`BLOCK`]).
 pub const KC: usize = 768;
@@ -171,8 +169,6 @@ unsafe fn probe_relaxed_dot() -> i32 {
 trait Act: Copy + Default + Send + Sync + Into<i32> {
     /// The dot product that reads it.
     const DOT: Dot;
-    /// Values per 4-byte unit: what one `v128.load32_splat` of a row gives the kernel.
-    const UNIT: usize = 4 / std::mem::size_of::<Self>();
     /// A quantized value (within ±[`Dot::qmax`]) as stored.
     fn of(q: i32) -> Self;
     /// This dot product's wasm micro-kernel ([`kernel`]).
@@ -477,38 +473,22 @@ pub fn quantize_q8_0(w_t: &[f32], k: usize, n: usize) -> Result<(Vec<i8>, Vec<f3
 /// (`T::DOT`'s), values rounded to nearest (ties to even), stored as `T` (the relaxed kernel's
 /// offset by 64). Returns the values and the scales (`[m, k / BLOCK]`).
 ///
-/// The values are laid out K block after K block ([`KC`] inputs; the last may be shorter), and
-/// in each the rows in groups of [`MR`] (the last group may be smaller) interleaved by 4-byte
-/// units ([`Act::UNIT`] values): a group's unit `u` of its `r` rows lies at `(group start) +
-/// u · r · UNIT`, row after row, so that a micro-kernel reads its rows' next units from one
-/// pointer at fixed offsets ([`act_index`]).
+/// The values are laid out K block after K block ([`KC`] inputs; the last may be shorter),
+/// each `[m, kc]` row-major, so that the rows a micro-kernel reads are close together.
 fn quantize_rows<T: Act>(a: &[f32], m: usize, k: usize) -> (Vec<T>, Vec<f32>) {
     let kb = k / BLOCK;
     let mut q: Vec<T> = vec![T::default(); m * k];
     let mut s = vec![0f32; m * kb];
-    let mut block = [T::default(); BLOCK];
     for i in 0..m {
-        let (g0, r) = ((i / MR) * MR, MR.min(m - (i / MR) * MR));
         for b in 0..kb {
             let kk = b * BLOCK;
             let (k0, kc) = ((kk / KC) * KC, KC.min(k - (kk / KC) * KC));
+            let dst = k0 * m + i * kc + (kk - k0);
             // SAFETY: both blocks hold BLOCK values.
-            s[i * kb + b] = unsafe { quantize_block(&a[i * k + kk..i * k + kk + BLOCK], &mut block) };
-            let base = k0 * m + g0 * kc;
-            for (u, unit) in block.chunks_exact(T::UNIT).enumerate() {
-                let dst = base + act_index::<T>(r, i - g0, kk - k0 + u * T::UNIT);
-                q[dst..dst + T::UNIT].copy_from_slice(unit);
-            }
+            s[i * kb + b] = unsafe { quantize_block(&a[i * k + kk..i * k + kk + BLOCK], &mut q[dst..dst + BLOCK]) };
         }
     }
     (q, s)
-}
-
-/// Where value `kk` (of a K block) of row `row` of a group of `r` rows lies, from the group's
-/// start ([`quantize_rows`]' layout).
-#[inline(always)]
-fn act_index<T: Act>(r: usize, row: usize, kk: usize) -> usize {
-    (kk / T::UNIT) * r * T::UNIT + row * T::UNIT + kk % T::UNIT
 }
 
 /// One block of [`quantize_rows`], in SIMD128; returns its scale.
@@ -582,9 +562,9 @@ unsafe fn quantize_block<T: Act>(src: &[f32], dst: &mut [T]) -> f32 {
 
 /// What every micro-kernel call of one (K block, panel) shares.
 struct Tile<'a, T> {
-    /// Quantized activations of this K block, `m · kc` values in [`quantize_rows`]' layout.
+    /// Quantized activations of this K block, `[m, kc]`.
     a: &'a [T],
-    /// `kc`, the inputs of this K block (a group of `r` rows takes `r · kc` values).
+    /// `kc`, the row stride of `a`.
     kc: usize,
     /// Their scales, `[m, kb]`.
     sa: &'a [f32],
@@ -634,15 +614,13 @@ unsafe fn kernel_simd128<const R: usize>(t: &Tile<'_, i16>, i0: usize, c: &mut [
     let sp = t.sa.as_ptr().add(i0 * t.kb + t.b0);
     for b in 0..t.nb {
         let mut iacc = [[i32x4_splat(0); 2]; R];
-        let abp = ap.add(b * BLOCK * R);
+        let abp = ap.add(b * BLOCK);
         let wp = t.ww.as_ptr().add(b * BLOCK * NR);
         for s in 0..BLOCK / 2 {
             let w0 = v128_load(wp.add(16 * s) as *const v128);
             let w1 = v128_load(wp.add(16 * s + 8) as *const v128);
-            let step = abp.add(act_index::<i16>(R, 0, 2 * s));
-            let quad = load_quad::<R, _>(step);
             for (r, iacc) in iacc.iter_mut().enumerate() {
-                let x = row_unit::<R, _>(quad, step, r);
+                let x = v128_load32_splat(abp.add(r * t.kc + 2 * s) as *const u32);
                 iacc[0] = i32x4_add(iacc[0], i32x4_dot_i16x8(x, w0));
                 iacc[1] = i32x4_add(iacc[1], i32x4_dot_i16x8(x, w1));
             }
@@ -667,15 +645,13 @@ unsafe fn kernel_relaxed<const R: usize>(t: &Tile<'_, u8>, i0: usize, c: &mut [f
         let c0 = v128_load(t.wc.as_ptr().add(b * NR) as *const v128);
         let c1 = v128_load(t.wc.as_ptr().add(b * NR + 4) as *const v128);
         let mut iacc = [[c0, c1]; R];
-        let abp = ap.add(b * BLOCK * R);
+        let abp = ap.add(b * BLOCK);
         let wp = t.w.as_ptr().add(b * BLOCK * NR);
         for s in 0..BLOCK / 4 {
             let w0 = v128_load(wp.add(32 * s) as *const v128);
             let w1 = v128_load(wp.add(32 * s + 16) as *const v128);
-            let step = abp.add(act_index::<u8>(R, 0, 4 * s));
-            let quad = load_quad::<R, _>(step);
             for (r, iacc) in iacc.iter_mut().enumerate() {
-                let x = row_unit::<R, _>(quad, step, r);
+                let x = v128_load32_splat(abp.add(r * t.kc + 4 * s) as *const u32);
                 iacc[0] = i32x4_relaxed_dot_i8x16_i7x16_add(w0, x, iacc[0]);
                 iacc[1] = i32x4_relaxed_dot_i8x16_i7x16_add(w1, x, iacc[1]);
             }
@@ -683,48 +659,6 @@ unsafe fn kernel_relaxed<const R: usize>(t: &Tile<'_, u8>, i0: usize, c: &mut [f
         scale_add(&mut acc, &iacc, t, sp, b);
     }
     store_tile(&acc, c, t.n, i0, t.j0, t.nc, t.first);
-}
-
-/// A full group's ([`MR`] = 4 rows) 4-byte units of one step: 16 contiguous bytes at `step`
-/// ([`quantize_rows`]' layout), loaded at once (zero, unread, for a smaller group).
-///
-/// # Safety
-/// For `R == MR`, 16 bytes at `step` lie in the activations.
-#[cfg(target_arch = "wasm32")]
-#[inline(always)]
-unsafe fn load_quad<const R: usize, T>(step: *const T) -> core::arch::wasm32::v128 {
-    use core::arch::wasm32::*;
-    if R == MR {
-        v128_load(step as *const v128)
-    } else {
-        i32x4_splat(0)
-    }
-}
-
-/// Row `r`'s 4-byte unit of the step at `step`, in every i32 lane: a lane of [`load_quad`]'s
-/// `quad` splatted for a full group (one `pshufd` on x64, where four `v128.load32_splat`s each
-/// cost an address computation: 0.92–0.96× the q8 encode's time in Node A/Bs), else loaded.
-///
-/// # Safety
-/// For `R < MR`, row `r`'s unit at `step` lies in the activations.
-#[cfg(target_arch = "wasm32")]
-#[inline(always)]
-unsafe fn row_unit<const R: usize, T: Act>(
-    quad: core::arch::wasm32::v128,
-    step: *const T,
-    r: usize,
-) -> core::arch::wasm32::v128 {
-    use core::arch::wasm32::*;
-    if R == MR {
-        match r {
-            0 => i32x4_shuffle::<0, 0, 0, 0>(quad, quad),
-            1 => i32x4_shuffle::<1, 1, 1, 1>(quad, quad),
-            2 => i32x4_shuffle::<2, 2, 2, 2>(quad, quad),
-            _ => i32x4_shuffle::<3, 3, 3, 3>(quad, quad),
-        }
-    } else {
-        v128_load32_splat(step.add(act_index::<T>(R, r, 0)) as *const u32)
-    }
 }
 
 /// Adds block `b`'s i32 sums `iacc`, scaled by the weights' and the rows' scales (`sp`: the
@@ -806,8 +740,7 @@ unsafe fn kernel<const R: usize, T: Act>(t: &Tile<'_, T>, i0: usize, c: &mut [f3
                 };
                 for i in 0..BLOCK {
                     let kk = b * BLOCK + i;
-                    let a = t.a[i0 * t.kc + act_index::<T>(R, r, kk)];
-                    s += Into::<i32>::into(a) * t.w[T::DOT.slot(cc, kk)] as i32;
+                    s += Into::<i32>::into(t.a[(i0 + r) * t.kc + kk]) * t.w[T::DOT.slot(cc, kk)] as i32;
                 }
                 acc += s as f32 * (t.ws[b * NR + cc] * t.sa[(i0 + r) * t.kb + t.b0 + b]);
             }
