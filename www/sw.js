@@ -79,11 +79,13 @@ async function consistentShell() {
   return entries.filter(Boolean);
 }
 
-/** Deletes every shell cache but this version's (never the checkpoint cache). */
+/** Every other version's shell cache (never the checkpoint cache). */
+async function otherShells() {
+  return (await caches.keys()).filter((key) => key.startsWith('anoscope-shell-') && key !== SHELL_CACHE);
+}
+
 async function deleteOtherShells() {
-  for (const key of await caches.keys()) {
-    if (key.startsWith('anoscope-shell-') && key !== SHELL_CACHE) await caches.delete(key);
-  }
+  for (const key of await otherShells()) await caches.delete(key);
 }
 
 /**
@@ -96,8 +98,7 @@ async function cachedShell(req) {
   // caches.match with cacheName, not caches.open: opening a deleted cache would create it again.
   const own = await caches.match(req, { ignoreSearch: true, cacheName: SHELL_CACHE });
   if (own) return own;
-  for (const key of await caches.keys()) {
-    if (!key.startsWith('anoscope-shell-') || key === SHELL_CACHE) continue;
+  for (const key of await otherShells()) {
     const hit = await caches.match(req, { ignoreSearch: true, cacheName: key });
     if (hit) return hit;
   }

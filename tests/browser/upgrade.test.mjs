@@ -50,7 +50,7 @@ async function newVersion(dir, tag) {
 }
 
 // The pages run the single-threaded build (?threads=1, kept across reloads). With the threaded
-// build's pool threads, headless Chromium 156 sometimes (about 1 run in 8 on a loaded 2-core
+// build's pool threads, headless Chromium 156 sometimes (1 run in 5 to 16 on a loaded 2-core
 // machine; none in 16 with one thread) keeps the old service worker busy after a reload, so the
 // new one, installed and told to skip waiting, is activated only at Chromium's 5-minute limit
 // and a navigation can wait for it (docs/page.md, "Upgrades and deployment"). What these tests
