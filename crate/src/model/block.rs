@@ -462,7 +462,8 @@ fn exp1(x: f32) -> f32 {
     const MAGIC: f32 = 12_582_912.0; // 1.5 · 2²³: adding it rounds to an integer
     let zero = x < -87.3;
     let xc = x.clamp(-87.3, 88.3);
-    let n = (xc * LOG2E + MAGIC) - MAGIC;
+    let t = xc * LOG2E + MAGIC;
+    let n = t - MAGIC;
     let r = (xc - n * LN2_HI) - n * LN2_LO;
     let mut p = 1.987_569_1e-4f32;
     p = p * r + 1.398_199_9e-3;
@@ -471,7 +472,12 @@ fn exp1(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 0.5;
     let y = p * r * r + r + 1.0;
-    let pow2 = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // `n` as an integer, read from `t`'s low mantissa bits: `t` lies in [2²³, 2²⁴), where one
+    // ulp is 1, so `bits(t) - bits(MAGIC)` is exactly `n`. The same value as `n as i32`, but
+    // in integer lanes: natively `n as i32` (a saturating cast) compiles to one scalar
+    // `vcvttss2si` and NaN check per value, which held the AVX-512 loops to scalar speed.
+    let ni = t.to_bits().wrapping_sub(MAGIC.to_bits()) as i32;
+    let pow2 = f32::from_bits((ni.wrapping_add(127) as u32) << 23);
     if zero {
         0.0
     } else {
@@ -568,6 +574,38 @@ mod tests {
         exp_slice(&mut edge);
         assert_eq!(&edge[..3], &[0.0, 0.0, 0.0]);
         assert!(edge[3].is_finite() && edge[3] > 1e38 && edge[4] == edge[3]);
+    }
+
+    /// The vectorised [`exp_slice`] (AVX-512 here where the CPU has it) gives the same bits as
+    /// the formula with `n` converted by a saturating cast, value by value, so that reading `n`
+    /// from the mantissa changed no result (and wasm, which converts with
+    /// `i32x4.trunc_sat_f32x4_s`, agrees with native builds).
+    #[test]
+    fn exp_slice_bits_match_the_cast_formula() {
+        fn cast_formula(x: f32) -> f32 {
+            const MAGIC: f32 = 12_582_912.0;
+            let xc = x.clamp(-87.3, 88.3);
+            let n = (xc * std::f32::consts::LOG2_E + MAGIC) - MAGIC;
+            let r = (xc - n * 0.693_359_4) - n * -2.121_944_4e-4;
+            let mut p = 1.987_569_1e-4f32;
+            for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5] {
+                p = p * r + c;
+            }
+            let y = p * r * r + r + 1.0;
+            let pow2 = f32::from_bits(((n as i32 + 127) as u32) << 23);
+            if x < -87.3 {
+                0.0
+            } else {
+                y * pow2
+            }
+        }
+        let mut xs: Vec<f32> = (-200_000..=200_000).map(|i| i as f32 * 4.5e-4).collect();
+        xs.extend([-87.3, -87.29, 88.3, 88.29, 0.5 * std::f32::consts::LN_2, -0.0, 1e-30]);
+        let mut ys = xs.clone();
+        exp_slice(&mut ys);
+        for (&x, &y) in xs.iter().zip(&ys) {
+            assert_eq!(y.to_bits(), cast_formula(x).to_bits(), "exp({x})");
+        }
     }
 
     #[test]
