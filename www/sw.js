@@ -96,10 +96,8 @@ async function deleteOtherShells() {
  */
 async function cachedShell(req) {
   // caches.match with cacheName, not caches.open: opening a deleted cache would create it again.
-  const own = await caches.match(req, { ignoreSearch: true, cacheName: SHELL_CACHE });
-  if (own) return own;
-  for (const key of await otherShells()) {
-    const hit = await caches.match(req, { ignoreSearch: true, cacheName: key });
+  for (const cacheName of [SHELL_CACHE, ...(await otherShells())]) {
+    const hit = await caches.match(req, { ignoreSearch: true, cacheName });
     if (hit) return hit;
   }
   return undefined;
